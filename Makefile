@@ -1,0 +1,32 @@
+# Two commands a newcomer types: `make demo` and `make test`.
+# Each creates .venv when missing: torch (CPU wheel) first, so pip never pulls a CUDA build.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench-env bench clean
+
+$(VENV)/.done: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.done
+	$(VENV)/bin/tumorfm demo
+
+test: $(VENV)/.done
+	$(PY) -m pytest -q -n 2 tests
+
+lint: $(VENV)/.done
+	$(VENV)/bin/ruff check tumorfm tests benchmarks
+
+# The peer (nnU-Net v2) lives in its own environment: it needs torchvision, which does not
+# import beside the CPU torch 2.13.0 wheel.
+bench-env:
+	bash benchmarks/setup_env.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,3 @@
+from tumorfm.cli import main
+
+main()

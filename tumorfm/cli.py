@@ -1,0 +1,153 @@
+"""The `tumorfm` command: thin sub-commands that parse, call the library and print."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import tumorfm
+from tumorfm.errors import TumorFMError
+
+app = typer.Typer(help="tumorfm: 3D tumour segmentation with a foundation model (TSFM).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tumorfm {tumorfm.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    pass
+
+
+@app.command()
+def info() -> None:
+    """Print versions, torch threads and the available devices."""
+    import numpy
+    import SimpleITK
+    import torch
+
+    typer.echo(f"tumorfm     {tumorfm.__version__}")
+    typer.echo(f"python      {platform.python_version()} ({sys.executable})")
+    typer.echo(f"torch       {torch.__version__} ({torch.get_num_threads()} threads)")
+    typer.echo(f"numpy       {numpy.__version__}")
+    typer.echo(f"SimpleITK   {SimpleITK.Version.VersionString()}")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})"
+                    for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    typer.echo(f"devices     {', '.join(devices)}")
+
+
+@app.command()
+def check(dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+          workers: Workers = 1) -> None:
+    """Report every problem of a dataset, one line each; exit 1 if there is any."""
+    from tumorfm.data.check import check_dataset
+
+    problems = check_dataset(dataset, workers=workers, progress=sys.stderr.isatty())
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        typer.echo(f"{dataset}: {len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{dataset}: no problems found")
+
+
+@pool_app.command("show")
+def pool_show(
+    file: Annotated[Path, typer.Argument(help="Pool file (YAML).")],
+    check_paths: Annotated[bool, typer.Option(help="List each dataset on disk.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the global label table, the classes each dataset annotates and sampling odds."""
+    from tumorfm.data.pool import load_pool
+
+    pool = load_pool(file, check_paths=check_paths)
+    summary = pool.summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"pool {pool.name}: {len(pool.datasets)} datasets, {len(pool.classes)} classes, "
+               f"{sum(d.num_cases for d in pool.datasets)} cases\n")
+    typer.echo("global label  class                      annotated by")
+    for index, name in enumerate(pool.classes, start=1):
+        owners = [d.name for d in pool.datasets if name in d.annotated]
+        typer.echo(f"{index:>12}  {name:<26} {', '.join(owners)}")
+    typer.echo("\ndataset                   cases  p(case)    p(dataset)  local -> global")
+    for row in summary["datasets"]:
+        mapping = ", ".join(f"{k}->{v}" for k, v in row["labels"].items())
+        typer.echo(f"{row['name']:<25} {row['num_cases']:>5}  {row['case_probability']:.3e}  "
+                   f"{row['dataset_probability']:>9.3f}   {mapping}")
+
+
+@app.command()
+def preprocess(
+    pool_file: Annotated[Path, typer.Argument(help="Pool file (YAML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write.")],
+    workers: Workers = 1,
+) -> None:
+    """Fingerprint, plan, crop, normalise and resample every case of a pool into a cache."""
+    from tumorfm.data.pool import load_pool
+    from tumorfm.data.preprocess import preprocess_pool
+
+    report = preprocess_pool(load_pool(pool_file), out, workers=workers, progress=True)
+    for name, row in report["datasets"].items():
+        spacing = "x".join(f"{s:.3g}" for s in row["target_spacing"])
+        patch = "x".join(str(p) for p in row["patch_size"])
+        typer.echo(f"{name}: {row['written']} written, {row['skipped']} up to date; "
+                   f"spacing {spacing} mm, patch {patch}")
+    typer.echo(f"cache {out} ready in {report['seconds']:.1f} s")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the phantom datasets.")],
+    cases: Annotated[int, typer.Option(min=1, help="Cases per site.")] = 8,
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape z y x.")] = (64, 96, 96),
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+) -> None:
+    """Write synthetic CT phantom datasets (nnU-Net raw layout) for demos and tests."""
+    from tumorfm.data.cache import ensure_writable
+    from tumorfm.data.phantom import write_phantom_pool
+
+    ensure_writable(out)
+    for folder in write_phantom_pool(out, cases_per_site=cases, shape_zyx=shape, seed=seed,
+                                     progress=True):
+        typer.echo(str(folder))
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo-output"),
+         workers: Workers = 2) -> None:
+    """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess."""
+    from tumorfm.demo import run_demo
+
+    run_demo(out, workers=workers)
+
+
+def main() -> None:
+    try:
+        app()
+    except TumorFMError as error:
+        for line in str(error).splitlines():
+            typer.echo(f"tumorfm: error: {line}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("tumorfm: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,121 @@
+"""The preprocessed cache: one folder per case, written atomically, read with memory mapping.
+
+    CACHE/<dataset>/<case>/image.npy            (C, Z, Y, X) float32, normalised, resampled
+    CACHE/<dataset>/<case>/label.npy            (Z, Y, X) int16 global labels (0 = background)
+    CACHE/<dataset>/<case>/class_locations.npz  sampled voxel indices per global label (oversampling)
+    CACHE/<dataset>/<case>/properties.json      geometry, crop box, spacing, annotated classes ...
+
+properties.json is written last inside a temporary folder that is then renamed, so a case folder
+either is complete or does not exist; `digest` ties it to the source files and the plan that made
+it, so a rerun redoes what is stale or broken and skips the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tumorfm.errors import TumorFMError
+
+PROPERTIES = "properties.json"
+
+
+@dataclass
+class CachedCase:
+    folder: Path
+    properties: dict
+
+    @property
+    def case_id(self) -> str:
+        return self.properties["case_id"]
+
+    def image(self, mmap: bool = True) -> np.ndarray:
+        return np.load(self.folder / "image.npy", mmap_mode="r" if mmap else None)
+
+    def label(self, mmap: bool = True) -> np.ndarray:
+        return np.load(self.folder / "label.npy", mmap_mode="r" if mmap else None)
+
+    def class_locations(self) -> dict[int, np.ndarray]:
+        with np.load(self.folder / "class_locations.npz") as data:
+            return {int(key): data[key] for key in data.files}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            json.dump(data, stream, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create `folder` or fail with one line naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
+        probe.close()
+    except OSError as error:
+        raise TumorFMError(f"{folder}: cannot write output here ({error.strerror})") from None
+    return folder
+
+
+def write_case(dataset_folder: Path, case_id: str, image: np.ndarray, label: np.ndarray,
+               class_locations: dict[int, np.ndarray], properties: dict) -> CachedCase:
+    """Write one case into a temporary folder, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", dir=dataset_folder))
+    try:
+        np.save(tmp / "image.npy", image.astype(np.float32, copy=False))
+        np.save(tmp / "label.npy", label.astype(np.int16, copy=False))
+        np.savez(tmp / "class_locations.npz", **{str(k): v for k, v in class_locations.items()})
+        write_json(tmp / PROPERTIES, {**properties, "case_id": case_id,
+                                      "image_shape": list(image.shape),
+                                      "label_shape": list(label.shape)})
+        final = dataset_folder / case_id
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CachedCase(final, json.loads((final / PROPERTIES).read_text()))
+
+
+def load_case(folder: Path) -> CachedCase | None:
+    """The cached case in `folder`, or None when it is missing or incomplete."""
+    try:
+        properties = json.loads((folder / PROPERTIES).read_text())
+        case = CachedCase(folder, properties)
+        if list(case.image().shape) != properties["image_shape"]:
+            return None
+        if list(case.label().shape) != properties["label_shape"]:
+            return None
+        with np.load(folder / "class_locations.npz") as data:
+            data.files  # noqa: B018  (opens the zip directory: a truncated file fails here)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    return case
+
+
+def cached_cases(cache: Path, dataset: str) -> list[CachedCase]:
+    """All complete cases of one dataset in the cache, by case id."""
+    folder = cache / dataset
+    cases = [load_case(p) for p in sorted(folder.iterdir()) if p.is_dir()
+             and not p.name.startswith(".")] if folder.is_dir() else []
+    return [case for case in cases if case is not None]
+
+
+def remove_stale_temporaries(dataset_folder: Path) -> None:
+    """Leftovers of a killed run: temporary case folders that were never renamed."""
+    for path in dataset_folder.glob(".*.*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""`tumorfm check`: every problem in a dataset, one line each (nnU-Net's integrity check, but it
+reports all problems instead of stopping at the first)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tumorfm.data.formats import Case, RawDataset, read_dataset
+from tumorfm.data.io import Geometry, read_volume
+from tumorfm.errors import TumorFMError
+
+GEOMETRY_TOLERANCE = 1e-4
+
+
+def _read(path: Path, problems: list[str]):
+    try:
+        return read_volume(path)
+    except TumorFMError as error:
+        problems.append(str(error))
+        return None
+
+
+def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geometry | None:
+    """Read each channel file once (reading refuses NaN/Inf); return the geometry the label
+    must match."""
+    reference: Geometry | None = None
+    for path in dict.fromkeys(channel.path for channel in case.channels):
+        volume = _read(path, problems)
+        if volume is None:
+            continue
+        array, geometry = volume.array, volume.geometry
+        several = case.channels[0].index is not None
+        if several and array.ndim != 4:
+            problems.append(f"{path}: expected a 4D image with {num_channels} channels, got "
+                            f"shape {array.shape}")
+            continue
+        if several and array.shape[0] != num_channels:
+            problems.append(f"{path}: holds {array.shape[0]} channels, dataset.json declares "
+                            f"{num_channels}")
+        if not several and array.ndim != 3:
+            problems.append(f"{path}: expected a 3D image, got shape {array.shape}")
+            continue
+        geometry = geometry.spatial()
+        if reference is None:
+            reference = geometry
+        elif not reference.close_to(geometry, GEOMETRY_TOLERANCE):
+            problems.append(f"{path}: geometry differs from the case's first channel "
+                            f"({_describe(geometry)} vs {_describe(reference)})")
+    return reference
+
+
+def _describe(geometry: Geometry) -> str:
+    spacing = "x".join(f"{s:.4g}" for s in geometry.spacing)
+    origin = ",".join(f"{o:.4g}" for o in geometry.origin)
+    return f"size {geometry.size}, spacing {spacing}, origin ({origin})"
+
+
+def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[str]:
+    """Problems of one case; reads each file once."""
+    problems: list[str] = []
+    reference = _check_channels(case, num_channels, problems)
+    if case.label is None:
+        return problems
+    volume = _read(case.label, problems)
+    if volume is None:
+        return problems
+    array = volume.array
+    if array.ndim != 3:
+        problems.append(f"{case.label}: expected a 3D label map, got shape {array.shape}")
+        return problems
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+        problems.append(f"{case.label}: label map holds non-integer values")
+        return problems
+    undeclared = sorted(set(np.unique(array).astype(int).tolist()) - set(labels))
+    if undeclared:
+        problems.append(f"{case.label}: label value(s) {undeclared} not declared in dataset.json "
+                        f"(declared: {sorted(labels)})")
+    if reference is not None and not reference.close_to(volume.geometry, GEOMETRY_TOLERANCE):
+        problems.append(f"{case.label}: geometry differs from its image "
+                        f"({_describe(volume.geometry)} vs {_describe(reference)})")
+    return problems
+
+
+def _check_one(args) -> list[str]:
+    return check_case(*args)
+
+
+def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) -> list[str]:
+    """Every problem found in the dataset at `path`, one line each; an empty list means clean."""
+    try:
+        dataset: RawDataset = read_dataset(path)
+    except TumorFMError as error:
+        return [str(error)]
+    problems = list(dataset.problems)
+    jobs = [(case, len(dataset.modalities), dataset.labels) for case in dataset.cases
+            if case.channels or case.label]
+    bar = tqdm(total=len(jobs), desc=f"check {dataset.name}", unit="case", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
+            for found in pool.map(_check_one, jobs):
+                problems.extend(found)
+                bar.update()
+    else:
+        for job in jobs:
+            problems.extend(_check_one(job))
+            bar.update()
+    bar.close()
+    return problems

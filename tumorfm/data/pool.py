@@ -1,0 +1,207 @@
+"""The pool file: several datasets fused into one training pool (paper, section 2.1).
+
+A YAML file lists the datasets, each with a map from its own label values to global class names
+(the label remapping table). From it follow the global class list, the classes each dataset
+annotates (the partial-label loss only scores those) and the sampling probability of each case,
+proportional to 1/sqrt(n) of its dataset so that small datasets are not drowned out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tumorfm.data.formats import RawDataset, read_dataset
+from tumorfm.errors import TumorFMError
+
+CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class DatasetEntry(BaseModel):
+    """One dataset of the pool, as written in the pool file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    path: Path
+    labels: dict[int, str]  # local label value -> global class name
+    modalities: list[str] | None = None  # overrides dataset.json's channel names
+    case_weight: float | None = Field(default=None, gt=0)  # overrides 1/sqrt(n)
+    num_cases: int | None = Field(default=None, gt=0)  # expected training cases (documentation)
+    description: str = ""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_valid(cls, labels: dict[int, str]) -> dict[int, str]:
+        if not labels:
+            raise ValueError("the dataset annotates no class; map at least one label value")
+        if 0 in labels:
+            raise ValueError("label 0 is background and must not be mapped")
+        for value, name in labels.items():
+            if not CLASS_NAME.match(name):
+                raise ValueError(f"global class name '{name}' (label {value}) must be lower "
+                                 f"snake_case, like 'liver_tumour'")
+        seen: dict[str, int] = {}
+        for value, name in labels.items():
+            if name in seen:
+                raise ValueError(f"global class '{name}' is mapped twice (labels {seen[name]} "
+                                 f"and {value}); each global class once per dataset")
+            seen[name] = value
+        return labels
+
+
+class PoolFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    classes: list[str] | None = None  # global class list in paint order; default: first seen
+    datasets: list[DatasetEntry] = Field(min_length=1)
+
+
+@dataclass
+class PoolDataset:
+    entry: DatasetEntry
+    root: Path  # resolved against the pool file's folder
+    raw: RawDataset | None  # None when paths were not checked
+    num_cases: int
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def annotated(self) -> list[str]:
+        return list(self.entry.labels.values())
+
+    @property
+    def case_weight(self) -> float:
+        return self.entry.case_weight or 1.0 / math.sqrt(self.num_cases)
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.entry.modalities or (self.raw.modalities if self.raw else [])
+
+
+@dataclass
+class Pool:
+    path: Path
+    name: str
+    classes: list[str]
+    datasets: list[PoolDataset]
+
+    def dataset(self, name: str) -> PoolDataset:
+        return next(d for d in self.datasets if d.name == name)
+
+    def case_probability(self, dataset: PoolDataset) -> float:
+        """Probability of drawing one given case of `dataset` (all cases sum to 1)."""
+        total = sum(d.num_cases * d.case_weight for d in self.datasets)
+        return dataset.case_weight / total
+
+    def global_label(self, dataset: PoolDataset) -> dict[int, int]:
+        """Local label value -> global label value (class index + 1; 0 stays background)."""
+        return {value: self.classes.index(name) + 1 for value, name in dataset.entry.labels.items()}
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": self.classes,
+            "datasets": [{
+                "name": d.name, "path": str(d.root), "modalities": d.modalities,
+                "num_cases": d.num_cases, "annotated": d.annotated,
+                "labels": {str(k): v for k, v in d.entry.labels.items()},
+                "case_probability": self.case_probability(d),
+                "dataset_probability": self.case_probability(d) * d.num_cases,
+            } for d in self.datasets],
+        }
+
+
+def _field_path(location: tuple, parsed: PoolFile | dict) -> str:
+    parts = []
+    for item in location:
+        parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
+    text = "".join(parts).lstrip(".")
+    if len(location) >= 2 and location[0] == "datasets" and isinstance(location[1], int):
+        try:
+            text += f" (dataset '{parsed['datasets'][location[1]]['name']}')"
+        except (KeyError, IndexError, TypeError):
+            pass
+    return text
+
+
+def _parse(path: Path) -> PoolFile:
+    if not path.is_file():
+        raise TumorFMError(f"{path}: pool file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise TumorFMError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TumorFMError(f"{path}: expected a mapping with 'name' and 'datasets'")
+    try:
+        return PoolFile.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        where = _field_path(first["loc"], data)
+        raise TumorFMError(f"{path}: {where}: {message}") from None
+
+
+def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> None:
+    declared = {value for value in raw.labels if value != 0}
+    unmapped = sorted(declared - set(entry.labels))
+    if unmapped:
+        names = ", ".join(f"{v} ({raw.labels[v]})" for v in unmapped)
+        raise TumorFMError(f"{path}: dataset '{entry.name}': label value(s) {names} of "
+                           f"{raw.root / 'dataset.json'} have no global name in 'labels'")
+    unknown = sorted(set(entry.labels) - declared)
+    if unknown:
+        raise TumorFMError(f"{path}: dataset '{entry.name}': label value(s) {unknown} are not "
+                           f"declared in {raw.root / 'dataset.json'}")
+    if entry.modalities and len(entry.modalities) != len(raw.modalities):
+        raise TumorFMError(f"{path}: dataset '{entry.name}': {len(entry.modalities)} modalities "
+                           f"given, the dataset has {len(raw.modalities)} channel(s)")
+    if not raw.labelled_cases:
+        raise TumorFMError(f"{path}: dataset '{entry.name}': no labelled case in {raw.root}")
+
+
+def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
+    """Parse and validate a pool file; with `check_paths`, list every dataset on disk too."""
+    path = Path(path)
+    parsed = _parse(path)
+    names = [entry.name for entry in parsed.datasets]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise TumorFMError(f"{path}: dataset name '{duplicate}' is used twice")
+    datasets = []
+    for entry in parsed.datasets:
+        root = entry.path if entry.path.is_absolute() else (path.parent / entry.path)
+        raw = None
+        if check_paths:
+            if not root.is_dir():
+                raise TumorFMError(f"{path}: dataset '{entry.name}': path {root} not found")
+            raw = read_dataset(root)
+            _check_against_dataset(path, entry, raw)
+        num_cases = len(raw.labelled_cases) if raw else entry.num_cases
+        if not num_cases:
+            raise TumorFMError(f"{path}: dataset '{entry.name}': give 'num_cases' when the "
+                               f"dataset is not on disk")
+        datasets.append(PoolDataset(entry, root.resolve(), raw, num_cases))
+    mapped = list(dict.fromkeys(n for entry in parsed.datasets for n in entry.labels.values()))
+    classes = parsed.classes or mapped
+    if parsed.classes is not None:
+        if len(set(classes)) != len(classes):
+            raise TumorFMError(f"{path}: classes: a class is listed twice")
+        stray = [n for n in mapped if n not in classes]
+        if stray:
+            raise TumorFMError(f"{path}: classes: '{stray[0]}' is mapped by a dataset but "
+                               f"missing from 'classes' (a typo?)")
+        unused = [n for n in classes if n not in mapped]
+        if unused:
+            raise TumorFMError(f"{path}: classes: '{unused[0]}' is annotated by no dataset")
+    return Pool(path, parsed.name, classes, datasets)
