@@ -12,8 +12,11 @@ from tumorfm.data.check import check_dataset
 
 
 def _digest(folder):
-    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        p.name: hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _rewrite(path, change):
@@ -38,21 +41,28 @@ def test_every_problem_is_reported_once_per_line(sarcoma):
     before = _digest(SARCOMA)
     # label with an undeclared value
     _rewrite(sarcoma / "labelsTr" / "STS_008.nii.gz", lambda a, _: np.where(a > 0, 3, a))
+
     # label on another grid (spacing off by 10%)
     def respaced(array, image):
         image.SetSpacing([s * 1.1 for s in image.GetSpacing()])
         return image
+
     _rewrite(sarcoma / "labelsTr" / "STS_019.nii.gz", respaced)
     # image without label, label without image, undeclared channel
     (sarcoma / "labelsTr" / "STS_999.nii.gz").write_bytes(
-        (sarcoma / "labelsTr" / "STS_025.nii.gz").read_bytes())
+        (sarcoma / "labelsTr" / "STS_025.nii.gz").read_bytes()
+    )
     (sarcoma / "imagesTr" / "STS_500_0000.nii.gz").write_bytes(
-        (sarcoma / "imagesTr" / "STS_025_0000.nii.gz").read_bytes())
+        (sarcoma / "imagesTr" / "STS_025_0000.nii.gz").read_bytes()
+    )
     (sarcoma / "imagesTr" / "STS_008_0001.nii.gz").write_bytes(
-        (sarcoma / "imagesTr" / "STS_008_0000.nii.gz").read_bytes())
+        (sarcoma / "imagesTr" / "STS_008_0000.nii.gz").read_bytes()
+    )
     # NaN in an image
-    _rewrite(sarcoma / "imagesTr" / "STS_025_0000.nii.gz",
-             lambda a, _: np.where(a > 200, np.nan, a.astype(np.float32)))
+    _rewrite(
+        sarcoma / "imagesTr" / "STS_025_0000.nii.gz",
+        lambda a, _: np.where(a > 200, np.nan, a.astype(np.float32)),
+    )
     problems = check_dataset(sarcoma, workers=2)
     text = "\n".join(problems)
     assert all("\n" not in p for p in problems)

@@ -49,10 +49,15 @@ def _write_msd_4d(root, cases=2, channels=2, shape=(6, 8, 10)):
         label = sitk.GetImageFromArray((data[0] > 1).astype(np.uint8))
         label.SetSpacing((1.0, 1.0, 2.0))
         sitk.WriteImage(label, str(root / "labelsTr" / f"case_{i}.nii.gz"))
-        training.append({"image": f"./imagesTr/case_{i}.nii.gz",
-                         "label": f"./labelsTr/case_{i}.nii.gz"})
-    meta = {"name": "Four", "modality": {str(c): f"MR{c}" for c in range(channels)},
-            "labels": {"0": "background", "1": "lesion"}, "training": training}
+        training.append(
+            {"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"}
+        )
+    meta = {
+        "name": "Four",
+        "modality": {str(c): f"MR{c}" for c in range(channels)},
+        "labels": {"0": "background", "1": "lesion"},
+        "training": training,
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -79,15 +84,23 @@ def test_layout_problems_are_listed_not_raised(sarcoma):
     assert [c.case_id for c in dataset.labelled_cases] == ["STS_008"]
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "missing"),
-    ("{not json", "not valid JSON"),
-    ('{"name": "x"}', "neither nnU-Net v2"),
-    ('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": [1, 2]}, '
-     '"file_ending": ".nii.gz"}', "region-based"),
-    ('{"channel_names": {"1": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz"}',
-     "without gaps"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "missing"),
+        ("{not json", "not valid JSON"),
+        ('{"name": "x"}', "neither nnU-Net v2"),
+        (
+            '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": [1, 2]}, '
+            '"file_ending": ".nii.gz"}',
+            "region-based",
+        ),
+        (
+            '{"channel_names": {"1": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz"}',
+            "without gaps",
+        ),
+    ],
+)
 def test_bad_dataset_json(tmp_path, content, problem):
     if content is not None:
         (tmp_path / "dataset.json").write_text(content)

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import CASES, assert_one_line_error, run_cli
+from conftest import CASES, run_cli
 
 from tumorfm.data.io import Geometry, read_volume, write_volume
 from tumorfm.errors import TumorFMError
@@ -53,20 +53,27 @@ def _write_dicom_series(volume, folder):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = image.GetDirection()
-    orientation = "\\".join(map(str, (direction[0], direction[3], direction[6],
-                                      direction[1], direction[4], direction[7])))
+    orientation = "\\".join(
+        map(
+            str,
+            (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]),
+        )
+    )
     series_uid = "1.2.826.0.1.3680043.2.1125.1.12345"
     for z in range(image.GetDepth()):
         slice_ = image[:, :, z]
         position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in [("0008|0060", "MR"), ("0020|000e", series_uid),
-                           ("0020|000d", series_uid + ".9"),
-                           ("0008|0018", f"{series_uid}.{z + 1}"),
-                           ("0020|0037", orientation),
-                           ("0020|0032", "\\".join(map(str, position))),
-                           ("0020|0013", str(z + 1)),
-                           ("0018|0050", str(image.GetSpacing()[2])),
-                           ("0028|0030", f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}")]:
+        for tag, value in [
+            ("0008|0060", "MR"),
+            ("0020|000e", series_uid),
+            ("0020|000d", series_uid + ".9"),
+            ("0008|0018", f"{series_uid}.{z + 1}"),
+            ("0020|0037", orientation),
+            ("0020|0032", "\\".join(map(str, position))),
+            ("0020|0013", str(z + 1)),
+            ("0018|0050", str(image.GetSpacing()[2])),
+            ("0028|0030", f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}"),
+        ]:
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(slice_)
@@ -74,7 +81,8 @@ def _write_dicom_series(volume, folder):
 
 def test_dicom_series_folder(tmp_path):
     """Same voxels at the same physical points. brain1's direction is left-handed, which DICOM
-    cannot store, so the series comes back with its slice axis reversed: compare in patient space."""
+    cannot store, so the series comes back with its slice axis reversed: compare in patient
+    space."""
     volume = read_volume(CASES / "brain1_image.nrrd")
     _write_dicom_series(volume, tmp_path / "series")
     again = read_volume(tmp_path / "series")
@@ -93,9 +101,10 @@ def test_write_needs_matching_geometry(tmp_path):
 
 # Bad input: one line naming the file and the problem, never a traceback.
 
+
 def _corrupt_gzip(tmp_path):
     data = bytearray((CASES / "totalseg_example_seg.nii.gz").read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = b"\x00" * 64
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64
     path = tmp_path / "corrupt.nii.gz"
     path.write_bytes(bytes(data))
     return path
@@ -134,15 +143,18 @@ def _not_gzip(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make, problem", [
-    (_corrupt_gzip, "corrupt or truncated gzip"),
-    (_truncated_gzip, "corrupt or truncated gzip"),
-    (_truncated, "cannot read volume"),
-    (_truncated_nifti, "truncated NIfTI"),
-    (_bad_dicom_folder, "DICOM"),
-    (_not_gzip, "gzip"),
-    (lambda tmp: tmp / "missing.nii.gz", "no such file"),
-])
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (_corrupt_gzip, "corrupt or truncated gzip"),
+        (_truncated_gzip, "corrupt or truncated gzip"),
+        (_truncated, "cannot read volume"),
+        (_truncated_nifti, "truncated NIfTI"),
+        (_bad_dicom_folder, "DICOM"),
+        (_not_gzip, "gzip"),
+        (lambda tmp: tmp / "missing.nii.gz", "no such file"),
+    ],
+)
 def test_bad_input_is_one_line(make, problem, tmp_path):
     path = make(tmp_path)
     with pytest.raises(TumorFMError) as caught:

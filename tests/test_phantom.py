@@ -63,8 +63,11 @@ def test_hounsfield_units_are_plausible():
     site = SITES["PhantomMultiOrgan"]
     image, label, _ = make_case(site, SHAPE, seed=3)
     assert abs(float(np.median(image[0, :2, :2])) + 1000) < 50  # corner: air outside the body
-    mean = {name: float(image[label == value].mean()) for name, value in site.labels.items()
-            if name != "background"}
+    mean = {
+        name: float(image[label == value].mean())
+        for name, value in site.labels.items()
+        if name != "background"
+    }
     assert 40 <= mean["liver"] <= 80
     assert 120 <= mean["kidney_left"] <= 230 and 120 <= mean["kidney_right"] <= 230
     assert 100 <= mean["aorta"] <= 280
@@ -82,8 +85,11 @@ def test_multi_organ_images_hold_no_tumours():
 def test_write_phantom_pool_is_a_valid_nnunet_raw_pool(tmp_path):
     folders = write_phantom_pool(tmp_path, cases_per_site=2, shape_zyx=SHAPE, seed=5)
     assert [folder.name for folder in folders] == [
-        "Dataset901_PhantomLiver", "Dataset902_PhantomKidney", "Dataset903_PhantomPancreas",
-        "Dataset904_PhantomMultiOrgan"]
+        "Dataset901_PhantomLiver",
+        "Dataset902_PhantomKidney",
+        "Dataset903_PhantomPancreas",
+        "Dataset904_PhantomMultiOrgan",
+    ]
     for site, folder in zip(DEFAULT_SITES, folders):
         dataset = json.loads((folder / "dataset.json").read_text())
         assert dataset["channel_names"] == {"0": "CT"}
@@ -97,9 +103,12 @@ def test_write_phantom_pool_is_a_valid_nnunet_raw_pool(tmp_path):
         assert sorted(labels.values()) == list(range(len(labels)))
         labels_files = sorted((folder / "labelsTr").glob("*.nii.gz"))
         images_files = sorted((folder / "imagesTr").glob("*.nii.gz"))
-        assert [f.name for f in labels_files] == [f"{site.case_prefix}_00{i}.nii.gz" for i in (0, 1)]
+        assert [f.name for f in labels_files] == [
+            f"{site.case_prefix}_00{i}.nii.gz" for i in (0, 1)
+        ]
         assert [f.name for f in images_files] == [
-            f"{site.case_prefix}_00{i}_0000.nii.gz" for i in (0, 1)]
+            f"{site.case_prefix}_00{i}_0000.nii.gz" for i in (0, 1)
+        ]
         for image_file, label_file in zip(images_files, labels_files):
             image, label = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(label_file))
             assert image.GetSpacing() == pytest.approx(site.spacing)
@@ -112,17 +121,26 @@ def test_write_phantom_pool_is_a_valid_nnunet_raw_pool(tmp_path):
     assert not any("tumour" in name for name in multi_organ)
     assert {"liver", "spleen", "kidney_left", "kidney_right", "pancreas"} <= set(multi_organ)
     assert json.loads((folders[0] / "dataset.json").read_text())["labels"] == {
-        "background": 0, "liver": 1, "liver_tumour": 2}
+        "background": 0,
+        "liver": 1,
+        "liver_tumour": 2,
+    }
     assert json.loads((folders[1] / "dataset.json").read_text())["labels"] == {
-        "background": 0, "kidney_left": 1, "kidney_right": 2, "kidney_tumour": 3}
+        "background": 0,
+        "kidney_left": 1,
+        "kidney_right": 2,
+        "kidney_tumour": 3,
+    }
 
 
 def test_rewriting_a_pool_is_deterministic_and_drops_stale_cases(tmp_path):
     site = SITES["PhantomPancreas"]
-    first = write_phantom_pool(tmp_path / "a", cases_per_site=3, shape_zyx=SHAPE, seed=1,
-                               sites=(site,))[0]
-    again = write_phantom_pool(tmp_path / "b", cases_per_site=3, shape_zyx=SHAPE, seed=1,
-                               sites=(site,))[0]
+    first = write_phantom_pool(
+        tmp_path / "a", cases_per_site=3, shape_zyx=SHAPE, seed=1, sites=(site,)
+    )[0]
+    again = write_phantom_pool(
+        tmp_path / "b", cases_per_site=3, shape_zyx=SHAPE, seed=1, sites=(site,)
+    )[0]
     for name in ("labelsTr/pancreas_002.nii.gz", "imagesTr/pancreas_002_0000.nii.gz"):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(first / name)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(again / name)))

@@ -18,10 +18,14 @@ def _pool(tmp_path, datasets, **extra) -> Path:
 
 
 def _real(tmp_path, **extra) -> Path:
-    return _pool(tmp_path, [
-        {"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "soft_tissue_sarcoma"}},
-        {"name": "brain", "path": str(BRAIN), "labels": {1: "brain_tumour"}},
-    ], **extra)
+    return _pool(
+        tmp_path,
+        [
+            {"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "soft_tissue_sarcoma"}},
+            {"name": "brain", "path": str(BRAIN), "labels": {1: "brain_tumour"}},
+        ],
+        **extra,
+    )
 
 
 def test_real_pool_classes_annotations_and_sampling(tmp_path):
@@ -39,11 +43,23 @@ def test_real_pool_classes_annotations_and_sampling(tmp_path):
 
 
 def test_case_weight_override(tmp_path):
-    path = _pool(tmp_path, [
-        {"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "soft_tissue_sarcoma"},
-         "case_weight": 2.0},
-        {"name": "brain", "path": str(BRAIN), "labels": {1: "brain_tumour"}, "case_weight": 1.0},
-    ])
+    path = _pool(
+        tmp_path,
+        [
+            {
+                "name": "sarcoma",
+                "path": str(SARCOMA),
+                "labels": {1: "soft_tissue_sarcoma"},
+                "case_weight": 2.0,
+            },
+            {
+                "name": "brain",
+                "path": str(BRAIN),
+                "labels": {1: "brain_tumour"},
+                "case_weight": 1.0,
+            },
+        ],
+    )
     pool = load_pool(path)
     assert pool.case_probability(pool.datasets[0]) == pytest.approx(2 / (3 * 2 + 2 * 1))
 
@@ -60,7 +76,7 @@ def test_paper_pool_is_valid_without_data():
 
 
 def test_real_mini_pool_loads_in_the_layout_it_expects(tmp_path):
-    """The shipped real-mini.yaml, placed as in a clone (repo beside ../shared, phantoms written)."""
+    """The shipped real-mini.yaml placed as in a clone: repo beside ../shared, phantoms written."""
     from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 
     pools = tmp_path / "repo" / "configs" / "pools"
@@ -77,26 +93,62 @@ def test_real_mini_pool_loads_in_the_layout_it_expects(tmp_path):
     assert "liver" in multi.annotated and "liver_tumour" not in multi.annotated
 
 
-@pytest.mark.parametrize("datasets, extra, problem", [
-    ([{"name": "gone", "path": "/nowhere/Dataset1", "labels": {1: "x"}}], {},
-     "dataset 'gone': path /nowhere/Dataset1 not found"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {2: "sarcoma"}}], {},
-     "label value(s) 1 (sarcoma) of"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "a", 2: "a"}}], {},
-     "global class 'a' is mapped twice"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {}}], {},
-     "annotates no class"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "Sarcoma Tumour"}}], {},
-     "lower snake_case"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "sarcoma"}, "labelz": {}}], {},
-     "labelz"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "sarcoma"}}],
-     {"classes": ["sarcomaa"]}, "'sarcoma' is mapped by a dataset but missing from 'classes'"),
-    ([{"name": "s", "path": str(SARCOMA), "labels": {1: "a"}},
-      {"name": "s", "path": str(BRAIN), "labels": {1: "b"}}], {}, "'s' is used twice"),
-    ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "sarcoma"}, "case_weight": -1}], {},
-     "case_weight"),
-])
+@pytest.mark.parametrize(
+    "datasets, extra, problem",
+    [
+        (
+            [{"name": "gone", "path": "/nowhere/Dataset1", "labels": {1: "x"}}],
+            {},
+            "dataset 'gone': path /nowhere/Dataset1 not found",
+        ),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {2: "sarcoma"}}],
+            {},
+            "label value(s) 1 (sarcoma) of",
+        ),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "a", 2: "a"}}],
+            {},
+            "global class 'a' is mapped twice",
+        ),
+        ([{"name": "sarcoma", "path": str(SARCOMA), "labels": {}}], {}, "annotates no class"),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "Sarcoma Tumour"}}],
+            {},
+            "lower snake_case",
+        ),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "sarcoma"}, "labelz": {}}],
+            {},
+            "labelz",
+        ),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "sarcoma"}}],
+            {"classes": ["sarcomaa"]},
+            "'sarcoma' is mapped by a dataset but missing from 'classes'",
+        ),
+        (
+            [
+                {"name": "s", "path": str(SARCOMA), "labels": {1: "a"}},
+                {"name": "s", "path": str(BRAIN), "labels": {1: "b"}},
+            ],
+            {},
+            "'s' is used twice",
+        ),
+        (
+            [
+                {
+                    "name": "sarcoma",
+                    "path": str(SARCOMA),
+                    "labels": {1: "sarcoma"},
+                    "case_weight": -1,
+                }
+            ],
+            {},
+            "case_weight",
+        ),
+    ],
+)
 def test_bad_pool_files(tmp_path, datasets, extra, problem):
     path = _pool(tmp_path, datasets, **extra)
     with pytest.raises(TumorFMError) as caught:

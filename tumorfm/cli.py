@@ -13,8 +13,12 @@ import typer
 import tumorfm
 from tumorfm.errors import TumorFMError
 
-app = typer.Typer(help="tumorfm: 3D tumour segmentation with a foundation model (TSFM).",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="tumorfm: 3D tumour segmentation with a foundation model (TSFM).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 
@@ -28,8 +32,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False):
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+):
     pass
 
 
@@ -47,20 +57,23 @@ def info() -> None:
     typer.echo(f"SimpleITK   {SimpleITK.Version.VersionString()}")
     devices = ["cpu"]
     if torch.cuda.is_available():
-        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})"
-                    for i in range(torch.cuda.device_count())]
+        devices += [
+            f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
+        ]
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         devices.append("mps")
     typer.echo(f"devices     {', '.join(devices)}")
 
 
 @app.command()
-def check(dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
-          workers: Workers = 1) -> None:
+def check(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+    workers: Workers = 1,
+) -> None:
     """Report every problem of a dataset, one line each; exit 1 if there is any."""
     from tumorfm.data.check import check_dataset
 
-    problems = check_dataset(dataset, workers=workers, progress=sys.stderr.isatty())
+    problems = check_dataset(dataset, workers=workers, progress=True)
     for problem in problems:
         typer.echo(problem)
     if problems:
@@ -83,8 +96,10 @@ def pool_show(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(f"pool {pool.name}: {len(pool.datasets)} datasets, {len(pool.classes)} classes, "
-               f"{sum(d.num_cases for d in pool.datasets)} cases\n")
+    typer.echo(
+        f"pool {pool.name}: {len(pool.datasets)} datasets, {len(pool.classes)} classes, "
+        f"{sum(d.num_cases for d in pool.datasets)} cases\n"
+    )
     typer.echo("global label  class                      annotated by")
     for index, name in enumerate(pool.classes, start=1):
         owners = [d.name for d in pool.datasets if name in d.annotated]
@@ -92,8 +107,10 @@ def pool_show(
     typer.echo("\ndataset                   cases  p(case)    p(dataset)  local -> global")
     for row in summary["datasets"]:
         mapping = ", ".join(f"{k}->{v}" for k, v in row["labels"].items())
-        typer.echo(f"{row['name']:<25} {row['num_cases']:>5}  {row['case_probability']:.3e}  "
-                   f"{row['dataset_probability']:>9.3f}   {mapping}")
+        typer.echo(
+            f"{row['name']:<25} {row['num_cases']:>5}  {row['case_probability']:.3e}  "
+            f"{row['dataset_probability']:>9.3f}   {mapping}"
+        )
 
 
 @app.command()
@@ -110,8 +127,10 @@ def preprocess(
     for name, row in report["datasets"].items():
         spacing = "x".join(f"{s:.3g}" for s in row["target_spacing"])
         patch = "x".join(str(p) for p in row["patch_size"])
-        typer.echo(f"{name}: {row['written']} written, {row['skipped']} up to date; "
-                   f"spacing {spacing} mm, patch {patch}")
+        typer.echo(
+            f"{name}: {row['written']} written, {row['skipped']} up to date; "
+            f"spacing {spacing} mm, patch {patch}"
+        )
     typer.echo(f"cache {out} ready in {report['seconds']:.1f} s")
 
 
@@ -127,14 +146,16 @@ def phantom(
     from tumorfm.data.phantom import write_phantom_pool
 
     ensure_writable(out)
-    for folder in write_phantom_pool(out, cases_per_site=cases, shape_zyx=shape, seed=seed,
-                                     progress=True):
+    for folder in write_phantom_pool(
+        out, cases_per_site=cases, shape_zyx=shape, seed=seed, progress=True
+    ):
         typer.echo(str(folder))
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo-output"),
-         workers: Workers = 2) -> None:
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo-output"), workers: Workers = 2
+) -> None:
     """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess."""
     from tumorfm.demo import run_demo
 

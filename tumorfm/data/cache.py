@@ -2,7 +2,7 @@
 
     CACHE/<dataset>/<case>/image.npy            (C, Z, Y, X) float32, normalised, resampled
     CACHE/<dataset>/<case>/label.npy            (Z, Y, X) int16 global labels (0 = background)
-    CACHE/<dataset>/<case>/class_locations.npz  sampled voxel indices per global label (oversampling)
+    CACHE/<dataset>/<case>/class_locations.npz  sampled voxels per global label (oversampling)
     CACHE/<dataset>/<case>/properties.json      geometry, crop box, spacing, annotated classes ...
 
 properties.json is written last inside a temporary folder that is then renamed, so a case folder
@@ -69,17 +69,29 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
-def write_case(dataset_folder: Path, case_id: str, image: np.ndarray, label: np.ndarray,
-               class_locations: dict[int, np.ndarray], properties: dict) -> CachedCase:
+def write_case(
+    dataset_folder: Path,
+    case_id: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    class_locations: dict[int, np.ndarray],
+    properties: dict,
+) -> CachedCase:
     """Write one case into a temporary folder, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", dir=dataset_folder))
     try:
         np.save(tmp / "image.npy", image.astype(np.float32, copy=False))
         np.save(tmp / "label.npy", label.astype(np.int16, copy=False))
         np.savez(tmp / "class_locations.npz", **{str(k): v for k, v in class_locations.items()})
-        write_json(tmp / PROPERTIES, {**properties, "case_id": case_id,
-                                      "image_shape": list(image.shape),
-                                      "label_shape": list(label.shape)})
+        write_json(
+            tmp / PROPERTIES,
+            {
+                **properties,
+                "case_id": case_id,
+                "image_shape": list(image.shape),
+                "label_shape": list(label.shape),
+            },
+        )
         final = dataset_folder / case_id
         if final.exists():
             shutil.rmtree(final)
@@ -109,8 +121,15 @@ def load_case(folder: Path) -> CachedCase | None:
 def cached_cases(cache: Path, dataset: str) -> list[CachedCase]:
     """All complete cases of one dataset in the cache, by case id."""
     folder = cache / dataset
-    cases = [load_case(p) for p in sorted(folder.iterdir()) if p.is_dir()
-             and not p.name.startswith(".")] if folder.is_dir() else []
+    cases = (
+        [
+            load_case(p)
+            for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".")
+        ]
+        if folder.is_dir()
+        else []
+    )
     return [case for case in cases if case is not None]
 
 

@@ -36,12 +36,14 @@ def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geome
         array, geometry = volume.array, volume.geometry
         several = case.channels[0].index is not None
         if several and array.ndim != 4:
-            problems.append(f"{path}: expected a 4D image with {num_channels} channels, got "
-                            f"shape {array.shape}")
+            problems.append(
+                f"{path}: expected a 4D image with {num_channels} channels, got shape {array.shape}"
+            )
             continue
         if several and array.shape[0] != num_channels:
-            problems.append(f"{path}: holds {array.shape[0]} channels, dataset.json declares "
-                            f"{num_channels}")
+            problems.append(
+                f"{path}: holds {array.shape[0]} channels, dataset.json declares {num_channels}"
+            )
         if not several and array.ndim != 3:
             problems.append(f"{path}: expected a 3D image, got shape {array.shape}")
             continue
@@ -49,8 +51,10 @@ def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geome
         if reference is None:
             reference = geometry
         elif not reference.close_to(geometry, GEOMETRY_TOLERANCE):
-            problems.append(f"{path}: geometry differs from the case's first channel "
-                            f"({_describe(geometry)} vs {_describe(reference)})")
+            problems.append(
+                f"{path}: geometry differs from the case's first channel "
+                f"({_describe(geometry)} vs {_describe(reference)})"
+            )
     return reference
 
 
@@ -78,11 +82,15 @@ def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[st
         return problems
     undeclared = sorted(set(np.unique(array).astype(int).tolist()) - set(labels))
     if undeclared:
-        problems.append(f"{case.label}: label value(s) {undeclared} not declared in dataset.json "
-                        f"(declared: {sorted(labels)})")
+        problems.append(
+            f"{case.label}: label value(s) {undeclared} not declared in dataset.json "
+            f"(declared: {sorted(labels)})"
+        )
     if reference is not None and not reference.close_to(volume.geometry, GEOMETRY_TOLERANCE):
-        problems.append(f"{case.label}: geometry differs from its image "
-                        f"({_describe(volume.geometry)} vs {_describe(reference)})")
+        problems.append(
+            f"{case.label}: geometry differs from its image "
+            f"({_describe(volume.geometry)} vs {_describe(reference)})"
+        )
     return problems
 
 
@@ -97,9 +105,17 @@ def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) ->
     except TumorFMError as error:
         return [str(error)]
     problems = list(dataset.problems)
-    jobs = [(case, len(dataset.modalities), dataset.labels) for case in dataset.cases
-            if case.channels or case.label]
-    bar = tqdm(total=len(jobs), desc=f"check {dataset.name}", unit="case", disable=not progress)
+    jobs = [
+        (case, len(dataset.modalities), dataset.labels)
+        for case in dataset.cases
+        if case.channels or case.label
+    ]
+    bar = tqdm(
+        total=len(jobs),
+        desc=f"check {dataset.name}",
+        unit="case",
+        disable=None if progress else True,
+    )
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
             for found in pool.map(_check_one, jobs):

@@ -65,7 +65,7 @@ def _load_json(path: Path) -> dict:
 def _channel_map(meta: dict, key: str, path: Path) -> list[str]:
     channels = meta.get(key)
     if not isinstance(channels, dict) or not channels:
-        raise TumorFMError(f"{path}: '{key}' must be a non-empty object like {{\"0\": \"CT\"}}")
+        raise TumorFMError(f'{path}: \'{key}\' must be a non-empty object like {{"0": "CT"}}')
     try:
         order = sorted(channels, key=int)
     except ValueError:
@@ -82,11 +82,14 @@ def _nnunet_labels(meta: dict, path: Path) -> dict[int, str]:
     out: dict[int, str] = {}
     for name, value in labels.items():
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TumorFMError(f"{path}: label '{name}' must be an integer value (region-based "
-                               f"labels are not supported), got {value!r}")
+            raise TumorFMError(
+                f"{path}: label '{name}' must be an integer value (region-based "
+                f"labels are not supported), got {value!r}"
+            )
         if value in out:
-            raise TumorFMError(f"{path}: label value {value} is given twice ('{out[value]}', "
-                               f"'{name}')")
+            raise TumorFMError(
+                f"{path}: label value {value} is given twice ('{out[value]}', '{name}')"
+            )
         out[value] = str(name)
     return out
 
@@ -94,7 +97,7 @@ def _nnunet_labels(meta: dict, path: Path) -> dict[int, str]:
 def _msd_labels(meta: dict, path: Path) -> dict[int, str]:
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
-        raise TumorFMError(f"{path}: 'labels' must be an object like {{\"0\": \"background\"}}")
+        raise TumorFMError(f'{path}: \'labels\' must be an object like {{"0": "background"}}')
     try:
         return {int(value): str(name) for value, name in labels.items()}
     except ValueError:
@@ -104,8 +107,9 @@ def _msd_labels(meta: dict, path: Path) -> dict[int, str]:
 def _volume_files(folder: Path, ending: str) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name.endswith(ending) and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.name.endswith(ending) and not p.name.startswith(".")
+    )
 
 
 def _duplicates(ids: list[str]) -> list[str]:
@@ -135,16 +139,22 @@ def _read_nnunet(root: Path, meta: dict, json_path: Path) -> RawDataset:
         if not found:
             problems.append(f"{label}: label without image (no imagesTr/{case_id}_0000{ending})")
         elif label is None:
-            problems.append(f"{root / 'imagesTr' / (case_id + '_0000' + ending)}: image without "
-                            f"label (no labelsTr/{case_id}{ending})")
+            problems.append(
+                f"{root / 'imagesTr' / (case_id + '_0000' + ending)}: image without "
+                f"label (no labelsTr/{case_id}{ending})"
+            )
         missing = [c for c in range(len(modalities)) if c not in found]
         extra = sorted(c for c in found if c >= len(modalities))
         if found and missing:
-            problems.append(f"{root / 'imagesTr'}/{case_id}: channel(s) {missing} missing; "
-                            f"dataset.json declares {len(modalities)} channel(s)")
+            problems.append(
+                f"{root / 'imagesTr'}/{case_id}: channel(s) {missing} missing; "
+                f"dataset.json declares {len(modalities)} channel(s)"
+            )
         if extra:
-            problems.append(f"{found[extra[0]]}: channel {extra[0]:04d} not declared in "
-                            f"dataset.json channel_names ({len(modalities)} channel(s))")
+            problems.append(
+                f"{found[extra[0]]}: channel {extra[0]:04d} not declared in "
+                f"dataset.json channel_names ({len(modalities)} channel(s))"
+            )
         channels = tuple(ChannelFile(found[c]) for c in range(len(modalities)) if c in found)
         cases.append(Case(case_id, channels if not missing else (), label))
     if not cases:
@@ -179,8 +189,11 @@ def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
         if not label.is_file():
             problems.append(f"{label}: label listed in dataset.json training[{number}] but missing")
         several = len(modalities) > 1
-        channels = tuple(ChannelFile(image, c if several else None)
-                         for c in range(len(modalities))) if image.is_file() else ()
+        channels = (
+            tuple(ChannelFile(image, c if several else None) for c in range(len(modalities)))
+            if image.is_file()
+            else ()
+        )
         cases.append(Case(_msd_case_id(image), channels, label if label.is_file() else None))
     for duplicate in _duplicates([case.case_id for case in cases]):
         problems.append(f"{json_path}: case id '{duplicate}' appears more than once in 'training'")
@@ -207,8 +220,10 @@ def read_dataset(path: str | Path) -> RawDataset:
         return _read_nnunet(root, meta, json_path)
     if "modality" in meta and "training" in meta:
         return _read_msd(root, meta, json_path)
-    raise TumorFMError(f"{json_path}: neither nnU-Net v2 ('channel_names', 'labels', "
-                       f"'file_ending') nor MSD ('modality', 'training') layout")
+    raise TumorFMError(
+        f"{json_path}: neither nnU-Net v2 ('channel_names', 'labels', "
+        f"'file_ending') nor MSD ('modality', 'training') layout"
+    )
 
 
 def load_channels(case: Case) -> tuple[np.ndarray, Geometry]:
@@ -220,8 +235,10 @@ def load_channels(case: Case) -> tuple[np.ndarray, Geometry]:
         volume = cache[channel.path]
         array = volume.array if channel.index is None else volume.array[channel.index]
         if array.ndim != 3:
-            raise TumorFMError(f"{channel.path}: expected a 3D volume per channel, got "
-                               f"{volume.array.ndim}D with shape {volume.array.shape}")
+            raise TumorFMError(
+                f"{channel.path}: expected a 3D volume per channel, got "
+                f"{volume.array.ndim}D with shape {volume.array.shape}"
+            )
         arrays.append(array.astype(np.float32, copy=False))
         geometry = geometry or volume.geometry.spatial()
     return np.stack(arrays), geometry

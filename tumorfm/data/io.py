@@ -39,8 +39,12 @@ class Geometry:
 
     @classmethod
     def of(cls, image: sitk.Image) -> Geometry:
-        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
-                   tuple(image.GetDirection()))
+        return cls(
+            tuple(image.GetSize()),
+            tuple(image.GetSpacing()),
+            tuple(image.GetOrigin()),
+            tuple(image.GetDirection()),
+        )
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
@@ -53,16 +57,19 @@ class Geometry:
         if len(self.size) == 3:
             return self
         direction = np.asarray(self.direction).reshape(len(self.size), len(self.size))[:3, :3]
-        return Geometry(self.size[:3], self.spacing[:3], self.origin[:3],
-                        tuple(direction.ravel().tolist()))
+        return Geometry(
+            self.size[:3], self.spacing[:3], self.origin[:3], tuple(direction.ravel().tolist())
+        )
 
     def close_to(self, other: Geometry, tolerance: float = 1e-4) -> bool:
         """Same grid within a relative tolerance on spacing, origin (in mm) and direction."""
         if self.size != other.size:
             return False
-        return (np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=tolerance)
-                and np.allclose(self.origin, other.origin, rtol=tolerance, atol=1e-3)
-                and np.allclose(self.direction, other.direction, atol=tolerance))
+        return (
+            np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=tolerance)
+            and np.allclose(self.origin, other.origin, rtol=tolerance, atol=1e-3)
+            and np.allclose(self.direction, other.direction, atol=tolerance)
+        )
 
 
 @dataclass
@@ -106,7 +113,7 @@ def _nifti_layout(header: bytes) -> tuple[int, int, int, str] | None:
             break
     else:
         return None
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(int(dims[0]), 1)]]))
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(int(dims[0]), 1)]]))
     return offset, voxels, datatype, order
 
 
@@ -145,8 +152,10 @@ def _explain_read_failure(path: Path, error: Exception) -> str:
     if path.stat().st_size == 0:
         return f"{path}: file is empty"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next((line for line in reversed(lines) if "Description" in line or "ERROR" in line),
-                  lines[-1] if lines else type(error).__name__)
+    detail = next(
+        (line for line in reversed(lines) if "Description" in line or "ERROR" in line),
+        lines[-1] if lines else type(error).__name__,
+    )
     detail = re.sub(r"^.*?(Description:|ITK ERROR: \w+\(0x[0-9a-f]+\):)\s*", "", detail)
     return f"{path}: cannot read volume (truncated or not a valid image: {detail})"
 
@@ -160,7 +169,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         try:
             return _read_dicom_series(path)
         except RuntimeError as error:
-            raise TumorFMError(f"{path}: unreadable DICOM series ({str(error).splitlines()[-1]})")
+            raise TumorFMError(
+                f"{path}: unreadable DICOM series ({str(error).splitlines()[-1]})"
+            ) from None
     if path.name.lower().endswith((".gz", ".nii")):
         _verify_complete(path)
     try:
@@ -205,8 +216,9 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike)
     image = to_image(array, geometry)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-len(suffix)]}.", suffix=suffix,
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name[: -len(suffix)]}.", suffix=suffix, dir=path.parent
+        )
         os.close(fd)
     except OSError as error:
         raise TumorFMError(f"{path.parent}: cannot write here ({error.strerror})") from None

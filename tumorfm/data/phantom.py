@@ -83,17 +83,56 @@ class PhantomSite:
 
 
 DEFAULT_SITES: tuple[PhantomSite, ...] = (
-    PhantomSite("PhantomLiver", 901, "liver", ("liver",), "liver_tumour", ("liver",),
-                spacing=(1.5, 1.5, 2.5), noise_hu=12.0, enhancement=1.0,
-                tumour_contrast_hu=(20.0, 70.0), hyperdense_fraction=0.2),
-    PhantomSite("PhantomKidney", 902, "kidney", ("kidney_left", "kidney_right"), "kidney_tumour",
-                ("kidney_left", "kidney_right"), spacing=(1.8, 1.8, 2.0), noise_hu=18.0,
-                enhancement=1.15, tumour_contrast_hu=(40.0, 110.0), hyperdense_fraction=0.1),
-    PhantomSite("PhantomPancreas", 903, "pancreas", ("pancreas",), "pancreas_tumour",
-                ("pancreas",), spacing=(1.6, 1.6, 3.0), noise_hu=15.0, enhancement=0.9,
-                tumour_contrast_hu=(15.0, 45.0), hyperdense_fraction=0.0),
-    PhantomSite("PhantomMultiOrgan", 904, "abdomen", tuple(ORGANS), None, (),
-                spacing=(2.0, 2.0, 3.0), noise_hu=10.0, enhancement=1.05),
+    PhantomSite(
+        "PhantomLiver",
+        901,
+        "liver",
+        ("liver",),
+        "liver_tumour",
+        ("liver",),
+        spacing=(1.5, 1.5, 2.5),
+        noise_hu=12.0,
+        enhancement=1.0,
+        tumour_contrast_hu=(20.0, 70.0),
+        hyperdense_fraction=0.2,
+    ),
+    PhantomSite(
+        "PhantomKidney",
+        902,
+        "kidney",
+        ("kidney_left", "kidney_right"),
+        "kidney_tumour",
+        ("kidney_left", "kidney_right"),
+        spacing=(1.8, 1.8, 2.0),
+        noise_hu=18.0,
+        enhancement=1.15,
+        tumour_contrast_hu=(40.0, 110.0),
+        hyperdense_fraction=0.1,
+    ),
+    PhantomSite(
+        "PhantomPancreas",
+        903,
+        "pancreas",
+        ("pancreas",),
+        "pancreas_tumour",
+        ("pancreas",),
+        spacing=(1.6, 1.6, 3.0),
+        noise_hu=15.0,
+        enhancement=0.9,
+        tumour_contrast_hu=(15.0, 45.0),
+        hyperdense_fraction=0.0,
+    ),
+    PhantomSite(
+        "PhantomMultiOrgan",
+        904,
+        "abdomen",
+        tuple(ORGANS),
+        None,
+        (),
+        spacing=(2.0, 2.0, 3.0),
+        noise_hu=10.0,
+        enhancement=1.05,
+    ),
 )
 
 
@@ -111,16 +150,19 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], points) -> np
     field, where a full-resolution gaussian_filter or zoom would dominate the case time.
     """
     points = [points] * len(shape) if np.isscalar(points) else points
-    coarse = rng.standard_normal([max(2, min(int(p), n)) for p, n in zip(points, shape)],
-                                 dtype=np.float32)
+    coarse = rng.standard_normal(
+        [max(2, min(int(p), n)) for p, n in zip(points, shape)], dtype=np.float32
+    )
     matrices = [_interpolation_matrix(n, c) for n, c in zip(shape, coarse.shape)]
     return np.einsum("za,yb,xc,abc->zyx", *matrices, coarse, optimize=True)
 
 
 def _window(coords: np.ndarray, center: float, reach: float) -> slice:
     """The index range whose voxel centres lie within `reach` mm of `center` along one axis."""
-    return slice(int(np.searchsorted(coords, center - reach)),
-                 int(np.searchsorted(coords, center + reach, side="right")))
+    return slice(
+        int(np.searchsorted(coords, center - reach)),
+        int(np.searchsorted(coords, center + reach, side="right")),
+    )
 
 
 def _deformed_ellipsoid(rng, axes_mm, center_mm, half_mm, angle_deg, roughness):
@@ -130,8 +172,11 @@ def _deformed_ellipsoid(rng, axes_mm, center_mm, half_mm, angle_deg, roughness):
     ellipsoid misses the volume. Computed on its bounding box only, to stay fast.
     """
     reach_xy = max(half_mm[0], half_mm[1]) * (1 + roughness)
-    window = (_window(axes_mm[0], center_mm[2], half_mm[2] * (1 + roughness)),
-              _window(axes_mm[1], center_mm[1], reach_xy), _window(axes_mm[2], center_mm[0], reach_xy))
+    window = (
+        _window(axes_mm[0], center_mm[2], half_mm[2] * (1 + roughness)),
+        _window(axes_mm[1], center_mm[1], reach_xy),
+        _window(axes_mm[2], center_mm[0], reach_xy),
+    )
     if any(s.start >= s.stop for s in window):
         return None
     z = axes_mm[0][window[0], None, None] - center_mm[2]
@@ -166,11 +211,14 @@ def _place_tumour(rng, organ_map, organ_value, tumours, spacing_zyx):
     center = np.unravel_index(rng.choice(candidates), depth.shape)
     center = [int(c) + s.start for c, s in zip(center, box)]
     reach = [math.ceil(0.75 * diameter / s) + 1 for s in spacing_zyx]
-    window = tuple(slice(max(0, c - r), min(n, c + r + 1))
-                   for c, r, n in zip(center, reach, organ_map.shape))
+    window = tuple(
+        slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(center, reach, organ_map.shape)
+    )
     offsets = np.ogrid[window]
     distance = np.sqrt(sum(((o - c) * s) ** 2 for o, c, s in zip(offsets, center, spacing_zyx)))
-    level = distance / (diameter / 2) - 0.2 * np.clip(smooth_noise(rng, distance.shape, 4) / 2, -1, 1)
+    level = distance / (diameter / 2) - 0.2 * np.clip(
+        smooth_noise(rng, distance.shape, 4) / 2, -1, 1
+    )
     voxel_mm3 = float(np.prod(spacing_zyx))
     count = int(np.clip(round(math.pi / 6 * diameter**3 / voxel_mm3), 1, level.size))
     shape = level <= np.partition(level.ravel(), count - 1)[count - 1]
@@ -196,10 +244,16 @@ def _simulate(site: PhantomSite, shape_zyx: tuple[int, int, int], seed: int):
     spacing_zyx = tuple(float(s) for s in reversed(site.spacing))
     axes_mm = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape_zyx, spacing_zyx)]
     fov_xyz = [n * s for n, s in zip(reversed(shape_zyx), site.spacing)]
-    fit_xy = min(1.0, 0.46 * fov_xyz[0] / ADULT_BODY_HALF_MM[0],
-                 0.46 * fov_xyz[1] / ADULT_BODY_HALF_MM[1])
-    body_half = np.array([ADULT_BODY_HALF_MM[0] * fit_xy, ADULT_BODY_HALF_MM[1] * fit_xy,
-                          min(ADULT_BODY_HALF_MM[2], 0.48 * fov_xyz[2])])
+    fit_xy = min(
+        1.0, 0.46 * fov_xyz[0] / ADULT_BODY_HALF_MM[0], 0.46 * fov_xyz[1] / ADULT_BODY_HALF_MM[1]
+    )
+    body_half = np.array(
+        [
+            ADULT_BODY_HALF_MM[0] * fit_xy,
+            ADULT_BODY_HALF_MM[1] * fit_xy,
+            min(ADULT_BODY_HALF_MM[2], 0.48 * fov_xyz[2]),
+        ]
+    )
     body_half[:2] *= rng.uniform(0.9, 1.05, 2)
     body_center = np.array([*rng.normal(0, 0.03, 2) * body_half[:2], 0.0])
 
@@ -208,15 +262,18 @@ def _simulate(site: PhantomSite, shape_zyx: tuple[int, int, int], seed: int):
     x = (axes_mm[2][None, :] - body_center[0]) / body_half[0]
     outline = np.sqrt(x**2 + y**2) + 0.04 * smooth_noise(rng, (1, *shape_zyx[1:]), (1, 6, 6))[0]
     body = np.broadcast_to(outline < 1, shape_zyx)
-    fat_or_muscle = np.clip(0.5 + 0.4 * smooth_noise(rng, shape_zyx, [n // 8 for n in shape_zyx]), 0, 1)
+    fat_or_muscle = np.clip(
+        0.5 + 0.4 * smooth_noise(rng, shape_zyx, [n // 8 for n in shape_zyx]), 0, 1
+    )
     hu[body] = (-100.0 + 140.0 * fat_or_muscle)[body]  # fat (-100 HU) .. muscle (40 HU)
     texture = smooth_noise(rng, shape_zyx, [n // 5 for n in shape_zyx])
 
     def place(organ: Organ):
         center = body_center + (np.array(organ.center) + rng.normal(0, 0.03, 3)) * body_half
         half = np.array(organ.half_axes) * rng.uniform(0.88, 1.12, 3) * body_half
-        found = _deformed_ellipsoid(rng, axes_mm, center, half, organ.angle_deg + rng.normal(0, 8),
-                                    roughness=0.3)
+        found = _deformed_ellipsoid(
+            rng, axes_mm, center, half, organ.angle_deg + rng.normal(0, 8), roughness=0.3
+        )
         if found is None:
             return None
         mask, window = found
@@ -241,19 +298,26 @@ def _simulate(site: PhantomSite, shape_zyx: tuple[int, int, int], seed: int):
                 continue
             sign = 1.0 if rng.random() < site.hyperdense_fraction else -1.0
             own_texture = smooth_noise(rng, shape_zyx, [n // 3 for n in shape_zyx])[tumour]
-            hu[tumour] += sign * rng.uniform(*site.tumour_contrast_hu) + rng.uniform(5, 15) * own_texture
+            hu[tumour] += (
+                sign * rng.uniform(*site.tumour_contrast_hu) + rng.uniform(5, 15) * own_texture
+            )
             tumours |= tumour
 
     hu = ndimage.gaussian_filter(hu, sigma=0.5)  # partial volume at organ edges
     hu += site.noise_hu * rng.standard_normal(shape_zyx, dtype=np.float32)
     origin = tuple(float(-(n - 1) / 2 * s) for n, s in zip(reversed(shape_zyx), site.spacing))
-    geometry = Geometry(tuple(int(n) for n in reversed(shape_zyx)), tuple(map(float, site.spacing)),
-                        origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    geometry = Geometry(
+        tuple(int(n) for n in reversed(shape_zyx)),
+        tuple(map(float, site.spacing)),
+        origin,
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
     return hu, organ_map, tumours, geometry
 
 
-def make_case(site: PhantomSite, shape_zyx: tuple[int, int, int],
-              seed: int) -> tuple[np.ndarray, np.ndarray, Geometry]:
+def make_case(
+    site: PhantomSite, shape_zyx: tuple[int, int, int], seed: int
+) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """One synthetic case in memory: (image int16 HU, label uint8 in the site's labels, geometry).
 
     Organs the site does not label are still in the image but are background in the label.
@@ -288,10 +352,14 @@ def _dataset_json(site: PhantomSite, num_training: int, seed: int) -> dict:
     }
 
 
-def write_phantom_pool(out_dir: str | os.PathLike, cases_per_site: int = 8,
-                       shape_zyx: tuple[int, int, int] = (64, 96, 96), seed: int = 0,
-                       sites: tuple[PhantomSite, ...] = DEFAULT_SITES,
-                       progress: bool = False) -> list[Path]:
+def write_phantom_pool(
+    out_dir: str | os.PathLike,
+    cases_per_site: int = 8,
+    shape_zyx: tuple[int, int, int] = (64, 96, 96),
+    seed: int = 0,
+    sites: tuple[PhantomSite, ...] = DEFAULT_SITES,
+    progress: bool = False,
+) -> list[Path]:
     """Write every site as an nnU-Net v2 raw dataset folder under out_dir; return the folders.
 
     Rewriting into an existing pool replaces its cases; stale phantom cases of the same site
@@ -299,13 +367,20 @@ def write_phantom_pool(out_dir: str | os.PathLike, cases_per_site: int = 8,
     """
     out_dir = Path(out_dir)
     folders = []
-    bar = tqdm(total=len(sites) * cases_per_site, desc="phantoms", unit="case", disable=not progress)
+    bar = tqdm(
+        total=len(sites) * cases_per_site,
+        desc="phantoms",
+        unit="case",
+        disable=None if progress else True,
+    )
     for site_index, site in enumerate(sites):
         folder = out_dir / site.folder_name
         folder.mkdir(parents=True, exist_ok=True)
         written = set()
         for case_index in range(cases_per_site):
-            image, label, geometry = make_case(site, shape_zyx, case_seed(seed, site_index, case_index))
+            image, label, geometry = make_case(
+                site, shape_zyx, case_seed(seed, site_index, case_index)
+            )
             case = f"{site.case_prefix}_{case_index:03d}"
             written.add(write_volume(image, geometry, folder / "imagesTr" / f"{case}_0000.nii.gz"))
             written.add(write_volume(label, geometry, folder / "labelsTr" / f"{case}.nii.gz"))

@@ -44,13 +44,17 @@ class DatasetEntry(BaseModel):
             raise ValueError("label 0 is background and must not be mapped")
         for value, name in labels.items():
             if not CLASS_NAME.match(name):
-                raise ValueError(f"global class name '{name}' (label {value}) must be lower "
-                                 f"snake_case, like 'liver_tumour'")
+                raise ValueError(
+                    f"global class name '{name}' (label {value}) must be lower "
+                    f"snake_case, like 'liver_tumour'"
+                )
         seen: dict[str, int] = {}
         for value, name in labels.items():
             if name in seen:
-                raise ValueError(f"global class '{name}' is mapped twice (labels {seen[name]} "
-                                 f"and {value}); each global class once per dataset")
+                raise ValueError(
+                    f"global class '{name}' is mapped twice (labels {seen[name]} "
+                    f"and {value}); each global class once per dataset"
+                )
             seen[name] = value
         return labels
 
@@ -111,13 +115,19 @@ class Pool:
         return {
             "name": self.name,
             "classes": self.classes,
-            "datasets": [{
-                "name": d.name, "path": str(d.root), "modalities": d.modalities,
-                "num_cases": d.num_cases, "annotated": d.annotated,
-                "labels": {str(k): v for k, v in d.entry.labels.items()},
-                "case_probability": self.case_probability(d),
-                "dataset_probability": self.case_probability(d) * d.num_cases,
-            } for d in self.datasets],
+            "datasets": [
+                {
+                    "name": d.name,
+                    "path": str(d.root),
+                    "modalities": d.modalities,
+                    "num_cases": d.num_cases,
+                    "annotated": d.annotated,
+                    "labels": {str(k): v for k, v in d.entry.labels.items()},
+                    "case_probability": self.case_probability(d),
+                    "dataset_probability": self.case_probability(d) * d.num_cases,
+                }
+                for d in self.datasets
+            ],
         }
 
 
@@ -157,15 +167,21 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
     unmapped = sorted(declared - set(entry.labels))
     if unmapped:
         names = ", ".join(f"{v} ({raw.labels[v]})" for v in unmapped)
-        raise TumorFMError(f"{path}: dataset '{entry.name}': label value(s) {names} of "
-                           f"{raw.root / 'dataset.json'} have no global name in 'labels'")
+        raise TumorFMError(
+            f"{path}: dataset '{entry.name}': label value(s) {names} of "
+            f"{raw.root / 'dataset.json'} have no global name in 'labels'"
+        )
     unknown = sorted(set(entry.labels) - declared)
     if unknown:
-        raise TumorFMError(f"{path}: dataset '{entry.name}': label value(s) {unknown} are not "
-                           f"declared in {raw.root / 'dataset.json'}")
+        raise TumorFMError(
+            f"{path}: dataset '{entry.name}': label value(s) {unknown} are not "
+            f"declared in {raw.root / 'dataset.json'}"
+        )
     if entry.modalities and len(entry.modalities) != len(raw.modalities):
-        raise TumorFMError(f"{path}: dataset '{entry.name}': {len(entry.modalities)} modalities "
-                           f"given, the dataset has {len(raw.modalities)} channel(s)")
+        raise TumorFMError(
+            f"{path}: dataset '{entry.name}': {len(entry.modalities)} modalities "
+            f"given, the dataset has {len(raw.modalities)} channel(s)"
+        )
     if not raw.labelled_cases:
         raise TumorFMError(f"{path}: dataset '{entry.name}': no labelled case in {raw.root}")
 
@@ -189,8 +205,9 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
             _check_against_dataset(path, entry, raw)
         num_cases = len(raw.labelled_cases) if raw else entry.num_cases
         if not num_cases:
-            raise TumorFMError(f"{path}: dataset '{entry.name}': give 'num_cases' when the "
-                               f"dataset is not on disk")
+            raise TumorFMError(
+                f"{path}: dataset '{entry.name}': give 'num_cases' when the dataset is not on disk"
+            )
         datasets.append(PoolDataset(entry, root.resolve(), raw, num_cases))
     mapped = list(dict.fromkeys(n for entry in parsed.datasets for n in entry.labels.values()))
     classes = parsed.classes or mapped
@@ -199,8 +216,10 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
             raise TumorFMError(f"{path}: classes: a class is listed twice")
         stray = [n for n in mapped if n not in classes]
         if stray:
-            raise TumorFMError(f"{path}: classes: '{stray[0]}' is mapped by a dataset but "
-                               f"missing from 'classes' (a typo?)")
+            raise TumorFMError(
+                f"{path}: classes: '{stray[0]}' is mapped by a dataset but "
+                f"missing from 'classes' (a typo?)"
+            )
         unused = [n for n in classes if n not in mapped]
         if unused:
             raise TumorFMError(f"{path}: classes: '{unused[0]}' is annotated by no dataset")

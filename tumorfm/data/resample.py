@@ -20,14 +20,23 @@ def _resample(array: np.ndarray, shape: tuple[int, ...], interpolator: int) -> n
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     spacing = [old / new for old, new in zip(reversed(array.shape), reversed(shape))]
     origin = [0.5 * (s - 1.0) for s in spacing]
-    resampled = sitk.Resample(image, [int(s) for s in reversed(shape)], sitk.Transform(),
-                              interpolator, origin, spacing, image.GetDirection(), 0.0,
-                              sitk.sitkFloat32)
+    resampled = sitk.Resample(
+        image,
+        [int(s) for s in reversed(shape)],
+        sitk.Transform(),
+        interpolator,
+        origin,
+        spacing,
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
     return sitk.GetArrayFromImage(resampled)
 
 
-def _two_pass(array: np.ndarray, shape: tuple[int, ...], separate_axis: int | None,
-              interpolator: int) -> np.ndarray:
+def _two_pass(
+    array: np.ndarray, shape: tuple[int, ...], separate_axis: int | None, interpolator: int
+) -> np.ndarray:
     if separate_axis is None or array.shape[separate_axis] == shape[separate_axis]:
         return _resample(array, shape, interpolator)
     in_plane = list(shape)
@@ -36,15 +45,18 @@ def _two_pass(array: np.ndarray, shape: tuple[int, ...], separate_axis: int | No
     return _resample(array, shape, sitk.sitkNearestNeighbor)
 
 
-def resample_image(image: np.ndarray, shape: tuple[int, ...],
-                   separate_axis: int | None = None) -> np.ndarray:
+def resample_image(
+    image: np.ndarray, shape: tuple[int, ...], separate_axis: int | None = None
+) -> np.ndarray:
     """(C, Z, Y, X) float image -> (C, *shape) with cubic B-spline interpolation."""
-    return np.stack([_two_pass(channel, shape, separate_axis, sitk.sitkBSpline)
-                     for channel in image]).astype(np.float32, copy=False)
+    return np.stack(
+        [_two_pass(channel, shape, separate_axis, sitk.sitkBSpline) for channel in image]
+    ).astype(np.float32, copy=False)
 
 
-def resample_labels(label: np.ndarray, shape: tuple[int, ...],
-                    separate_axis: int | None = None) -> np.ndarray:
+def resample_labels(
+    label: np.ndarray, shape: tuple[int, ...], separate_axis: int | None = None
+) -> np.ndarray:
     """(Z, Y, X) label map -> `shape`, one label at a time (linear, threshold 0.5)."""
     if tuple(label.shape) == tuple(shape):
         return label.copy()
@@ -55,9 +67,3 @@ def resample_labels(label: np.ndarray, shape: tuple[int, ...],
         mask = (label == value).astype(np.float32)
         out[_two_pass(mask, shape, separate_axis, sitk.sitkLinear) >= 0.5] = value
     return out
-
-
-def shape_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...],
-                      target_spacing: tuple[float, ...]) -> tuple[int, ...]:
-    """nnU-Net's new shape: round(shape * spacing / target_spacing)."""
-    return tuple(int(round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))

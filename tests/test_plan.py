@@ -1,0 +1,397 @@
+"""Fingerprint and plan: nnU-Net v2's rules on small hand-made inputs (no nnU-Net import)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tumorfm.data.plan import (
+    CaseFingerprint,
+    DatasetFingerprint,
+    Plan,
+    aggregate_fingerprints,
+    crop_to_nonzero,
+    determine_separate_z,
+    determine_target_spacing,
+    estimate_feature_map_size,
+    fingerprint_case,
+    nonzero_mask,
+    plan_dataset,
+    pool_and_conv_props,
+    samples_per_case,
+)
+
+
+def _props(num_channels):
+    return {
+        str(i): {
+            "mean": 40.0 + i,
+            "median": 38.0,
+            "std": 60.0,
+            "min": -1000.0,
+            "max": 2000.0,
+            "percentile_99_5": 300.0,
+            "percentile_00_5": -150.0,
+        }
+        for i in range(num_channels)
+    }
+
+
+def _fingerprint(spacings, shapes, rel_size=1.0, channels=1):
+    return DatasetFingerprint.from_dict(
+        {
+            "spacings": spacings,
+            "shapes_after_crop": shapes,
+            "foreground_intensity_properties_per_channel": _props(channels),
+            "median_relative_size_after_cropping": rel_size,
+        }
+    )
+
+
+# ------------------------------------------------------------------ target spacing / anisotropy
+
+
+def test_isotropic_target_is_median():
+    spacings = [[1.0, 0.8, 0.8], [1.2, 0.7, 0.7], [1.5, 0.9, 0.9], [0.9, 0.8, 0.8]]
+    fp = _fingerprint(spacings, [[100, 200, 200]] * 4)
+    assert determine_target_spacing(fp) == pytest.approx((1.1, 0.8, 0.8))
+
+
+def test_anisotropic_spacing_and_voxels_use_10th_percentile():
+    z = [2.0, 4.0] + [5.0] * 9  # 11 values: the 10th percentile is the second smallest
+    fp = _fingerprint([[s, 1.0, 1.0] for s in z], [[30, 300, 300]] * 11)
+    assert determine_target_spacing(fp) == pytest.approx((4.0, 1.0, 1.0))
+
+
+def test_anisotropic_spacing_with_many_slices_keeps_median():
+    z = [2.0, 4.0] + [5.0] * 9
+    fp = _fingerprint([[s, 1.0, 1.0] for s in z], [[200, 300, 300]] * 11)  # not few slices
+    assert determine_target_spacing(fp) == pytest.approx((5.0, 1.0, 1.0))
+
+
+def test_10th_percentile_is_clamped_above_the_other_axes():
+    z = [0.9, 1.0, 1.0] + [6.0] * 9  # 10th percentile 1.0 < in-plane 1.5
+    fp = _fingerprint([[s, 1.5, 1.4] for s in z], [[20, 256, 256]] * 12)
+    assert determine_target_spacing(fp) == (1.5 + 1e-5, 1.5, 1.4)
+
+
+@pytest.mark.parametrize(
+    "spacing, target, expected",
+    [
+        ((3.0, 0.5, 0.5), (1.0, 1.0, 1.0), 0),  # current spacing anisotropic: its coarse axis
+        ((1.0, 1.0, 1.0), (0.5, 0.5, 3.0), 2),  # else the target's coarse axis
+        ((1.0, 0.8, 0.8), (1.2, 0.8, 0.8), None),  # neither anisotropic
+        ((0.24, 1.25, 1.25), (1.0, 1.0, 1.0), None),  # two coarse axes: no single z
+        ((0.2, 1.0, 1.0), (3.0, 1.0, 1.0), None),  # the current spacing's tie is final
+        ((3.0, 1.0, 1.0), (3.0, 1.0, 1.0), None),  # ratio exactly 3 is not "> 3"
+    ],
+)
+def test_separate_z_rule(spacing, target, expected):
+    assert determine_separate_z(spacing, target) == expected
+
+
+# ------------------------------------------------------------------ cropping
+
+
+def _ring_volume():
+    """One channel with a hollow box (hole inside) in a zero background."""
+    img = np.zeros((1, 8, 10, 12), np.float32)
+    img[0, 2:6, 3:8, 4:11] = 5.0
+    img[0, 3:5, 4:7, 5:10] = 0.0  # enclosed hole: filled by nonzero_mask
+    return img
+
+
+def test_nonzero_mask_fills_holes():
+    mask = nonzero_mask(_ring_volume())
+    assert mask[3, 5, 7] and mask.sum() == 4 * 5 * 7
+
+
+def test_crop_to_nonzero_bbox_and_label():
+    img = _ring_volume()
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[3, 5, 7] = 1  # inside the hole
+    cropped, seg, bbox = crop_to_nonzero(img, label)
+    assert bbox == ((2, 6), (3, 8), (4, 11))
+    assert cropped.shape == (1, 4, 5, 7)
+    assert seg.shape == (4, 5, 7) and seg.dtype.kind == "i"  # signed: -1 must survive
+    assert seg[1, 2, 3] == 1 and (seg >= 0).all()  # mask filled, so nothing outside it here
+    assert label.sum() == 1  # input untouched
+
+
+def test_crop_marks_background_outside_mask_and_uses_all_channels():
+    img = np.zeros((2, 6, 6, 6), np.float32)
+    img[0, 1:3, 1:3, 1:3] = 1.0
+    img[1, 4, 4, 4] = -2.0  # second channel widens the box
+    label = np.zeros((6, 6, 6), np.int16)
+    label[1, 1, 1] = 2
+    _, seg, bbox = crop_to_nonzero(img, label)
+    assert bbox == ((1, 5), (1, 5), (1, 5))
+    assert seg[0, 0, 0] == 2 and seg[3, 3, 3] == 0 and seg[2, 2, 2] == -1
+    _, mask_seg, _ = crop_to_nonzero(img)  # no label: the 0 / -1 mask in its place
+    assert mask_seg.dtype == np.int8 and np.array_equal(mask_seg, np.where(seg == -1, -1, 0))
+
+
+def test_crop_of_empty_image_keeps_everything():
+    _, _, bbox = crop_to_nonzero(np.zeros((1, 3, 4, 5)))
+    assert bbox == ((0, 3), (0, 4), (0, 5))
+
+
+# ------------------------------------------------------------------ fingerprint
+
+
+def _ct_case(rng, shape=(20, 40, 40), tumour_value=60.0):
+    img = np.full((1, *shape), -1000.0, np.float32)  # air, non-zero: nothing gets cropped
+    img[0, :, 5:35, 5:35] = rng.normal(40, 20, (shape[0], 30, 30))
+    label = np.zeros(shape, np.uint8)
+    label[5:15, 10:25, 10:25] = 1
+    img[0][label > 0] = rng.normal(tumour_value, 10, int(label.sum()))
+    return img, label
+
+
+def test_samples_per_case_budget():
+    assert samples_per_case(36) == 2_777_777
+    assert samples_per_case(1) == 100_000_000
+
+
+def test_fingerprint_case_samples_foreground_only():
+    rng = np.random.default_rng(0)
+    img, label = _ct_case(rng)
+    img[0, 0] = 0.0  # a zero slice at the edge is cropped away
+    fp = fingerprint_case(img, label, (3.0, 0.8, 0.8), num_samples=500)
+    assert isinstance(fp, CaseFingerprint)
+    assert fp.shape_before_crop == (20, 40, 40) and fp.shape_after_crop == (19, 40, 40)
+    assert fp.relative_size_after_cropping == pytest.approx(19 / 20)
+    assert fp.spacing_zyx == (3.0, 0.8, 0.8)
+    fg = img[0][label > 0]
+    assert fp.foreground_samples[0].shape == (500,)
+    assert np.isin(fp.foreground_samples[0], fg).all()
+    assert fp.foreground_stats[0]["max"] == fg.max()
+    again = fingerprint_case(img, label, (3.0, 0.8, 0.8), num_samples=500)
+    assert np.array_equal(again.foreground_samples[0], fp.foreground_samples[0])  # seeded
+
+
+def test_fingerprint_case_without_foreground():
+    img, _ = _ct_case(np.random.default_rng(1))
+    fp = fingerprint_case(img, np.zeros(img.shape[1:], np.uint8), (1, 1, 1), num_samples=10)
+    assert fp.foreground_samples[0].size == 0 and np.isnan(fp.foreground_stats[0]["mean"])
+
+
+def test_aggregate_and_round_trip():
+    rng = np.random.default_rng(2)
+    cases = [
+        fingerprint_case(*_ct_case(rng, (16 + i, 40, 40)), (3.0, 0.8, 0.8), 1000) for i in range(3)
+    ]
+    fp = aggregate_fingerprints(cases)
+    pooled = np.concatenate([c.foreground_samples[0] for c in cases])
+    stats = fp.foreground_intensity_properties_per_channel[0]
+    assert stats["mean"] == pytest.approx(pooled.mean())
+    assert stats["std"] == pytest.approx(pooled.std())
+    assert stats["percentile_99_5"] == pytest.approx(np.percentile(pooled, 99.5))
+    assert stats["percentile_00_5"] == pytest.approx(np.percentile(pooled, 0.5))
+    assert fp.shapes_after_crop == [(16, 40, 40), (17, 40, 40), (18, 40, 40)]
+    back = DatasetFingerprint.from_dict(json.loads(json.dumps(fp.to_dict())))
+    assert back == fp
+
+
+# ------------------------------------------------------------------ topology and plan
+
+
+def test_pool_and_conv_props_anisotropic():
+    num_pool, strides, kernels, patch, divisor = pool_and_conv_props(
+        (3.0, 0.8, 0.8), (20, 150, 150)
+    )
+    assert strides[:3] == ((1, 1, 1), (1, 2, 2), (2, 2, 2))  # z joins once in-plane is coarse
+    assert kernels[0] == (1, 3, 3) and kernels[-1] == (3, 3, 3)
+    assert divisor == tuple(2**n for n in num_pool)
+    assert all(p % d == 0 and p >= s for p, d, s in zip(patch, divisor, (20, 150, 150)))
+
+
+# Expected values from nnU-Net v2 itself: PlainConvUNet(...).compute_conv_feature_map_size
+# (dynamic_network_architectures 0.4.4, in .venv-bench), for the Dataset101 topology and for
+# the 7-stage "aniso_ct" topology below with 3 classes.
+def test_vram_estimate_matches_nnunet_network():
+    strides = [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * 4
+    assert estimate_feature_map_size((64, 160, 192), strides, 2) == 526556160
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]] + [[1, 2, 2]] * 3
+    assert estimate_feature_map_size((28, 256, 256), strides, 3) == 495437824
+
+
+def _synthetic_fingerprints():
+    """Synthetic fingerprints (zyx) with channel names and number of labels."""
+    fps = {}
+    z = [5.0, 4.0, 6.0, 2.5, 3.0, 5.0, 5.0, 4.5, 7.5, 5.0, 3.5, 5.0]
+    fps["aniso_ct"] = (  # thick-slice CT: 10th-percentile rule, patch shrinking loop
+        [[s, 0.78 + 0.02 * (i % 3), 0.78 + 0.02 * (i % 3)] for i, s in enumerate(z)],
+        [[int(150 / s), 480 + 7 * i, 500 - 5 * i] for i, s in enumerate(z)],
+        0.95,
+        ["CT"],
+        2,
+    )
+    z = [0.9, 1.0, 1.0] + [6.0] * 9
+    fps["aniso_clamp"] = (  # 10th percentile clamped to max(other) + 1e-5; z-score with mask
+        [[s, 1.5, 1.4] for s in z],
+        [[20, 256, 256] for _ in z],
+        0.6,
+        ["T2", "ADC"],
+        3,
+    )
+    fps["iso_ct"] = (  # large isotropic CT: several shrinking steps
+        [[1.0 + 0.05 * (i % 4), 0.9, 0.9] for i in range(10)],
+        [[310 + 3 * i, 280 - 2 * i, 300] for i in range(10)],
+        1.0,
+        ["ct"],
+        2,
+    )
+    fps["small_mr"] = (  # small volumes, many cases: batch size above 2
+        [[1.2, 1.0, 1.0]] * 300,
+        [[40 + i % 5, 48, 56 + i % 3] for i in range(300)],
+        0.5,
+        ["T1"],
+        2,
+    )
+    fps["small_capped"] = (  # batch size capped: one batch <= 5% of the dataset's voxels
+        [[1.2, 1.0, 1.0]] * 60,
+        [[40, 48, 56]] * 60,
+        0.9,
+        ["CT"],
+        2,
+    )
+    fps["x_coarse"] = (  # coarsest axis is x: nnU-Net transposes it to the front
+        [[1.0, 0.8, 2.5]] * 8,
+        [[200 + i, 240, 90] for i in range(8)],
+        1.0,
+        ["CT"],
+        4,
+    )
+    return fps
+
+
+# Reference: the same fingerprints (written as dataset_fingerprint.json, with a dataset.json
+# carrying the channel names and labels) were planned ONCE with nnU-Net v2.8.1's own
+# ExperimentPlanner(...).plan_experiment() in .venv-bench; these are its 3d_fullres values,
+# in nnU-Net's transposed axis order: (transpose_forward, spacing, patch_size, batch_size,
+# strides, conv kernel sizes, use_mask_for_norm).
+NNUNET_3D_FULLRES = {
+    "aniso_ct": (
+        [0, 1, 2],
+        [3.05, 0.8, 0.8],
+        [28, 256, 256],
+        2,
+        [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2]],
+        [[1, 3, 3]] + [[3, 3, 3]] * 6,
+        [False],
+    ),
+    "aniso_clamp": (
+        [0, 1, 2],
+        [1.50001, 1.5, 1.4],
+        [64, 192, 192],
+        2,
+        [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+        [[3, 3, 3]] * 6,
+        [True, True],
+    ),
+    "iso_ct": (
+        [0, 1, 2],
+        [1.05, 0.9, 0.9],
+        [128, 128, 128],
+        2,
+        [[1, 1, 1]] + [[2, 2, 2]] * 5,
+        [[3, 3, 3]] * 6,
+        [False],
+    ),
+    "small_mr": (
+        [0, 1, 2],
+        [1.2, 1.0, 1.0],
+        [48, 48, 64],
+        12,
+        [[1, 1, 1]] + [[2, 2, 2]] * 3,
+        [[3, 3, 3]] * 4,
+        [True],
+    ),
+    "small_capped": (
+        [0, 1, 2],
+        [1.2, 1.0, 1.0],
+        [40, 48, 56],
+        3,
+        [[1, 1, 1]] + [[2, 2, 2]] * 3,
+        [[3, 3, 3]] * 4,
+        [False],
+    ),
+    "x_coarse": (
+        [2, 0, 1],
+        [2.5, 1.0, 0.8],
+        [64, 160, 192],
+        2,
+        [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * 4,
+        [[1, 3, 3]] + [[3, 3, 3]] * 5,
+        [False],
+    ),
+}
+
+
+def _plan(name):
+    spacings, shapes, rel, modalities, num_labels = _synthetic_fingerprints()[name]
+    fp = _fingerprint(spacings, shapes, rel, channels=len(modalities))
+    return fp, plan_dataset(fp, modalities, num_classes=num_labels)
+
+
+@pytest.mark.parametrize("name", sorted(NNUNET_3D_FULLRES))
+def test_plan_matches_nnunet_planner(name):
+    forward, spacing, patch, batch, strides, kernels, mask = NNUNET_3D_FULLRES[name]
+    _, plan = _plan(name)
+
+    def t(axes):  # our array order -> nnU-Net's transposed order
+        return [axes[i] for i in forward]
+
+    assert list(plan.transpose_forward) == forward
+    assert t(plan.target_spacing_zyx) == spacing  # exact, including the 1e-5 clamp
+    assert t(plan.patch_size) == patch
+    assert plan.batch_size == batch
+    assert [t(s) for s in plan.pool_op_kernel_sizes] == strides
+    assert [t(k) for k in plan.conv_kernel_sizes] == kernels
+    assert plan.use_mask_for_norm == mask
+
+
+@pytest.mark.parametrize("name", sorted(NNUNET_3D_FULLRES))
+def test_patch_is_divisible_and_bounded_by_median_shape(name):
+    _, plan = _plan(name)
+    for p, d, m in zip(
+        plan.patch_size, plan.shape_must_be_divisible_by, plan.median_shape_after_resampling
+    ):
+        assert p % d == 0
+        # nnU-Net clips to the median shape, then pads up to the divisor (so small images can
+        # get a patch slightly above the median, as nnU-Net's own plans do)
+        assert p <= int(np.ceil(m / d)) * d
+    if name in ("aniso_ct", "iso_ct", "x_coarse"):  # large images: patch within the median
+        assert all(p <= m for p, m in zip(plan.patch_size, plan.median_shape_after_resampling))
+
+
+def test_plan_normalisation_and_round_trip():
+    fp, plan = _plan("aniso_clamp")
+    assert plan.normalization_schemes == ["zscore", "zscore"]
+    assert plan.intensity_properties == [None, None]
+    fp, plan = _plan("aniso_ct")
+    assert plan.normalization_schemes == ["ct"] and plan.use_mask_for_norm == [False]
+    props = fp.foreground_intensity_properties_per_channel[0]
+    assert plan.intensity_properties[0] == {
+        k: props[k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")
+    }
+    assert plan.target_lowres_axis == 0
+    assert plan.data_resampling == {"order": 3, "order_z": 0}
+    assert plan.seg_resampling == {"order": 1, "order_z": 0}
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_end_to_end_on_synthetic_ct():
+    rng = np.random.default_rng(3)
+    cases = []
+    for i in range(3):
+        img, label = _ct_case(rng, (20 + 2 * i, 48, 48), tumour_value=50.0)
+        cases.append(fingerprint_case(img, label, (3.0, 0.7, 0.7), samples_per_case(3) // 1000))
+    fp = aggregate_fingerprints(cases)
+    plan = plan_dataset(fp, ["CT"])
+    assert plan.target_spacing_zyx == (3.0, 0.7, 0.7)
+    assert plan.median_shape_after_resampling == (22.0, 48.0, 48.0)
+    assert all(p % d == 0 for p, d in zip(plan.patch_size, plan.shape_must_be_divisible_by))
+    assert plan.batch_size >= 2 and plan.normalization_schemes == ["ct"]
+    assert fp.foreground_intensity_properties_per_channel[0]["mean"] == pytest.approx(50.0, abs=1)

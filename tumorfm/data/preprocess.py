@@ -1,0 +1,257 @@
+"""`tumorfm preprocess`: fingerprint, plan, crop, normalise, resample and cache a pool's cases.
+
+The steps and their order are nnU-Net's (crop to non-zero, normalise per channel by modality,
+resample to the dataset's target spacing), so a cached case can be mapped back exactly: its
+properties keep the original geometry, the crop box and the spacing at each step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+import tumorfm
+from tumorfm.data import plan as planning
+from tumorfm.data.cache import (
+    PROPERTIES,
+    ensure_writable,
+    load_case,
+    remove_stale_temporaries,
+    write_case,
+    write_json,
+)
+from tumorfm.data.formats import Case, load_channels, load_label
+from tumorfm.data.pool import Pool, PoolDataset
+from tumorfm.data.resample import resample_image, resample_labels
+from tumorfm.errors import TumorFMError
+
+LOCATION_SAMPLES = 10000  # voxels kept per class for foreground oversampling (nnU-Net's number)
+
+
+def _source_stamp(case: Case) -> list:
+    files = dict.fromkeys([c.path for c in case.channels] + [case.label])
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_case(case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
+    image, geometry = load_channels(case)
+    label, label_geometry = load_label(case)
+    if not geometry.close_to(label_geometry):
+        raise TumorFMError(
+            f"{case.label}: geometry differs from its image {case.channels[0].path}"
+            f" (run `tumorfm check` on the dataset)"
+        )
+    return (
+        image,
+        label,
+        {
+            "size": list(geometry.size),
+            "spacing": list(geometry.spacing),
+            "origin": list(geometry.origin),
+            "direction": list(geometry.direction),
+        },
+    )
+
+
+def _fingerprint_one(job) -> planning.CaseFingerprint:
+    case, num_samples = job
+    image, label, geometry = _read_case(case)
+    spacing_zyx = list(reversed(geometry["spacing"]))
+    return planning.fingerprint_case(image, label, spacing_zyx, num_samples)
+
+
+def _run_parallel(function, jobs: list, workers: int, desc: str, progress: bool) -> list:
+    """Map `function` over `jobs` in worker processes; collect every user error, raise them all."""
+    results, errors = [None] * len(jobs), []
+    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=None if progress else True)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            try:
+                results[i] = function(job)
+            except TumorFMError as error:
+                errors.append(str(error))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(function, job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                try:
+                    results[futures[future]] = future.result()
+                except TumorFMError as error:
+                    errors.append(str(error))
+                bar.update()
+    bar.close()
+    if errors:
+        raise TumorFMError("\n".join(sorted(errors)))
+    return results
+
+
+def _init_worker(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def fingerprint_and_plan(
+    dataset: PoolDataset, folder: Path, workers: int, progress: bool
+) -> planning.Plan:
+    """The dataset's fingerprint and plan, reused from `folder` when the sources are unchanged."""
+    cases = dataset.raw.labelled_cases
+    num_classes = len(dataset.raw.labels)  # with background, as nnU-Net counts for its VRAM rule
+    stamp = _digest([_source_stamp(c) for c in cases], dataset.modalities)
+    fingerprint_file = folder / "fingerprint.json"
+    if fingerprint_file.is_file():
+        stored = json.loads(fingerprint_file.read_text())
+        if stored.get("source_digest") == stamp:
+            fingerprint = planning.DatasetFingerprint.from_dict(stored["fingerprint"])
+            return planning.plan_dataset(fingerprint, dataset.modalities, num_classes)
+    num_samples = planning.samples_per_case(len(cases))
+    per_case = _run_parallel(
+        _fingerprint_one,
+        [(c, num_samples) for c in cases],
+        workers,
+        f"fingerprint {dataset.name}",
+        progress,
+    )
+    fingerprint = planning.aggregate_fingerprints(per_case)
+    write_json(fingerprint_file, {"source_digest": stamp, "fingerprint": fingerprint.to_dict()})
+    return planning.plan_dataset(fingerprint, dataset.modalities, num_classes)
+
+
+def normalise(image: np.ndarray, mask: np.ndarray, plan: planning.Plan) -> np.ndarray:
+    """Per channel by modality: CT clip + dataset z-score; others per-image z-score."""
+    out = np.empty_like(image, dtype=np.float32)
+    for c, scheme in enumerate(plan.normalization_schemes):
+        channel = image[c].astype(np.float32)
+        if scheme == "ct":
+            stats = plan.intensity_properties[c]
+            channel = np.clip(channel, stats["percentile_00_5"], stats["percentile_99_5"])
+            out[c] = (channel - stats["mean"]) / max(stats["std"], 1e-8)
+        elif plan.use_mask_for_norm[c]:
+            inside = channel[mask]
+            out[c] = 0.0
+            out[c][mask] = (inside - inside.mean()) / max(float(inside.std()), 1e-8)
+        else:
+            out[c] = (channel - channel.mean()) / max(float(channel.std()), 1e-8)
+    return out
+
+
+def class_locations(label: np.ndarray, seed: int) -> dict[int, np.ndarray]:
+    """Up to LOCATION_SAMPLES voxel indices per label (at least 1% of it), for oversampling."""
+    rng = np.random.default_rng(seed)
+    locations = {}
+    for value in np.unique(label):
+        if value <= 0:
+            continue
+        voxels = np.argwhere(label == value)
+        count = min(len(voxels), max(LOCATION_SAMPLES, int(np.ceil(0.01 * len(voxels)))))
+        locations[int(value)] = voxels[np.sort(rng.choice(len(voxels), count, replace=False))]
+    return locations
+
+
+def preprocess_case(case: Case, plan: planning.Plan, label_map: dict[int, int]) -> tuple:
+    """One case through crop -> normalise -> resample; returns arrays and the properties."""
+    image, label, geometry = _read_case(case)
+    lookup = np.zeros(max(int(label.max()), max(label_map)) + 1, dtype=np.int16)
+    for local, global_value in label_map.items():
+        lookup[local] = global_value
+    unknown = sorted(set(np.unique(label).tolist()) - set(label_map) - {0})
+    if unknown or label.min() < 0:
+        raise TumorFMError(
+            f"{case.label}: label value(s) {unknown or [int(label.min())]} not in "
+            f"the pool's label map {sorted(label_map)}"
+        )
+    label = lookup[label.astype(np.int64)]
+    spacing = list(reversed(geometry["spacing"]))
+    cropped, cropped_label, bbox = planning.crop_to_nonzero(image, label)
+    mask = cropped_label >= 0  # nnU-Net marks background outside the non-zero region with -1
+    cropped_label = np.maximum(cropped_label, 0).astype(np.int16)
+    normalised = normalise(cropped, mask, plan)
+    target = list(plan.target_spacing_zyx)
+    shape = planning.compute_new_shape(cropped.shape[1:], spacing, target)
+    separate_axis = planning.determine_separate_z(spacing, target)
+    resampled = resample_image(normalised, shape, separate_axis)
+    resampled_label = resample_labels(cropped_label, shape, separate_axis)
+    seed = int(hashlib.sha256(case.case_id.encode()).hexdigest()[:8], 16)
+    properties = {
+        "source_files": [str(c.path) for c in case.channels],
+        "label_file": str(case.label),
+        "channel_indices": [c.index for c in case.channels],
+        "original_geometry": geometry,
+        "shape_before_cropping": list(image.shape[1:]),
+        "bbox_used_for_cropping": [list(b) for b in bbox],
+        "shape_after_cropping": list(cropped.shape[1:]),
+        "spacing": spacing,
+        "target_spacing": target,
+        "shape_after_resampling": list(shape),
+        "separate_z_axis": separate_axis,
+    }
+    return resampled, resampled_label, class_locations(resampled_label, seed), properties
+
+
+def _preprocess_one(job) -> str:
+    case, plan, label_map, folder, meta = job
+    image, label, locations, properties = preprocess_case(case, plan, label_map)
+    write_case(folder, case.case_id, image, label, locations, {**properties, **meta})
+    return case.case_id
+
+
+def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: bool = True) -> dict:
+    """Preprocess every dataset of `pool` into the cache folder `out`; returns a report."""
+    out = ensure_writable(Path(out))
+    started = time.perf_counter()
+    report = {
+        "tumorfm_version": tumorfm.__version__,
+        "pool_file": str(pool.path),
+        "workers": workers,
+        "datasets": {},
+    }
+    write_json(out / "pool.json", pool.summary())
+    for dataset in pool.datasets:
+        folder = ensure_writable(out / dataset.name)
+        remove_stale_temporaries(folder)
+        dataset_started = time.perf_counter()
+        plan = fingerprint_and_plan(dataset, folder, workers, progress)
+        write_json(folder / "plan.json", plan.to_dict())
+        label_map = pool.global_label(dataset)
+        jobs, skipped = [], 0
+        for case in dataset.raw.labelled_cases:
+            digest = _digest(_source_stamp(case), plan.to_dict(), label_map, pool.classes)
+            cached = load_case(folder / case.case_id)
+            if cached is not None and cached.properties.get("digest") == digest:
+                skipped += 1
+                continue
+            meta = {
+                "dataset": dataset.name,
+                "digest": digest,
+                "modalities": dataset.modalities,
+                "annotated_classes": dataset.annotated,
+                "global_classes": pool.classes,
+            }
+            jobs.append((case, plan, label_map, folder, meta))
+        _run_parallel(_preprocess_one, jobs, workers, f"preprocess {dataset.name}", progress)
+        report["datasets"][dataset.name] = {
+            "cases": len(dataset.raw.labelled_cases),
+            "written": len(jobs),
+            "skipped": skipped,
+            "seconds": round(time.perf_counter() - dataset_started, 2),
+            "target_spacing": list(plan.target_spacing_zyx),
+            "patch_size": list(plan.patch_size),
+        }
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(out / "preprocess_report.json", report)
+    return report
+
+
+__all__ = ["PROPERTIES", "class_locations", "normalise", "preprocess_case", "preprocess_pool"]
