@@ -395,3 +395,61 @@ def test_end_to_end_on_synthetic_ct():
     assert all(p % d == 0 for p, d in zip(plan.patch_size, plan.shape_must_be_divisible_by))
     assert plan.batch_size >= 2 and plan.normalization_schemes == ["ct"]
     assert fp.foreground_intensity_properties_per_channel[0]["mean"] == pytest.approx(50.0, abs=1)
+
+
+# ------------------------------------------------ exact statistics for integer intensities (CT)
+
+
+def _case_with_foreground(values, seed):
+    """A case whose foreground (label 1) holds exactly `values`, with a non-zero background."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(1, 5, size=(1, 10, 10, len(values) // 10 + 2)).astype(np.float32)
+    label = np.zeros(image.shape[1:], dtype=np.uint8)
+    flat_image, flat_label = image[0].reshape(-1), label.reshape(-1)
+    flat_image[: len(values)] = values
+    flat_label[: len(values)] = 1
+    return image, label
+
+
+def test_integer_intensities_give_exact_equal_weight_statistics():
+    """Counting instead of sampling: with foregrounds of exactly `num_samples` voxels, every
+    case weighs one voxel once, so the statistics must be numpy's over all voxels."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-200, 300, size=1000).astype(np.float32)
+    b = rng.integers(-50, 900, size=1000).astype(np.float32)
+    cases = [
+        fingerprint_case(*_case_with_foreground(v, i), (1.0, 1.0, 1.0), num_samples=1000)
+        for i, v in enumerate((a, b))
+    ]
+    assert all(c.foreground_samples[0].size == 0 for c in cases)  # nothing sampled
+    stats = aggregate_fingerprints(cases).foreground_intensity_properties_per_channel[0]
+    values = np.concatenate([a, b]).astype(np.float64)
+    expected = dict(zip(("percentile_00_5", "median", "percentile_99_5"),
+                        np.percentile(values, (0.5, 50, 99.5))))
+    expected.update(mean=values.mean(), std=values.std(), min=values.min(), max=values.max())
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_unequal_foregrounds_are_weighted_per_case_like_nnunet():
+    """A small case counts as much as a big one, as with nnU-Net's equal per-case samples."""
+    small = np.full(100, 10.0, dtype=np.float32)
+    big = np.full(10000, 20.0, dtype=np.float32)
+    cases = [
+        fingerprint_case(*_case_with_foreground(v, i), (1.0, 1.0, 1.0), num_samples=500)
+        for i, v in enumerate((small, big))
+    ]
+    stats = aggregate_fingerprints(cases).foreground_intensity_properties_per_channel[0]
+    assert stats["mean"] == pytest.approx(15.0) and stats["std"] == pytest.approx(5.0)
+
+
+def test_float_intensities_are_sampled_and_mixed_cases_combine():
+    rng = np.random.default_rng(4)
+    mr = fingerprint_case(*_case_with_foreground(rng.normal(size=1000).astype(np.float32), 0),
+                          (1.0, 1.0, 1.0), num_samples=800)
+    assert mr.foreground_samples[0].size == 800 and mr.foreground_histograms[0] is None
+    ct = fingerprint_case(*_case_with_foreground(np.full(1000, 5.0, np.float32), 1),
+                          (1.0, 1.0, 1.0), num_samples=800)
+    stats = aggregate_fingerprints([mr, ct]).foreground_intensity_properties_per_channel[0]
+    assert stats["max"] == 5.0 and stats["percentile_00_5"] < -2.0
+    assert 2.0 < stats["mean"] < 3.0  # half the 1600 values are 5, half are ~N(0, 1)
