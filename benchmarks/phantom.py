@@ -1,6 +1,6 @@
 """How long one synthetic phantom case takes to generate (target: a 96^3 case well under 1 s).
 
-    .venv/bin/python benchmarks/phantom.py
+.venv/bin/python benchmarks/phantom.py
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ def main(repeats: int = 10, shape: tuple[int, int, int] = (96, 96, 96)) -> None:
             make_case(site, shape, seed)
             runs.append(time.perf_counter() - started)
         seconds[site.name] = runs
-        print(f"{site.name:<22} median {statistics.median(runs) * 1000:6.0f} ms, "
-              f"max {max(runs) * 1000:6.0f} ms  ({repeats} cases of {shape})")
-    result = {"benchmark": "phantom", "shape": shape, "repeats": repeats,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "seconds": seconds, "target_seconds_per_case": 1.0,
-              "worst_seconds": max(max(v) for v in seconds.values())}
+        print(
+            f"{site.name:<22} median {statistics.median(runs) * 1000:6.0f} ms, "
+            f"max {max(runs) * 1000:6.0f} ms  ({repeats} cases of {shape})"
+        )
+    result = {
+        "benchmark": "phantom",
+        "shape": shape,
+        "repeats": repeats,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "seconds": seconds,
+        "target_seconds_per_case": 1.0,
+        "worst_seconds": max(max(v) for v in seconds.values()),
+    }
     out = ROOT / "benchmarks" / "results" / "phantom.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -424,8 +424,11 @@ def test_integer_intensities_give_exact_equal_weight_statistics():
     assert all(c.foreground_samples[0].size == 0 for c in cases)  # nothing sampled
     stats = aggregate_fingerprints(cases).foreground_intensity_properties_per_channel[0]
     values = np.concatenate([a, b]).astype(np.float64)
-    expected = dict(zip(("percentile_00_5", "median", "percentile_99_5"),
-                        np.percentile(values, (0.5, 50, 99.5))))
+    expected = dict(
+        zip(
+            ("percentile_00_5", "median", "percentile_99_5"), np.percentile(values, (0.5, 50, 99.5))
+        )
+    )
     expected.update(mean=values.mean(), std=values.std(), min=values.min(), max=values.max())
     for key, value in expected.items():
         assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
@@ -445,11 +448,15 @@ def test_unequal_foregrounds_are_weighted_per_case_like_nnunet():
 
 def test_float_intensities_are_sampled_and_mixed_cases_combine():
     rng = np.random.default_rng(4)
-    mr = fingerprint_case(*_case_with_foreground(rng.normal(size=1000).astype(np.float32), 0),
-                          (1.0, 1.0, 1.0), num_samples=800)
+    mr = fingerprint_case(
+        *_case_with_foreground(rng.normal(size=1000).astype(np.float32), 0),
+        (1.0, 1.0, 1.0),
+        num_samples=800,
+    )
     assert mr.foreground_samples[0].size == 800 and mr.foreground_histograms[0] is None
-    ct = fingerprint_case(*_case_with_foreground(np.full(1000, 5.0, np.float32), 1),
-                          (1.0, 1.0, 1.0), num_samples=800)
+    ct = fingerprint_case(
+        *_case_with_foreground(np.full(1000, 5.0, np.float32), 1), (1.0, 1.0, 1.0), num_samples=800
+    )
     stats = aggregate_fingerprints([mr, ct]).foreground_intensity_properties_per_channel[0]
     assert stats["max"] == 5.0 and stats["percentile_00_5"] < -2.0
     assert 2.0 < stats["mean"] < 3.0  # half the 1600 values are 5, half are ~N(0, 1)

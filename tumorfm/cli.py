@@ -154,12 +154,14 @@ def phantom(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo-output"), workers: Workers = 2
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
+    workers: Workers = 2,
+    cases: Annotated[int, typer.Option(min=1, help="Phantom cases per site.")] = 8,
 ) -> None:
     """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess."""
     from tumorfm.demo import run_demo
 
-    run_demo(out, workers=workers)
+    run_demo(out, workers=workers, cases_per_site=cases)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ preprocess the pool into a cache. Training, prediction and evaluation join as th
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -26,9 +27,10 @@ def write_pool_file(folders: list[Path], path: Path) -> Path:
     datasets = []
     for folder in folders:
         labels = json.loads((folder / "dataset.json").read_text())["labels"]
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", folder.name.split("_", 1)[1]).lower()
         datasets.append(
             {
-                "name": folder.name.split("_", 1)[1].lower(),
+                "name": name,
                 "path": folder.name,
                 "labels": {v: k for k, v in labels.items() if v != 0},
             }
@@ -58,12 +60,12 @@ def run_demo(out: Path, workers: int = 2, cases_per_site: int = 8, seed: int = 0
         f"{out / 'cache'}"
     )
     report = preprocess_pool(pool, out / "cache", workers=workers, progress=True)
-    print(f"\n{'dataset':<16} {'cases':>5}  {'annotated classes':<58} spacing (mm)")
+    print(f"\n{'dataset':<20} {'cases':>5}  {'spacing (mm)':<16} annotated classes")
     for dataset in pool.datasets:
         row = report["datasets"][dataset.name]
         cached = cached_cases(out / "cache", dataset.name)
         spacing = "x".join(f"{s:.2f}" for s in row["target_spacing"])
-        print(f"{dataset.name:<16} {len(cached):>5}  {', '.join(dataset.annotated):<58} {spacing}")
+        print(f"{dataset.name:<20} {len(cached):>5}  {spacing:<16} {', '.join(dataset.annotated)}")
     summary = {
         "tumorfm_version": tumorfm.__version__,
         "workers": workers,
