@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
+model_app = typer.Typer(help="Inspect the network presets.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
 
@@ -111,6 +113,42 @@ def pool_show(
             f"{row['name']:<25} {row['num_cases']:>5}  {row['case_probability']:.3e}  "
             f"{row['dataset_probability']:>9.3f}   {mapping}"
         )
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List the model presets with their parameter counts."""
+    import torch
+
+    from tumorfm.model import create_model, list_models
+
+    for name in list_models():
+        with torch.device("meta"):
+            count = sum(p.numel() for p in create_model(name).parameters())
+        typer.echo(f"{name:<12} {count / 1e6:>10,.1f}M parameters")
+
+
+@model_app.command("summary")
+def model_summary(
+    name: Annotated[str, typer.Argument(help="Preset name (see `tumorfm model list`).")],
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch size z y x.")] = (
+        112,
+        160,
+        192,
+    ),
+    in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 1,
+    classes: Annotated[int, typer.Option(min=1, help="Output classes.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Parameters per part, bottleneck tokens, multiply-adds and activation memory of a preset,
+    computed on the meta device (no memory is allocated, even for tsfm-1.6b)."""
+    from tumorfm.model import list_models, preset_config
+    from tumorfm.model.summary import format_summary, summarize
+
+    if name not in list_models():
+        raise TumorFMError(f"unknown model '{name}'; choose one of {', '.join(list_models())}")
+    summary = summarize(preset_config(name, in_channels, classes, patch))
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(name, summary))
 
 
 @app.command()

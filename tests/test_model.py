@@ -1,0 +1,131 @@
+"""The TSFM network: shapes, gradients, determinism, presets, position-embedding resize and
+activation checkpointing."""
+
+import pytest
+import torch
+
+from tumorfm.model import TSFMConfig, create_model, list_models
+from tumorfm.model.network import strides_for_patch
+
+CPU_PRESETS = ["tsfm-tiny", "tsfm-small", "tsfm-base"]  # small enough to run here
+PATCH = (32, 32, 32)
+
+
+def _model(name, **overrides):
+    torch.manual_seed(0)
+    return create_model(name, in_channels=2, num_classes=3, patch_size=PATCH, **overrides)
+
+
+@pytest.mark.parametrize("name", CPU_PRESETS)
+def test_output_shape(name):
+    model = _model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 2, *PATCH))
+    assert out.shape == (2, 3, *PATCH)
+
+
+@pytest.mark.parametrize("name", CPU_PRESETS)
+def test_every_parameter_receives_a_gradient(name):
+    """A parameter without gradient breaks DDP; deep-supervision heads included."""
+    model = _model(name, deep_supervision=True).train()
+    outputs = model(torch.randn(1, 2, *PATCH))
+    assert [o.shape[2:] for o in outputs][:3] == [PATCH, (16,) * 3, (8,) * 3]
+    sum(o.square().mean() for o in outputs).backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert silent == []
+
+
+@pytest.mark.parametrize("name", CPU_PRESETS)
+def test_eval_mode_is_deterministic(name):
+    x = torch.randn(1, 2, *PATCH)
+    first, second = _model(name).eval(), _model(name).eval()
+    with torch.no_grad():
+        a, b, c = first(x), first(x), second(x)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "name, low, high",
+    [
+        ("tsfm-tiny", 0.5e6, 2e6),
+        ("tsfm-small", 15e6, 25e6),
+        ("tsfm-base", 80e6, 120e6),
+        ("tsfm-large", 350e6, 450e6),
+        ("tsfm-1.6b", 1.60e9 * 0.97, 1.60e9 * 1.03),
+    ],
+)
+def test_parameter_count_on_meta(name, low, high):
+    with torch.device("meta"):
+        model = create_model(name, in_channels=1, num_classes=1, patch_size=(112, 160, 192))
+    count = sum(p.numel() for p in model.parameters())
+    assert low <= count <= high, f"{name}: {count:,}"
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_paper_size_is_stu_net_h_plus_vit_b():
+    with torch.device("meta"):
+        model = create_model("tsfm-1.6b", patch_size=(112, 160, 192))
+    bottleneck = model.bottleneck
+    layers = sum(p.numel() for p in bottleneck.layers.parameters())
+    assert len(bottleneck.layers) == 12 and bottleneck.position.shape[1] == 768
+    assert 85.0e6 < layers < 85.1e6  # ViT-Base encoder layers
+    assert bottleneck.proj_in.weight.shape == (768, 1536, 3, 3, 3)
+    cnn = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in bottleneck.parameters()
+    )
+    assert abs(cnn - 1.457e9) / 1.457e9 < 0.01  # STU-Net-H's CNN
+
+
+def test_strides_follow_the_patch():
+    assert strides_for_patch((112, 160, 192), 5)[-1] == (1, 2, 2)
+    config = TSFMConfig(patch_size=(112, 160, 192), widths=(8, 16, 32, 64, 128, 128))
+    assert config.bottleneck_grid == (7, 5, 6)
+
+
+def test_post_activation_variant_runs():
+    model = _model("tsfm-tiny", pre_activation=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 2, *PATCH)).isfinite().all()
+
+
+def test_fresh_bottleneck_starts_near_identity():
+    model = _model("tsfm-small").eval()
+    x = torch.randn(1, 256, 4, 4, 4)
+    with torch.no_grad():
+        change = (model.bottleneck(x) - x).abs().mean() / x.abs().mean()
+    assert change < 0.05
+
+
+def test_position_embedding_resizes_between_patches():
+    small = _model("tsfm-tiny").eval()
+    state = small.state_dict()
+    same = create_model("tsfm-tiny", in_channels=2, num_classes=3, patch_size=PATCH).eval()
+    same.load_state_dict(state)
+    x = torch.randn(1, 2, *PATCH)
+    with torch.no_grad():
+        assert torch.equal(same(x), small(x))
+    bigger = create_model("tsfm-tiny", in_channels=2, num_classes=3, patch_size=(48, 64, 80))
+    bigger.load_state_dict(state)  # the 4x4x4 grid is interpolated to the new one
+    assert bigger.bottleneck.position.shape[2:] == (3, 4, 5)
+    with torch.no_grad():
+        assert bigger.eval()(torch.randn(1, 2, 48, 64, 80)).isfinite().all()
+
+
+def test_checkpointing_gives_the_same_gradients():
+    x = torch.randn(1, 2, *PATCH)
+    grads = []
+    for flags in ({}, {"checkpoint_stages": True, "checkpoint_transformer": True}):
+        model = _model("tsfm-tiny", deep_supervision=True, **flags).train()
+        sum(o.square().mean() for o in model(x)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    plain, checkpointed = grads
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_preset_and_setting():
+    with pytest.raises(KeyError, match="unknown model"):
+        create_model("tsfm-huge")
+    with pytest.raises(ValueError, match="unknown model setting"):
+        TSFMConfig.from_dict({"widthz": (8, 16)})
+    assert list_models() == ["tsfm-tiny", "tsfm-small", "tsfm-base", "tsfm-large", "tsfm-1.6b"]

@@ -1,0 +1,203 @@
+"""Model bundles: a folder that describes itself, and that `predict` needs nothing beside.
+
+    BUNDLE/model.safetensors   the weights (safetensors: loading never unpickles anything)
+    BUNDLE/config.json         preset and overrides, the full network config, input channels and
+                               their modalities, global classes and their paint order, the
+                               preprocessing plan
+
+A pickle checkpoint (.pt/.pth/.ckpt) is refused, and so is a bundle whose tensors do not match its
+config (missing, unexpected or of another shape); only the position embedding may differ in grid,
+and it is resized to the requested patch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tumorfm.errors import TumorFMError
+from tumorfm.model.network import TSFM, TSFMConfig
+from tumorfm.model.presets import PRESETS
+
+FORMAT = "tumorfm-bundle"
+VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+POSITION_SUFFIX = "bottleneck.position"
+
+
+@dataclass
+class Bundle:
+    model: TSFM
+    classes: list[str]  # global classes, one output channel each, in channel order
+    modalities: list[str]  # one per input channel
+    paint_order: list[str]  # classes in the order they are painted into a label map
+    preset: str | None = None
+    plan: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _overrides(preset: str | None, config: TSFMConfig) -> dict:
+    """The settings in which `config` differs from its preset."""
+    if preset not in PRESETS:
+        return {}
+    reference = TSFMConfig(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        patch_size=config.patch_size,
+        **PRESETS[preset],
+    ).to_dict()
+    return {key: value for key, value in config.to_dict().items() if reference[key] != value}
+
+
+def save_bundle(
+    folder: str | os.PathLike,
+    model: TSFM,
+    classes: list[str],
+    modalities: list[str],
+    preset: str | None = None,
+    plan: dict | None = None,
+    paint_order: list[str] | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a bundle atomically: a temporary folder beside `folder`, then a rename."""
+    folder = Path(folder)
+    config = model.config
+    if len(classes) != config.num_classes:
+        raise ValueError(f"{len(classes)} class names for {config.num_classes} output channels")
+    if len(modalities) != config.in_channels:
+        raise ValueError(f"{len(modalities)} modalities for {config.in_channels} input channels")
+    paint_order = list(paint_order or classes)
+    if sorted(paint_order) != sorted(classes):
+        raise ValueError("paint_order must list every class exactly once")
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "preset": preset,
+        "overrides": _overrides(preset, config),
+        "model": config.to_dict(),
+        "in_channels": config.in_channels,
+        "modalities": list(modalities),
+        "classes": list(classes),
+        "paint_order": paint_order,
+        "plan": plan,
+        "extra": extra or {},
+    }
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as error:
+        raise TumorFMError(f"{folder}: cannot write the bundle here ({error.strerror})") from None
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _refuse_pickle(path: Path) -> None:
+    head = path.read_bytes()[:4] if path.is_file() else b""
+    if head[:2] == b"PK" or head[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".ckpt"):
+        raise TumorFMError(
+            f"{path}: a pickle checkpoint; tumorfm loads only bundles (a folder "
+            f"with {WEIGHTS} and {CONFIG}) and never unpickles files"
+        )
+    raise TumorFMError(f"{path}: not a bundle folder (expected {WEIGHTS} and {CONFIG})")
+
+
+def read_bundle_config(folder: str | os.PathLike) -> dict:
+    folder = Path(folder)
+    if not folder.exists():
+        raise TumorFMError(f"{folder}: bundle not found")
+    if not folder.is_dir():
+        _refuse_pickle(folder)
+    path = folder / CONFIG
+    if not path.is_file():
+        raise TumorFMError(f"{path}: missing; a bundle needs {CONFIG} and {WEIGHTS}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TumorFMError(f"{path}: not a tumorfm bundle config (format '{FORMAT}' expected)")
+    if meta.get("version", 0) > VERSION:
+        raise TumorFMError(
+            f"{path}: bundle version {meta['version']} is newer than this "
+            f"tumorfm reads ({VERSION}); upgrade tumorfm"
+        )
+    return meta
+
+
+def _check_tensors(path: Path, model: TSFM, tensors: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise TumorFMError(
+            f"{path}: tensor '{missing[0]}' missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise TumorFMError(f"{path}: unexpected tensor '{unexpected[0]}' not in the model config")
+    for key, value in tensors.items():
+        want = expected[key].shape
+        if value.shape != want and not (
+            key.endswith(POSITION_SUFFIX) and value.dim() == 5 and value.shape[:2] == want[:2]
+        ):
+            raise TumorFMError(
+                f"{path}: tensor '{key}' has shape {tuple(value.shape)}, the "
+                f"config expects {tuple(want)}"
+            )
+
+
+def load_bundle(
+    folder: str | os.PathLike, patch_size=None, device: str = "cpu", **overrides
+) -> Bundle:
+    """Build the bundle's network (at `patch_size` if given) and load its weights."""
+    folder = Path(folder)
+    meta = read_bundle_config(folder)
+    settings = dict(meta["model"])
+    if patch_size is not None:
+        settings.update(patch_size=tuple(patch_size), strides=None)
+    settings.update(overrides)
+    try:
+        config = TSFMConfig.from_dict(settings)
+        model = TSFM(config)
+    except (TypeError, ValueError) as error:
+        raise TumorFMError(f"{folder / CONFIG}: invalid model config ({error})") from None
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise TumorFMError(f"{weights}: missing; a bundle needs {CONFIG} and {WEIGHTS}")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise TumorFMError(f"{weights}: not a readable safetensors file ({error})") from None
+    _check_tensors(weights, model, tensors)
+    model.load_state_dict(tensors)
+    classes = list(meta["classes"])
+    if len(classes) != config.num_classes:
+        raise TumorFMError(
+            f"{folder / CONFIG}: {len(classes)} classes for {config.num_classes} output channels"
+        )
+    return Bundle(
+        model.to(device).eval(),
+        classes,
+        list(meta["modalities"]),
+        list(meta.get("paint_order") or classes),
+        meta.get("preset"),
+        meta.get("plan"),
+        meta.get("extra", {}),
+    )
