@@ -1,16 +1,21 @@
 """Shared fixtures: the real scans copied into tests/data (see tests/data/README.md)."""
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 DATA = Path(__file__).parent / "data"
 SARCOMA = DATA / "Dataset101_SarcomaCT"
 BRAIN = DATA / "Task102_BrainTumour"
 CASES = DATA / "cases"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription of the cores
 
 
 @pytest.fixture
