@@ -18,7 +18,7 @@ def _norm(channels: int) -> nn.InstanceNorm3d:
 
 
 def _act() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.01, inplace=False)
+    return nn.LeakyReLU(0.01, inplace=True)  # its input (a norm output) is used nowhere else
 
 
 class ResidualBlock(nn.Module):
