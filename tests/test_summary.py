@@ -34,3 +34,9 @@ def test_cli_summary_of_the_paper_model_on_meta():
     assert abs(total - 1.6e9) / 1.6e9 < 0.03
     listing = run_cli("model", "list")
     assert listing.returncode == 0 and "tsfm-1.6b" in listing.stdout
+
+
+def test_cli_unknown_model_is_one_line():
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_cli("model", "summary", "tsfm-huge"), "unknown model 'tsfm-huge'")
