@@ -180,3 +180,32 @@ def test_cli_pool_errors_are_one_line(tmp_path):
     broken.write_text("name: x\ndatasets: [\n")
     assert_one_line_error(run_cli("pool", "show", broken), "not valid YAML")
     assert_one_line_error(run_cli("pool", "show", tmp_path / "none.yaml"), "pool file not found")
+
+
+def test_parents_make_regions(tmp_path):
+    pool = load_pool(CONFIGS / "paper-10.yaml", check_paths=False)
+    regions = pool.class_regions()
+    liver, tumour = pool.classes.index("liver"), pool.classes.index("liver_tumour")
+    assert regions[liver] == [liver + 1, tumour + 1] and regions[tumour] == [tumour + 1]
+    kidney = pool.classes.index("kidney")
+    assert len(regions[kidney]) == 3  # kidney, its tumours and its cysts
+
+
+@pytest.mark.parametrize(
+    "parents, problem",
+    [
+        ({"a": "nope"}, "'nope' is not a global class"),
+        ({"a": "b", "b": "a"}, "is its own ancestor"),
+    ],
+)
+def test_bad_parents(tmp_path, parents, problem):
+    path = _pool(
+        tmp_path,
+        [
+            {"name": "s", "path": str(SARCOMA), "labels": {1: "a"}},
+            {"name": "b", "path": str(BRAIN), "labels": {1: "b"}},
+        ],
+        parents=parents,
+    )
+    with pytest.raises(TumorFMError, match=problem):
+        load_pool(path)

@@ -105,6 +105,8 @@ def pool_show(
     typer.echo("global label  class                      annotated by")
     for index, name in enumerate(pool.classes, start=1):
         owners = [d.name for d in pool.datasets if name in d.annotated]
+        if name in pool.parents:
+            name = f"{name} (in {pool.parents[name]})"
         typer.echo(f"{index:>12}  {name:<26} {', '.join(owners)}")
     typer.echo("\ndataset                   cases  p(case)    p(dataset)  local -> global")
     for row in summary["datasets"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -65,6 +65,9 @@ class PoolFile(BaseModel):
     name: str
     description: str = ""
     classes: list[str] | None = None  # global class list in paint order; default: first seen
+    # child -> parent: a child's voxels also belong to its parent (a liver tumour is liver), so
+    # the parent's target is the region parent + children, as multi-organ datasets draw organs
+    parents: dict[str, str] = Field(default_factory=dict)
     datasets: list[DatasetEntry] = Field(min_length=1)
 
 
@@ -98,6 +101,17 @@ class Pool:
     name: str
     classes: list[str]
     datasets: list[PoolDataset]
+    parents: dict[str, str] = field(default_factory=dict)
+
+    def class_regions(self) -> list[list[int]]:
+        """Per global class, the global label values that make up its target region."""
+        regions = [[index + 1] for index in range(len(self.classes))]
+        for child, parent in self.parents.items():
+            ancestor = parent
+            while ancestor is not None:
+                regions[self.classes.index(ancestor)].append(self.classes.index(child) + 1)
+                ancestor = self.parents.get(ancestor)
+        return [sorted(region) for region in regions]
 
     def dataset(self, name: str) -> PoolDataset:
         return next(d for d in self.datasets if d.name == name)
@@ -115,6 +129,8 @@ class Pool:
         return {
             "name": self.name,
             "classes": self.classes,
+            "parents": self.parents,
+            "class_regions": self.class_regions(),
             "datasets": [
                 {
                     "name": d.name,
@@ -223,4 +239,14 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
         unused = [n for n in classes if n not in mapped]
         if unused:
             raise TumorFMError(f"{path}: classes: '{unused[0]}' is annotated by no dataset")
-    return Pool(path, parsed.name, classes, datasets)
+    for child, parent in parsed.parents.items():
+        for name in (child, parent):
+            if name not in classes:
+                raise TumorFMError(f"{path}: parents: '{name}' is not a global class")
+        seen, ancestor = {child}, parent
+        while ancestor in parsed.parents:
+            if ancestor in seen:
+                raise TumorFMError(f"{path}: parents: '{child}' is its own ancestor")
+            seen.add(ancestor)
+            ancestor = parsed.parents[ancestor]
+    return Pool(path, parsed.name, classes, datasets, dict(parsed.parents))
