@@ -175,6 +175,55 @@ def preprocess(
 
 
 @app.command()
+def pretrain(
+    cache: Annotated[Path | None, typer.Argument(help="Cache from `tumorfm preprocess`.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run exactly.")] = None,
+    profile: Annotated[str, typer.Option(help="paper (the paper's recipe) or cpu.")] = "paper",
+    model: Annotated[str | None, typer.Option(help="Preset (see `tumorfm model list`).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Global batch size.")] = None,
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    val_every: Annotated[int | None, typer.Option(min=1, help="Validate every k epochs.")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Loader worker processes.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard with FSDP (under torchrun).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
+    from tumorfm.train.trainer import make_config
+    from tumorfm.train.trainer import pretrain as run_pretrain
+
+    config = None
+    if resume is None:
+        config = make_config(
+            profile,
+            model=model,
+            epochs=epochs,
+            iterations_per_epoch=iterations,
+            batch_size=batch,
+            patch_size=patch,
+            lr=lr,
+            optimizer=optimizer,
+            precision=precision,
+            val_every=val_every,
+            workers=workers,
+            seed=seed,
+            checkpointing=checkpointing or None,
+            fsdp=fsdp or None,
+            device=device,
+        )
+    row = run_pretrain(cache, out, config, resume)
+    if row:
+        typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+
+
+@app.command()
 def phantom(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the phantom datasets.")],
     cases: Annotated[int, typer.Option(min=1, help="Cases per site.")] = 8,

@@ -24,6 +24,7 @@ import numpy as np
 from tumorfm.errors import TumorFMError
 
 PROPERTIES = "properties.json"
+CACHE_FORMAT = 1  # bump when the layout or the meaning of cached arrays changes
 
 
 @dataclass

@@ -21,6 +21,7 @@ from tqdm import tqdm
 import tumorfm
 from tumorfm.data import plan as planning
 from tumorfm.data.cache import (
+    CACHE_FORMAT,
     PROPERTIES,
     ensure_writable,
     load_case,
@@ -213,11 +214,12 @@ def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: boo
     started = time.perf_counter()
     report = {
         "tumorfm_version": tumorfm.__version__,
+        "cache_format": CACHE_FORMAT,
         "pool_file": str(pool.path),
         "workers": workers,
         "datasets": {},
     }
-    write_json(out / "pool.json", pool.summary())
+    write_json(out / "pool.json", {**pool.summary(), "cache_format": CACHE_FORMAT})
     for dataset in pool.datasets:
         folder = ensure_writable(out / dataset.name)
         remove_stale_temporaries(folder)

@@ -1,0 +1,212 @@
+"""Pretraining: logs, bundles, exact resume after a kill, DDP equals one process, bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import assert_one_line_error, run_cli
+from safetensors.torch import load_file
+
+from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
+from tumorfm.data.pool import load_pool
+from tumorfm.data.preprocess import preprocess_pool
+from tumorfm.demo import write_pool_file
+from tumorfm.model.bundle import load_bundle
+from tumorfm.train.trainer import make_config, pretrain
+
+TINY = dict(
+    patch_size=(16, 32, 32),
+    batch_size=2,
+    iterations_per_epoch=3,
+    val_every=1,
+    val_batches=1,
+    workers=0,
+    precision="fp32",
+)
+CLI_TINY = [
+    "--profile",
+    "cpu",
+    "--patch",
+    "16",
+    "32",
+    "32",
+    "--batch",
+    "2",
+    "--iterations",
+    "3",
+    "--workers",
+    "0",
+    "--precision",
+    "fp32",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A small phantom pool: two tumour sites and the multi-organ site, preprocessed."""
+    root = tmp_path_factory.mktemp("train")
+    sites = (DEFAULT_SITES[0], DEFAULT_SITES[2], DEFAULT_SITES[3])
+    folders = write_phantom_pool(
+        root / "raw", cases_per_site=3, shape_zyx=(20, 40, 40), sites=sites
+    )
+    pool = load_pool(write_pool_file(folders, root / "raw" / "pool.yaml"))
+    preprocess_pool(pool, root / "cache", progress=False)
+    return root / "cache"
+
+
+def _weights(run):
+    return load_file(str(run / "state" / "model.safetensors"))
+
+
+def test_pretrain_writes_logs_curves_bundles_and_state(cache, tmp_path):
+    config = make_config("cpu", epochs=2, **TINY)
+    row = pretrain(cache, tmp_path / "run", config, progress=False)
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1] and row["epoch"] == 1
+    assert lines[1]["lr"] < lines[0]["lr"] == pytest.approx(1e-3)  # poly decay
+    assert "val_dice" in lines[0] and 0.0 <= lines[1]["val_mean_dice"] <= 1.0
+    assert (run / "curves.csv").read_text().startswith("epoch,")
+    assert any((run / "tensorboard").iterdir())
+    split = json.loads((run / "split.json").read_text())
+    assert all(len(part["val"]) == 1 and len(part["train"]) == 2 for part in split.values())
+    bundle = load_bundle(run / "last")
+    assert bundle.classes == json.loads((cache / "pool.json").read_text())["classes"]
+    assert bundle.paint_order.index("liver") < bundle.paint_order.index("liver_tumour")
+    assert (run / "best" / "model.safetensors").is_file()
+    for key, value in _weights(run).items():
+        assert torch.equal(bundle.model.state_dict()[key], value)
+
+
+def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
+    """Bit-identical: same batches (a function of seed and step), same optimiser and RNG state.
+    All three runs are processes with the same thread count (threads change float sums)."""
+    epochs = 6
+    command = [sys.executable, "-m", "tumorfm", "pretrain"]
+    args = ["--epochs", str(epochs), "--val-every", "1", *CLI_TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(
+        [*command, str(cache), "-o", str(tmp_path / "whole"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*command, str(cache), "-o", str(killed), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log, state = killed / "log.jsonl", killed / "state" / "state.json"
+    deadline = time.time() + 300
+    while not state.is_file() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert json.loads(state.read_text())["epoch"] < epochs - 1  # killed mid-way
+    resumed = subprocess.run(
+        [*command, "--resume", str(killed)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert lines[-1] == epochs - 1
+    first, second = _weights(tmp_path / "whole"), _weights(killed)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_equal_one(cache, tmp_path):
+    """DDP on 2 CPU processes (gloo), global batch 2 split 1 + 1, equals one process."""
+    args = [str(cache), "--epochs", "2", "--val-every", "1", "--model", "tsfm-tiny", *CLI_TINY]
+    single = run_cli("pretrain", *args, "-o", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    double = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "tumorfm",
+            "pretrain",
+            *args,
+            "-o",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(one, two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    first, second = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_one_line(cache, tmp_path):
+    assert_one_line_error(
+        run_cli("pretrain", cache, "-o", tmp_path / "r", "--model", "tsfm-x"),
+        "unknown model 'tsfm-x'",
+    )
+    assert_one_line_error(
+        run_cli(
+            "pretrain",
+            cache,
+            "-o",
+            tmp_path / "r",
+            "--patch",
+            "64",
+            "256",
+            "256",
+            "--profile",
+            "cpu",
+        ),
+        "larger than every case",
+    )
+    assert_one_line_error(run_cli("pretrain", "--resume", tmp_path), "not a resumable")
+    assert_one_line_error(
+        run_cli("pretrain", tmp_path, "-o", tmp_path / "r"), "not a tumorfm cache"
+    )
+    old = tmp_path / "old-cache"
+    old.mkdir()
+    pool = json.loads((cache / "pool.json").read_text())
+    (old / "pool.json").write_text(json.dumps({**pool, "cache_format": 0}))
+    assert_one_line_error(run_cli("pretrain", old, "-o", tmp_path / "r"), "another tumorfm version")
+
+
+def test_existing_run_is_never_overwritten(cache, tmp_path):
+    run = tmp_path / "run"
+    pretrain(cache, run, make_config("cpu", epochs=1, **TINY), progress=False)
+    before = (run / "log.jsonl").read_text()
+    assert_one_line_error(run_cli("pretrain", cache, "-o", run, *CLI_TINY), "already holds a run")
+    other = tmp_path / "other-pool"
+    other.mkdir()
+    pool = json.loads((cache / "pool.json").read_text())
+    pool["classes"] = pool["classes"][::-1]
+    (other / "pool.json").write_text(json.dumps(pool))
+    assert_one_line_error(run_cli("pretrain", other, "--resume", run), "another pool")
+    assert (run / "log.jsonl").read_text() == before

@@ -1,0 +1,1 @@
+"""Training: the partial-label loss (and, later, the pretraining loop)."""

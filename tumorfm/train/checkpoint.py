@@ -1,0 +1,105 @@
+"""Resume state: everything a run needs to continue exactly, written without pickle.
+
+    RUN/state/model.safetensors      weights
+    RUN/state/optimizer.safetensors  optimiser buffers (momentum, Adam moments), by parameter index
+    RUN/state/rng.safetensors        torch's CPU (and CUDA) random states
+    RUN/state/state.json             epoch, step, optimiser hyper-parameters, best metric, ...
+
+The folder is written beside the old one and swapped in by renames, so a run killed while saving
+still has its previous state. The loader needs no state of its own: every batch is a pure function
+of (seed, step), so the step number is its position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE = "state"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, buffers in state["state"].items():
+        for name, value in buffers.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_state(
+    run: Path,
+    model_state: dict,
+    optimizer: torch.optim.Optimizer,
+    meta: dict,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Path:
+    """Write RUN/state atomically (new folder, then rename over the old one)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=run))
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+            str(tmp / "model.safetensors"),
+        )
+        tensors, optimizer_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        full = {
+            **meta,
+            "optimizer": optimizer_meta,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        }
+        (tmp / "state.json").write_text(json.dumps(full, indent=2))
+        final, old = run / STATE, run / ".state.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run / STATE
+
+
+def has_state(run: Path) -> bool:
+    return (run / STATE / "state.json").is_file() or (run / ".state.old" / "state.json").is_file()
+
+
+def load_state(run: Path) -> tuple[dict, dict, dict, dict]:
+    """(meta, model tensors, optimizer state dict, rng tensors) of the last complete save."""
+    folder = run / STATE
+    if not (folder / "state.json").is_file():  # killed between the two renames
+        folder = run / ".state.old"
+    meta = json.loads((folder / "state.json").read_text())
+    model = load_file(str(folder / "model.safetensors"))
+    buffers = load_file(str(folder / "optimizer.safetensors"))
+    optimizer_meta = meta.pop("optimizer")
+    state: dict[int, dict] = {}
+    for key, value in buffers.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in optimizer_meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
+    return meta, model, optimizer_state, load_file(str(folder / "rng.safetensors"))
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,477 @@
+"""`tumorfm pretrain`: train TSFM on a preprocessed pool (paper, sections 2.1 and 3.1).
+
+SGD with Nesterov momentum 0.99, weight decay 1e-3, initial lr 1e-3 with poly decay, batch 2,
+250 iterations per epoch, 1000 epochs, patch 112x160x192: the paper's recipe is the default, and
+`profile="cpu"` scales it down for a laptop. Each case is drawn with its pool probability (1/sqrt(n)
+of its dataset), the partial-label loss scores only the classes its dataset annotates, and every
+epoch ends with a resumable state, the last model as a bundle, and a line of logs.
+
+    RUN/settings.json   config, versions, cache, pool digest      RUN/log.jsonl  one line an epoch
+    RUN/split.json      training / validation cases per dataset   RUN/curves.csv the same, as CSV
+    RUN/state/          exact resume state (see checkpoint.py)    RUN/tensorboard/  events
+    RUN/last/, RUN/best/  model bundles (best: validation Dice)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import tumorfm
+from tumorfm.data.cache import CACHE_FORMAT, CachedCase, cached_cases, write_json
+from tumorfm.data.loader import PatchBatches, make_loader
+from tumorfm.errors import TumorFMError
+from tumorfm.model import create_model, list_models
+from tumorfm.model.bundle import save_bundle
+from tumorfm.train import distributed as dist
+from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
+from tumorfm.train.loss import PartialLabelLoss
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "tsfm-1.6b"
+    patch_size: tuple[int, int, int] = (112, 160, 192)
+    batch_size: int = 2  # global, split across processes
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    optimizer: str = "sgd"  # or "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.99
+    weight_decay: float = 1e-3
+    grad_clip: float = 12.0
+    precision: str = "auto"  # auto (bf16 where the device has it), bf16, fp16, fp32
+    deep_supervision: bool = True
+    val_every: int = 10  # epochs
+    val_fraction: float = 0.2  # of each dataset's cases, at least one when it has two
+    val_batches: int = 20
+    seed: int = 0
+    workers: int = 2
+    checkpointing: bool = False
+    fsdp: bool = False
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        if self.model not in list_models():
+            raise TumorFMError(
+                f"unknown model '{self.model}'; choose one of {', '.join(list_models())}"
+            )
+        if self.optimizer not in ("sgd", "adamw"):
+            raise TumorFMError(f"optimizer '{self.optimizer}': choose sgd or adamw")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise TumorFMError(f"precision '{self.precision}': choose auto, bf16, fp16 or fp32")
+
+
+# The paper's recipe, and one that finishes in minutes on a 2-core CPU.
+PROFILES = {
+    "paper": {},
+    "cpu": dict(
+        model="tsfm-tiny",
+        patch_size=(48, 64, 64),
+        epochs=10,
+        iterations_per_epoch=20,
+        val_every=2,
+        val_batches=4,
+    ),
+}
+
+
+def make_config(profile: str = "paper", **changes) -> PretrainConfig:
+    if profile not in PROFILES:
+        raise TumorFMError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+    return PretrainConfig(
+        **{**PROFILES[profile], **{k: v for k, v in changes.items() if v is not None}}
+    )
+
+
+def _read_pool(cache: Path) -> dict:
+    path = cache / "pool.json"
+    if not path.is_file():
+        raise TumorFMError(f"{cache}: not a tumorfm cache (no pool.json); run tumorfm preprocess")
+    pool = json.loads(path.read_text())
+    if pool.get("cache_format") != CACHE_FORMAT:
+        raise TumorFMError(
+            f"{cache}: made by another tumorfm version (cache format "
+            f"{pool.get('cache_format')}, this one reads {CACHE_FORMAT}); run "
+            f"tumorfm preprocess again"
+        )
+    return pool
+
+
+def pool_digest(pool: dict) -> str:
+    keys = ("classes", "class_regions", "datasets")
+    return hashlib.sha256(json.dumps([pool[k] for k in keys], sort_keys=True).encode()).hexdigest()
+
+
+def split_cases(cache: Path, pool: dict, val_fraction: float, seed: int) -> dict:
+    """Per dataset, a fixed random hold-out for validation (at least one case when n >= 2)."""
+    split = {}
+    for dataset in pool["datasets"]:
+        ids = sorted(c.case_id for c in cached_cases(cache, dataset["name"]))
+        if not ids:
+            raise TumorFMError(f"{cache / dataset['name']}: no preprocessed cases")
+        order = np.random.default_rng([seed, len(ids)]).permutation(ids).tolist()
+        held = min(len(ids) - 1, max(1, round(val_fraction * len(ids)))) if len(ids) > 1 else 0
+        split[dataset["name"]] = {"val": sorted(order[:held]), "train": sorted(order[held:])}
+    return split
+
+
+def _cases(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[CachedCase], list]:
+    cases, weights = [], []
+    for dataset in pool["datasets"]:
+        keep = set(split[dataset["name"]][part])
+        for case in cached_cases(cache, dataset["name"]):
+            if case.case_id in keep:
+                cases.append(case)
+                weights.append(dataset["case_probability"])
+    return cases, weights
+
+
+def _autocast(config: PretrainConfig, device: torch.device):
+    precision = config.precision
+    if precision == "auto":
+        bf16 = (
+            torch.cuda.is_bf16_supported()
+            if device.type == "cuda"
+            else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        precision = "bf16" if bf16 else "fp32"
+    if precision == "fp32":
+        return nullcontext(), precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision
+
+
+def poly_lr(config: PretrainConfig, epoch: int) -> float:
+    return config.lr * (1 - epoch / config.epochs) ** 0.9
+
+
+@torch.no_grad()
+def validate(
+    model, batches: PatchBatches, steps: int, classes: list[str], processes, autocast
+) -> dict:
+    """nnU-Net's pseudo Dice on fixed validation patches, per dataset and annotated class."""
+    model.eval()
+    names = sorted({c.properties["dataset"] for c in batches.cases})
+    counts = torch.zeros(len(names), len(classes), 3, dtype=torch.float64)  # tp, fp, fn
+    for step in range(steps):
+        batch = batches[step]
+        with autocast:
+            logits = model(batch["image"].to(processes.device))
+        logits = logits[0] if isinstance(logits, list) else logits
+        predicted = (logits.float() > 0).cpu()
+        target = batch["target"].bool()
+        for i, dataset in enumerate(batch["dataset"]):
+            keep = batch["annotated"][i]
+            p, t = predicted[i][keep].flatten(1), target[i][keep].flatten(1)
+            d = names.index(dataset)
+            counts[d, keep, 0] += (p & t).sum(1).double()
+            counts[d, keep, 1] += (p & ~t).sum(1).double()
+            counts[d, keep, 2] += (~p & t).sum(1).double()
+    if processes.distributed:
+        torch.distributed.all_reduce(counts)
+    model.train()
+    dice = {}
+    for d, dataset in enumerate(names):
+        for k, name in enumerate(classes):
+            tp, fp, fn = counts[d, k].tolist()
+            if tp + fp + fn > 0:
+                dice.setdefault(dataset, {})[name] = 2 * tp / (2 * tp + fp + fn)
+    scores = [v for per_class in dice.values() for v in per_class.values()]
+    return {"dice": dice, "mean_dice": float(np.mean(scores)) if scores else float("nan")}
+
+
+class _Logs:
+    """JSON lines, CSV curves and TensorBoard events, written by the main process only."""
+
+    def __init__(self, run: Path, enabled: bool):
+        self.run, self.enabled, self.writer = run, enabled, None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(run / "tensorboard"))
+
+    def rewind(self, last_epoch: int) -> None:
+        """On resume: drop lines of epochs after the saved state (a kill between log and state)."""
+        if not self.enabled:
+            return
+        for name in ("log.jsonl", "curves.csv"):
+            path = self.run / name
+            if not path.is_file():
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            if name == "log.jsonl":
+                kept = [x for x in lines if json.loads(x)["epoch"] <= last_epoch]
+            else:
+                kept = lines[:1] + [x for x in lines[1:] if int(x.split(",")[0]) <= last_epoch]
+            path.write_text("".join(kept))
+
+    def epoch(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.run / "log.jsonl", "a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
+        for dataset, per_class in row.get("val_dice", {}).items():
+            flat.update({f"val_dice/{dataset}/{name}": v for name, v in per_class.items()})
+        for key, value in flat.items():
+            if isinstance(value, int | float) and key != "epoch":
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+        path = self.run / "curves.csv"
+        existing = list(csv.DictReader(path.open())) if path.is_file() else []
+        columns = list(dict.fromkeys([c for r in existing for c in r] + list(flat)))
+        with open(path, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, columns)
+            writer.writeheader()
+            writer.writerows(existing + [flat])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
+    """Organs before the tumours inside them, so a tumour is painted over its organ."""
+
+    def depth(name: str) -> int:
+        return 0 if name not in parents else 1 + depth(parents[name])
+
+    return sorted(classes, key=depth)
+
+
+def _start(
+    cache: Path | None, out: Path | None, config: PretrainConfig | None, resume: Path | None
+) -> tuple[Path, Path, PretrainConfig, dict, dict]:
+    """Resolve the run folder, config, pool and split of a new or resumed run."""
+    if resume is not None:
+        run = Path(resume)
+        settings_file = run / "settings.json"
+        if not settings_file.is_file() or not has_state(run):
+            raise TumorFMError(f"{run}: not a resumable tumorfm run (no settings.json and state/)")
+        settings = json.loads(settings_file.read_text())
+        config = PretrainConfig(**settings["config"])
+        cache = Path(cache or settings["cache"])
+        pool = _read_pool(cache)
+        if pool_digest(pool) != settings["pool_digest"]:
+            raise TumorFMError(
+                f"{run}: this run was trained on another pool than the cache "
+                f"{cache}; resume it with the cache it started from"
+            )
+        return run, cache, config, pool, json.loads((run / "split.json").read_text())
+    if cache is None or out is None:
+        raise TumorFMError("give a CACHE and --out RUN, or --resume RUN")
+    run, cache = Path(out), Path(cache)
+    if (run / "settings.json").exists() or has_state(run):
+        raise TumorFMError(
+            f"{run}: already holds a run; continue it with --resume {run} or choose another --out"
+        )
+    pool = _read_pool(cache)
+    return (
+        run,
+        cache,
+        config or PretrainConfig(),
+        pool,
+        split_cases(
+            cache, pool, config.val_fraction if config else 0.2, config.seed if config else 0
+        ),
+    )
+
+
+def pretrain(
+    cache: str | Path | None = None,
+    out: str | Path | None = None,
+    config: PretrainConfig | None = None,
+    resume: str | Path | None = None,
+    stop_after_epoch: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train on a preprocessed pool; returns the last epoch's log row."""
+    run, cache, config, pool, split = _start(
+        cache and Path(cache), out and Path(out), config, resume and Path(resume)
+    )
+    processes = dist.setup(config.device)
+    classes, regions = pool["classes"], pool["class_regions"]
+    train_cases, train_weights = _cases(cache, pool, split, "train")
+    val_cases, val_weights = _cases(cache, pool, split, "val")
+    common = dict(
+        classes=classes,
+        class_regions=regions,
+        patch_size=config.patch_size,
+        batch_size=config.batch_size,
+        rank=processes.rank,
+        world_size=processes.world_size,
+    )
+    batches = PatchBatches(train_cases, train_weights, seed=config.seed, augment=True, **common)
+    val = (
+        PatchBatches(val_cases, val_weights, seed=config.seed + 1, augment=False, **common)
+        if val_cases
+        else None
+    )
+    in_channels = train_cases[0].image().shape[0]
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.model,
+        in_channels,
+        len(classes),
+        config.patch_size,
+        deep_supervision=config.deep_supervision,
+        checkpoint_stages=config.checkpointing,
+        checkpoint_transformer=config.checkpointing,
+    ).to(processes.device)
+    outputs = len(model.aux_heads) + 1
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            config.lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), config.lr, weight_decay=config.weight_decay
+        )
+    start_epoch, best = 0, -math.inf
+    if resume is not None:
+        meta, weights, optimizer_state, rng = load_state(run)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        restore_rng(rng)
+        start_epoch, best = meta["epoch"] + 1, meta["best"]
+    model = dist.wrap(model, processes, config.fsdp)
+    loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
+    autocast, precision = _autocast(config, processes.device)
+    scaler = torch.amp.GradScaler(processes.device.type, enabled=precision == "fp16")
+    if processes.main and resume is None:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "split.json", split)
+        write_json(
+            run / "settings.json",
+            {
+                "config": asdict(config),
+                "cache": str(cache.resolve()),
+                "pool_digest": pool_digest(pool),
+                "tumorfm_version": tumorfm.__version__,
+                "torch_version": torch.__version__,
+                "world_size": processes.world_size,
+                "precision": precision,
+                "in_channels": in_channels,
+                "classes": classes,
+            },
+        )
+    dist.barrier(processes)
+    logs = _Logs(run, processes.main)
+    if resume is not None:
+        logs.rewind(start_epoch - 1)
+    iterations = config.iterations_per_epoch
+    loader = iter(
+        make_loader(
+            batches,
+            start_epoch * iterations,
+            (config.epochs - start_epoch) * iterations,
+            config.workers,
+        )
+    )
+    bar = tqdm(
+        total=config.epochs * iterations,
+        initial=start_epoch * iterations,
+        unit="it",
+        desc=f"pretrain {config.model}",
+        disable=None if progress and processes.main else True,
+    )
+    modalities = train_cases[0].properties.get("modalities", ["unknown"] * in_channels)
+    bundle_info = dict(
+        classes=classes,
+        modalities=modalities,
+        preset=config.model,
+        paint_order=paint_order(classes, pool.get("parents", {})),
+        plan={
+            "datasets": {
+                d["name"]: json.loads((cache / d["name"] / "plan.json").read_text())
+                for d in pool["datasets"]
+            }
+        },
+        extra={"pool_digest": pool_digest(pool), "pool": pool["name"]},
+    )
+    row: dict = {}
+    for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(config, epoch)
+        started, waited, losses = time.perf_counter(), 0.0, []
+        for _ in range(iterations):
+            before = time.perf_counter()
+            batch = next(loader)
+            waited += time.perf_counter() - before
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                logits = model(batch["image"].to(processes.device))
+            logits = [x.float() for x in logits] if isinstance(logits, list) else logits.float()
+            result = loss_fn(
+                logits,
+                batch["target"].to(processes.device),
+                batch["annotated"].to(processes.device),
+            )
+            scaler.scale(result.loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(result.loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "step": (epoch + 1) * iterations,
+            "train_loss": dist.mean_over_processes(float(np.mean(losses)), processes),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+            "iterations_per_second": iterations / seconds,
+            "data_wait_share": waited / seconds,
+        }
+        improved = False
+        if val is not None and ((epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1):
+            scores = validate(model, val, config.val_batches, classes, processes, autocast)
+            row.update(val_dice=scores["dice"], val_mean_dice=scores["mean_dice"])
+            improved = scores["mean_dice"] > best
+            best = max(best, scores["mean_dice"])
+        weights = dist.full_state_dict(model, config.fsdp)
+        if processes.main:
+            model_only = dist.unwrap(model)
+            save_bundle(run / "last", _with(model_only, weights), **bundle_info)
+            if improved:
+                save_bundle(run / "best", _with(model_only, weights), **bundle_info)
+            logs.epoch(row)  # before the state: a kill in between repeats the line, see rewind
+            save_state(
+                run, weights, optimizer, {"epoch": epoch, "step": row["step"], "best": best}, scaler
+            )
+        dist.barrier(processes)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    bar.close()
+    logs.close()
+    dist.teardown(processes)
+    return row
+
+
+def _with(model: torch.nn.Module, weights: dict) -> torch.nn.Module:
+    """The model object to bundle: itself, unless FSDP sharded it (then a CPU copy)."""
+    if all(not hasattr(p, "full_tensor") for p in model.parameters()):
+        return model
+    from tumorfm.model import TSFM
+
+    copy = TSFM(replace(model.config))
+    copy.load_state_dict(weights)
+    return copy
