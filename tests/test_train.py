@@ -130,34 +130,35 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_equal_one(cache, tmp_path):
-    """DDP on 2 CPU processes (gloo), global batch 2 split 1 + 1, equals one process."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_equal_one(cache, tmp_path, sharding):
+    """DDP or FSDP on 2 CPU processes (gloo), global batch 2 split 1 + 1, equals one process."""
     args = [str(cache), "--epochs", "2", "--val-every", "1", "--model", "tsfm-tiny", *CLI_TINY]
     single = run_cli("pretrain", *args, "-o", tmp_path / "one")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "tumorfm",
+        "pretrain",
+    ]
+    extra = ["--fsdp"] if sharding == "fsdp" else []
     double = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "tumorfm",
-            "pretrain",
-            *args,
-            "-o",
-            str(tmp_path / "two"),
-        ],
+        [*torchrun, *args, *extra, "-o", str(tmp_path / "two")],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
     assert double.returncode == 0, double.stderr[-3000:]
+    assert len(double.stdout.strip().splitlines()) == 1  # only the main process reports
     one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     for a, b in zip(one, two):
@@ -165,6 +166,17 @@ def test_two_processes_equal_one(cache, tmp_path):
     first, second = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in first:
         torch.testing.assert_close(second[key], first[key], rtol=1e-4, atol=1e-5)
+    assert load_bundle(tmp_path / "two" / "last").classes
+    if sharding == "fsdp":  # the sharded optimiser state loads back (nothing left to train)
+        torchrun[6] = str(_free_port())
+        again = subprocess.run(
+            [*torchrun, "--resume", str(tmp_path / "two")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
 
 
 def test_bad_input_is_one_line(cache, tmp_path):

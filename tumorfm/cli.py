@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -219,7 +220,7 @@ def pretrain(
             device=device,
         )
     row = run_pretrain(cache, out, config, resume)
-    if row:
+    if row and os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
 
 

@@ -24,22 +24,28 @@ from safetensors.torch import load_file, save_file
 STATE = "state"
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    state = optimizer.state_dict()
+SEPARATOR = "|"  # between a parameter's key (an index, or a name under FSDP) and its buffer
+
+
+def _optimizer_tensors(state: dict) -> tuple[dict, dict]:
     tensors, scalars = {}, {}
-    for index, buffers in state["state"].items():
+    for key, buffers in state["state"].items():
         for name, value in buffers.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{key}{SEPARATOR}{name}"] = value.detach().cpu().contiguous()
             else:
-                scalars[f"{index}.{name}"] = value
+                scalars[f"{key}{SEPARATOR}{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _key(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def save_state(
     run: Path,
     model_state: dict,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict,
     meta: dict,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
@@ -50,7 +56,7 @@ def save_state(
             {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
             str(tmp / "model.safetensors"),
         )
-        tensors, optimizer_meta = _optimizer_tensors(optimizer)
+        tensors, optimizer_meta = _optimizer_tensors(optimizer_state)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -87,13 +93,10 @@ def load_state(run: Path) -> tuple[dict, dict, dict, dict]:
     model = load_file(str(folder / "model.safetensors"))
     buffers = load_file(str(folder / "optimizer.safetensors"))
     optimizer_meta = meta.pop("optimizer")
-    state: dict[int, dict] = {}
-    for key, value in buffers.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for key, value in optimizer_meta["scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+    state: dict[int | str, dict] = {}
+    for key, value in [*buffers.items(), *optimizer_meta["scalars"].items()]:
+        parameter, name = key.split(SEPARATOR, 1)
+        state.setdefault(_key(parameter), {})[name] = value
     optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
     return meta, model, optimizer_state, load_file(str(folder / "rng.safetensors"))
 

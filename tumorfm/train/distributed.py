@@ -77,6 +77,34 @@ def full_state_dict(model: nn.Module, fsdp: bool) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
+def optimizer_state(model: nn.Module, optimizer, fsdp: bool) -> dict:
+    """The optimiser's whole state (gathered and keyed by parameter name under FSDP)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state: dict, fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(
+            model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+        )
+    else:
+        optimizer.load_state_dict(state)
+
+
 def mean_over_processes(value: float, processes: Processes) -> float:
     if not processes.distributed:
         return value

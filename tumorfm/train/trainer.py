@@ -331,6 +331,13 @@ def pretrain(
         checkpoint_transformer=config.checkpointing,
     ).to(processes.device)
     outputs = len(model.aux_heads) + 1
+    start_epoch, best, optimizer_state = 0, -math.inf, None
+    if resume is not None:
+        meta, weights, optimizer_state, rng = load_state(run)
+        model.load_state_dict(weights)
+        restore_rng(rng)
+        start_epoch, best = meta["epoch"] + 1, meta["best"]
+    model = dist.wrap(model, processes, config.fsdp)  # before the optimiser: FSDP swaps params
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -343,14 +350,8 @@ def pretrain(
         optimizer = torch.optim.AdamW(
             model.parameters(), config.lr, weight_decay=config.weight_decay
         )
-    start_epoch, best = 0, -math.inf
-    if resume is not None:
-        meta, weights, optimizer_state, rng = load_state(run)
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(optimizer_state)
-        restore_rng(rng)
-        start_epoch, best = meta["epoch"] + 1, meta["best"]
-    model = dist.wrap(model, processes, config.fsdp)
+    if optimizer_state is not None:
+        dist.load_optimizer_state(model, optimizer, optimizer_state, config.fsdp)
     loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
     autocast, precision = _autocast(config, processes.device)
     scaler = torch.amp.GradScaler(processes.device.type, enabled=precision == "fp16")
@@ -448,6 +449,7 @@ def pretrain(
             improved = scores["mean_dice"] > best
             best = max(best, scores["mean_dice"])
         weights = dist.full_state_dict(model, config.fsdp)
+        optimizer_state = dist.optimizer_state(model, optimizer, config.fsdp)
         if processes.main:
             model_only = dist.unwrap(model)
             save_bundle(run / "last", _with(model_only, weights), **bundle_info)
@@ -455,7 +457,11 @@ def pretrain(
                 save_bundle(run / "best", _with(model_only, weights), **bundle_info)
             logs.epoch(row)  # before the state: a kill in between repeats the line, see rewind
             save_state(
-                run, weights, optimizer, {"epoch": epoch, "step": row["step"], "best": best}, scaler
+                run,
+                weights,
+                optimizer_state,
+                {"epoch": epoch, "step": row["step"], "best": best},
+                scaler,
             )
         dist.barrier(processes)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
