@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -218,10 +219,49 @@ class MemoryPoll(threading.Thread):
         }
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(seconds: float = 3.0) -> float:
+    (busy0, total0), _ = _cpu_jiffies(), time.sleep(seconds)
+    busy1, total1 = _cpu_jiffies()
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_until_idle(limit: float, threshold: float = 0.1) -> float:
+    """Wait (at most `limit` s) until the CPUs are less than `threshold` busy; the last share."""
+    deadline, told = time.monotonic() + limit, False
+    while True:
+        share = busy_share()
+        if share < threshold or time.monotonic() > deadline:
+            if share >= threshold:
+                print(f"warning: CPUs still {share:.0%} busy with other work; measuring anyway")
+            return share
+        if not told:
+            print(f"waiting for other work to finish (CPUs {share:.0%} busy) ...", flush=True)
+            told = True
+        time.sleep(10)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of every descendant it has reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(command: list[str], env: dict, log: Path, timeout: float, what: str) -> dict:
-    """Run `command` (output to `log`), polling its memory; exit with the log's tail on error."""
+    """Run `command` (output to `log`), polling its memory; exit with the log's tail on error.
+
+    Also measures the CPU time other processes on the machine took meanwhile (all CPUs' busy time
+    minus ours), as a share of the CPUs: a shared machine shows up there."""
     print(f"{what}: {' '.join(command)}", flush=True)
     load_before = os.getloadavg()
+    busy_before, ours_before = _cpu_jiffies()[0], _own_cpu_seconds()
     started = time.perf_counter()
     with open(log, "w") as stream:
         process = subprocess.Popen(
@@ -239,12 +279,16 @@ def run(command: list[str], env: dict, log: Path, timeout: float, what: str) -> 
             poll.done.set()
             poll.join()
     seconds = time.perf_counter() - started
+    busy = (_cpu_jiffies()[0] - busy_before) / os.sysconf("SC_CLK_TCK")
+    ours = _own_cpu_seconds() - ours_before
     if code != 0:
         tail = log.read_text()[-3000:]
         reason = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
         sys.exit(f"{what} {reason}:\n  {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
     return {
         "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(ours, 1),
+        "other_processes_cpu_share": round(max(busy - ours, 0) / (seconds * os.cpu_count()), 3),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         **poll.result(),
@@ -537,6 +581,13 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="preprocessing and loader workers")
     parser.add_argument("--timeout", type=float, default=1500, help="seconds, per command")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=600,
+        help="before each training run, wait at most this many seconds for other work on the "
+        "machine to finish (0: do not wait)",
+    )
     parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "train")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
@@ -591,12 +642,23 @@ def main() -> None:
         sys.exit("no nnU-Net feature cap matches tsfm-small's parameter count within 10%")
     trainer_file = install_trainer()
 
-    runs = {"nnunet": train_nnunet(args, work)}
-    print(f"  nnU-Net: {runs['nnunet']['iterations_per_second']:.4f} it/s", flush=True)
-    runs["tumorfm"] = train_tumorfm(args, work, args.tumorfm, None)
-    print(f"  tumorfm: {runs['tumorfm']['iterations_per_second']:.4f} it/s", flush=True)
-    runs["tumorfm_fp32"] = train_tumorfm(args, work, args.tumorfm, "fp32")
-    print(f"  tumorfm fp32: {runs['tumorfm_fp32']['iterations_per_second']:.4f} it/s", flush=True)
+    plan = {
+        "nnunet": (lambda: train_nnunet(args, work), theirs),
+        "tumorfm": (lambda: train_tumorfm(args, work, args.tumorfm, None), ours),
+        "tumorfm_fp32": (lambda: train_tumorfm(args, work, args.tumorfm, "fp32"), ours),
+    }
+    runs = {}
+    for name, (train, network) in plan.items():
+        idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
+        runs[name] = train()
+        r = runs[name]
+        r["cpu_busy_share_before_start"] = idle
+        r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
+        print(
+            f"  {r['iterations_per_second']:.4f} it/s ({r['precision']}); other processes took "
+            f"{r['other_processes_cpu_share']:.0%} of the CPUs meanwhile",
+            flush=True,
+        )
 
     base = runs["nnunet"]
     ratio = {
@@ -637,15 +699,18 @@ def main() -> None:
             "tumorfm_val_batches": TUMORFM_VAL_BATCHES,
             "nnunet_plans": PLANS,
             "nnunet_trainer": f"{TRAINER} ({trainer_file})",
-            "recipes": "each tool's own: nnU-Net SGD lr 1e-2, wd 3e-5, CE+Dice; tumorfm SGD "
-            "lr 1e-3, wd 1e-3, partial-label BCE+Dice; both Nesterov 0.99, poly lr, deep "
-            "supervision, grad clip 12",
+            "recipes": "each tool's own: nnU-Net softmax CE + Dice, lr 1e-2, wd 3e-5; tumorfm "
+            "sigmoid BCE + batch Dice (partial-label), lr 1e-3, wd 1e-3; both SGD Nesterov 0.99, "
+            "poly lr, deep supervision, grad clip 12",
             "networks": {"tumorfm": ours, "nnunet": theirs},
             "params_ratio_nnunet_vs_tumorfm": round(params_ratio, 3),
         },
         "preprocess": preprocessed,
         "runs": runs,
         "ratio_tumorfm_vs_nnunet": ratio,
+        "gmacs_per_iteration_ratio_nnunet_vs_tumorfm": round(
+            theirs["forward_backward_gmacs"] / ours["forward_backward_gmacs"], 2
+        ),
         "target_ratio": TARGET_RATIO,
         "meets_target": {
             name: r["iterations_per_second"] >= TARGET_RATIO for name, r in ratio.items()
@@ -658,6 +723,11 @@ def main() -> None:
             "iterations; not the same cases, so only a sanity check, not a quality comparison",
             "memory: RSS summed over the process tree double-counts pages shared by forked "
             "workers; PSS counts them once",
+            "same parameter count is not the same arithmetic: GMAC per iteration (forward + "
+            "backward, convs and linear layers, FlopCounterMode) differ, see settings.networks; "
+            "gmacs_per_second of each run is that count times its iterations/s",
+            "other_processes_cpu_share: CPU time of processes not started by this benchmark, "
+            "as a share of all CPUs during the run (the machine may be shared)",
         ],
         "total_seconds": round(total, 1),
     }
@@ -666,12 +736,12 @@ def main() -> None:
 
     labels = {
         "nnunet": "nnU-Net v2 (fp32)",
-        "tumorfm": f"tumorfm ({runs['tumorfm']['precision']})",
+        "tumorfm": f"tumorfm ({runs['tumorfm']['precision']}, default)",
         "tumorfm_fp32": "tumorfm (fp32)",
     }
     print(
         f"\npatch {'x'.join(map(str, args.patch))}, batch {args.batch}, {args.epochs} epochs x "
-        f"{args.iterations} iterations (epoch {measured} measured), {args.workers} loader workers, "
+        f"{args.iterations} iterations (the last epoch measured), {args.workers} loader workers, "
         f"{os.cpu_count()} CPUs"
     )
     print(
@@ -681,14 +751,16 @@ def main() -> None:
         f"{theirs['forward_backward_gmacs']:.0f} GMAC/it, features {theirs['features_per_stage']}"
     )
     print(
-        f"{'':<20}{'it/s':>8}{'s/it':>8}{'data wait':>11}{'peak RSS MB':>13}{'peak PSS MB':>13}"
-        f"{'pseudo Dice':>13}{'wall s':>8}"
+        f"{'':<24}{'it/s':>8}{'s/it':>8}{'GMAC/s':>8}{'data wait':>11}{'peak RSS MB':>13}"
+        f"{'peak PSS MB':>13}{'pseudo Dice':>13}{'wall s':>8}{'others CPU':>12}"
     )
     for name, r in runs.items():
         print(
-            f"{labels[name]:<20}{r['iterations_per_second']:>8.4f}{r['seconds_per_iteration']:>8.2f}"
-            f"{r['data_wait_share']:>11.1%}{r['peak_tree_rss_mb']:>13.0f}{r['peak_tree_pss_mb']:>13.0f}"
-            f"{r['pseudo_dice']:>13.4f}{r['wall_seconds']:>8.0f}"
+            f"{labels[name]:<24}{r['iterations_per_second']:>8.4f}"
+            f"{r['seconds_per_iteration']:>8.2f}{r['gmacs_per_second']:>8.1f}"
+            f"{r['data_wait_share']:>11.1%}{r['peak_tree_rss_mb']:>13.0f}"
+            f"{r['peak_tree_pss_mb']:>13.0f}{r['pseudo_dice']:>13.4f}{r['wall_seconds']:>8.0f}"
+            f"{r['other_processes_cpu_share']:>12.0%}"
         )
     mid, lo, hi = base["iteration_seconds_median_min_max"]
     print(

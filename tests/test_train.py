@@ -70,7 +70,7 @@ def test_pretrain_writes_logs_curves_bundles_and_state(cache, tmp_path):
     run = tmp_path / "run"
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1] and row["epoch"] == 1
-    assert lines[1]["lr"] < lines[0]["lr"] == pytest.approx(1e-3)  # poly decay
+    assert lines[1]["lr"] < lines[0]["lr"] == pytest.approx(1e-2)  # cpu profile, poly decay
     assert "val_dice" in lines[0] and 0.0 <= lines[1]["val_mean_dice"] <= 1.0
     assert (run / "curves.csv").read_text().startswith("epoch,")
     assert any((run / "tensorboard").iterdir())

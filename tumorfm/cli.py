@@ -247,11 +247,14 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
     workers: Workers = 2,
     cases: Annotated[int, typer.Option(min=1, help="Phantom cases per site.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 8,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 30,
 ) -> None:
-    """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess."""
+    """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess,
+    pretrain."""
     from tumorfm.demo import run_demo
 
-    run_demo(out, workers=workers, cases_per_site=cases)
+    run_demo(out, workers=workers, cases_per_site=cases, epochs=epochs, iterations=iterations)
 
 
 def main() -> None:
