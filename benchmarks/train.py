@@ -25,7 +25,12 @@ Dice of the validation patches after the same number of iterations (each tool's 
 split and patches: nnU-Net's fold 0, tumorfm's 20% hold-out), and the peak memory of the training
 process tree (RSS summed over the process and its loader workers, polled every 0.2 s; also PSS,
 which counts pages shared between them once). The ratio is tumorfm/nnU-Net iterations per second
-(higher is better for tumorfm).
+(higher is better for tumorfm). Also the multiply-adds of an iteration of each network: equal
+parameter counts do not make equal arithmetic.
+
+The machine may be shared: before each training run the script waits (`--wait-idle`) for the CPUs
+to be idle, measures the CPU share other processes took during the run, repeats a run they
+disturbed by more than `--max-disturbance` (`--retries` times) and flags it if it stays disturbed.
 
 Run from the repository root in the benchmark environment (it holds nnU-Net; tumorfm trains in the
 product environment .venv):
@@ -621,6 +626,8 @@ def main() -> None:
 
     ours = tumorfm_network(args.patch, args.batch)
     print(f"{ours['network']}: {ours['params']:,} parameters", flush=True)
+    if args.wait_idle > 0:
+        wait_until_idle(args.wait_idle)
     preprocessed = preprocess(args, work, args.tumorfm)
     folder = work / "nnUNet_preprocessed" / DATASET
     heads = len(json.loads((folder / "dataset.json").read_text())["labels"])  # background too
@@ -649,16 +656,25 @@ def main() -> None:
     }
     runs = {}
     for name, (train, network) in plan.items():
-        idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
-        runs[name] = train()
-        r = runs[name]
-        r["cpu_busy_share_before_start"] = idle
-        r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
-        print(
-            f"  {r['iterations_per_second']:.4f} it/s ({r['precision']}); other processes took "
-            f"{r['other_processes_cpu_share']:.0%} of the CPUs meanwhile",
-            flush=True,
-        )
+        discarded = []
+        for attempt in range(args.retries + 1):
+            idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
+            r = train()
+            r["cpu_busy_share_before_start"] = idle
+            r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
+            share = r["other_processes_cpu_share"]
+            print(
+                f"  {r['iterations_per_second']:.4f} it/s ({r['precision']}); other processes "
+                f"took {share:.0%} of the CPUs meanwhile",
+                flush=True,
+            )
+            if share <= args.max_disturbance or attempt == args.retries:
+                break
+            print(f"  more than {args.max_disturbance:.0%}: discarded, running it again")
+            discarded.append({k: v for k, v in r.items() if k != "epochs"})
+        r["disturbed"] = share > args.max_disturbance
+        r["discarded_attempts"] = discarded
+        runs[name] = r
 
     base = runs["nnunet"]
     ratio = {
@@ -760,7 +776,7 @@ def main() -> None:
             f"{r['seconds_per_iteration']:>8.2f}{r['gmacs_per_second']:>8.1f}"
             f"{r['data_wait_share']:>11.1%}{r['peak_tree_rss_mb']:>13.0f}"
             f"{r['peak_tree_pss_mb']:>13.0f}{r['pseudo_dice']:>13.4f}{r['wall_seconds']:>8.0f}"
-            f"{r['other_processes_cpu_share']:>12.0%}"
+            f"{r['other_processes_cpu_share']:>12.0%}{'  DISTURBED' if r['disturbed'] else ''}"
         )
     mid, lo, hi = base["iteration_seconds_median_min_max"]
     print(

@@ -232,8 +232,8 @@ def phantom(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
 ) -> None:
     """Write synthetic CT phantom datasets (nnU-Net raw layout) for demos and tests."""
-    from tumorfm.data.cache import ensure_writable
     from tumorfm.data.phantom import write_phantom_pool
+    from tumorfm.files import ensure_writable
 
     ensure_writable(out)
     for folder in write_phantom_pool(

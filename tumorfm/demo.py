@@ -16,12 +16,13 @@ from pathlib import Path
 import yaml
 
 import tumorfm
-from tumorfm.data.cache import cached_cases, ensure_writable, write_json
+from tumorfm.data.cache import cached_cases
 from tumorfm.data.check import check_dataset
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
+from tumorfm.files import ensure_writable, write_json
 from tumorfm.train.trainer import make_config, pretrain
 
 

@@ -13,15 +13,13 @@ it, so a rerun redoes what is stale or broken and skips the rest.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tumorfm.errors import TumorFMError
+from tumorfm.files import atomic_folder, write_json
 
 PROPERTIES = "properties.json"
 CACHE_FORMAT = 1  # bump when the layout or the meaning of cached arrays changes
@@ -47,29 +45,6 @@ class CachedCase:
             return {int(key): data[key] for key in data.files}
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def ensure_writable(folder: Path) -> Path:
-    """Create `folder` or fail with one line naming it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
-        probe.close()
-    except OSError as error:
-        raise TumorFMError(f"{folder}: cannot write output here ({error.strerror})") from None
-    return folder
-
-
 def write_case(
     dataset_folder: Path,
     case_id: str,
@@ -79,8 +54,8 @@ def write_case(
     properties: dict,
 ) -> CachedCase:
     """Write one case into a temporary folder, then rename it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", dir=dataset_folder))
-    try:
+    final = dataset_folder / case_id
+    with atomic_folder(final) as tmp:
         np.save(tmp / "image.npy", image.astype(np.float32, copy=False))
         np.save(tmp / "label.npy", label.astype(np.int16, copy=False))
         np.savez(tmp / "class_locations.npz", **{str(k): v for k, v in class_locations.items()})
@@ -93,13 +68,6 @@ def write_case(
                 "label_shape": list(label.shape),
             },
         )
-        final = dataset_folder / case_id
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CachedCase(final, json.loads((final / PROPERTIES).read_text()))
 
 

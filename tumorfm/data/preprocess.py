@@ -23,16 +23,15 @@ from tumorfm.data import plan as planning
 from tumorfm.data.cache import (
     CACHE_FORMAT,
     PROPERTIES,
-    ensure_writable,
     load_case,
     remove_stale_temporaries,
     write_case,
-    write_json,
 )
 from tumorfm.data.formats import Case, load_channels, load_label
 from tumorfm.data.pool import Pool, PoolDataset
 from tumorfm.data.resample import resample_image, resample_labels
 from tumorfm.errors import TumorFMError
+from tumorfm.files import ensure_writable, write_json
 
 LOCATION_SAMPLES = 10000  # voxels kept per class for foreground oversampling (nnU-Net's number)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tumorfm.errors import TumorFMError
+from tumorfm.files import atomic_folder
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import PRESETS
 
@@ -90,21 +89,10 @@ def save_bundle(
         "plan": plan,
         "extra": extra or {},
     }
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    except OSError as error:
-        raise TumorFMError(f"{folder}: cannot write the bundle here ({error.strerror})") from None
-    try:
+    with atomic_folder(folder) as tmp:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

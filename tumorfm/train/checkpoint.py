@@ -13,13 +13,12 @@ of (seed, step), so the step number is its position.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from tumorfm.files import atomic_folder, previous
 
 STATE = "state"
 
@@ -49,9 +48,8 @@ def save_state(
     meta: dict,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Write RUN/state atomically (new folder, then rename over the old one)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=run))
-    try:
+    """Write RUN/state atomically (new folder, then renames: see files.atomic_folder)."""
+    with atomic_folder(run / STATE) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
             str(tmp / "model.safetensors"),
@@ -68,27 +66,18 @@ def save_state(
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         }
         (tmp / "state.json").write_text(json.dumps(full, indent=2))
-        final, old = run / STATE, run / ".state.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return run / STATE
 
 
 def has_state(run: Path) -> bool:
-    return (run / STATE / "state.json").is_file() or (run / ".state.old" / "state.json").is_file()
+    return any((folder / "state.json").is_file() for folder in (run / STATE, previous(run / STATE)))
 
 
 def load_state(run: Path) -> tuple[dict, dict, dict, dict]:
     """(meta, model tensors, optimizer state dict, rng tensors) of the last complete save."""
     folder = run / STATE
     if not (folder / "state.json").is_file():  # killed between the two renames
-        folder = run / ".state.old"
+        folder = previous(run / STATE)
     meta = json.loads((folder / "state.json").read_text())
     model = load_file(str(folder / "model.safetensors"))
     buffers = load_file(str(folder / "optimizer.safetensors"))

@@ -28,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 import tumorfm
-from tumorfm.data.cache import CACHE_FORMAT, CachedCase, cached_cases, write_json
+from tumorfm.data.cache import CACHE_FORMAT, CachedCase, cached_cases
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.errors import TumorFMError
+from tumorfm.files import write_json
 from tumorfm.model import create_model, list_models
 from tumorfm.model.bundle import save_bundle
 from tumorfm.train import distributed as dist
@@ -357,6 +358,8 @@ def pretrain(
     loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
     autocast, precision = _autocast(config, processes.device)
     scaler = torch.amp.GradScaler(processes.device.type, enabled=precision == "fp16")
+    if resume is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     if processes.main and resume is None:
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / "split.json", split)

@@ -1,0 +1,68 @@
+"""Writing outputs so that nothing is ever half-written: a reader (or a rerun after a kill) sees
+the old version or the new one, never a mix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tumorfm.errors import TumorFMError
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temporary file in the same folder, then a rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            json.dump(data, stream, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create `folder` or fail with one line naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
+        probe.close()
+    except OSError as error:
+        raise TumorFMError(f"{folder}: cannot write output here ({error.strerror})") from None
+    return folder
+
+
+def previous(final: Path) -> Path:
+    """Where `atomic_folder` keeps the old version during the swap (see has_state)."""
+    return final.parent / f".{final.name}.old"
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Fill a temporary folder beside `final`; on success it replaces `final`.
+
+    The swap is two renames (final -> .final.old, temporary -> final), so a kill at any moment
+    leaves either `final` or `.final.old` complete; on an error the temporary folder is removed
+    and `final` is untouched.
+    """
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as error:
+        raise TumorFMError(f"{final}: cannot write here ({error.strerror})") from None
+    try:
+        yield tmp
+        old = previous(final)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
