@@ -24,9 +24,9 @@ Figures are from the last epoch (the earlier ones are warm-up): iterations/s of 
 Dice of the validation patches after the same number of iterations (each tool's own validation
 split and patches: nnU-Net's fold 0, tumorfm's 20% hold-out), and the peak memory of the training
 process tree (RSS summed over the process and its loader workers, polled every 0.2 s; also PSS,
-which counts pages shared between them once). The ratio is tumorfm/nnU-Net iterations per second
-(higher is better for tumorfm). Also the multiply-adds of an iteration of each network: equal
-parameter counts do not make equal arithmetic.
+which counts pages shared between them once, polled every 5 s). The ratio is tumorfm/nnU-Net
+iterations per second (higher is better for tumorfm). Also the multiply-adds of an iteration of
+each network: equal parameter counts do not make equal arithmetic.
 
 The machine may be shared: before each training run the script waits (`--wait-idle`) for the CPUs
 to be idle, measures the CPU share other processes took during the run, repeats a run they
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import re
@@ -79,6 +80,7 @@ Dice. The full-case validation after training is skipped.
 """
 
 import json
+import math
 import os
 import time
 
@@ -193,27 +195,41 @@ def _kb(path: str, field: str) -> int:
 
 
 class MemoryPoll(threading.Thread):
-    """Peak RSS (and PSS) of a process and all its descendants, polled every `interval` s."""
+    """Peak memory of a process and all its descendants: RSS summed over them every `interval` s
+    (the tree re-read every second), the process's own peak RSS (VmHWM, exact), and PSS summed over
+    them every `pss_interval` s (smaps_rollup walks the page tables: ~40 ms per GB-sized process,
+    too dear to read more often on 2 cores)."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 0.2, pss_interval: float = 5.0):
         super().__init__(daemon=True)
-        self.pid, self.interval, self.done = pid, interval, threading.Event()
-        self.peak_rss = self.peak_pss = self.peak_main_hwm = 0
-        self.peak_processes = 0
+        self.pid, self.interval, self.pss_interval = pid, interval, pss_interval
+        self.done = threading.Event()
+        self.peak_rss = self.peak_pss = self.peak_main_hwm = self.peak_processes = 0
+        self.cpu_seconds = 0.0
+
+    def _tree(self) -> list[int]:
+        tree, pids, i = _children(), [self.pid], 0
+        while i < len(pids):
+            pids += tree.get(pids[i], [])
+            i += 1
+        return pids
 
     def run(self) -> None:
+        pids, tree_read, pss_read = [self.pid], -math.inf, -math.inf
         while not self.done.is_set():
-            tree, pids, i = _children(), [self.pid], 0
-            while i < len(pids):
-                pids += tree.get(pids[i], [])
-                i += 1
+            now = time.monotonic()
+            if now - tree_read >= 1.0:
+                pids, tree_read = self._tree(), now
+                self.peak_processes = max(self.peak_processes, len(pids))
             rss = sum(_kb(f"/proc/{p}/status", "VmRSS") for p in pids)
-            pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
             hwm = _kb(f"/proc/{self.pid}/status", "VmHWM")
             self.peak_main_hwm = max(self.peak_main_hwm, hwm)
-            self.peak_processes = max(self.peak_processes, len(pids))
+            if now - pss_read >= self.pss_interval:
+                pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
+                self.peak_pss, pss_read = max(self.peak_pss, pss), now
             self.done.wait(self.interval)
+        self.cpu_seconds = time.thread_time()
 
     def result(self) -> dict:
         return {
@@ -221,6 +237,7 @@ class MemoryPoll(threading.Thread):
             "peak_tree_pss_mb": round(self.peak_pss / 1024, 1),
             "peak_main_process_rss_mb": round(self.peak_main_hwm / 1024, 1),
             "processes_in_tree": self.peak_processes,
+            "memory_poll_cpu_seconds": round(self.cpu_seconds, 1),
         }
 
 
@@ -593,6 +610,14 @@ def main() -> None:
         help="before each training run, wait at most this many seconds for other work on the "
         "machine to finish (0: do not wait)",
     )
+    parser.add_argument(
+        "--max-disturbance",
+        type=float,
+        default=0.1,
+        help="a training run during which other processes took more than this share of the "
+        "CPUs is repeated (up to --retries times) and flagged if it stays disturbed",
+    )
+    parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "train")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")

@@ -14,7 +14,6 @@ epoch ends with a resumable state, the last model as a bundle, and a line of log
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -36,7 +35,9 @@ from tumorfm.model import create_model, list_models
 from tumorfm.model.bundle import save_bundle
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
+from tumorfm.train.logs import RunLogs
 from tumorfm.train.loss import PartialLabelLoss
+from tumorfm.train.validation import validate
 
 
 @dataclass
@@ -158,91 +159,6 @@ def _autocast(config: PretrainConfig, device: torch.device):
 
 def poly_lr(config: PretrainConfig, epoch: int) -> float:
     return config.lr * (1 - epoch / config.epochs) ** 0.9
-
-
-@torch.no_grad()
-def validate(
-    model, batches: PatchBatches, steps: int, classes: list[str], processes, autocast
-) -> dict:
-    """nnU-Net's pseudo Dice on fixed validation patches, per dataset and annotated class."""
-    model.eval()
-    names = sorted({c.properties["dataset"] for c in batches.cases})
-    counts = torch.zeros(len(names), len(classes), 3, dtype=torch.float64)  # tp, fp, fn
-    for step in range(steps):
-        batch = batches[step]
-        with autocast:
-            logits = model(batch["image"].to(processes.device))
-        logits = logits[0] if isinstance(logits, list) else logits
-        predicted = (logits.float() > 0).cpu()
-        target = batch["target"].bool()
-        for i, dataset in enumerate(batch["dataset"]):
-            keep = batch["annotated"][i]
-            p, t = predicted[i][keep].flatten(1), target[i][keep].flatten(1)
-            d = names.index(dataset)
-            counts[d, keep, 0] += (p & t).sum(1).double()
-            counts[d, keep, 1] += (p & ~t).sum(1).double()
-            counts[d, keep, 2] += (~p & t).sum(1).double()
-    if processes.distributed:
-        torch.distributed.all_reduce(counts)
-    model.train()
-    dice = {}
-    for d, dataset in enumerate(names):
-        for k, name in enumerate(classes):
-            tp, fp, fn = counts[d, k].tolist()
-            if tp + fp + fn > 0:
-                dice.setdefault(dataset, {})[name] = 2 * tp / (2 * tp + fp + fn)
-    scores = [v for per_class in dice.values() for v in per_class.values()]
-    return {"dice": dice, "mean_dice": float(np.mean(scores)) if scores else float("nan")}
-
-
-class _Logs:
-    """JSON lines, CSV curves and TensorBoard events, written by the main process only."""
-
-    def __init__(self, run: Path, enabled: bool):
-        self.run, self.enabled, self.writer = run, enabled, None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(run / "tensorboard"))
-
-    def rewind(self, last_epoch: int) -> None:
-        """On resume: drop lines of epochs after the saved state (a kill between log and state)."""
-        if not self.enabled:
-            return
-        for name in ("log.jsonl", "curves.csv"):
-            path = self.run / name
-            if not path.is_file():
-                continue
-            lines = path.read_text().splitlines(keepends=True)
-            if name == "log.jsonl":
-                kept = [x for x in lines if json.loads(x)["epoch"] <= last_epoch]
-            else:
-                kept = lines[:1] + [x for x in lines[1:] if int(x.split(",")[0]) <= last_epoch]
-            path.write_text("".join(kept))
-
-    def epoch(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.run / "log.jsonl", "a") as stream:
-            stream.write(json.dumps(row) + "\n")
-        flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-        for dataset, per_class in row.get("val_dice", {}).items():
-            flat.update({f"val_dice/{dataset}/{name}": v for name, v in per_class.items()})
-        for key, value in flat.items():
-            if isinstance(value, int | float) and key != "epoch":
-                self.writer.add_scalar(key, value, row["epoch"])
-        self.writer.flush()
-        path = self.run / "curves.csv"
-        existing = list(csv.DictReader(path.open())) if path.is_file() else []
-        columns = list(dict.fromkeys([c for r in existing for c in r] + list(flat)))
-        with open(path, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, columns)
-            writer.writeheader()
-            writer.writerows(existing + [flat])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
@@ -378,7 +294,7 @@ def pretrain(
             },
         )
     dist.barrier(processes)
-    logs = _Logs(run, processes.main)
+    logs = RunLogs(run, processes.main)
     if resume is not None:
         logs.rewind(start_epoch - 1)
     iterations = config.iterations_per_epoch
