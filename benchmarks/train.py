@@ -588,6 +588,17 @@ def product_versions(tumorfm: Path) -> dict:
     return {"tumorfm": tumorfm_version, "torch_product_env": torch_version}
 
 
+def git_state() -> dict:
+    def git(*words: str) -> str:
+        result = subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_tumorfm": bool(git("status", "--porcelain", "--", "tumorfm")),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -647,6 +658,7 @@ def main() -> None:
             for name in ("nnunetv2", "dynamic_network_architectures", "batchgeneratorsv2")
         },
         "torch_bench_env": version("torch"),
+        **git_state(),
     }
 
     ours = tumorfm_network(args.patch, args.batch)
@@ -812,6 +824,16 @@ def main() -> None:
             f"ratio {labels[name]} / nnU-Net: {r['iterations_per_second']:.2f}x iterations/s "
             f"(target {TARGET_RATIO}x, higher is better), peak PSS {r['peak_tree_pss']:.2f}x"
         )
+    print(
+        f"nnU-Net's network does {result['gmacs_per_iteration_ratio_nnunet_vs_tumorfm']:.1f}x the "
+        f"multiply-adds of {TSFM} per iteration; per multiply-add, tumorfm runs at "
+        + ", ".join(
+            f"{r['gmacs_per_second'] / base['gmacs_per_second']:.2f}x ({r['precision']})"
+            for name, r in runs.items()
+            if name != "nnunet"
+        )
+        + " nnU-Net's rate"
+    )
     print(
         f"preprocess: nnU-Net {preprocessed['nnunet_seconds']:.0f} s, tumorfm "
         f"{preprocessed['tumorfm_seconds']:.0f} s; total {total / 60:.1f} min"
