@@ -26,6 +26,19 @@ def write_json(path: Path, data: dict) -> None:
         raise
 
 
+def read_json_object(path: Path, needed_for: str) -> dict:
+    """A JSON object from `path`, or one line saying why not (`needed_for` explains the file)."""
+    if not path.is_file():
+        raise TumorFMError(f"{path}: missing; {needed_for}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise TumorFMError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
 def ensure_writable(folder: Path) -> Path:
     """Create `folder` or fail with one line naming it."""
     try:

@@ -8,7 +8,6 @@ problems (a label without an image, a missing channel, a duplicate case id) are 
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 
 from tumorfm.data.io import Geometry, read_volume, volume_suffix
 from tumorfm.errors import TumorFMError
+from tumorfm.files import read_json_object
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,7 @@ class RawDataset:
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise TumorFMError(f"{path}: missing; a dataset folder needs a dataset.json")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise TumorFMError(f"{path}: expected a JSON object at the top level")
-    return data
+    return read_json_object(path, "a dataset folder needs a dataset.json")
 
 
 def _channel_map(meta: dict, key: str, path: Path) -> list[str]:

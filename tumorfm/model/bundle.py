@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tumorfm.errors import TumorFMError
-from tumorfm.files import atomic_folder
+from tumorfm.files import atomic_folder, read_json_object
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import PRESETS
 
@@ -113,13 +113,8 @@ def read_bundle_config(folder: str | os.PathLike) -> dict:
     if not folder.is_dir():
         _refuse_pickle(folder)
     path = folder / CONFIG
-    if not path.is_file():
-        raise TumorFMError(f"{path}: missing; a bundle needs {CONFIG} and {WEIGHTS}")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json_object(path, f"a bundle needs {CONFIG} and {WEIGHTS}")
+    if meta.get("format") != FORMAT:
         raise TumorFMError(f"{path}: not a tumorfm bundle config (format '{FORMAT}' expected)")
     if meta.get("version", 0) > VERSION:
         raise TumorFMError(
