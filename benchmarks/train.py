@@ -254,14 +254,21 @@ def busy_share(seconds: float = 3.0) -> float:
     return (busy1 - busy0) / max(total1 - total0, 1)
 
 
-def wait_until_idle(limit: float, threshold: float = 0.1) -> float:
+WAITED = [0.0]  # seconds spent in wait_until_idle
+
+
+def wait_until_idle(limit: float, threshold: float = 0.1) -> float | None:
     """Wait (at most `limit` s) until the CPUs are less than `threshold` busy; the last share."""
-    deadline, told = time.monotonic() + limit, False
+    if limit <= 0:
+        return None
+    started = time.monotonic()
+    deadline, told = started + limit, False
     while True:
         share = busy_share()
         if share < threshold or time.monotonic() > deadline:
             if share >= threshold:
                 print(f"warning: CPUs still {share:.0%} busy with other work; measuring anyway")
+            WAITED[0] += time.monotonic() - started
             return share
         if not told:
             print(f"waiting for other work to finish (CPUs {share:.0%} busy) ...", flush=True)
@@ -663,8 +670,7 @@ def main() -> None:
 
     ours = tumorfm_network(args.patch, args.batch)
     print(f"{ours['network']}: {ours['params']:,} parameters", flush=True)
-    if args.wait_idle > 0:
-        wait_until_idle(args.wait_idle)
+    wait_until_idle(args.wait_idle)
     preprocessed = preprocess(args, work, args.tumorfm)
     folder = work / "nnUNet_preprocessed" / DATASET
     heads = len(json.loads((folder / "dataset.json").read_text())["labels"])  # background too
@@ -695,7 +701,7 @@ def main() -> None:
     for name, (train, network) in plan.items():
         discarded = []
         for attempt in range(args.retries + 1):
-            idle = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
+            idle = wait_until_idle(args.wait_idle)
             r = train()
             r["cpu_busy_share_before_start"] = idle
             r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
@@ -783,6 +789,8 @@ def main() -> None:
             "as a share of all CPUs during the run (the machine may be shared)",
         ],
         "total_seconds": round(total, 1),
+        "waited_for_other_work_seconds": round(WAITED[0], 1),
+        "discarded_attempts": sum(len(r["discarded_attempts"]) for r in runs.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -836,7 +844,9 @@ def main() -> None:
     )
     print(
         f"preprocess: nnU-Net {preprocessed['nnunet_seconds']:.0f} s, tumorfm "
-        f"{preprocessed['tumorfm_seconds']:.0f} s; total {total / 60:.1f} min"
+        f"{preprocessed['tumorfm_seconds']:.0f} s; total {total / 60:.1f} min ("
+        f"{WAITED[0] / 60:.1f} min waiting for other work, {result['discarded_attempts']} "
+        "disturbed run(s) repeated)"
     )
     print(f"results written to {args.out}")
 
