@@ -3,7 +3,8 @@ from conftest import assert_one_line_error, run_cli
 
 import tumorfm
 
-COMMANDS = ["info", "check", "pool", "pool show", "preprocess", "phantom", "demo"]
+COMMANDS = ["info", "check", "pool", "pool show", "preprocess", "pretrain", "phantom", "predict"]
+COMMANDS += ["evaluate", "demo", "model list", "model summary"]
 
 
 def test_version():

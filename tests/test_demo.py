@@ -3,28 +3,33 @@ import json
 from conftest import run_cli
 
 from tumorfm.data.cache import cached_cases
+from tumorfm.data.io import read_volume
 
 
 def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
     result = run_cli(
-        "demo",
-        "-o",
-        tmp_path / "demo",
-        "--workers",
-        "1",
-        "--cases",
-        "3",
-        "--epochs",
-        "1",
-        "--iterations",
-        "2",
-    )
+        "demo", "-o", out, "--workers", "1", "--cases", "3", "--test-cases", "2",
+        "--epochs", "1", "--finetune-epochs", "1", "--iterations", "2",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    names = [d["name"] for d in summary["pool"]["datasets"]]
-    assert names == ["phantom_liver", "phantom_kidney", "phantom_pancreas", "phantom_multi_organ"]
+    summary = json.loads((out / "demo.json").read_text())
+    names = [d["name"] for d in summary["pretrain"]["pool"]["datasets"]]
+    assert names == ["phantom_kidney", "phantom_pancreas", "phantom_multi_organ"]
     for name in names:
-        assert len(cached_cases(tmp_path / "demo" / "cache", name)) == 3
-    assert (tmp_path / "demo" / "pretrain" / "last" / "model.safetensors").is_file()
-    assert summary["pretrain"]["last_epoch"]["step"] == 2
-    assert "demo finished" in result.stdout
+        assert len(cached_cases(out / "cache" / "pretrain", name)) == 3
+    assert [d["name"] for d in summary["finetune"]["pool"]["datasets"]] == ["phantom_liver"]
+    assert summary["finetune"]["last_epoch"]["step"] == 2
+    # fine-tuning started from the pretrained weights, liver's head channel included
+    init = json.loads((out / "finetune" / "settings.json").read_text())["init"]
+    assert init["classes_from_pretrained"] == ["liver"] and init["new_classes"] == ["liver_tumour"]
+    assert init["skipped_tensors"] == []
+    # the unseen test cases were segmented in their own geometry and scored
+    for case in ("liver_000", "liver_001"):
+        pred = read_volume(out / "predictions" / f"{case}.nii.gz")
+        gt = read_volume(out / "test" / "Dataset901_PhantomLiver" / "labelsTr" / f"{case}.nii.gz")
+        assert pred.geometry.close_to(gt.geometry) and pred.array.shape == gt.array.shape
+    assert set(summary["dice"]) == {"liver", "liver_tumour"}
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "liver_tumour" in html
+    assert "demo finished" in result.stdout and "report.html" in result.stdout

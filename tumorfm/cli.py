@@ -195,6 +195,9 @@ def pretrain(
     checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = False,
     fsdp: Annotated[bool, typer.Option(help="Shard with FSDP (under torchrun).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this bundle's weights (head by class name).")
+    ] = None,
 ) -> None:
     """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
     from tumorfm.train.trainer import make_config
@@ -218,10 +221,76 @@ def pretrain(
             checkpointing=checkpointing or None,
             fsdp=fsdp or None,
             device=device,
+            init_from=str(init_from) if init_from else None,
         )
     row = run_pretrain(cache, out, config, resume)
     if row and os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+
+
+@app.command()
+def predict(
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Scan file, folder of scans, or DICOM folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (or .nii.gz file).")],
+    bundle: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder.")],
+    plan: Annotated[str | None, typer.Option(help="Dataset plan of a pool bundle.")] = None,
+    classes: Annotated[
+        list[str] | None, typer.Option("--classes", help="Keep these classes (repeatable).")
+    ] = None,
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
+    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
+    save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
+        False
+    ),
+    statistics: Annotated[
+        bool, typer.Option(help="Also write CASE_statistics.json (ml, lesions, diameter).")
+    ] = False,
+    min_lesion_ml: Annotated[
+        float, typer.Option(min=0, help="Drop lesions smaller than this (ml).")
+    ] = 0.0,
+    largest_component: Annotated[
+        bool, typer.Option(help="Keep only each organ's largest component.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
+    windows: Annotated[int, typer.Option(min=1, help="Windows per network call.")] = 4,
+) -> None:
+    """Segment scans with a model bundle: label maps in each scan's own geometry."""
+    from tumorfm.infer.predict import predict_iter
+    from tumorfm.infer.predictor import PredictOptions
+
+    options = PredictOptions(
+        plan=plan,
+        classes=classes or None,
+        overlap=overlap,
+        mirror=mirror,
+        fast=fast,
+        windows_per_batch=windows,
+        device=device,
+        precision=precision,
+        min_lesion_ml=min_lesion_ml,
+        largest_component=largest_component,
+    )
+    failed, done = [], 0
+    for scan, result in predict_iter(
+        input, bundle, out, options, save_probabilities, statistics, progress=True
+    ):
+        if isinstance(result, TumorFMError):
+            failed.append(scan.case_id)
+            typer.echo(f"tumorfm: skipped {scan.case_id}: {result}", err=True)
+            continue
+        done += 1
+        total = sum(result.seconds.values())
+        typer.echo(f"{scan.case_id}: {total:.1f} s")
+    if failed:
+        raise TumorFMError(
+            f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "
+            f"({', '.join(failed)}); the others are written to {out}"
+        )
+    typer.echo(f"{done} label map(s) in {out}")
 
 
 @app.command()
@@ -246,15 +315,54 @@ def phantom(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
     workers: Workers = 2,
-    cases: Annotated[int, typer.Option(min=1, help="Phantom cases per site.")] = 8,
-    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 8,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 30,
+    cases: Annotated[int, typer.Option(min=2, help="Phantom cases per site.")] = 8,
+    test_cases: Annotated[int, typer.Option(min=1, help="Unseen test cases.")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 6,
+    finetune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 6,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 40,
 ) -> None:
-    """Run the pipeline end to end on synthetic phantoms: write, check, pool, preprocess,
-    pretrain."""
+    """Run the pipeline on synthetic phantoms: pretrain, fine-tune on a held-out site, predict,
+    evaluate, and write an HTML report."""
     from tumorfm.demo import run_demo
 
-    run_demo(out, workers=workers, cases_per_site=cases, epochs=epochs, iterations=iterations)
+    run_demo(
+        out,
+        workers=workers,
+        cases_per_site=cases,
+        test_cases=test_cases,
+        epochs=epochs,
+        iterations=iterations,
+        finetune_epochs=finetune_epochs,
+    )
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted label map, or a folder of them.")],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth label map, or a folder of them.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: PRED/evaluation].")
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option(help="Score only this class, name or value (repeatable).")
+    ] = None,
+    tolerance: Annotated[
+        list[str] | None, typer.Option(help="NSD tolerance of a class, NAME=MM (repeatable).")
+    ] = None,
+    default_tolerance: Annotated[
+        float, typer.Option(min=0, help="NSD tolerance (mm) of the other classes.")
+    ] = 2.0,
+    workers: Workers = 1,
+) -> None:
+    """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
+    from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
+    from tumorfm.eval.evaluate import evaluate as run_evaluate
+
+    out = out or default_output(pred)
+    tolerances = parse_tolerances(tolerance or [])
+    result = run_evaluate(pred, gt, out, labels, tolerances, default_tolerance, workers)
+    typer.echo(format_summary(result))
+    typer.echo(f"metrics.json, metrics.csv and summary.md written to {out}")
 
 
 def main() -> None:

@@ -14,16 +14,36 @@ from pathlib import Path
 from tumorfm.errors import TumorFMError
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary file in the same folder, then a rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def make_public(path: str | os.PathLike, directory: bool = False) -> None:
+    """The mode a plain open() would give (mkstemp/mkdtemp make files private to their owner)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
+@contextmanager
+def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path`; on success it replaces `path`, on an error it is removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, indent=2)
+        yield Path(tmp)
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically: a reader sees the old file or the new one, never half of one."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temporary file in the same folder, then a rename)."""
+    write_text(path, json.dumps(data, indent=2))
 
 
 def read_json_object(path: Path, needed_for: str) -> dict:
@@ -70,6 +90,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
         raise TumorFMError(f"{final}: cannot write here ({error.strerror})") from None
     try:
         yield tmp
+        make_public(tmp, directory=True)
         old = previous(final)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

@@ -67,7 +67,7 @@ def _channel_map(meta: dict, key: str, path: Path) -> list[str]:
     return [str(channels[k]) for k in order]
 
 
-def _nnunet_labels(meta: dict, path: Path) -> dict[int, str]:
+def nnunet_labels(meta: dict, path: Path) -> dict[int, str]:
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise TumorFMError(f"{path}: 'labels' must be an object like {{\"background\": 0}}")
@@ -86,7 +86,7 @@ def _nnunet_labels(meta: dict, path: Path) -> dict[int, str]:
     return out
 
 
-def _msd_labels(meta: dict, path: Path) -> dict[int, str]:
+def msd_labels(meta: dict, path: Path) -> dict[int, str]:
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise TumorFMError(f'{path}: \'labels\' must be an object like {{"0": "background"}}')
@@ -110,7 +110,7 @@ def _duplicates(ids: list[str]) -> list[str]:
 
 def _read_nnunet(root: Path, meta: dict, json_path: Path) -> RawDataset:
     modalities = _channel_map(meta, "channel_names", json_path)
-    labels = _nnunet_labels(meta, json_path)
+    labels = nnunet_labels(meta, json_path)
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise TumorFMError(f"{json_path}: 'file_ending' must be a string like \".nii.gz\"")
@@ -162,7 +162,7 @@ def _msd_case_id(path: Path) -> str:
 
 def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
     modalities = _channel_map(meta, "modality", json_path)
-    labels = _msd_labels(meta, json_path)
+    labels = msd_labels(meta, json_path)
     training = meta.get("training")
     if not isinstance(training, list):
         raise TumorFMError(f"{json_path}: 'training' must be a list of {{image, label}} entries")

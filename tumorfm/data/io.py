@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorfm.errors import TumorFMError
+from tumorfm.files import make_public
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -224,6 +225,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike)
         raise TumorFMError(f"{path.parent}: cannot write here ({error.strerror})") from None
     try:
         sitk.WriteImage(image, tmp, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        make_public(tmp)
         os.replace(tmp, path)
     except (RuntimeError, OSError) as error:
         Path(tmp).unlink(missing_ok=True)

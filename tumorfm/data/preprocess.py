@@ -72,7 +72,7 @@ def _fingerprint_one(job) -> planning.CaseFingerprint:
     return planning.fingerprint_case(image, label, spacing_zyx, num_samples)
 
 
-def _run_parallel(function, jobs: list, workers: int, desc: str, progress: bool) -> list:
+def run_parallel(function, jobs: list, workers: int, desc: str, progress: bool) -> list:
     """Map `function` over `jobs` in worker processes; collect every user error, raise them all."""
     results, errors = [None] * len(jobs), []
     bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=None if progress else True)
@@ -117,7 +117,7 @@ def fingerprint_and_plan(
             fingerprint = planning.DatasetFingerprint.from_dict(stored["fingerprint"])
             return planning.plan_dataset(fingerprint, dataset.modalities, num_classes)
     num_samples = planning.samples_per_case(len(cases))
-    per_case = _run_parallel(
+    per_case = run_parallel(
         _fingerprint_one,
         [(c, num_samples) for c in cases],
         workers,
@@ -241,7 +241,7 @@ def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: boo
                 "global_classes": pool.classes,
             }
             jobs.append((case, plan, label_map, folder, meta))
-        _run_parallel(_preprocess_one, jobs, workers, f"preprocess {dataset.name}", progress)
+        run_parallel(_preprocess_one, jobs, workers, f"preprocess {dataset.name}", progress)
         report["datasets"][dataset.name] = {
             "cases": len(dataset.raw.labelled_cases),
             "written": len(jobs),

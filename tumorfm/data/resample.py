@@ -67,3 +67,10 @@ def resample_labels(
         mask = (label == value).astype(np.float32)
         out[_two_pass(mask, shape, separate_axis, sitk.sitkLinear) >= 0.5] = value
     return out
+
+
+def resample_probabilities(
+    probabilities: np.ndarray, shape: tuple[int, ...], separate_axis: int | None = None
+) -> np.ndarray:
+    """(Z, Y, X) probability map -> `shape` with linear interpolation (nnU-Net's order 1)."""
+    return _two_pass(probabilities, shape, separate_axis, sitk.sitkLinear)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,10 +32,12 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
 from tumorfm.model import create_model, list_models
 from tumorfm.model.bundle import save_bundle
+from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loss import PartialLabelLoss
+from tumorfm.train.transfer import initialise_from
 from tumorfm.train.validation import validate
 
 
@@ -62,6 +63,7 @@ class PretrainConfig:
     checkpointing: bool = False
     fsdp: bool = False
     device: str = "auto"
+    init_from: str | None = None  # a bundle to start from (transfer), else random weights
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -140,21 +142,6 @@ def _cases(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[Cached
                 cases.append(case)
                 weights.append(dataset["case_probability"])
     return cases, weights
-
-
-def _autocast(config: PretrainConfig, device: torch.device):
-    precision = config.precision
-    if precision == "auto":
-        bf16 = (
-            torch.cuda.is_bf16_supported()
-            if device.type == "cuda"
-            else torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-        precision = "bf16" if bf16 else "fp32"
-    if precision == "fp32":
-        return nullcontext(), precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype), precision
 
 
 def poly_lr(config: PretrainConfig, epoch: int) -> float:
@@ -250,7 +237,9 @@ def pretrain(
         checkpoint_transformer=config.checkpointing,
     ).to(processes.device)
     outputs = len(model.aux_heads) + 1
-    start_epoch, best, optimizer_state = 0, -math.inf, None
+    start_epoch, best, optimizer_state, init = 0, -math.inf, None, None
+    if resume is None and config.init_from:
+        init = initialise_from(model, config.init_from, classes)
     if resume is not None:
         meta, weights, optimizer_state, rng = load_state(run)
         model.load_state_dict(weights)
@@ -272,7 +261,7 @@ def pretrain(
     if optimizer_state is not None:
         dist.load_optimizer_state(model, optimizer, optimizer_state, config.fsdp)
     loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
-    autocast, precision = _autocast(config, processes.device)
+    autocast, precision = mixed_precision(config.precision, processes.device)
     scaler = torch.amp.GradScaler(processes.device.type, enabled=precision == "fp16")
     if resume is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
@@ -291,6 +280,7 @@ def pretrain(
                 "precision": precision,
                 "in_channels": in_channels,
                 "classes": classes,
+                "init": init,
             },
         )
     dist.barrier(processes)
@@ -325,7 +315,12 @@ def pretrain(
                 for d in pool["datasets"]
             }
         },
-        extra={"pool_digest": pool_digest(pool), "pool": pool["name"]},
+        extra={
+            "pool_digest": pool_digest(pool),
+            "pool": pool["name"],
+            "parents": pool.get("parents", {}),
+            "annotated": {d["name"]: d["annotated"] for d in pool["datasets"]},
+        },
     )
     row: dict = {}
     for epoch in range(start_epoch, config.epochs):

@@ -1,0 +1,183 @@
+"""Prediction: label maps in the input's exact geometry, options, Python API, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import CASES, assert_one_line_error, run_cli
+
+from tumorfm.data.fingerprint import DatasetFingerprint
+from tumorfm.data.io import Geometry, read_volume
+from tumorfm.data.plan import plan_dataset
+from tumorfm.errors import TumorFMError
+from tumorfm.infer.postprocess import max_diameter_mm, postprocess, statistics
+from tumorfm.infer.predict import predict
+from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.model import create_model
+from tumorfm.model.bundle import save_bundle
+
+CLASSES = ["liver", "liver_tumour", "kidney"]
+PATCH = (16, 32, 32)
+SCANS = ["brain1_image.nrrd", "breast1_image.nrrd", "totalseg_example_ct_sm.nii.gz"]
+
+
+def _plan(modality: str, spacing=(4.0, 3.0, 3.0)) -> dict:
+    ct = {"mean": 40.0, "std": 200.0, "percentile_00_5": -500.0, "percentile_99_5": 800.0}
+    fingerprint = DatasetFingerprint([spacing] * 3, [(40, 80, 80)] * 3, [ct], 1.0)
+    return plan_dataset(fingerprint, [modality], len(CLASSES) + 1).to_dict()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """An untrained tsfm-tiny whose last head bias makes 'liver' cover everything: predictions
+    are then fully determined, so geometry and painting can be checked exactly."""
+    torch.manual_seed(0)
+    model = create_model("tsfm-tiny", in_channels=1, num_classes=3, patch_size=PATCH).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([5.0, -5.0, -5.0]))
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle") / "bundle",
+        model,
+        CLASSES,
+        ["CT"],
+        preset="tsfm-tiny",
+        plan={"datasets": {"ct_site": _plan("CT"), "mr_site": _plan("MR")}},
+        paint_order=CLASSES,
+        extra={"parents": {"liver_tumour": "liver"}},
+    )
+
+
+@pytest.mark.parametrize("name", SCANS)
+def test_prediction_has_the_input_geometry_exactly(bundle, tmp_path, name):
+    out = tmp_path / "out"
+    plan = "mr_site" if name.startswith(("brain", "breast")) else "ct_site"
+    options = PredictOptions(plan=plan, fast=True, precision="fp32")
+    results = predict(CASES / name, bundle, out, options, statistics=True, progress=False)
+    ((case_id, result),) = results.items()
+    source = sitk.ReadImage(str(CASES / name))
+    written = sitk.ReadImage(str(out / f"{case_id}.nii.gz"))
+    assert written.GetSize() == source.GetSize()
+    assert written.GetSpacing() == pytest.approx(source.GetSpacing(), abs=1e-6)
+    assert written.GetOrigin() == pytest.approx(source.GetOrigin(), abs=1e-5)
+    assert written.GetDirection() == pytest.approx(source.GetDirection(), abs=1e-6)
+    label = sitk.GetArrayFromImage(written)
+    np.testing.assert_array_equal(label, result.label)
+    # the liver bias paints every voxel of the non-zero region (the whole scan for these)
+    image = sitk.GetArrayFromImage(source)
+    assert set(np.unique(label[image != 0]).tolist()) == {1}
+    voxel_ml = np.prod(source.GetSpacing()) / 1000
+    stats = json.loads((out / f"{case_id}_statistics.json").read_text())
+    assert stats["liver"]["volume_ml"] == pytest.approx((label == 1).sum() * voxel_ml, rel=1e-3)
+    assert stats["liver_tumour"]["lesions"] == 0
+    labels = json.loads((out / "dataset.json").read_text())["labels"]
+    assert labels == {"background": 0, "liver": 1, "liver_tumour": 2, "kidney": 3}
+    report = json.loads((out / "predict.json").read_text())
+    assert report["settings"]["plan"] == plan and case_id in report["cases"]
+
+
+def test_painting_order_resampling_and_crop(bundle, tmp_path):
+    """A tumour class painted over its organ; zero voxels outside the crop stay background."""
+    predictor = Predictor(bundle, PredictOptions(plan="ct_site", precision="fp32"))
+    with torch.no_grad():  # tumour wins everywhere, kidney nowhere
+        predictor.bundle.model.head.bias.copy_(torch.tensor([5.0, 5.0, -5.0]))
+    image = np.zeros((30, 50, 60), np.float32)
+    image[5:25, 10:40, 8:50] = 100.0
+    geometry = Geometry(
+        (60, 50, 30), (1.2, 1.1, 2.5), (3.0, -4.0, 5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    result = predictor(image, geometry, keep_probabilities=True)
+    assert result.label.shape == image.shape
+    assert (result.label[image > 0] == 2).all() and (result.label[image == 0] == 0).all()
+    assert result.probabilities.shape == (3, *image.shape)
+    assert result.probabilities[0][image > 0].min() > 0.99
+    assert result.probabilities[2].max() < 0.01
+
+
+@torch.no_grad()
+def test_mirroring_is_averaged_and_classes_subset(bundle):
+    predictor = Predictor(bundle, PredictOptions(plan="ct_site", classes=["kidney", "liver"]))
+    assert predictor.labels == {"liver": 1, "kidney": 3}  # values stay the bundle's
+    torch.manual_seed(1)
+    torch.nn.init.normal_(predictor.bundle.model.head.weight)  # outputs that depend on the input
+    batch = torch.randn(2, 1, *PATCH)
+    mirrored = predictor._network(batch)
+    predictor.options.mirror = False
+    plain = predictor._network(batch)
+    assert mirrored.shape == plain.shape == (2, 2, *PATCH)
+    assert not torch.allclose(mirrored, plain)  # the flips reach an untrained net differently
+    flips = [predictor._network(batch.flip(axes)).flip(axes) for axes in [(), (2,), (3, 4)]]
+    assert torch.allclose(flips[0], plain)
+    assert not torch.allclose(flips[1], plain)
+
+
+def test_postprocess_and_statistics_on_known_shapes():
+    label = np.zeros((20, 40, 40), np.uint8)
+    label[2:18, 2:30, 2:30] = 1  # organ
+    label[2:4, 35:38, 35:38] = 1  # a stray organ island
+    label[5:9, 5:9, 5:9] = 2  # lesion of 64 voxels
+    label[12, 20, 20] = 2  # lesion of one voxel
+    values, spacing = {"liver": 1, "liver_tumour": 2}, (2.0, 1.0, 1.0)
+    stats = statistics(label, values, spacing, {"liver_tumour"})
+    assert stats["liver_tumour"]["lesions"] == 2
+    assert stats["liver_tumour"]["volume_ml"] == pytest.approx(65 * 2 / 1000)
+    assert stats["liver_tumour"]["largest_diameter_mm"] == pytest.approx(
+        np.sqrt(6**2 + 9 + 9), abs=0.01
+    )
+    cleaned = postprocess(
+        label, values, spacing, {"liver_tumour"}, {"liver_tumour": "liver"}, 0.01, True
+    )
+    assert cleaned[12, 20, 20] == 1  # the tiny lesion returns to its organ
+    assert (cleaned[5:9, 5:9, 5:9] == 2).all()
+    assert (cleaned[2:4, 35:38, 35:38] == 0).all()  # the island is gone
+    sphere = np.linalg.norm(np.indices((21, 21, 21)) - 10, axis=0) <= 10
+    assert max_diameter_mm(sphere, (1.0, 1.0, 1.0)) == pytest.approx(20.0)
+
+
+def test_folder_run_skips_a_bad_scan_and_writes_the_others(bundle, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", scans / "good.nii.gz")
+    (scans / "broken.nii.gz").write_bytes(b"not a volume")
+    flat = read_volume(CASES / "totalseg_example_ct_sm.nii.gz").array[10]
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(scans / "flat.nii.gz"))  # a 2D slice
+    result = run_cli(
+        "predict", "-i", scans, "-o", tmp_path / "out", "-m", bundle, "--plan", "ct_site", "--fast"
+    )
+    assert_one_line_error(result, "2 of 3", "broken", "flat")
+    assert "broken.nii.gz" in result.stderr and "2D image" in result.stderr
+    assert (tmp_path / "out" / "good.nii.gz").is_file()
+    assert not (tmp_path / "out" / "broken.nii.gz").exists()
+
+
+def test_bad_input_is_one_line(bundle, tmp_path):
+    scan = CASES / "totalseg_example_ct_sm.nii.gz"
+    args = ["-i", scan, "-o", tmp_path / "o", "-m", bundle]
+    assert_one_line_error(run_cli("predict", *args), "--plan", "ct_site, mr_site")
+    assert_one_line_error(run_cli("predict", *args, "--plan", "x"), "no plan 'x'")
+    assert_one_line_error(
+        run_cli("predict", *args, "--plan", "ct_site", "--classes", "spleen"), "spleen"
+    )
+    assert_one_line_error(run_cli("predict", *args, "--plan", "ct_site", "--device", "cuda:7"))
+    broken = tmp_path / "broken_bundle"
+    shutil.copytree(bundle, broken)
+    (broken / "model.safetensors").unlink()
+    assert_one_line_error(
+        run_cli("predict", "-i", scan, "-o", tmp_path / "o", "-m", broken, "--plan", "ct_site"),
+        "model.safetensors",
+    )
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    result = run_cli(
+        "predict", "-i", scan, "-o", blocked / "sub", "-m", bundle, "--plan", "ct_site"
+    )
+    assert_one_line_error(result, "cannot write")
+    two_channels = tmp_path / "two"
+    two_channels.mkdir()
+    for i in range(2):
+        shutil.copy(scan, two_channels / f"case_{i:04d}.nii.gz")
+    with pytest.raises(TumorFMError, match="2 channel"):
+        predict(two_channels, bundle, None, PredictOptions(plan="ct_site"), progress=False)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluation of predictions and the HTML report."""

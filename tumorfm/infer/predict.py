@@ -1,0 +1,120 @@
+"""`tumorfm predict`: scans in, label maps (and probabilities, statistics) out.
+
+One case at a time, each written as soon as it is done, so a folder of any size runs in the
+memory of its largest scan; a bad scan is reported and skipped, the others are still written.
+Beside the label maps: `dataset.json` (label values, nnU-Net style, so `tumorfm evaluate` and
+other tools read the names) and `predict.json` (settings, timings and every case's outcome).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import tumorfm
+from tumorfm.data.io import volume_suffix, write_volume
+from tumorfm.errors import TumorFMError
+from tumorfm.files import atomic_file, ensure_writable, write_json
+from tumorfm.infer.inputs import ScanInput, list_inputs, load_scan
+from tumorfm.infer.predictor import CasePrediction, PredictOptions, Predictor
+
+
+def _targets(scans: list[ScanInput], out: Path) -> tuple[Path, dict[str, Path]]:
+    """Output folder and label-map path per case; OUT may name the file for a single scan."""
+    if len(scans) == 1 and volume_suffix(out) is not None:
+        return ensure_writable(out.parent), {scans[0].case_id: out}
+    folder = ensure_writable(out)
+    return folder, {scan.case_id: folder / f"{scan.case_id}.nii.gz" for scan in scans}
+
+
+def write_prediction(result: CasePrediction, label_path: Path) -> dict[str, str]:
+    """Write a case's label map and, if present, its probabilities and statistics beside it."""
+    files = {"label": str(write_volume(result.label, result.geometry, label_path))}
+    stem = label_path.name[: -len(volume_suffix(label_path))]
+    if result.probabilities is not None:
+        path = label_path.parent / f"{stem}_probabilities.npz"
+        with atomic_file(path, suffix=".npz") as tmp:
+            classes = np.array(list(result.labels))
+            np.savez_compressed(tmp, probabilities=result.probabilities, classes=classes)
+        files["probabilities"] = str(path)
+    if result.statistics is not None:
+        path = label_path.parent / f"{stem}_statistics.json"
+        spacing = list(result.geometry.spacing)
+        write_json(path, {"case": result.case_id, "spacing": spacing, **result.statistics})
+        files["statistics"] = str(path)
+    return files
+
+
+def predict_iter(
+    inputs: str | Path,
+    bundle: str | Path | Predictor,
+    out: str | Path | None = None,
+    options: PredictOptions | None = None,
+    save_probabilities: bool = False,
+    statistics: bool = False,
+    progress: bool = True,
+) -> Iterator[tuple[ScanInput, CasePrediction | TumorFMError]]:
+    """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`."""
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, options)
+    scans = list_inputs(inputs)
+    folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
+    report = {
+        "tumorfm_version": tumorfm.__version__,
+        "input": str(inputs),
+        "settings": {**predictor.settings(), "options": asdict(predictor.options)},
+        "cases": {},
+    }
+    if folder is not None:
+        labels = {"background": 0, **predictor.labels}
+        write_json(folder / "dataset.json", {"labels": labels, "file_ending": ".nii.gz"})
+    started = time.perf_counter()
+    for scan in tqdm(scans, desc="predict", unit="scan", disable=None if progress else True):
+        try:
+            image, geometry = load_scan(scan, predictor.in_channels)
+            result = predictor(
+                image,
+                geometry,
+                scan.case_id,
+                keep_probabilities=save_probabilities,
+                statistics=statistics,
+                progress=progress and len(scans) == 1,
+            )
+            del image
+            entry = {"input": [str(f) for f in scan.files], "seconds": result.seconds}
+            if folder is not None:
+                entry["files"] = write_prediction(result, targets[scan.case_id])
+            if result.statistics is not None:
+                entry["statistics"] = result.statistics
+        except TumorFMError as error:
+            result, entry = error, {"input": [str(f) for f in scan.files], "error": str(error)}
+        report["cases"][scan.case_id] = entry
+        if folder is not None:
+            report["seconds"] = round(time.perf_counter() - started, 2)
+            write_json(folder / "predict.json", report)
+        yield scan, result
+
+
+def predict(
+    inputs: str | Path,
+    bundle: str | Path,
+    out: str | Path | None = None,
+    options: PredictOptions | None = None,
+    save_probabilities: bool = False,
+    statistics: bool = False,
+    progress: bool = True,
+) -> dict[str, CasePrediction]:
+    """Segment a scan, a folder of scans or a DICOM series; returns the arrays per case (and
+    writes them to `out` if given). The first bad scan raises; the command line skips it."""
+    results = {}
+    for scan, result in predict_iter(
+        inputs, bundle, out, options, save_probabilities, statistics, progress
+    ):
+        if isinstance(result, TumorFMError):
+            raise result
+        results[scan.case_id] = result
+    return results

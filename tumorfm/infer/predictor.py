@@ -1,0 +1,252 @@
+"""From a scan to a label map in the scan's own geometry.
+
+The case goes through the bundle's plan exactly as in training (crop to non-zero, normalise,
+resample to the target spacing), then the network slides over it in windows weighted by a
+Gaussian (MONAI's sliding_window_inference, several windows per forward: a batch-1 Conv3d is
+slow on CPU), optionally averaged over the 8 mirrorings. Each class's sigmoid probability is
+resampled back to the cropped grid one class at a time (memory stays at one volume per class),
+thresholded at 0.5 and painted in the bundle's order (organs first, their tumours over them),
+then the crop is undone so the label map has the input's size, spacing, origin and direction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tumorfm.data.fingerprint import crop_to_nonzero
+from tumorfm.data.io import Geometry
+from tumorfm.data.plan import Plan, compute_new_shape, determine_separate_z
+from tumorfm.data.preprocess import normalise
+from tumorfm.data.resample import resample_image, resample_probabilities
+from tumorfm.errors import TumorFMError
+from tumorfm.infer import postprocess as post
+from tumorfm.model.bundle import CONFIG, load_bundle, read_bundle_config
+from tumorfm.model.precision import autocast
+
+MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
+
+
+@dataclass
+class PredictOptions:
+    """How to predict; `fast` = one pass, no mirroring, windows that just tile the scan."""
+
+    plan: str | None = None  # which of the bundle's dataset plans (needed if it has several)
+    classes: list[str] | None = None  # keep a subset of the bundle's classes
+    overlap: float = 0.5
+    mirror: bool = True
+    fast: bool = False
+    windows_per_batch: int = 4
+    device: str = "cpu"
+    precision: str = "auto"
+    min_lesion_ml: float = 0.0
+    largest_component: bool = False
+
+    def __post_init__(self):
+        if self.fast:
+            self.mirror, self.overlap = False, 0.0
+        if not 0.0 <= self.overlap < 1.0:
+            raise TumorFMError(f"overlap {self.overlap}: must be at least 0 and below 1")
+
+
+@dataclass
+class CasePrediction:
+    case_id: str
+    label: np.ndarray  # (Z, Y, X) in the input's geometry
+    geometry: Geometry
+    labels: dict[str, int]  # class name -> value in `label`
+    probabilities: np.ndarray | None = None  # (K, Z, Y, X) float16, classes as in `labels`
+    statistics: dict | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def choose_plan(meta: dict, name: str | None, folder: Path) -> tuple[str, Plan]:
+    """The bundle's plan for `name`, or its only plan."""
+    plans = (meta.get("plan") or {}).get("datasets") or {}
+    if not plans:
+        raise TumorFMError(f"{folder / CONFIG}: the bundle has no preprocessing plan")
+    if name is None:
+        if len(plans) > 1:
+            raise TumorFMError(
+                f"{folder}: the bundle holds plans of {len(plans)} datasets; choose one with "
+                f"--plan ({', '.join(plans)})"
+            )
+        name = next(iter(plans))
+    if name not in plans:
+        raise TumorFMError(f"{folder}: no plan '{name}' in the bundle (has {', '.join(plans)})")
+    try:
+        return name, Plan.from_dict(plans[name])
+    except TypeError as error:
+        raise TumorFMError(f"{folder / CONFIG}: plan '{name}' is invalid ({error})") from None
+
+
+def _device(name: str) -> torch.device:
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+    }
+    kind = name.split(":")[0]
+    if kind not in available:
+        raise TumorFMError(f"device '{name}': choose cpu, cuda or mps")
+    if not available[kind]:
+        raise TumorFMError(f"device '{name}' is not available on this machine")
+    return torch.device(name)
+
+
+class Predictor:
+    """A loaded bundle and the settings to predict with; call it on (C, Z, Y, X) arrays."""
+
+    def __init__(self, bundle: str | Path, options: PredictOptions | None = None):
+        self.folder = Path(bundle)
+        self.options = options = options or PredictOptions()
+        meta = read_bundle_config(self.folder)
+        self.plan_name, self.plan = choose_plan(meta, options.plan, self.folder)
+        self.device = _device(options.device)
+        self.bundle = load_bundle(self.folder, device=str(self.device))
+        self.patch_size = tuple(self.bundle.model.config.patch_size)
+        classes = self.bundle.classes
+        wanted = options.classes or classes
+        unknown = [name for name in wanted if name not in classes]
+        if unknown:
+            raise TumorFMError(
+                f"class '{unknown[0]}' is not in the bundle; it has {', '.join(classes)}"
+            )
+        self.labels = {name: classes.index(name) + 1 for name in classes if name in wanted}
+        self.channels = [classes.index(name) for name in self.labels]
+        self.parents = self.bundle.extra.get("parents", {})
+        self.lesions = post.lesion_classes(list(self.labels), self.parents)
+        if len(self.plan.normalization_schemes) != self.bundle.model.config.in_channels:
+            raise TumorFMError(
+                f"{self.folder / CONFIG}: plan '{self.plan_name}' normalises "
+                f"{len(self.plan.normalization_schemes)} channel(s), the network takes "
+                f"{self.bundle.model.config.in_channels}"
+            )
+        self.autocast, self.precision = autocast(options.precision, self.device)
+
+    @property
+    def in_channels(self) -> int:
+        return self.bundle.model.config.in_channels
+
+    def settings(self) -> dict:
+        o = self.options
+        return {
+            "bundle": str(self.folder),
+            "preset": self.bundle.preset,
+            "plan": self.plan_name,
+            "patch_size": list(self.patch_size),
+            "target_spacing_zyx": list(self.plan.target_spacing_zyx),
+            "overlap": o.overlap,
+            "mirror": o.mirror,
+            "windows_per_batch": o.windows_per_batch,
+            "device": str(self.device),
+            "precision": self.precision,
+            "labels": self.labels,
+            "min_lesion_ml": o.min_lesion_ml,
+            "largest_component": o.largest_component,
+        }
+
+    def _network(self, batch: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of the kept classes, averaged over the mirrorings."""
+        flips = [()]
+        if self.options.mirror:
+            flips += [c for r in (1, 2, 3) for c in itertools.combinations(MIRROR_AXES, r)]
+        total = None
+        for axes in flips:
+            with self.autocast:
+                logits = self.bundle.model(batch.flip(axes) if axes else batch)
+            probabilities = torch.sigmoid(logits[:, self.channels].float())
+            probabilities = probabilities.flip(axes) if axes else probabilities
+            total = probabilities if total is None else total.add_(probabilities)
+        return total / len(flips)
+
+    def sliding_window(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(C, Z, Y, X) preprocessed image -> (K, Z, Y, X) float32 probabilities."""
+        from monai.inferers import sliding_window_inference  # MONAI is slow to import
+
+        with torch.inference_mode():
+            probabilities = sliding_window_inference(
+                torch.from_numpy(image)[None].to(self.device),
+                self.patch_size,
+                self.options.windows_per_batch,
+                self._network,
+                overlap=self.options.overlap,
+                mode="gaussian",
+                sigma_scale=0.125,  # nnU-Net's Gaussian: sigma = patch / 8
+                device="cpu",
+                progress=progress,
+            )
+        return probabilities[0].numpy()
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        geometry: Geometry,
+        case_id: str = "case",
+        keep_probabilities: bool = False,
+        statistics: bool = False,
+        progress: bool = False,
+    ) -> CasePrediction:
+        """Segment one scan: `image` (C, Z, Y, X) or (Z, Y, X) on `geometry`."""
+        timer, seconds = time.perf_counter(), {}
+        image = image[None] if image.ndim == 3 else image
+        if image.shape[0] != self.in_channels:
+            raise TumorFMError(
+                f"{case_id}: {image.shape[0]} channel(s), the model expects {self.in_channels}"
+            )
+        spacing = list(geometry.spatial().spacing_zyx)
+        cropped, mask, bbox = crop_to_nonzero(image.astype(np.float32, copy=False))
+        normalised = normalise(cropped, mask >= 0, self.plan)
+        target = list(self.plan.target_spacing_zyx)
+        shape = compute_new_shape(cropped.shape[1:], spacing, target)
+        separate_axis = determine_separate_z(spacing, target)
+        resampled = resample_image(normalised, shape, separate_axis)
+        del normalised
+        seconds["preprocess"] = time.perf_counter() - timer
+        probabilities = self.sliding_window(resampled, progress)
+        seconds["network"] = time.perf_counter() - timer - sum(seconds.values())
+        del resampled
+        cropped_label = np.zeros(
+            cropped.shape[1:],
+            dtype=np.uint8 if max(self.labels.values(), default=0) < 256 else np.uint16,
+        )
+        full_probabilities = (
+            np.zeros((len(self.labels), *image.shape[1:]), np.float16)
+            if keep_probabilities
+            else None
+        )
+        region = tuple(slice(lo, hi) for lo, hi in bbox)
+        index = {name: i for i, name in enumerate(self.labels)}
+        for name in self.bundle.paint_order:
+            if name not in self.labels:
+                continue
+            back = resample_probabilities(
+                probabilities[index[name]], cropped.shape[1:], separate_axis
+            )
+            cropped_label[back >= 0.5] = self.labels[name]
+            if full_probabilities is not None:
+                full_probabilities[(index[name], *region)] = back
+        label = np.zeros(image.shape[1:], dtype=cropped_label.dtype)
+        label[region] = cropped_label
+        options = self.options
+        if options.min_lesion_ml > 0 or options.largest_component:
+            label = post.postprocess(
+                label,
+                self.labels,
+                spacing,
+                self.lesions,
+                self.parents,
+                options.min_lesion_ml,
+                options.largest_component,
+            )
+        seconds["export"] = time.perf_counter() - timer - sum(seconds.values())
+        stats = post.statistics(label, self.labels, spacing, self.lesions) if statistics else None
+        seconds = {k: round(v, 3) for k, v in seconds.items()}
+        return CasePrediction(
+            case_id, label, geometry.spatial(), self.labels, full_probabilities, stats, seconds
+        )

@@ -1,0 +1,29 @@
+"""Mixed precision, one rule for training and prediction: bf16 where the device computes it."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a device with bf16 arithmetic (CUDA Ampere+, AVX512-BF16/AMX CPUs)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """(context manager, resolved precision) for running a model at `precision` on `device`."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return nullcontext(), precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision
