@@ -258,3 +258,16 @@ def test_cli_2d_image(folders):
     assert_one_line_error(
         run_cli("evaluate", pred, gt), str(gt / "case_004.nii.gz"), "expected a 3D label map"
     )
+
+
+def test_cli_report_with_pictures(folders, tmp_path):
+    pred, gt = folders
+    images = tmp_path / "imagesTr"
+    rng = np.random.default_rng(0)
+    for case in CASES:
+        scan = rng.normal(40, 20, SHAPE).astype(np.float32)
+        write_volume(scan, GEOMETRY, images / f"{case}_0000.nii.gz")
+    result = run_cli("evaluate", pred, gt, "-o", tmp_path / "ev", "--images", images)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(CASES) and "case_003" in page

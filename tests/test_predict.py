@@ -145,11 +145,16 @@ def test_folder_run_skips_a_bad_scan_and_writes_the_others(bundle, tmp_path):
     flat = read_volume(CASES / "totalseg_example_ct_sm.nii.gz").array[10]
     sitk.WriteImage(sitk.GetImageFromArray(flat), str(scans / "flat.nii.gz"))  # a 2D slice
     result = run_cli(
-        "predict", "-i", scans, "-o", tmp_path / "out", "-m", bundle, "--plan", "ct_site", "--fast"
-    )
+        "predict", "-i", scans, "-o", tmp_path / "out", "-m", bundle, "--plan", "ct_site",
+        "--fast", "--save-probabilities", "--classes", "kidney",
+    )  # fmt: skip
     assert_one_line_error(result, "2 of 3", "broken", "flat")
     assert "broken.nii.gz" in result.stderr and "2D image" in result.stderr
     assert (tmp_path / "out" / "good.nii.gz").is_file()
+    saved = np.load(tmp_path / "out" / "good_probabilities.npz")
+    assert saved["classes"].tolist() == ["kidney"]
+    assert saved["probabilities"].shape == (1, 30, 101, 122)
+    assert saved["probabilities"].dtype == np.float16 and saved["probabilities"].max() < 0.01
     assert not (tmp_path / "out" / "broken.nii.gz").exists()
 
 
@@ -181,3 +186,14 @@ def test_bad_input_is_one_line(bundle, tmp_path):
         shutil.copy(scan, two_channels / f"case_{i:04d}.nii.gz")
     with pytest.raises(TumorFMError, match="2 channel"):
         predict(two_channels, bundle, None, PredictOptions(plan="ct_site"), progress=False)
+
+
+def test_dicom_series_folder_is_one_case(bundle, tmp_path):
+    from test_io import _write_dicom_series
+
+    _write_dicom_series(read_volume(CASES / "totalseg_example_ct_sm.nii.gz"), tmp_path / "series")
+    options = PredictOptions(plan="ct_site", fast=True, precision="fp32")
+    results = predict(tmp_path / "series", bundle, tmp_path / "out", options, progress=False)
+    assert list(results) == ["series"]
+    written = read_volume(tmp_path / "out" / "series.nii.gz")
+    assert written.geometry.close_to(read_volume(tmp_path / "series").geometry)

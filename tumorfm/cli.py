@@ -317,9 +317,9 @@ def demo(
     workers: Workers = 2,
     cases: Annotated[int, typer.Option(min=2, help="Phantom cases per site.")] = 8,
     test_cases: Annotated[int, typer.Option(min=1, help="Unseen test cases.")] = 4,
-    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 6,
-    finetune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 6,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 8,
+    finetune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 50,
 ) -> None:
     """Run the pipeline on synthetic phantoms: pretrain, fine-tune on a held-out site, predict,
     evaluate, and write an HTML report."""
@@ -353,6 +353,10 @@ def evaluate(
         float, typer.Option(min=0, help="NSD tolerance (mm) of the other classes.")
     ] = 2.0,
     workers: Workers = 1,
+    images: Annotated[
+        Path | None, typer.Option(help="The scans (file or folder): also write report.html.")
+    ] = None,
+    modality: Annotated[str, typer.Option(help="Picture window: CT, or anything else.")] = "CT",
 ) -> None:
     """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
     from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
@@ -363,6 +367,14 @@ def evaluate(
     result = run_evaluate(pred, gt, out, labels, tolerances, default_tolerance, workers)
     typer.echo(format_summary(result))
     typer.echo(f"metrics.json, metrics.csv and summary.md written to {out}")
+    if images is not None:
+        from tumorfm.eval.report import report_from_evaluation
+
+        title = f"tumorfm evaluation of {pred}"
+        page = report_from_evaluation(
+            result, images, Path(out) / "report.html", title, [], modality
+        )
+        typer.echo(f"report: {page}")
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def predict_iter(
                 scan.case_id,
                 keep_probabilities=save_probabilities,
                 statistics=statistics,
-                progress=progress and len(scans) == 1,
+                progress=progress,
             )
             del image
             entry = {"input": [str(f) for f in scan.files], "seconds": result.seconds}
