@@ -228,6 +228,61 @@ def pretrain(
         typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
 
 
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise TumorFMError(f"{option} {item}: expected NAME=VALUE")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+@app.command()
+def finetune(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+    bundle: Annotated[Path, typer.Option("--from", help="Pretrained bundle folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    mode: Annotated[str, typer.Option(help="full, decoder, head, adapter or lora.")] = "full",
+    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="Train the heads alone first.")] = 0,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Rename a class to a bundle class, NAME=BUNDLE_CLASS."),
+    ] = None,
+    new_head: Annotated[bool, typer.Option(help="Allow heads that all start fresh.")] = False,
+    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
+    seed: Annotated[int | None, typer.Option()] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    workers: Workers = 2,
+) -> None:
+    """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
+    from tumorfm.train.finetune import finetune as run_finetune
+
+    row = run_finetune(
+        dataset,
+        bundle,
+        out,
+        epochs=epochs,
+        mode=mode,
+        mapping=_pairs(map_, "--map"),
+        new_head=new_head,
+        workers=workers,
+        profile=profile,
+        iterations_per_epoch=iterations,
+        patch_size=patch,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        precision=precision,
+    )
+    typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+    typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")
+
+
 @app.command()
 def predict(
     input: Annotated[

@@ -37,6 +37,10 @@ class TSFMConfig:
     checkpoint_stages: bool = False
     checkpoint_transformer: bool = False
     strides: tuple[tuple[int, int, int], ...] | None = field(default=None)  # default: from patch
+    # parameter-efficient fine-tuning (tumorfm.model.adapters); 0 = none, the plain network
+    adapter_dim: int = 0  # bottleneck adapter after each transformer layer's MLP
+    lora_rank: int = 0  # LoRA on each transformer layer's qkv, attention proj, MLP fc and proj
+    lora_alpha: float = 16.0  # LoRA scale = alpha / rank
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -46,6 +50,10 @@ class TSFMConfig:
         if self.strides is None:
             self.strides = strides_for_patch(self.patch_size, len(self.widths) - 1)
         self.strides = tuple(tuple(int(s) for s in stride) for stride in self.strides)
+        if self.adapter_dim < 0 or self.lora_rank < 0:
+            raise ValueError("adapter_dim and lora_rank must be >= 0 (0 = none)")
+        if (self.adapter_dim or self.lora_rank) and self.transformer_depth == 0:
+            raise ValueError("adapter_dim and lora_rank need a transformer (transformer_depth > 0)")
 
     @property
     def blocks_per_stage(self) -> tuple[int, ...]:
@@ -110,6 +118,9 @@ class TSFM(nn.Module):
                 c.transformer_mlp,
                 c.projection_kernel,
                 c.checkpoint_transformer,
+                c.adapter_dim,
+                c.lora_rank,
+                c.lora_alpha,
             )
             if c.transformer_depth > 0
             else nn.Identity()

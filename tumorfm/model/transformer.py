@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tumorfm.model.adapters import Adapter, LoRALinear
+
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
@@ -44,18 +46,38 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LayerNorm transformer encoder layer (ViT)."""
+    """Pre-LayerNorm transformer encoder layer (ViT), optionally with a bottleneck adapter after
+    the MLP (adapter_dim > 0) and LoRA on its four linears (lora_rank > 0), for fine-tuning."""
 
-    def __init__(self, width: int, heads: int, mlp_width: int):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_width: int,
+        adapter_dim: int = 0,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_width)
+        self.adapter = Adapter(width, adapter_dim) if adapter_dim > 0 else None
+        if lora_rank > 0:
+            linears = [
+                (self.attn, "qkv"),
+                (self.attn, "proj"),
+                (self.mlp, "fc"),
+                (self.mlp, "proj"),
+            ]
+            for module, name in linears:
+                setattr(module, name, LoRALinear(getattr(module, name), lora_rank, lora_alpha))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mlp(self.norm2(x))
+        return x if self.adapter is None else self.adapter(x)
 
 
 class TransformerBottleneck(nn.Module):
@@ -71,12 +93,18 @@ class TransformerBottleneck(nn.Module):
         mlp_width: int = 3072,
         projection_kernel: int = 3,
         checkpointing: bool = False,
+        adapter_dim: int = 0,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
     ):
         super().__init__()
         padding = projection_kernel // 2
         self.proj_in = nn.Conv3d(channels, width, projection_kernel, padding=padding)
         self.position = nn.Parameter(torch.zeros(1, width, *grid))
-        self.layers = nn.ModuleList(TransformerLayer(width, heads, mlp_width) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            TransformerLayer(width, heads, mlp_width, adapter_dim, lora_rank, lora_alpha)
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(width)
         self.proj_out = nn.Conv3d(width, channels, projection_kernel, padding=padding)
         self.checkpointing = checkpointing

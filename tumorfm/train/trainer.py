@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,15 @@ from tumorfm.data.cache import CACHE_FORMAT, CachedCase, cached_cases
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
-from tumorfm.model import create_model, list_models
+from tumorfm.model import list_models
+from tumorfm.model.adapters import MODES, count_trainable, freeze
 from tumorfm.model.bundle import save_bundle
 from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loss import PartialLabelLoss
-from tumorfm.train.transfer import initialise_from
+from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
 
 
@@ -63,7 +64,11 @@ class PretrainConfig:
     checkpointing: bool = False
     fsdp: bool = False
     device: str = "auto"
-    init_from: str | None = None  # a bundle to start from (transfer), else random weights
+    init_from: str | None = None  # a bundle to start from (transfer), else a fresh preset
+    init_weights: bool = True  # False: init_from's architecture with fresh weights (baseline)
+    mode: str = "full"  # which parameters train: full, decoder, head, adapter, lora
+    warmup_epochs: int = 0  # first train only the heads (MultiTalent's transfer), then `mode`
+    adaptation: dict = field(default_factory=dict)  # adapter_dim / lora_rank for the network
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -75,6 +80,8 @@ class PretrainConfig:
             raise TumorFMError(f"optimizer '{self.optimizer}': choose sgd or adamw")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise TumorFMError(f"precision '{self.precision}': choose auto, bf16, fp16 or fp32")
+        if self.mode not in MODES:
+            raise TumorFMError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
 
 
 # The paper's recipe, and one that finishes in minutes on a 2-core CPU.
@@ -142,6 +149,14 @@ def _cases(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[Cached
                 cases.append(case)
                 weights.append(dataset["case_probability"])
     return cases, weights
+
+
+def _set_phase(model: torch.nn.Module, config: PretrainConfig, epoch: int, phase: str | None):
+    """Freeze what this epoch does not train: the heads alone during the warm-up, then `mode`."""
+    wanted = "head" if epoch < config.warmup_epochs else config.mode
+    if wanted != phase:
+        freeze(model, wanted)
+    return wanted
 
 
 def poly_lr(config: PretrainConfig, epoch: int) -> float:
@@ -227,19 +242,14 @@ def pretrain(
     )
     in_channels = train_cases[0].image().shape[0]
     torch.manual_seed(config.seed)
-    model = create_model(
-        config.model,
-        in_channels,
-        len(classes),
-        config.patch_size,
-        deep_supervision=config.deep_supervision,
-        checkpoint_stages=config.checkpointing,
-        checkpoint_transformer=config.checkpointing,
-    ).to(processes.device)
+    model, init = build_model(config, in_channels, classes)
+    model = model.to(processes.device)
     outputs = len(model.aux_heads) + 1
-    start_epoch, best, optimizer_state, init = 0, -math.inf, None, None
-    if resume is None and config.init_from:
-        init = initialise_from(model, config.init_from, classes)
+    start_epoch, best, optimizer_state = 0, -math.inf, None
+    if processes.world_size > 1 and config.warmup_epochs:
+        raise TumorFMError("a warm-up (heads first) runs in one process; drop it under torchrun")
+    phase = _set_phase(model, config, start_epoch, None)
+    trainable, total = count_trainable(model)
     if resume is not None:
         meta, weights, optimizer_state, rng = load_state(run)
         model.load_state_dict(weights)
@@ -281,6 +291,8 @@ def pretrain(
                 "in_channels": in_channels,
                 "classes": classes,
                 "init": init,
+                "trainable_parameters": trainable,
+                "parameters": total,
             },
         )
     dist.barrier(processes)
@@ -324,6 +336,7 @@ def pretrain(
     )
     row: dict = {}
     for epoch in range(start_epoch, config.epochs):
+        phase = _set_phase(dist.unwrap(model), config, epoch, phase)
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(config, epoch)
         started, waited, losses = time.perf_counter(), 0.0, []

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import POSITION_SUFFIX, WEIGHTS, read_bundle_config
-from tumorfm.model.network import TSFM
+from tumorfm.model.network import TSFM, TSFMConfig
+from tumorfm.model.presets import create_model
 
 
 def head_convs(model: TSFM) -> list[str]:
@@ -26,6 +27,38 @@ def head_convs(model: TSFM) -> list[str]:
         for m in heads
         if isinstance(m, torch.nn.Conv3d) and m.out_channels == model.config.num_classes
     ]
+
+
+def build_model(config, in_channels: int, classes: list[str]) -> tuple[TSFM, dict | None]:
+    """The network a run trains: a fresh preset, or the bundle's architecture with its weights
+    (new input channels, classes and patch size; adapters or LoRA added if asked)."""
+    settings = dict(
+        in_channels=in_channels,
+        num_classes=len(classes),
+        patch_size=tuple(config.patch_size),
+        deep_supervision=config.deep_supervision,
+        checkpoint_stages=config.checkpointing,
+        checkpoint_transformer=config.checkpointing,
+    )
+    settings.update({k: v for k, v in config.adaptation.items() if v})
+    if not config.init_from:
+        return create_model(config.model, **settings), None
+    architecture = dict(read_bundle_config(config.init_from)["model"])
+    architecture.update(settings, strides=None)
+    try:
+        model = TSFM(TSFMConfig.from_dict(architecture))
+    except (TypeError, ValueError) as error:
+        raise TumorFMError(f"{config.init_from}: cannot build its network ({error})") from None
+    if not config.init_weights:
+        return model, None
+    return model, initialise_from(model, config.init_from, classes)
+
+
+def _first_conv(old: torch.Tensor, channels: int) -> torch.Tensor:
+    """Stem weights for another number of input channels (STU-Net's transfer): every new channel
+    gets the sum over the old ones divided by the new count, so an input whose channels are all
+    equal gives the pretrained response."""
+    return old.sum(1, keepdim=True).repeat(1, channels, 1, 1, 1) / channels
 
 
 def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict:
@@ -40,7 +73,7 @@ def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict
     mapped = [(i, source.index(name)) for i, name in enumerate(classes) if name in source]
     state = model.state_dict()
     heads = {f"{name}.{p}" for name in head_convs(model) for p in ("weight", "bias")}
-    loaded, skipped = {}, []
+    loaded, skipped, notes = {}, [], []
     for key, value in state.items():
         old = pretrained.get(key)
         if old is None:
@@ -55,6 +88,9 @@ def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict
             loaded[key] = new
         elif old.shape == value.shape or key.endswith(POSITION_SUFFIX):
             loaded[key] = old
+        elif key == "stem.weight" and old.shape[0] == value.shape[0]:
+            loaded[key] = _first_conv(old, value.shape[1])
+            notes.append(f"input channels {old.shape[1]} -> {value.shape[1]}")
         else:
             skipped.append(key)
     if not loaded:
@@ -66,4 +102,5 @@ def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict
         "skipped_tensors": skipped,
         "classes_from_pretrained": [classes[i] for i, _ in mapped],
         "new_classes": [c for c in classes if c not in source],
+        "notes": notes,
     }

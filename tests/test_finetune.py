@@ -1,0 +1,112 @@
+"""Fine-tuning a pretrained bundle on a new dataset: weights carried over, modes, bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import SARCOMA, assert_one_line_error, run_cli
+from safetensors.torch import load_file
+
+from tumorfm.errors import TumorFMError
+from tumorfm.infer.predict import predict
+from tumorfm.infer.predictor import PredictOptions
+from tumorfm.model import create_model
+from tumorfm.model.bundle import save_bundle
+from tumorfm.train.finetune import class_name, finetune
+
+QUICK = dict(
+    iterations_per_epoch=2,
+    patch_size=(16, 32, 32),
+    batch_size=2,
+    val_every=1,
+    val_batches=1,
+    precision="fp32",
+)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 'pretrained' tsfm-tiny that knows the sarcoma class among others (random weights)."""
+    torch.manual_seed(0)
+    model = create_model("tsfm-tiny", 1, 3, (32, 32, 32), deep_supervision=True)
+    folder = tmp_path_factory.mktemp("pretrained") / "bundle"
+    return save_bundle(folder, model, ["liver", "sarcoma", "kidney"], ["CT"], "tsfm-tiny")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("finetune-cache") / "cache"
+
+
+def _run(pretrained, cache, out, mode, **changes):
+    settings = {**QUICK, **changes}
+    return finetune(SARCOMA, pretrained, out, 1, mode, cache=cache, workers=1, **settings)
+
+
+def test_full_finetune_gives_a_bundle_predict_uses(pretrained, cache, tmp_path):
+    _run(pretrained, cache, tmp_path / "run", "full", warmup_epochs=0)
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["classes"] == ["sarcoma"]
+    assert settings["init"]["classes_from_pretrained"] == ["sarcoma"]
+    assert settings["trainable_parameters"] == settings["parameters"]
+    meta = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert list(meta["plan"]["datasets"]) == ["sts_ct"] and meta["classes"] == ["sarcoma"]
+    case = next((SARCOMA / "imagesTr").iterdir())
+    options = PredictOptions(fast=True, precision="fp32")
+    results = predict(case, tmp_path / "run" / "last", None, options, progress=False)
+    (result,) = results.values()
+    assert result.labels == {"sarcoma": 1} and result.label.ndim == 3
+
+
+@pytest.mark.parametrize("mode", ["head", "decoder", "adapter", "lora"])
+def test_modes_train_only_their_parameters(pretrained, cache, tmp_path, mode):
+    _run(pretrained, cache, tmp_path / mode, mode, lr=0.5)
+    settings = json.loads((tmp_path / mode / "settings.json").read_text())
+    assert 0 < settings["trainable_parameters"] < settings["parameters"]
+    before = load_file(str(pretrained / "model.safetensors"))
+    after = load_file(str(tmp_path / mode / "last" / "model.safetensors"))
+    assert torch.equal(before["stem.weight"], after["stem.weight"])  # the encoder is frozen
+    # the sarcoma head channel (pretrained channel 1) trained in every mode
+    assert not torch.equal(after["head.weight"][0], before["head.weight"][1])
+    decoder = "decoder.0.blocks.0.conv1.weight"
+    moved = not torch.equal(before[decoder], after[decoder])
+    assert moved == (mode == "decoder")
+    if mode in ("adapter", "lora"):
+        assert any(("adapter" in k or "lora" in k) for k in after)
+
+
+def test_warmup_trains_heads_first(pretrained, cache, tmp_path):
+    _run(pretrained, cache, tmp_path / "warm", "full", warmup_epochs=1)
+    settings = json.loads((tmp_path / "warm" / "settings.json").read_text())
+    assert settings["trainable_parameters"] < settings["parameters"] / 10  # heads only
+    before = load_file(str(pretrained / "model.safetensors"))
+    after = load_file(str(tmp_path / "warm" / "last" / "model.safetensors"))
+    assert torch.equal(before["stem.weight"], after["stem.weight"])
+
+
+def test_class_names_and_mapping(pretrained, tmp_path):
+    assert class_name("Liver tumor") == "liver_tumor" and class_name("2nd") == "class_2nd"
+    other = tmp_path / "other"
+    shutil.copytree(SARCOMA, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "mass": 1}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(TumorFMError, match="--map NAME=BUNDLE_CLASS"):
+        finetune(other, pretrained, tmp_path / "r1", 1, "full", workers=1, **QUICK)
+    with pytest.raises(TumorFMError, match="'tumour' is not a class"):
+        finetune(other, pretrained, tmp_path / "r2", 1, "full", {"tumour": "x"}, workers=1)
+
+
+def test_bad_input_is_one_line(pretrained, tmp_path):
+    args = ["finetune", SARCOMA, "--from", pretrained, "-o", tmp_path / "r"]
+    assert_one_line_error(run_cli(*args, "--mode", "prompt"), "mode 'prompt'", "lora")
+    assert_one_line_error(run_cli(*args, "--map", "sarcoma"), "NAME=VALUE")
+    empty = tmp_path / "empty"
+    shutil.copytree(SARCOMA, empty)
+    for label in (empty / "labelsTr").iterdir():
+        label.unlink()
+    result = run_cli("finetune", empty, "--from", pretrained, "-o", tmp_path / "r3")
+    assert_one_line_error(result, "no labelled case")
+    result = run_cli("finetune", SARCOMA, "--from", tmp_path / "nothing", "-o", tmp_path / "r4")
+    assert_one_line_error(result, "bundle not found")

@@ -1,0 +1,114 @@
+"""`tumorfm finetune`: a pretrained bundle adapted to a new tumour dataset in a few epochs.
+
+The dataset is planned on its own (spacing, normalisation) and preprocessed into the run's cache;
+the network keeps the bundle's architecture and every weight that fits, the position embedding
+is resized to the new patch, the head gets one channel per class of the new dataset (a class
+whose name the bundle knows starts from its pretrained channel), and then the chosen parameters
+train: everything (`full`), all but the encoder (`decoder`), the heads alone (`head`, a linear
+probe), or small modules added to the transformer (`adapter`, `lora`). The result is a bundle
+that `tumorfm predict` uses as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from tumorfm.data.formats import read_dataset
+from tumorfm.data.pool import load_pool
+from tumorfm.data.preprocess import preprocess_pool
+from tumorfm.errors import TumorFMError
+from tumorfm.files import ensure_writable
+from tumorfm.model.adapters import MODES
+from tumorfm.model.bundle import read_bundle_config
+from tumorfm.train.trainer import make_config, pretrain
+
+ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode
+
+
+def class_name(label: str) -> str:
+    """A dataset's label name as a pool class name: lower snake_case ('Liver tumor' -> ...)."""
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    return name if re.match(r"^[a-z]", name or "") else f"class_{name}"
+
+
+def dataset_classes(
+    dataset: Path, pretrained: list[str], mapping: dict[str, str], new_head: bool
+) -> dict[int, str]:
+    """Label value -> class name for the dataset: its own names, renamed by `mapping`; at least
+    one must be a class of the bundle unless `new_head` says all heads start fresh."""
+    raw = read_dataset(dataset)
+    if not raw.labelled_cases:
+        raise TumorFMError(f"{dataset}: no labelled case to fine-tune on")
+    labels = {v: class_name(n) for v, n in raw.labels.items() if v != 0}
+    unknown = sorted(set(mapping) - set(labels.values()) - set(raw.labels.values()))
+    if unknown:
+        raise TumorFMError(
+            f"--map {unknown[0]}=...: '{unknown[0]}' is not a class of {dataset} "
+            f"({', '.join(labels.values())})"
+        )
+    labels = {
+        v: class_name(mapping.get(n, mapping.get(raw.labels[v], n))) for v, n in labels.items()
+    }
+    if not new_head and not set(labels.values()) & set(pretrained):
+        raise TumorFMError(
+            f"{dataset}: none of its classes ({', '.join(labels.values())}) is a class of the "
+            f"bundle ({', '.join(pretrained)}); map one with --map NAME=BUNDLE_CLASS, or start "
+            f"new heads with --new-head"
+        )
+    return labels
+
+
+def finetune(
+    dataset: str | Path,
+    bundle: str | Path,
+    out: str | Path,
+    epochs: int = 10,
+    mode: str = "full",
+    mapping: dict[str, str] | None = None,
+    new_head: bool = False,
+    from_scratch: bool = False,
+    cache: str | Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    **settings,
+) -> dict:
+    """Fine-tune `bundle` on `dataset` into the run folder `out` (bundles in OUT/best and
+    OUT/last, the cache in OUT/cache unless given); returns the last epoch's log row.
+
+    `settings` are PretrainConfig fields (profile defaults to "cpu"): iterations_per_epoch,
+    patch_size, lr, warmup_epochs, seed, ... `from_scratch` keeps the bundle's architecture but
+    not its weights: the baseline of the transfer study.
+    """
+    if mode not in MODES:
+        raise TumorFMError(f"mode '{mode}': choose one of {', '.join(MODES)}")
+    dataset, bundle, out = Path(dataset), Path(bundle), Path(out)
+    meta = read_bundle_config(bundle)
+    labels = dataset_classes(dataset, meta["classes"], mapping or {}, new_head or from_scratch)
+    if (out / "settings.json").exists():
+        raise TumorFMError(f"{out}: already holds a run; choose another --out")
+    ensure_writable(out)
+    name = class_name(read_dataset(dataset).name)
+    pool = {
+        "name": f"finetune-{name}",
+        "datasets": [{"name": name, "path": str(dataset.resolve()), "labels": labels}],
+    }
+    pool_file = out / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
+    cache = Path(cache) if cache else out / "cache"
+    preprocess_pool(load_pool(pool_file), cache, workers=workers, progress=progress)
+    profile = settings.pop("profile", "cpu")
+    config = make_config(
+        profile,
+        model=meta.get("preset") or "tsfm-tiny",
+        epochs=epochs,
+        mode=mode,
+        init_from=str(bundle),
+        init_weights=not from_scratch,  # from scratch: the bundle's architecture, fresh weights
+        adaptation=ADAPTATION.get(mode, {}),
+        workers=min(workers, 2),
+        **settings,
+    )
+    return pretrain(cache, out, config, progress=progress)
