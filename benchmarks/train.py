@@ -595,6 +595,23 @@ def product_versions(tumorfm: Path) -> dict:
     return {"tumorfm": tumorfm_version, "torch_product_env": torch_version}
 
 
+def machine(load_before: tuple[float, ...]) -> dict:
+    """The machine a result comes from: CPU model (speed ratios differ between CPUs; bf16 runs
+    fast only where the CPU has AVX-512 bf16), memory, load before and after."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"model name\s*:\s*(.+)", info)
+    return {
+        "platform": platform.platform(),
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "avx512_bf16": "avx512_bf16" in info,
+        "cpus": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def git_state() -> dict:
     def git(*words: str) -> str:
         result = subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True, text=True)
@@ -737,14 +754,7 @@ def main() -> None:
         "benchmark": "train",
         "data": str(args.data),
         "cases": len(list((args.data / "imagesTr").glob("*_0000.*"))),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "versions": versions,
         "settings": {
             "patch": args.patch,

@@ -5,15 +5,18 @@ import shutil
 
 import pytest
 import torch
-from conftest import SARCOMA, assert_one_line_error, run_cli
+from conftest import BRAIN, SARCOMA, assert_one_line_error, run_cli
 from safetensors.torch import load_file
 
+from tumorfm.data.pool import class_name
 from tumorfm.errors import TumorFMError
+from tumorfm.eval.model import evaluate_model
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions
 from tumorfm.model import create_model
 from tumorfm.model.bundle import save_bundle
-from tumorfm.train.finetune import class_name, finetune
+from tumorfm.train.finetune import finetune
+from tumorfm.train.study import ARMS, transfer_study
 
 QUICK = dict(
     iterations_per_epoch=2,
@@ -60,10 +63,12 @@ def test_full_finetune_gives_a_bundle_predict_uses(pretrained, cache, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["head", "decoder", "adapter", "lora"])
-def test_modes_train_only_their_parameters(pretrained, cache, tmp_path, mode):
+def test_modes_train_only_their_parameters(pretrained, cache, tmp_path, mode, capfd):
     _run(pretrained, cache, tmp_path / mode, mode, lr=0.5)
     settings = json.loads((tmp_path / mode / "settings.json").read_text())
     assert 0 < settings["trainable_parameters"] < settings["parameters"]
+    counts = f"{settings['trainable_parameters']:,} of {settings['parameters']:,}"
+    assert f"mode {mode}: {counts} parameters train" in capfd.readouterr().err
     before = load_file(str(pretrained / "model.safetensors"))
     after = load_file(str(tmp_path / mode / "last" / "model.safetensors"))
     assert torch.equal(before["stem.weight"], after["stem.weight"])  # the encoder is frozen
@@ -110,3 +115,57 @@ def test_bad_input_is_one_line(pretrained, tmp_path):
     assert_one_line_error(result, "no labelled case")
     result = run_cli("finetune", SARCOMA, "--from", tmp_path / "nothing", "-o", tmp_path / "r4")
     assert_one_line_error(result, "bundle not found")
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finetuned") / "run"
+    _run(pretrained, cache, run, "full")
+    return run
+
+
+def test_evaluate_model_scores_held_out_cases(finetuned, tmp_path):
+    val = json.loads((finetuned / "split.json").read_text())["sts_ct"]["val"]
+    options = PredictOptions(fast=True, precision="fp32")
+    result = evaluate_model(finetuned / "last", SARCOMA, tmp_path / "ev", val, None, options)
+    assert [case["case"] for case in result["cases"]] == val
+    assert list(result["aggregates"]) == ["sarcoma"]
+    assert (tmp_path / "ev" / "evaluation" / "metrics.csv").is_file()
+    assert (tmp_path / "ev" / "predictions" / f"{val[0]}.nii.gz").is_file()
+
+
+def test_zero_shot_matches_classes_by_name(finetuned, tmp_path):
+    args = ["evaluate-model", finetuned / "last", BRAIN, "-o", tmp_path / "z", "--fast"]
+    assert_one_line_error(run_cli(*args), "none of its classes (tumour)", "--map")
+    result = run_cli(*args, "--map", "tumour=sarcoma")
+    assert result.returncode == 0, result.stderr
+    assert "| tumour |" in result.stdout  # scored under the dataset's own name
+
+
+def test_transfer_study_writes_table_csv_and_plot(pretrained, tmp_path):
+    quick = {k: v for k, v in QUICK.items() if k not in ("iterations_per_epoch", "patch_size")}
+    study = tmp_path / "study"
+    rows = transfer_study(
+        SARCOMA, pretrained, study, [1], 2, (16, 32, 32), workers=1, progress=False, **quick
+    )
+    assert [(r["arm"], r["epochs"], r["iterations"]) for r in rows] == [
+        ("pretrained", 1, 2),
+        ("scratch", 1, 2),
+    ]
+    init = [json.loads((study / f"{arm}-1" / "settings.json").read_text())["init"] for arm in ARMS]
+    assert init[0]["classes_from_pretrained"] == ["sarcoma"] and init[1] is None
+    assert "| pretrained | 1 | 2 |" in (study / "transfer.md").read_text()
+    assert (study / "transfer.csv").read_text().startswith("arm,epochs,iterations,sarcoma_dice")
+    assert (study / "transfer.svg").read_text().count("<polyline") == 2
+    # finished runs are reused (same numbers, no training); a reference row scores a folder of
+    # predictions of the same cases: here the pretrained run's own, so its scores must agree
+    own = study / "pretrained-1" / "evaluation" / "predictions"
+    again = transfer_study(
+        SARCOMA, pretrained, study, [1], 2, (16, 32, 32), workers=1, progress=False,
+        references={"copy": own}, **quick,
+    )  # fmt: skip
+    assert again[:2] == rows
+    assert again[2]["arm"] == "copy" and again[2]["iterations"] is None
+    assert again[2]["sarcoma_dice"] == pytest.approx(rows[0]["sarcoma_dice"], abs=1e-9)
+    assert "| copy | - | - |" in (study / "transfer.md").read_text()
+    assert "stroke-dasharray" in (study / "transfer.svg").read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -176,179 +175,6 @@ def preprocess(
 
 
 @app.command()
-def pretrain(
-    cache: Annotated[Path | None, typer.Argument(help="Cache from `tumorfm preprocess`.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run exactly.")] = None,
-    profile: Annotated[str, typer.Option(help="paper (the paper's recipe) or cpu.")] = "paper",
-    model: Annotated[str | None, typer.Option(help="Preset (see `tumorfm model list`).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
-    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
-    batch: Annotated[int | None, typer.Option(min=1, help="Global batch size.")] = None,
-    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
-    val_every: Annotated[int | None, typer.Option(min=1, help="Validate every k epochs.")] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Loader worker processes.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = False,
-    fsdp: Annotated[bool, typer.Option(help="Shard with FSDP (under torchrun).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    init_from: Annotated[
-        Path | None, typer.Option(help="Start from this bundle's weights (head by class name).")
-    ] = None,
-) -> None:
-    """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
-    from tumorfm.train.trainer import make_config
-    from tumorfm.train.trainer import pretrain as run_pretrain
-
-    config = None
-    if resume is None:
-        config = make_config(
-            profile,
-            model=model,
-            epochs=epochs,
-            iterations_per_epoch=iterations,
-            batch_size=batch,
-            patch_size=patch,
-            lr=lr,
-            optimizer=optimizer,
-            precision=precision,
-            val_every=val_every,
-            workers=workers,
-            seed=seed,
-            checkpointing=checkpointing or None,
-            fsdp=fsdp or None,
-            device=device,
-            init_from=str(init_from) if init_from else None,
-        )
-    row = run_pretrain(cache, out, config, resume)
-    if row and os.environ.get("RANK", "0") == "0":
-        typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
-
-
-def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
-    pairs = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise TumorFMError(f"{option} {item}: expected NAME=VALUE")
-        pairs[name.strip()] = value.strip()
-    return pairs
-
-
-@app.command()
-def finetune(
-    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
-    bundle: Annotated[Path, typer.Option("--from", help="Pretrained bundle folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
-    mode: Annotated[str, typer.Option(help="full, decoder, head, adapter or lora.")] = "full",
-    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
-    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
-    warmup_epochs: Annotated[int, typer.Option(min=0, help="Train the heads alone first.")] = 0,
-    map_: Annotated[
-        list[str] | None,
-        typer.Option("--map", help="Rename a class to a bundle class, NAME=BUNDLE_CLASS."),
-    ] = None,
-    new_head: Annotated[bool, typer.Option(help="Allow heads that all start fresh.")] = False,
-    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
-    seed: Annotated[int | None, typer.Option()] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
-    workers: Workers = 2,
-) -> None:
-    """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
-    from tumorfm.train.finetune import finetune as run_finetune
-
-    row = run_finetune(
-        dataset,
-        bundle,
-        out,
-        epochs=epochs,
-        mode=mode,
-        mapping=_pairs(map_, "--map"),
-        new_head=new_head,
-        workers=workers,
-        profile=profile,
-        iterations_per_epoch=iterations,
-        patch_size=patch,
-        lr=lr,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-        precision=precision,
-    )
-    typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
-    typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")
-
-
-@app.command()
-def predict(
-    input: Annotated[
-        Path, typer.Option("--input", "-i", help="Scan file, folder of scans, or DICOM folder.")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (or .nii.gz file).")],
-    bundle: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder.")],
-    plan: Annotated[str | None, typer.Option(help="Dataset plan of a pool bundle.")] = None,
-    classes: Annotated[
-        list[str] | None, typer.Option("--classes", help="Keep these classes (repeatable).")
-    ] = None,
-    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
-    mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
-    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
-    save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
-        False
-    ),
-    statistics: Annotated[
-        bool, typer.Option(help="Also write CASE_statistics.json (ml, lesions, diameter).")
-    ] = False,
-    min_lesion_ml: Annotated[
-        float, typer.Option(min=0, help="Drop lesions smaller than this (ml).")
-    ] = 0.0,
-    largest_component: Annotated[
-        bool, typer.Option(help="Keep only each organ's largest component.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
-    windows: Annotated[int, typer.Option(min=1, help="Windows per network call.")] = 4,
-) -> None:
-    """Segment scans with a model bundle: label maps in each scan's own geometry."""
-    from tumorfm.infer.predict import predict_iter
-    from tumorfm.infer.predictor import PredictOptions
-
-    options = PredictOptions(
-        plan=plan,
-        classes=classes or None,
-        overlap=overlap,
-        mirror=mirror,
-        fast=fast,
-        windows_per_batch=windows,
-        device=device,
-        precision=precision,
-        min_lesion_ml=min_lesion_ml,
-        largest_component=largest_component,
-    )
-    failed, done = [], 0
-    for scan, result in predict_iter(
-        input, bundle, out, options, save_probabilities, statistics, progress=True
-    ):
-        if isinstance(result, TumorFMError):
-            failed.append(scan.case_id)
-            typer.echo(f"tumorfm: skipped {scan.case_id}: {result}", err=True)
-            continue
-        done += 1
-        total = sum(result.seconds.values())
-        typer.echo(f"{scan.case_id}: {total:.1f} s")
-    if failed:
-        raise TumorFMError(
-            f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "
-            f"({', '.join(failed)}); the others are written to {out}"
-        )
-    typer.echo(f"{done} label map(s) in {out}")
-
-
-@app.command()
 def phantom(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the phantom datasets.")],
     cases: Annotated[int, typer.Option(min=1, help="Cases per site.")] = 8,
@@ -391,48 +217,13 @@ def demo(
     )
 
 
-@app.command()
-def evaluate(
-    pred: Annotated[Path, typer.Argument(help="Predicted label map, or a folder of them.")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth label map, or a folder of them.")],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder [default: PRED/evaluation].")
-    ] = None,
-    labels: Annotated[
-        list[str] | None, typer.Option(help="Score only this class, name or value (repeatable).")
-    ] = None,
-    tolerance: Annotated[
-        list[str] | None, typer.Option(help="NSD tolerance of a class, NAME=MM (repeatable).")
-    ] = None,
-    default_tolerance: Annotated[
-        float, typer.Option(min=0, help="NSD tolerance (mm) of the other classes.")
-    ] = 2.0,
-    workers: Workers = 1,
-    images: Annotated[
-        Path | None, typer.Option(help="The scans (file or folder): also write report.html.")
-    ] = None,
-    modality: Annotated[str, typer.Option(help="Picture window: CT, or anything else.")] = "CT",
-) -> None:
-    """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
-    from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
-    from tumorfm.eval.evaluate import evaluate as run_evaluate
-
-    out = out or default_output(pred)
-    tolerances = parse_tolerances(tolerance or [])
-    result = run_evaluate(pred, gt, out, labels, tolerances, default_tolerance, workers)
-    typer.echo(format_summary(result))
-    typer.echo(f"metrics.json, metrics.csv and summary.md written to {out}")
-    if images is not None:
-        from tumorfm.eval.report import report_from_evaluation
-
-        title = f"tumorfm evaluation of {pred}"
-        page = report_from_evaluation(
-            result, images, Path(out) / "report.html", title, [], modality
-        )
-        typer.echo(f"report: {page}")
+def _register() -> None:
+    """The other command modules add their commands to `app` when imported."""
+    from tumorfm import cli_infer, cli_train  # noqa: F401
 
 
 def main() -> None:
+    _register()
     try:
         app()
     except TumorFMError as error:

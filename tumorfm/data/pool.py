@@ -22,6 +22,22 @@ from tumorfm.errors import TumorFMError
 CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def class_name(label: str) -> str:
+    """A dataset's label name as a pool class name: lower snake_case ('Liver tumor' -> ...)."""
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    return name if re.match(r"^[a-z]", name or "") else f"class_{name}"
+
+
+def rename_labels(labels: dict[int, str], mapping: dict[str, str]) -> dict[int, str]:
+    """Label value -> class name (background left out): the label's own name in snake_case, or
+    what `mapping` renames it to (keyed by the label's own or snake_case name)."""
+    return {
+        value: class_name(mapping.get(name, mapping.get(class_name(name), name)))
+        for value, name in labels.items()
+        if value
+    }
+
+
 class DatasetEntry(BaseModel):
     """One dataset of the pool, as written in the pool file."""
 

@@ -66,8 +66,11 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:10]) + more
 
 
-def match_cases(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
-    """(case, pred file, gt file) for every gt case; a gt case without prediction is an error."""
+def match_cases(
+    pred: Path, gt: Path, only: list[str] | None = None
+) -> list[tuple[str, Path, Path]]:
+    """(case, pred file, gt file) for every gt case (or those in `only`); a gt case without
+    prediction is an error."""
     for path in (pred, gt):
         if not path.exists():
             raise TumorFMError(f"{path}: no such file or folder")
@@ -76,6 +79,11 @@ def match_cases(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     if not pred.is_dir():
         return [(_case_name(gt), pred, gt)]
     preds, gts = _label_files(pred), _label_files(gt)
+    if only is not None:
+        unknown = sorted(set(only) - set(gts))
+        if unknown:
+            raise TumorFMError(f"{gt}: no ground truth for case(s) {_listing(unknown)}")
+        gts = {name: gts[name] for name in only}
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise TumorFMError(f"{pred}: no prediction for ground-truth case(s) {_listing(missing)}")
@@ -300,6 +308,7 @@ def evaluate(
     progress: bool = True,
     connectivity: int = 26,
     min_lesion_ml: float = 0.0,
+    cases: list[str] | None = None,
 ) -> dict:
     """Score `pred` against `gt`; write metrics.json, metrics.csv and summary.md into `out`.
 
@@ -308,7 +317,7 @@ def evaluate(
     """
     pred, gt = Path(pred), Path(gt)
     tolerances = dict(tolerances or {})
-    jobs = match_cases(pred, gt)
+    jobs = match_cases(pred, gt, cases)
     pred_json, pred_names = label_names(pred)
     gt_json, gt_names = label_names(gt, parents=1)
     where = f"{pred_json or pred}, {gt_json or gt}"

@@ -51,7 +51,7 @@ def write_prediction(result: CasePrediction, label_path: Path) -> dict[str, str]
 
 
 def predict_iter(
-    inputs: str | Path,
+    inputs: str | Path | list[ScanInput],
     bundle: str | Path | Predictor,
     out: str | Path | None = None,
     options: PredictOptions | None = None,
@@ -61,11 +61,11 @@ def predict_iter(
 ) -> Iterator[tuple[ScanInput, CasePrediction | TumorFMError]]:
     """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`."""
     predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, options)
-    scans = list_inputs(inputs)
+    scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
     report = {
         "tumorfm_version": tumorfm.__version__,
-        "input": str(inputs),
+        "input": str(inputs) if not isinstance(inputs, list) else f"{len(inputs)} scans",
         "settings": {**predictor.settings(), "options": asdict(predictor.options)},
         "cases": {},
     }

@@ -11,13 +11,12 @@ that `tumorfm predict` uses as it is.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
 
 from tumorfm.data.formats import read_dataset
-from tumorfm.data.pool import load_pool
+from tumorfm.data.pool import class_name, load_pool, rename_labels
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable
@@ -28,12 +27,6 @@ from tumorfm.train.trainer import make_config, pretrain
 ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode
 
 
-def class_name(label: str) -> str:
-    """A dataset's label name as a pool class name: lower snake_case ('Liver tumor' -> ...)."""
-    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-    return name if re.match(r"^[a-z]", name or "") else f"class_{name}"
-
-
 def dataset_classes(
     dataset: Path, pretrained: list[str], mapping: dict[str, str], new_head: bool
 ) -> dict[int, str]:
@@ -42,16 +35,14 @@ def dataset_classes(
     raw = read_dataset(dataset)
     if not raw.labelled_cases:
         raise TumorFMError(f"{dataset}: no labelled case to fine-tune on")
-    labels = {v: class_name(n) for v, n in raw.labels.items() if v != 0}
-    unknown = sorted(set(mapping) - set(labels.values()) - set(raw.labels.values()))
+    known = set(raw.labels.values()) | {class_name(n) for n in raw.labels.values()}
+    unknown = sorted(set(mapping) - known)
     if unknown:
         raise TumorFMError(
             f"--map {unknown[0]}=...: '{unknown[0]}' is not a class of {dataset} "
-            f"({', '.join(labels.values())})"
+            f"({', '.join(n for v, n in raw.labels.items() if v)})"
         )
-    labels = {
-        v: class_name(mapping.get(n, mapping.get(raw.labels[v], n))) for v, n in labels.items()
-    }
+    labels = rename_labels(raw.labels, mapping)
     if not new_head and not set(labels.values()) & set(pretrained):
         raise TumorFMError(
             f"{dataset}: none of its classes ({', '.join(labels.values())}) is a class of the "

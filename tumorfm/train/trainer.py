@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -250,6 +251,9 @@ def pretrain(
         raise TumorFMError("a warm-up (heads first) runs in one process; drop it under torchrun")
     phase = _set_phase(model, config, start_epoch, None)
     trainable, total = count_trainable(model)
+    if processes.main and progress:
+        # stderr, beside the progress bars: stdout carries the result row alone
+        print(f"mode {phase}: {trainable:,} of {total:,} parameters train", file=sys.stderr)
     if resume is not None:
         meta, weights, optimizer_state, rng = load_state(run)
         model.load_state_dict(weights)

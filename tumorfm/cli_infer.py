@@ -1,0 +1,143 @@
+"""`tumorfm predict`, `evaluate` and `evaluate-model`: from scans to label maps and scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tumorfm.cli import Workers, app
+from tumorfm.cli_train import _pairs
+from tumorfm.errors import TumorFMError
+
+
+@app.command("evaluate-model")
+def evaluate_model(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder.")],
+    dataset: Annotated[Path, typer.Argument(help="Labelled dataset (nnU-Net v2 raw or MSD).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    plan: Annotated[str | None, typer.Option(help="Dataset plan of a pool bundle.")] = None,
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
+    ] = None,
+    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
+    workers: Workers = 1,
+) -> None:
+    """Zero-shot evaluation: predict a labelled dataset with no tuning and score it."""
+    from tumorfm.eval.evaluate import format_summary
+    from tumorfm.eval.model import evaluate_model as run_evaluation
+    from tumorfm.infer.predictor import PredictOptions
+
+    options = PredictOptions(plan=plan, fast=fast)
+    result = run_evaluation(
+        bundle, dataset, out, None, _pairs(map_, "--map"), options, workers=workers
+    )
+    typer.echo(format_summary(result))
+    typer.echo(f"predictions and scores in {out}")
+
+
+@app.command()
+def predict(
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Scan file, folder of scans, or DICOM folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (or .nii.gz file).")],
+    bundle: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder.")],
+    plan: Annotated[str | None, typer.Option(help="Dataset plan of a pool bundle.")] = None,
+    classes: Annotated[
+        list[str] | None, typer.Option("--classes", help="Keep these classes (repeatable).")
+    ] = None,
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
+    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
+    save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
+        False
+    ),
+    statistics: Annotated[
+        bool, typer.Option(help="Also write CASE_statistics.json (ml, lesions, diameter).")
+    ] = False,
+    min_lesion_ml: Annotated[
+        float, typer.Option(min=0, help="Drop lesions smaller than this (ml).")
+    ] = 0.0,
+    largest_component: Annotated[
+        bool, typer.Option(help="Keep only each organ's largest component.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
+    windows: Annotated[int, typer.Option(min=1, help="Windows per network call.")] = 4,
+) -> None:
+    """Segment scans with a model bundle: label maps in each scan's own geometry."""
+    from tumorfm.infer.predict import predict_iter
+    from tumorfm.infer.predictor import PredictOptions
+
+    options = PredictOptions(
+        plan=plan,
+        classes=classes or None,
+        overlap=overlap,
+        mirror=mirror,
+        fast=fast,
+        windows_per_batch=windows,
+        device=device,
+        precision=precision,
+        min_lesion_ml=min_lesion_ml,
+        largest_component=largest_component,
+    )
+    failed, done = [], 0
+    for scan, result in predict_iter(
+        input, bundle, out, options, save_probabilities, statistics, progress=True
+    ):
+        if isinstance(result, TumorFMError):
+            failed.append(scan.case_id)
+            typer.echo(f"tumorfm: skipped {scan.case_id}: {result}", err=True)
+            continue
+        done += 1
+        total = sum(result.seconds.values())
+        typer.echo(f"{scan.case_id}: {total:.1f} s")
+    if failed:
+        raise TumorFMError(
+            f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "
+            f"({', '.join(failed)}); the others are written to {out}"
+        )
+    typer.echo(f"{done} label map(s) in {out}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted label map, or a folder of them.")],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth label map, or a folder of them.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: PRED/evaluation].")
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option(help="Score only this class, name or value (repeatable).")
+    ] = None,
+    tolerance: Annotated[
+        list[str] | None, typer.Option(help="NSD tolerance of a class, NAME=MM (repeatable).")
+    ] = None,
+    default_tolerance: Annotated[
+        float, typer.Option(min=0, help="NSD tolerance (mm) of the other classes.")
+    ] = 2.0,
+    workers: Workers = 1,
+    images: Annotated[
+        Path | None, typer.Option(help="The scans (file or folder): also write report.html.")
+    ] = None,
+    modality: Annotated[str, typer.Option(help="Picture window: CT, or anything else.")] = "CT",
+) -> None:
+    """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
+    from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
+    from tumorfm.eval.evaluate import evaluate as run_evaluate
+
+    out = out or default_output(pred)
+    tolerances = parse_tolerances(tolerance or [])
+    result = run_evaluate(pred, gt, out, labels, tolerances, default_tolerance, workers)
+    typer.echo(format_summary(result))
+    typer.echo(f"metrics.json, metrics.csv and summary.md written to {out}")
+    if images is not None:
+        from tumorfm.eval.report import report_from_evaluation
+
+        title = f"tumorfm evaluation of {pred}"
+        page = report_from_evaluation(
+            result, images, Path(out) / "report.html", title, [], modality
+        )
+        typer.echo(f"report: {page}")

@@ -1,0 +1,172 @@
+"""`tumorfm pretrain`, `finetune` and `transfer-study`: the training commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tumorfm.cli import Workers, app
+from tumorfm.errors import TumorFMError
+
+
+@app.command()
+def pretrain(
+    cache: Annotated[Path | None, typer.Argument(help="Cache from `tumorfm preprocess`.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run exactly.")] = None,
+    profile: Annotated[str, typer.Option(help="paper (the paper's recipe) or cpu.")] = "paper",
+    model: Annotated[str | None, typer.Option(help="Preset (see `tumorfm model list`).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Global batch size.")] = None,
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    val_every: Annotated[int | None, typer.Option(min=1, help="Validate every k epochs.")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Loader worker processes.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard with FSDP (under torchrun).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this bundle's weights (head by class name).")
+    ] = None,
+) -> None:
+    """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
+    from tumorfm.train.trainer import make_config
+    from tumorfm.train.trainer import pretrain as run_pretrain
+
+    config = None
+    if resume is None:
+        config = make_config(
+            profile,
+            model=model,
+            epochs=epochs,
+            iterations_per_epoch=iterations,
+            batch_size=batch,
+            patch_size=patch,
+            lr=lr,
+            optimizer=optimizer,
+            precision=precision,
+            val_every=val_every,
+            workers=workers,
+            seed=seed,
+            checkpointing=checkpointing or None,
+            fsdp=fsdp or None,
+            device=device,
+            init_from=str(init_from) if init_from else None,
+        )
+    row = run_pretrain(cache, out, config, resume)
+    if row and os.environ.get("RANK", "0") == "0":
+        typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise TumorFMError(f"{option} {item}: expected NAME=VALUE")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+@app.command()
+def finetune(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+    bundle: Annotated[Path, typer.Option("--from", help="Pretrained bundle folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    mode: Annotated[str, typer.Option(help="full, decoder, head, adapter or lora.")] = "full",
+    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="Train the heads alone first.")] = 0,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Rename a class to a bundle class, NAME=BUNDLE_CLASS."),
+    ] = None,
+    new_head: Annotated[bool, typer.Option(help="Allow heads that all start fresh.")] = False,
+    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
+    seed: Annotated[int | None, typer.Option()] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    workers: Workers = 2,
+) -> None:
+    """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
+    from tumorfm.train.finetune import finetune as run_finetune
+
+    row = run_finetune(
+        dataset,
+        bundle,
+        out,
+        epochs=epochs,
+        mode=mode,
+        mapping=_pairs(map_, "--map"),
+        new_head=new_head,
+        workers=workers,
+        profile=profile,
+        iterations_per_epoch=iterations,
+        patch_size=patch,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        precision=precision,
+    )
+    typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+    typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")
+
+
+def _budgets(items: list[str]) -> list[int]:
+    try:
+        return [int(x) for item in items for x in item.replace(",", " ").split()]
+    except ValueError:
+        raise TumorFMError(f"--epochs {' '.join(items)}: expected whole numbers") from None
+
+
+@app.command("transfer-study")
+def transfer_study(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+    bundle: Annotated[Path, typer.Option("--from", help="Pretrained bundle folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder.")],
+    epochs: Annotated[
+        list[str], typer.Option(help="Epoch budgets: --epochs 10,20,50,100 or repeated.")
+    ] = ["10,20,50,100"],  # noqa: B006 (typer reads the default, never mutates it)
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 50,
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = (48, 96, 96),
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
+    ] = None,
+    mirror: Annotated[bool, typer.Option(help="Mirroring when scoring (8x slower).")] = False,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FOLDER: another tool's predictions of the held-out cases."),
+    ] = None,
+    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
+    seed: Annotated[int | None, typer.Option()] = None,
+    workers: Workers = 2,
+) -> None:
+    """The paper's transfer study: pretrained vs from scratch at each epoch budget; a
+    --reference row scores e.g. nnU-Net v2's predictions of the same held-out cases."""
+    from tumorfm.train.study import transfer_study as run_study
+
+    rows = run_study(
+        dataset,
+        bundle,
+        out,
+        _budgets(epochs),
+        iterations,
+        patch,
+        _pairs(map_, "--map"),
+        mirror,
+        workers,
+        references=_pairs(reference, "--reference"),
+        profile=profile,
+        seed=seed,
+    )
+    typer.echo((Path(out) / "transfer.md").read_text())
+    typer.echo(f"{len(rows)} runs; table, CSV and plot in {out}")
