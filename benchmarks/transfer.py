@@ -49,7 +49,6 @@ from train import (
     machine,
     nnunet_env,
     run,
-    tumorfm_network,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +242,16 @@ def nnunet(args, work: Path, split: dict, target_params: int) -> dict:
     }
 
 
+def parameter_count(preset: str, patch) -> int:
+    """The network's parameters (single output, no deep-supervision heads): nnU-Net's target."""
+    import torch
+
+    from tumorfm.model import create_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(preset, 1, 1, tuple(patch)).parameters())
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -296,7 +305,7 @@ def main() -> None:
     split = next(iter(json.loads(split_file.read_text()).values()))
     reference = None
     if not args.skip_nnunet:
-        reference = nnunet(args, work, split, tumorfm_network(args.patch, args.batch)["params"])
+        reference = nnunet(args, work, split, parameter_count(args.model, args.patch))
         study = transfer_study(args, work, Path(reference["predictions"]))
     rows = study["rows"]
     smallest = min(args.budgets)

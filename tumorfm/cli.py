@@ -198,9 +198,10 @@ def demo(
     workers: Workers = 2,
     cases: Annotated[int, typer.Option(min=2, help="Phantom cases per site.")] = 8,
     test_cases: Annotated[int, typer.Option(min=1, help="Unseen test cases.")] = 4,
-    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 6,
     finetune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 50,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 40,
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = (32, 64, 64),
 ) -> None:
     """Run the pipeline on synthetic phantoms: pretrain, fine-tune on a held-out site, predict,
     evaluate, and write an HTML report."""
@@ -214,6 +215,7 @@ def demo(
         epochs=epochs,
         iterations=iterations,
         finetune_epochs=finetune_epochs,
+        patch_size=patch,
     )
 
 

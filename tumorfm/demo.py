@@ -80,9 +80,10 @@ def run_demo(
     cases_per_site: int = 8,
     test_cases: int = 4,
     seed: int = 0,
-    epochs: int = 8,
-    iterations: int = 50,
+    epochs: int = 6,
+    iterations: int = 40,
     finetune_epochs: int = 8,
+    patch_size: tuple[int, int, int] = (32, 64, 64),
 ) -> dict:
     started = time.perf_counter()
     out = ensure_writable(Path(out))
@@ -103,7 +104,9 @@ def run_demo(
     others = [f for f in train_folders if f.name != HELD_OUT.folder_name]
     print(f"3/6 pretraining on {len(others)} sites (the {HELD_OUT.name} site is held out)")
     pool_file = write_pool_file(others, phantoms / "pretrain-pool.yaml")
-    common = dict(iterations_per_epoch=iterations, val_every=max(1, epochs // 2))
+    common = dict(
+        iterations_per_epoch=iterations, val_every=max(1, epochs // 2), patch_size=patch_size
+    )
     pretrained, pretrain_info = _train(
         pool_file, out / "cache" / "pretrain", out / "pretrain", workers, epochs=epochs, **common
     )
