@@ -169,3 +169,24 @@ def test_transfer_study_writes_table_csv_and_plot(pretrained, tmp_path):
     assert again[2]["sarcoma_dice"] == pytest.approx(rows[0]["sarcoma_dice"], abs=1e-9)
     assert "| copy | - | - |" in (study / "transfer.md").read_text()
     assert "stroke-dasharray" in (study / "transfer.svg").read_text()
+
+
+def test_transfer_study_k_folds_hold_out_every_case_once(pretrained, tmp_path):
+    quick = {k: v for k, v in QUICK.items() if k not in ("iterations_per_epoch", "patch_size")}
+    study = tmp_path / "study"
+    rows = transfer_study(
+        SARCOMA, pretrained, study, [1], 2, (16, 32, 32), workers=1, progress=False, folds=2,
+        **quick,
+    )  # fmt: skip
+    assert [r["arm"] for r in rows] == list(ARMS)
+    held = [
+        next(iter(json.loads((study / f"scratch-1-fold{f}" / "split.json").read_text()).values()))
+        for f in range(2)
+    ]
+    assert not set(held[0]["val"]) & set(held[1]["val"])  # disjoint hold-outs ...
+    every = sorted(p.name.split(".")[0] for p in (SARCOMA / "labelsTr").iterdir())
+    assert sorted(held[0]["val"] + held[1]["val"]) == every  # ... covering every case
+    scored = json.loads((study / "scratch-1-folds" / "evaluation" / "metrics.json").read_text())
+    assert sorted(c["case"] for c in scored["cases"]) == every
+    with pytest.raises(TumorFMError, match="--folds 1"):
+        transfer_study(SARCOMA, pretrained, study, [1], 2, folds=1)

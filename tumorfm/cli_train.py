@@ -142,6 +142,9 @@ def transfer_study(
         list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
     ] = None,
     mirror: Annotated[bool, typer.Option(help="Mirroring when scoring (8x slower).")] = False,
+    folds: Annotated[
+        int, typer.Option(min=0, help="K-fold cross-validation (0: one fixed 20% hold-out).")
+    ] = 0,
     reference: Annotated[
         list[str] | None,
         typer.Option(help="NAME=FOLDER: another tool's predictions of the held-out cases."),
@@ -165,6 +168,7 @@ def transfer_study(
         mirror,
         workers,
         references=_pairs(reference, "--reference"),
+        folds=folds,
         profile=profile,
         seed=seed,
     )

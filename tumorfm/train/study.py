@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 from tumorfm.data.formats import read_dataset
@@ -66,6 +68,38 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _scores(run: Path, dataset: Path, cases: list[str], mirror: bool, progress: bool) -> dict:
+    """The run's final model scored on its held-out cases; kept in the run, so a study run again
+    (e.g. to add a reference row) does not predict them again."""
+    kept = run / "evaluation" / "scores.json"
+    if kept.is_file():
+        saved = json.loads(kept.read_text())
+        if saved["cases"] == cases and saved["mirror"] == mirror:
+            return saved["scores"]
+    scores = evaluate_model(
+        run / "last", dataset, run / "evaluation", cases,
+        options=PredictOptions(mirror=mirror), progress=progress,
+    )  # fmt: skip
+    saved = {"cases": cases, "mirror": mirror, "scores": {"aggregates": scores["aggregates"]}}
+    kept.write_text(json.dumps(saved, default=float))  # NaN kept as NaN
+    return scores
+
+
+def _pool_predictions(folders: list[Path], out: Path) -> Path:
+    """One folder holding every fold's label maps (hard links, or copies across devices)."""
+    pooled = out / "predictions"
+    shutil.rmtree(pooled, ignore_errors=True)
+    pooled.mkdir(parents=True)
+    for folder in folders:
+        for path in folder.glob("*.nii.gz"):
+            try:
+                os.link(path, pooled / path.name)
+            except OSError:
+                shutil.copy2(path, pooled / path.name)
+    shutil.copy2(folders[0] / "dataset.json", pooled / "dataset.json")
+    return pooled
+
+
 def transfer_study(
     dataset: str | Path,
     bundle: str | Path,
@@ -78,38 +112,48 @@ def transfer_study(
     workers: int = 2,
     progress: bool = True,
     references: dict[str, str | Path] | None = None,
+    folds: int = 0,
     **settings,
 ) -> list[dict]:
-    """Pretrained vs scratch at each budget, plus a row per folder of `references` predictions
-    (name -> folder); writes transfer.md, transfer.csv, transfer.svg and study.json."""
+    """Pretrained vs scratch at each budget, on one fixed split or `folds`-fold cross-validation,
+    plus a row per folder of `references` predictions (name -> folder); writes transfer.md,
+    transfer.csv, transfer.svg and study.json."""
     if not budgets or min(budgets) < 1:
         raise TumorFMError("give at least one epoch budget, each at least 1")
     for name, folder in (references or {}).items():
         if not Path(folder).is_dir():
             raise TumorFMError(f"--reference {name}={folder}: not a folder of predictions")
+    if folds == 1 or folds < 0:
+        raise TumorFMError(f"--folds {folds}: use 0 (one fixed split) or at least 2")
     out = ensure_writable(Path(out))
+    labels = Path(read_dataset(dataset).labelled_cases[0].label).parent
     rows, validation = [], None
     for epochs in sorted(budgets):
         for arm in ARMS:
-            run = out / f"{arm}-{epochs}"
-            if not (run / "last" / "config.json").is_file():
-                finetune(
-                    dataset, bundle, run, epochs, "full", mapping, new_head=True,
-                    from_scratch=arm == "scratch", cache=out / "cache", workers=workers,
-                    progress=progress, iterations_per_epoch=iterations_per_epoch,
-                    patch_size=tuple(patch_size), **settings,
-                )  # fmt: skip
-            split = json.loads((run / "split.json").read_text())
-            cases = sorted(c for part in split.values() for c in part["val"])
+            predicted, cases = [], []
+            for fold in range(max(folds, 1)):
+                run = out / (f"{arm}-{epochs}" + (f"-fold{fold}" if folds else ""))
+                if not (run / "last" / "config.json").is_file():
+                    finetune(
+                        dataset, bundle, run, epochs, "full", mapping, new_head=True,
+                        from_scratch=arm == "scratch", cache=out / "cache", workers=workers,
+                        progress=progress, iterations_per_epoch=iterations_per_epoch,
+                        patch_size=tuple(patch_size), folds=folds, fold=fold, **settings,
+                    )  # fmt: skip
+                split = json.loads((run / "split.json").read_text())
+                held_out = sorted(c for part in split.values() for c in part["val"])
+                scores = _scores(run, dataset, held_out, mirror, progress)
+                predicted.append(run / "evaluation" / "predictions")
+                cases += held_out
+            cases = sorted(cases)
             if validation is not None and cases != validation:
                 raise TumorFMError(f"{run}: another validation split than the other runs")
             validation = cases
-            scores = evaluate_model(
-                run / "last", dataset, run / "evaluation", cases,
-                options=PredictOptions(mirror=mirror), progress=progress,
-            )  # fmt: skip
+            if folds:  # every case was held out once: score the folds' predictions together
+                pooled = _pool_predictions(predicted, out / f"{arm}-{epochs}-folds")
+                scores = evaluate(pooled, labels, pooled.parent / "evaluation",
+                                  progress=progress, cases=cases)  # fmt: skip
             rows.append(_row(arm, epochs, epochs * iterations_per_epoch, scores))
-    labels = Path(read_dataset(dataset).labelled_cases[0].label).parent
     for name, folder in (references or {}).items():
         scores = evaluate(folder, labels, out / f"reference-{name}", progress=progress,
                           cases=validation)  # fmt: skip
@@ -121,6 +165,7 @@ def transfer_study(
         "iterations_per_epoch": iterations_per_epoch,
         "patch_size": list(patch_size),
         "mirror": mirror,
+        "folds": folds,
         "validation_cases": validation,
         "references": {name: str(folder) for name, folder in (references or {}).items()},
         "settings": settings,

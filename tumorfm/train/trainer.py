@@ -59,6 +59,8 @@ class PretrainConfig:
     deep_supervision: bool = True
     val_every: int = 10  # epochs
     val_fraction: float = 0.2  # of each dataset's cases, at least one when it has two
+    folds: int = 0  # > 1: cross-validation, fold `fold` of `folds` held out (val_fraction unused)
+    fold: int = 0
     val_batches: int = 20
     seed: int = 0
     workers: int = 2
@@ -128,16 +130,27 @@ def pool_digest(pool: dict) -> str:
     return hashlib.sha256(json.dumps([pool[k] for k in keys], sort_keys=True).encode()).hexdigest()
 
 
-def split_cases(cache: Path, pool: dict, val_fraction: float, seed: int) -> dict:
-    """Per dataset, a fixed random hold-out for validation (at least one case when n >= 2)."""
+def split_cases(
+    cache: Path, pool: dict, val_fraction: float, seed: int, folds: int = 0, fold: int = 0
+) -> dict:
+    """Per dataset, a fixed random hold-out for validation (at least one case when n >= 2), or
+    with `folds` > 1 the `fold`-th of that many disjoint hold-outs covering every case."""
+    if folds > 1 and not 0 <= fold < folds:
+        raise TumorFMError(f"fold {fold}: choose 0 to {folds - 1} for {folds} folds")
     split = {}
     for dataset in pool["datasets"]:
         ids = sorted(c.case_id for c in cached_cases(cache, dataset["name"]))
         if not ids:
             raise TumorFMError(f"{cache / dataset['name']}: no preprocessed cases")
+        if folds > len(ids):
+            raise TumorFMError(f"{dataset['name']}: {len(ids)} case(s), fewer than {folds} folds")
         order = np.random.default_rng([seed, len(ids)]).permutation(ids).tolist()
-        held = min(len(ids) - 1, max(1, round(val_fraction * len(ids)))) if len(ids) > 1 else 0
-        split[dataset["name"]] = {"val": sorted(order[:held]), "train": sorted(order[held:])}
+        if folds > 1:
+            val = order[fold::folds]
+        else:
+            held = min(len(ids) - 1, max(1, round(val_fraction * len(ids)))) if len(ids) > 1 else 0
+            val = order[:held]
+        split[dataset["name"]] = {"val": sorted(val), "train": sorted(set(ids) - set(val))}
     return split
 
 
@@ -205,9 +218,9 @@ def _start(
         cache,
         config or PretrainConfig(),
         pool,
-        split_cases(
-            cache, pool, config.val_fraction if config else 0.2, config.seed if config else 0
-        ),
+        split_cases(cache, pool, config.val_fraction, config.seed, config.folds, config.fold)
+        if config
+        else split_cases(cache, pool, 0.2, 0),
     )
 
 
