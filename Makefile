@@ -28,5 +28,9 @@ lint: $(VENV)/.done
 bench-env:
 	bash benchmarks/setup_env.sh
 
+# Every benchmark, one after the other (hours on 2 cores), then the README's results section.
+bench: $(VENV)/.done bench-env
+	.venv-bench/bin/python -m benchmarks
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,17 +1,18 @@
 """Transfer, on real scans: the paper's Table 2 protocol on the soft-tissue sarcoma CT set.
 
-1. Pretrain tsfm-small on a pool that excludes the sarcoma set: the 16 glioblastoma T1 MR scans
-   (Task102_BrainTumour), the single real cases of ../shared/data/cases (lung1 CT tumour, brain1
-   T1 MR tumour, breast1 MR lesion; each written as a one-case nnU-Net raw dataset) and the four
-   synthetic CT phantom sites (`tumorfm phantom`), with `tumorfm preprocess` and `tumorfm pretrain`
-   (1/sqrt(n) dataset sampling, partial-label loss).
+1. Pretrain `--model` (tsfm-tiny: what fits 2 CPU cores) on a pool that excludes the sarcoma set:
+   the 16 glioblastoma T1 MR scans (Task102_BrainTumour), the single real cases of
+   ../shared/data/cases (lung1 CT tumour, brain1 T1 MR tumour, breast1 MR lesion; each written as
+   a one-case nnU-Net raw dataset) and the four synthetic CT phantom sites (`tumorfm phantom`),
+   with `tumorfm preprocess` and `tumorfm pretrain` (1/sqrt(n) dataset sampling, partial-label
+   loss).
 2. `tumorfm transfer-study Dataset101_SarcomaCT --from PRETRAINED --epochs B1 B2 ...`: at each
    budget the same network is fine-tuned from the pretrained weights and trained from scratch
    (fresh weights, same recipe) on tumorfm's fixed split (20% of the 36 cases held out, seed 0);
    each final model segments the held-out cases (no mirroring), which are scored by
    `tumorfm evaluate` (Dice, HD95, NSD at 2 mm).
 3. nnU-Net v2 on the same split (written as its splits_final.json fold 0), with the same patch and
-   batch and a PlainConvUNet of tsfm-small's parameter count (benchmarks/train.py's
+   batch and a PlainConvUNet of the same parameter count (benchmarks/train.py's
    nnUNetPlans_bench), trained with `--factor` (10) times the iterations of the smallest tumorfm
    budget (`nnUNetv2_train ... -tr nnUNetTrainerTrainBench`: nnU-Net's own recipe, loss,
    augmentation and poly schedule over that budget), then `nnUNetv2_predict --disable_tta` on the
@@ -22,7 +23,7 @@ least nnU-Net v2's Dice with 10% of its iterations. Every model gets the same pa
 32x64x64: nnU-Net's own plan, 64x160x192 with batch 2, trains at ~8 s per 64^3 iteration on this
 CPU); `--full` runs nnU-Net's own patch and the paper's budgets, for a GPU (`--device cuda`).
 
-Run from the repository root in the benchmark environment (~100 min with the defaults on 2 CPUs):
+Run from the repository root in the benchmark environment (~80 min with the defaults on 2 CPUs):
     make bench-env && .venv-bench/bin/python benchmarks/transfer.py
 Writes benchmarks/results/transfer.json (settings, machine, every row, the targets).
 """
@@ -259,13 +260,13 @@ def _fmt(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="../shared/data")
-    parser.add_argument("--model", default="tsfm-small")
+    parser.add_argument("--model", default="tsfm-tiny")
     parser.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("Z", "Y", "X"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=40, help="per epoch, every model")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[2, 5, 10], help="epochs")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4], help="epochs")
     parser.add_argument("--factor", type=int, default=10, help="nnU-Net: x the smallest budget")
-    parser.add_argument("--pretrain-epochs", type=int, default=50)
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--phantom-cases", type=int, default=8, help="per phantom site")
     parser.add_argument("--nnunet-val-iterations", type=int, default=5)
     parser.add_argument("--skip-nnunet", action="store_true", help="tumorfm rows only")
@@ -328,6 +329,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "transfer",
+        "command": " ".join([".venv-bench/bin/python benchmarks/transfer.py", *sys.argv[1:]]),
         "machine": machine(load_before),
         "versions": {
             "torch_bench_env": version("torch"),

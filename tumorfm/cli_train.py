@@ -36,6 +36,11 @@ def pretrain(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from this bundle's weights (head by class name).")
     ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json."),
+    ] = None,
+    fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
 ) -> None:
     """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
     from tumorfm.train.trainer import make_config
@@ -60,10 +65,19 @@ def pretrain(
             fsdp=fsdp or None,
             device=device,
             init_from=str(init_from) if init_from else None,
+            split_file=_existing(split),
+            fold=fold,
         )
     row = run_pretrain(cache, out, config, resume)
     if row and os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+
+
+def _existing(path: Path | None) -> str | None:
+    """An absolute path (settings.json records it), or a one-line error when it is missing."""
+    if path is not None and not path.is_file():
+        raise TumorFMError(f"{path}: no such split file")
+    return str(path.resolve()) if path is not None else None
 
 
 def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
@@ -96,6 +110,11 @@ def finetune(
     seed: Annotated[int | None, typer.Option()] = None,
     precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
     workers: Workers = 2,
+    split: Annotated[
+        Path | None,
+        typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json."),
+    ] = None,
+    fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
 ) -> None:
     """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
     from tumorfm.train.finetune import finetune as run_finetune
@@ -116,6 +135,8 @@ def finetune(
         warmup_epochs=warmup_epochs,
         seed=seed,
         precision=precision,
+        split_file=_existing(split),
+        fold=fold,
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
     typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")

@@ -39,6 +39,7 @@ from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loss import PartialLabelLoss
+from tumorfm.train.split import read_split, split_cases
 from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
 
@@ -60,7 +61,8 @@ class PretrainConfig:
     val_every: int = 10  # epochs
     val_fraction: float = 0.2  # of each dataset's cases, at least one when it has two
     folds: int = 0  # > 1: cross-validation, fold `fold` of `folds` held out (val_fraction unused)
-    fold: int = 0
+    fold: int = 0  # of `folds`, or of a split file's list of folds
+    split_file: str | None = None  # fixed train / val cases (nnU-Net's splits_final.json too)
     val_batches: int = 20
     seed: int = 0
     workers: int = 2
@@ -130,28 +132,12 @@ def pool_digest(pool: dict) -> str:
     return hashlib.sha256(json.dumps([pool[k] for k in keys], sort_keys=True).encode()).hexdigest()
 
 
-def split_cases(
-    cache: Path, pool: dict, val_fraction: float, seed: int, folds: int = 0, fold: int = 0
-) -> dict:
-    """Per dataset, a fixed random hold-out for validation (at least one case when n >= 2), or
-    with `folds` > 1 the `fold`-th of that many disjoint hold-outs covering every case."""
-    if folds > 1 and not 0 <= fold < folds:
-        raise TumorFMError(f"fold {fold}: choose 0 to {folds - 1} for {folds} folds")
-    split = {}
-    for dataset in pool["datasets"]:
-        ids = sorted(c.case_id for c in cached_cases(cache, dataset["name"]))
-        if not ids:
-            raise TumorFMError(f"{cache / dataset['name']}: no preprocessed cases")
-        if folds > len(ids):
-            raise TumorFMError(f"{dataset['name']}: {len(ids)} case(s), fewer than {folds} folds")
-        order = np.random.default_rng([seed, len(ids)]).permutation(ids).tolist()
-        if folds > 1:
-            val = order[fold::folds]
-        else:
-            held = min(len(ids) - 1, max(1, round(val_fraction * len(ids)))) if len(ids) > 1 else 0
-            val = order[:held]
-        split[dataset["name"]] = {"val": sorted(val), "train": sorted(set(ids) - set(val))}
-    return split
+def _split(cache: Path, pool: dict, config: PretrainConfig) -> dict:
+    if config.split_file:
+        return read_split(
+            config.split_file, cache, pool, config.fold, config.val_fraction, config.seed
+        )
+    return split_cases(cache, pool, config.val_fraction, config.seed, config.folds, config.fold)
 
 
 def _cases(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[CachedCase], list]:
@@ -212,16 +198,8 @@ def _start(
         raise TumorFMError(
             f"{run}: already holds a run; continue it with --resume {run} or choose another --out"
         )
-    pool = _read_pool(cache)
-    return (
-        run,
-        cache,
-        config or PretrainConfig(),
-        pool,
-        split_cases(cache, pool, config.val_fraction, config.seed, config.folds, config.fold)
-        if config
-        else split_cases(cache, pool, 0.2, 0),
-    )
+    pool, config = _read_pool(cache), config or PretrainConfig()
+    return run, cache, config, pool, _split(cache, pool, config)
 
 
 def pretrain(

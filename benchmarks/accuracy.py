@@ -1,0 +1,362 @@
+"""Accuracy, the paper's Table 1 protocol: tumorfm, nnU-Net v2 and MONAI's SwinUNETR on real scans.
+
+Datasets: the soft-tissue sarcoma CTs (Dataset101_SarcomaCT, 36 cases) and the glioblastoma T1 MRs
+(Task102_BrainTumour, 16 scans of 8 patients), each with a fixed split (seed 0): 20% of the
+sarcoma cases, and 2 of the 8 brain patients (both their scans: no patient on both sides) are
+held out. Every model trains `--iterations` (x `--budget`) iterations on the rest, with the same
+patch and batch, then segments the held-out scans without mirroring; `tumorfm evaluate` scores
+every model's label maps against the truth (Dice, HD95, NSD at 2 mm).
+
+  tumorfm    `tumorfm pretrain` tsfm-tiny on a pool of both sets' training cases (the split file
+             keeps the held-out ones out), the single real cases and the four phantom sites, then
+             `tumorfm finetune` per dataset (`--split`), `tumorfm predict --no-mirror`.
+  nnU-Net v2 `nnUNetv2_plan_and_preprocess`, `nnUNetv2_train` with nnU-Net's own recipe on the
+             same split (splits_final.json), patch and batch, a PlainConvUNet of tumorfm's
+             parameter count (benchmarks/train.py), `nnUNetv2_predict --disable_tta`.
+  SwinUNETR  MONAI's network on tumorfm's patches and pre/post-processing (benchmarks/swinunetr.py).
+
+tumorfm's pretraining is extra compute the others do not get: the paper's point is that it is
+paid once. Its time is reported on its own row. Wall time and peak memory (PSS of the process
+tree) of each training and prediction. `--full` is for a GPU: 250 iterations per epoch and the
+paper's budgets (`--device cuda --patch 64 160 192` for nnU-Net's own sarcoma patch).
+
+Run from the repository root in the benchmark environment (~2 h with the defaults on 2 CPUs):
+    make bench-env && .venv-bench/bin/python benchmarks/accuracy.py [--budget 0.5]
+Writes benchmarks/results/accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import yaml
+from train import PLANS, TRAINER, bench_plans, git_state, install_trainer, machine, nnunet_env, run
+from transfer import PHANTOMS, SINGLES, parameter_count, single_case_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --map
+    "sarcoma_ct": ("Dataset101_SarcomaCT", 101, "sarcoma", []),
+    "brain_mr": ("Task102_BrainTumour", 102, "brain_tumour", ["--map", "tumour=brain_tumour"]),
+}
+
+
+def case_ids(folder: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
+
+
+def fixed_split(name: str, ids: list[str]) -> dict:
+    """Seed 0; brain scans are grouped by patient (btp_NN_pre / _post) so none straddles."""
+    groups: dict[str, list[str]] = {}
+    for case in ids:
+        key = re.sub(r"_(pre|post)$", "", case) if name == "brain_mr" else case
+        groups.setdefault(key, []).append(case)
+    order = np.random.default_rng(0).permutation(sorted(groups)).tolist()
+    held = max(1, round(0.2 * len(order)))
+    val = sorted(c for g in order[:held] for c in groups[g])
+    return {"train": sorted(set(ids) - set(val)), "val": val}
+
+
+def held_out_folders(folder: Path, split: dict, out: Path) -> tuple[Path, Path]:
+    """images/<case>_0000.nii.gz and labels/<case>.nii.gz of the held-out cases, as symlinks."""
+    images, labels = out / "images", out / "labels"
+    for sub in (images, labels):
+        shutil.rmtree(sub, ignore_errors=True)
+        sub.mkdir(parents=True)
+    for case in split["val"]:
+        source = folder / "imagesTr" / f"{case}_0000.nii.gz"
+        source = source if source.exists() else folder / "imagesTr" / f"{case}.nii.gz"
+        (images / f"{case}_0000.nii.gz").symlink_to(source.resolve())
+        (labels / f"{case}.nii.gz").symlink_to((folder / "labelsTr" / f"{case}.nii.gz").resolve())
+    return images, labels
+
+
+def score(predictions: Path, labels: Path, args, work: Path) -> dict:
+    command = [str(args.tumorfm), "evaluate", str(predictions), str(labels)]
+    command += ["-o", str(predictions / "evaluation")]
+    run(command, dict(os.environ), work / "evaluate.log", args.timeout, "tumorfm evaluate")
+    result = json.loads((predictions / "evaluation" / "metrics.json").read_text())
+    (scores,) = result["aggregates"].values()  # one class per dataset
+    return {
+        "dice": scores["dice"]["mean"],
+        "hd95": scores["hd95"]["median"],
+        "nsd": scores["nsd"]["mean"],
+        "dice_std": scores["dice"]["std"],
+    }
+
+
+def cli(*parts) -> list[str]:
+    """A command line from paths, numbers and lists of them."""
+    return [str(x) for part in parts for x in (part if isinstance(part, list | tuple) else [part])]
+
+
+def _measured(process: dict) -> dict:
+    return {"seconds": process["wall_seconds"], "peak_mb": process.get("peak_tree_pss_mb")}
+
+
+def pretrain(args, work: Path, splits: dict) -> dict:
+    out = work / "pretrain"
+    if (work / "pretrain.json").is_file() and not args.fresh:
+        print(f"pretraining: reusing {out}")
+        return json.loads((work / "pretrain.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    phantoms = work / "phantoms"
+    if not (phantoms / PHANTOMS["phantom_multi_organ"][0] / "dataset.json").is_file():
+        command = [str(args.tumorfm), "phantom", "-o", str(phantoms), "--cases", "8"]
+        run(command, dict(os.environ), work / "phantom.log", args.timeout, "phantoms")
+    datasets = [
+        {"name": name, "path": str((args.data / folder).resolve()), "labels": {1: label}}
+        for name, (folder, _, label, _) in DATASETS.items()
+    ]
+    datasets += [single_case_dataset(c, args.data / "cases", work / "singles") for c in SINGLES]
+    datasets += [
+        {"name": name, "path": str(phantoms / folder), "labels": labels}
+        for name, (folder, labels) in PHANTOMS.items()
+    ]
+    pool = {
+        "name": "accuracy-pretrain",
+        "parents": {"liver_tumour": "liver", "pancreas_tumour": "pancreas"},
+        "datasets": datasets,
+    }
+    (work / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+    split_file = work / "pool-split.json"  # held-out cases validate, never train
+    split_file.write_text(json.dumps(splits, indent=1))
+    cache = work / "pretrain-cache"
+    command = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2)
+    prep = run(command, dict(os.environ), work / "pretrain-prep.log", args.timeout,
+               "tumorfm preprocess (pool)")  # fmt: skip
+    epochs = max(1, round(args.pretrain_iterations * args.budget / args.per_epoch))
+    command = cli(args.tumorfm, "pretrain", cache, "-o", out, "--profile", "cpu", "--model",
+                  args.model, "--patch", args.patch, "--batch", args.batch, "--epochs", epochs,
+                  "--iterations", args.per_epoch, "--val-every", epochs, "--split", split_file,
+                  "--device", args.device)  # fmt: skip
+    train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 8,
+                "tumorfm pretrain")  # fmt: skip
+    result = {
+        "command": " ".join(command),
+        "iterations": epochs * args.per_epoch,
+        "preprocess_seconds": prep["wall_seconds"],
+        **_measured(train),
+    }
+    (work / "pretrain.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels) -> dict:
+    """Run the prediction command of the model trained in `out`, score it, make the row."""
+    log = out.parent / f"{out.name}-predict.log"
+    inference = run(predict, dict(os.environ), log, args.timeout, f"{model} predict ({name})")
+    return {
+        "model": model,
+        "parameters": json.loads((out / "settings.json").read_text())["parameters"],
+        "train": _measured(train),
+        "predict": _measured(inference),
+        **score(predictions, labels, args, work),
+    }
+
+
+def tumorfm_arm(args, work, name, split_file, images, labels, epochs) -> dict:
+    folder, _, _, mapping = DATASETS[name]
+    out = work / "runs" / f"tumorfm-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = cli(args.tumorfm, "finetune", args.data / folder, "--from",
+                  work / "pretrain" / "last", "-o", out, "--epochs", epochs, "--iterations",
+                  args.per_epoch, "--patch", args.patch, "--split", split_file,
+                  mapping)  # fmt: skip
+    train = run(command, dict(os.environ), out.parent / f"tumorfm-{name}.log", args.timeout * 8,
+                f"tumorfm finetune ({name})")  # fmt: skip
+    predictions = work / "predictions" / f"tumorfm-{name}"
+    shutil.rmtree(predictions, ignore_errors=True)
+    predict = cli(args.tumorfm, "predict", "-i", images, "-o", predictions, "-m", out / "last",
+                  "--no-mirror", "--device", args.device)  # fmt: skip
+    model = f"tumorfm {args.model} (pretrained, fine-tuned)"
+    return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
+
+
+def swinunetr_arm(args, work, name, split_file, images, labels, iterations) -> dict:
+    out = work / "runs" / f"swinunetr-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    script, tumorfm_run = [sys.executable, HERE / "swinunetr.py"], work / "runs" / f"tumorfm-{name}"
+    command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
+                  "--iterations", iterations, "--patch", args.patch, "--batch", args.batch,
+                  "--feature-size", args.swin_features)  # fmt: skip
+    train = run(command, dict(os.environ), out.parent / f"swinunetr-{name}.log",
+                args.timeout * 8, f"SwinUNETR train ({name})")  # fmt: skip
+    predictions = work / "predictions" / f"swinunetr-{name}"
+    shutil.rmtree(predictions, ignore_errors=True)
+    predict = cli(script, "predict", out, "--bundle", tumorfm_run / "last", "-i", images, "-o",
+                  predictions)  # fmt: skip
+    model = f"MONAI SwinUNETR (feature size {args.swin_features})"
+    return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
+
+
+def nnunet_arm(args, work, name, split, images, labels, epochs) -> dict:
+    folder, dataset_id, _, _ = DATASETS[name]
+    nn = work / "nnunet"
+    env = nnunet_env(nn, 2)
+    raw, pre = nn / "nnUNet_raw", nn / "nnUNet_preprocessed"
+    for sub in (raw, pre, nn / "nnUNet_results"):
+        sub.mkdir(parents=True, exist_ok=True)
+    nn_name = f"Dataset{dataset_id}_" + folder.split("_", 1)[1]
+    if not (raw / nn_name / "dataset.json").is_file():
+        shutil.rmtree(raw / nn_name, ignore_errors=True)  # a half-finished conversion
+        if folder.startswith("Dataset"):
+            (raw / nn_name).unlink(missing_ok=True)
+            (raw / nn_name).symlink_to((args.data / folder).resolve())
+        else:  # MSD layout: nnU-Net converts it, and insists on an imagesTs folder
+            shadow = nn / "msd" / folder
+            shutil.rmtree(shadow, ignore_errors=True)
+            (shadow / "imagesTs").mkdir(parents=True)
+            for item in ("dataset.json", "imagesTr", "labelsTr"):
+                (shadow / item).symlink_to((args.data / folder / item).resolve())
+            command = cli(BIN / "nnUNetv2_convert_MSD_dataset", "-i", shadow, "-overwrite_id",
+                          dataset_id, "-np", 2)  # fmt: skip
+            run(command, env, nn / f"convert-{name}.log", args.timeout, "nnU-Net convert MSD")
+    if not (pre / nn_name / "nnUNetPlans.json").is_file():
+        command = cli(BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres",
+                      "-np", 2, "--no_pbar")  # fmt: skip
+        run(command, env, nn / f"preprocess-{name}.log", args.timeout * 2, "nnU-Net preprocess")
+    plans = json.loads((pre / nn_name / "nnUNetPlans.json").read_text())
+    patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
+    plans, network = bench_plans(plans, patch, args.batch, 2, parameter_count(args.model, patch))
+    (pre / nn_name / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
+    (pre / nn_name / "splits_final.json").write_text(json.dumps([split]))
+    install_trainer()
+    env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
+           "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
+    results = nn / "nnUNet_results" / nn_name / f"{TRAINER}__{PLANS}__3d_fullres" / "fold_0"
+    shutil.rmtree(results, ignore_errors=True)
+    command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", 0, "-p", PLANS, "-tr",
+                  TRAINER, "-device", args.device)  # fmt: skip
+    train = run(command, env, nn / f"train-{name}.log", args.timeout * 8, f"nnU-Net train ({name})")
+    predictions = work / "predictions" / f"nnunet-{name}"
+    shutil.rmtree(predictions, ignore_errors=True)
+    predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
+                  "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", 0, "--disable_tta",
+                  "-device", args.device, "-npp", 0, "-nps", 0, "-chk",
+                  "checkpoint_final.pth")  # fmt: skip
+    inference = run(
+        predict, env, nn / f"predict-{name}.log", args.timeout, f"nnU-Net predict ({name})"
+    )
+    return {
+        "model": "nnU-Net v2 3d_fullres (PlainConvUNet, matched size)",
+        "parameters": network["params"],
+        "train": _measured(train),
+        "predict": _measured(inference),
+        "network": network,
+        **score(predictions, labels, args, work),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--budget", type=float, default=1.0, help="scales every training budget")
+    parser.add_argument("--iterations", type=int, default=400, help="per dataset, every model")
+    parser.add_argument("--pretrain-iterations", type=int, default=800)
+    parser.add_argument("--per-epoch", type=int, default=40, help="iterations per epoch")
+    parser.add_argument("--model", default="tsfm-tiny")
+    parser.add_argument("--swin-features", type=int, default=12, help="SwinUNETR feature size")
+    parser.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("Z", "Y", "X"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["tumorfm", "nnunet", "swinunetr"],
+        choices=["tumorfm", "nnunet", "swinunetr"],
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="for a GPU: 250 iterations per epoch, "
+        "the paper's budgets; add --patch 64 160 192 for nnU-Net's own patch",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fresh", action="store_true", help="pretrain again")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds, per short command")
+    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "accuracy")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "accuracy.json")
+    args = parser.parse_args()
+    if args.full:
+        args.per_epoch, args.iterations, args.pretrain_iterations = 250, 250 * 100, 250 * 1000
+    if "nnunet" in args.models and not (BIN / "nnUNetv2_train").exists():
+        sys.exit("nnU-Net v2 is not in this environment: run `make bench-env`, use .venv-bench")
+    if not args.tumorfm.exists():
+        sys.exit(f"{args.tumorfm}: no tumorfm in the product environment; run `make test` first")
+    if "swinunetr" in args.models and "tumorfm" not in args.models:
+        sys.exit("SwinUNETR trains on the cache tumorfm's fine-tuning writes: keep tumorfm")
+    args.models = [m for m in ("tumorfm", "nnunet", "swinunetr") if m in args.models]
+    for folder, *_ in DATASETS.values():
+        if not (args.data / folder / "dataset.json").is_file():
+            sys.exit(f"{args.data / folder}: dataset missing (give --data)")
+    started, load_before = time.perf_counter(), os.getloadavg()
+    work = args.work.resolve()
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    splits = {
+        name: fixed_split(name, case_ids(args.data / folder))
+        for name, (folder, *_) in DATASETS.items()
+    }
+    pretrained = pretrain(args, work, splits) if "tumorfm" in args.models else None
+    epochs = max(1, round(args.iterations * args.budget / args.per_epoch))
+    rows = []
+    for name in args.datasets:
+        folder = args.data / DATASETS[name][0]
+        split_file = work / f"split-{name}.json"
+        split_file.write_text(json.dumps([splits[name]], indent=1))  # nnU-Net's format
+        images, labels = held_out_folders(folder, splits[name], work / "held-out" / name)
+        common = {
+            "dataset": name,
+            "cases": len(splits[name]["val"]),
+            "iterations": epochs * args.per_epoch,
+        }
+        for model in args.models:
+            if model == "tumorfm":
+                row = tumorfm_arm(args, work, name, split_file, images, labels, epochs)
+            elif model == "nnunet":
+                row = nnunet_arm(args, work, name, splits[name], images, labels, epochs)
+            else:
+                row = swinunetr_arm(
+                    args, work, name, split_file, images, labels, epochs * args.per_epoch
+                )
+            rows.append({**common, **row})
+            print(f"{name} {row['model']}: Dice {row['dice']:.3f}", flush=True)
+    result = {
+        "benchmark": "accuracy",
+        "command": " ".join([".venv-bench/bin/python benchmarks/accuracy.py", *sys.argv[1:]]),
+        "machine": machine(load_before),
+        "versions": {
+            "torch_bench_env": version("torch"),
+            "monai": version("monai"),
+            "nnunetv2": version("nnunetv2"),
+            **git_state(),
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "splits": splits,
+        "pretrain": pretrained,
+        "rows": rows,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        print(
+            f"{r['dataset']:<11}{r['model']:<55}{r['dice']:.3f}  HD95 {r['hd95']:.1f}  "
+            f"NSD {r['nsd']:.3f}  train {r['train']['seconds']:.0f} s"
+        )
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""MONAI's SwinUNETR as a peer: trained and run on exactly tumorfm's data, so only the network and
+its recipe differ (used by benchmarks/accuracy.py; runs in .venv-bench, which has MONAI).
+
+    swinunetr.py train CACHE --split SPLIT -o RUN --iterations N --patch Z Y X
+    swinunetr.py predict RUN --bundle TUMORFM_BUNDLE -i IMAGES -o PREDICTIONS
+
+Training draws the patches tumorfm's trainer draws (the same cache from `tumorfm finetune`, the
+same split, 1/3 foreground oversampling and nnU-Net's augmentation through tumorfm's loader) and
+fits MONAI's SwinUNETR with MONAI's DiceCELoss (one sigmoid channel per class, as tumorfm's head)
+and AdamW, lr 1e-3 with poly decay (MONAI's tutorials use 1e-4 for 30,000 iterations; a short
+budget needs the larger step), fp32, gradient clipping at 12. Prediction reuses tumorfm's
+Predictor (crop, normalise, resample, Gaussian sliding window, resample back into the scan's
+geometry) with the network swapped, so pre- and post-processing are identical to tumorfm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import SwinUNETR
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from tumorfm.data.loader import PatchBatches, make_loader
+from tumorfm.infer.predict import predict_iter
+from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.train.split import read_split
+from tumorfm.train.trainer import _cases, _read_pool
+
+
+def network(in_channels: int, classes: int, feature_size: int) -> SwinUNETR:
+    return SwinUNETR(
+        in_channels=in_channels, out_channels=classes, feature_size=feature_size, spatial_dims=3
+    )
+
+
+def train(args) -> None:
+    pool = _read_pool(args.cache)
+    split = read_split(args.split, args.cache, pool, 0, 0.2, args.seed)
+    cases, weights = _cases(args.cache, pool, split, "train")
+    batches = PatchBatches(
+        cases,
+        weights,
+        classes=pool["classes"],
+        class_regions=pool["class_regions"],
+        patch_size=tuple(args.patch),
+        batch_size=args.batch,
+        seed=args.seed,
+        augment=True,
+    )
+    in_channels = cases[0].image().shape[0]
+    torch.manual_seed(args.seed)
+    model = network(in_channels, len(pool["classes"]), args.feature_size)
+    loss_fn = DiceCELoss(sigmoid=True)
+    optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=1e-5)
+    loader = iter(make_loader(batches, 0, args.iterations, args.workers))
+    started, losses = time.perf_counter(), []
+    for step in tqdm(range(args.iterations), desc="train SwinUNETR", unit="it"):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * (1 - step / args.iterations) ** 0.9
+        batch = next(loader)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch["image"]), batch["target"].float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    seconds = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(args.out / "model.safetensors"))
+    info = {
+        "network": "monai.networks.nets.SwinUNETR",
+        "feature_size": args.feature_size,
+        "in_channels": in_channels,
+        "classes": pool["classes"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "patch": list(args.patch),
+        "batch": args.batch,
+        "iterations": args.iterations,
+        "lr": args.lr,
+        "loss": "DiceCELoss(sigmoid=True)",
+        "seconds": round(seconds, 1),
+        "seconds_per_iteration": round(seconds / args.iterations, 3),
+        "last_losses": losses[-10:],
+        "split": str(args.split),
+    }
+    (args.out / "settings.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps({k: info[k] for k in ("parameters", "iterations", "seconds")}))
+
+
+def predict(args) -> None:
+    info = json.loads((args.run / "settings.json").read_text())
+    predictor = Predictor(args.bundle, PredictOptions(mirror=False, precision="fp32"))
+    if predictor.bundle.classes != info["classes"] or predictor.patch_size != tuple(info["patch"]):
+        raise SystemExit(f"{args.bundle}: classes or patch differ from {args.run}")
+    model = network(info["in_channels"], len(info["classes"]), info["feature_size"])
+    model.load_state_dict(load_file(str(args.run / "model.safetensors")))
+    predictor.bundle.model = model.eval()  # tumorfm's pre- and post-processing, this network
+    for _ in predict_iter(args.input, predictor, args.out):
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("train")
+    fit.add_argument("cache", type=Path)
+    fit.add_argument("--split", type=Path, required=True)
+    fit.add_argument("-o", "--out", type=Path, required=True)
+    fit.add_argument("--iterations", type=int, default=400)
+    fit.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
+    fit.add_argument("--batch", type=int, default=2)
+    fit.add_argument("--feature-size", type=int, default=12, help="a multiple of 12")
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--workers", type=int, default=2)
+    fit.add_argument("--seed", type=int, default=0)
+    run = commands.add_parser("predict")
+    run.add_argument("run", type=Path)
+    run.add_argument("--bundle", type=Path, required=True, help="tumorfm bundle: plan, classes")
+    run.add_argument("-i", "--input", type=Path, required=True)
+    run.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args()
+    train(args) if args.command == "train" else predict(args)
+
+
+if __name__ == "__main__":
+    main()
