@@ -187,6 +187,8 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations) -> d
     out = work / "runs" / f"swinunetr-{name}"
     shutil.rmtree(out, ignore_errors=True)
     script, tumorfm_run = [sys.executable, HERE / "swinunetr.py"], work / "runs" / f"tumorfm-{name}"
+    if not (tumorfm_run / "last").is_dir():
+        sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
     command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
                   "--iterations", iterations, "--patch", args.patch, "--batch", args.batch,
                   "--feature-size", args.swin_features)  # fmt: skip
@@ -295,8 +297,6 @@ def main() -> None:
         sys.exit("nnU-Net v2 is not in this environment: run `make bench-env`, use .venv-bench")
     if not args.tumorfm.exists():
         sys.exit(f"{args.tumorfm}: no tumorfm in the product environment; run `make test` first")
-    if "swinunetr" in args.models and "tumorfm" not in args.models:
-        sys.exit("SwinUNETR trains on the cache tumorfm's fine-tuning writes: keep tumorfm")
     args.models = [m for m in ("tumorfm", "nnunet", "swinunetr") if m in args.models]
     for folder, *_ in DATASETS.values():
         if not (args.data / folder / "dataset.json").is_file():
@@ -311,6 +311,29 @@ def main() -> None:
     pretrained = pretrain(args, work, splits) if "tumorfm" in args.models else None
     epochs = max(1, round(args.iterations * args.budget / args.per_epoch))
     rows = []
+
+    def write(complete: bool) -> None:
+        """After every model, so a failure later keeps what was measured ("complete": false)."""
+        result = {
+            "benchmark": "accuracy",
+            "command": " ".join([".venv-bench/bin/python benchmarks/accuracy.py", *sys.argv[1:]]),
+            "complete": complete,
+            "machine": machine(load_before),
+            "versions": {
+                "torch_bench_env": version("torch"),
+                "monai": version("monai"),
+                "nnunetv2": version("nnunetv2"),
+                **git_state(),
+            },
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "splits": splits,
+            "pretrain": pretrained,
+            "rows": rows,
+            "total_seconds": round(time.perf_counter() - started, 1),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
     for name in args.datasets:
         folder = args.data / DATASETS[name][0]
         split_file = work / f"split-{name}.json"
@@ -331,25 +354,9 @@ def main() -> None:
                     args, work, name, split_file, images, labels, epochs * args.per_epoch
                 )
             rows.append({**common, **row})
+            write(complete=False)
             print(f"{name} {row['model']}: Dice {row['dice']:.3f}", flush=True)
-    result = {
-        "benchmark": "accuracy",
-        "command": " ".join([".venv-bench/bin/python benchmarks/accuracy.py", *sys.argv[1:]]),
-        "machine": machine(load_before),
-        "versions": {
-            "torch_bench_env": version("torch"),
-            "monai": version("monai"),
-            "nnunetv2": version("nnunetv2"),
-            **git_state(),
-        },
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "splits": splits,
-        "pretrain": pretrained,
-        "rows": rows,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write(complete=True)
     for r in rows:
         print(
             f"{r['dataset']:<11}{r['model']:<55}{r['dice']:.3f}  HD95 {r['hd95']:.1f}  "

@@ -100,6 +100,7 @@ def predict(args) -> None:
         raise SystemExit(f"{args.bundle}: classes or patch differ from {args.run}")
     model = network(info["in_channels"], len(info["classes"]), info["feature_size"])
     model.load_state_dict(load_file(str(args.run / "model.safetensors")))
+    model.config = predictor.bundle.model.config  # channels and patch, which the Predictor reads
     predictor.bundle.model = model.eval()  # tumorfm's pre- and post-processing, this network
     for _ in predict_iter(args.input, predictor, args.out):
         pass

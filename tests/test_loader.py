@@ -234,13 +234,21 @@ def test_elastic_and_nearest_labels_run(pool):
     assert set(batch["target"].unique().tolist()) <= {0, 1}
 
 
-def test_patch_larger_than_every_case_is_one_line_error(pool):
+def test_patch_far_larger_than_every_case_is_one_line_error(pool):
     with pytest.raises(
         TumorFMError,
-        match=r"^patch 64x64x64 is larger than every case "
-        r"\(largest case 32x40x40\)$",
+        match=r"^patch 72x64x64 is more than twice every case along an axis "
+        r"\(largest case 32x40x40\); choose a smaller --patch$",
     ):
-        batches(pool, patch_size=(64, 64, 64))
+        batches(pool, patch_size=(72, 64, 64))
+
+
+def test_patch_somewhat_larger_than_every_case_is_padded_with_a_note(pool, capsys):
+    batch = batches(pool, patch_size=(48, 40, 40))[0]  # as nnU-Net pads thin scans
+    assert batch["image"].shape[2:] == (48, 40, 40)
+    assert "patch 48x40x40 is larger than every case (largest case 32x40x40)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_channel_counts_must_agree(pool):

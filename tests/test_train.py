@@ -197,7 +197,7 @@ def test_bad_input_is_one_line(cache, tmp_path):
             "--profile",
             "cpu",
         ),
-        "larger than every case",
+        "more than twice every case",
     )
     assert_one_line_error(run_cli("pretrain", "--resume", tmp_path), "not a resumable")
     assert_one_line_error(

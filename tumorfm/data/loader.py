@@ -16,6 +16,7 @@ from it. Cases smaller than the crop are padded with 0 (image and label).
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -171,12 +172,18 @@ def check_cases(cases: list[CachedCase], patch_size: tuple[int, ...]) -> None:
             f"({b} channel{'s' * (b != 1)}) differ in channel count; one model needs one"
         )
     shapes = [tuple(case.properties["label_shape"]) for case in cases]
-    if not any(all(s >= p for s, p in zip(shape, patch_size)) for shape in shapes):
-        largest = max(shapes, key=math.prod)
+    if any(all(s >= p for s, p in zip(shape, patch_size)) for shape in shapes):
+        return
+    largest = "x".join(map(str, max(shapes, key=math.prod)))
+    patch = "x".join(map(str, patch_size))
+    if not any(all(2 * s >= p for s, p in zip(shape, patch_size)) for shape in shapes):
         raise TumorFMError(
-            f"patch {'x'.join(map(str, patch_size))} is larger than every case "
-            f"(largest case {'x'.join(map(str, largest))})"
+            f"patch {patch} is more than twice every case along an axis (largest case "
+            f"{largest}); choose a smaller --patch"
         )
+    # as nnU-Net does: thin scans (e.g. 20 MR slices under a 32-slice patch) are padded
+    print(f"tumorfm: note: patch {patch} is larger than every case (largest case {largest}); "
+          f"patches are padded", file=sys.stderr)  # fmt: skip
 
 
 @contextmanager
