@@ -227,6 +227,8 @@ def accuracy_table(results: Path) -> list[str]:
             f"{_num(row['hd95'], 1)} | {_num(row['nsd'])} | {_s(train['seconds'])} | "
             f"{_mb(train['peak_mb'])} | {_s(predict['seconds'])} | {_mb(predict['peak_mb'])} |"
         )
+    if not r.get("complete", True):
+        lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
     if pre:
         lines += [
             "",
