@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from train import PLANS, TRAINER, bench_plans, git_state, install_trainer, machine, nnunet_env, run
-from transfer import PHANTOMS, SINGLES, parameter_count, single_case_dataset
+from transfer import PARENTS, parameter_count, support_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -110,22 +110,14 @@ def pretrain(args, work: Path, splits: dict) -> dict:
         print(f"pretraining: reusing {out}")
         return json.loads((work / "pretrain.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
-    phantoms = work / "phantoms"
-    if not (phantoms / PHANTOMS["phantom_multi_organ"][0] / "dataset.json").is_file():
-        command = [str(args.tumorfm), "phantom", "-o", str(phantoms), "--cases", "8"]
-        run(command, dict(os.environ), work / "phantom.log", args.timeout, "phantoms")
     datasets = [
         {"name": name, "path": str((args.data / folder).resolve()), "labels": {1: label}}
         for name, (folder, _, label, _) in DATASETS.items()
     ]
-    datasets += [single_case_dataset(c, args.data / "cases", work / "singles") for c in SINGLES]
-    datasets += [
-        {"name": name, "path": str(phantoms / folder), "labels": labels}
-        for name, (folder, labels) in PHANTOMS.items()
-    ]
+    datasets += support_datasets(args.tumorfm, args.data, work, 8, args.timeout)
     pool = {
         "name": "accuracy-pretrain",
-        "parents": {"liver_tumour": "liver", "pancreas_tumour": "pancreas"},
+        "parents": PARENTS,
         "datasets": datasets,
     }
     (work / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))

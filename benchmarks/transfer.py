@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
+PARENTS = {"liver_tumour": "liver", "pancreas_tumour": "pancreas"}  # the phantoms' tumours
 SINGLES = {  # case -> (dataset folder, modality, class name of label 1)
     "lung1": ("Dataset811_Lung1", "CT", "lung_tumour"),
     "brain1": ("Dataset812_Brain1", "MR", "brain_tumour"),
@@ -106,13 +107,22 @@ def single_case_dataset(case: str, cases: Path, out: Path) -> dict:
     return {"name": case, "path": str(root), "labels": {1: label}}
 
 
-def pretrain_pool(args, work: Path) -> Path:
-    """The pool without the sarcoma set: brain MR, the single real cases, the phantom sites."""
+def support_datasets(tumorfm: Path, data: Path, work: Path, phantom_cases: int, timeout: float):
+    """Pool entries every pretraining here shares: the single real cases and the phantom sites
+    (written into `work` on first use)."""
     phantoms = work / "phantoms"
     if not (phantoms / PHANTOMS["phantom_multi_organ"][0] / "dataset.json").is_file():
-        command = [str(args.tumorfm), "phantom", "-o", str(phantoms)]
-        run(command + ["--cases", str(args.phantom_cases)], dict(os.environ),
-            work / "phantom.log", args.timeout, "phantoms")  # fmt: skip
+        command = [str(tumorfm), "phantom", "-o", str(phantoms), "--cases", str(phantom_cases)]
+        run(command, dict(os.environ), work / "phantom.log", timeout, "phantoms")
+    datasets = [single_case_dataset(c, data / "cases", work / "singles") for c in SINGLES]
+    return datasets + [
+        {"name": name, "path": str(phantoms / folder), "labels": labels}
+        for name, (folder, labels) in PHANTOMS.items()
+    ]
+
+
+def pretrain_pool(args, work: Path) -> Path:
+    """The pool without the sarcoma set: brain MR, the single real cases, the phantom sites."""
     datasets = [
         {
             "name": "brain_mr",
@@ -120,15 +130,11 @@ def pretrain_pool(args, work: Path) -> Path:
             "labels": {1: "brain_tumour"},
         }
     ]
-    datasets += [single_case_dataset(c, args.data / "cases", work / "singles") for c in SINGLES]
-    datasets += [
-        {"name": name, "path": str(phantoms / folder), "labels": labels}
-        for name, (folder, labels) in PHANTOMS.items()
-    ]
+    datasets += support_datasets(args.tumorfm, args.data, work, args.phantom_cases, args.timeout)
     pool = {
         "name": "transfer-pretrain",
         "description": "every real and synthetic set here except the sarcoma CT set",
-        "parents": {"liver_tumour": "liver", "pancreas_tumour": "pancreas"},
+        "parents": PARENTS,
         "datasets": datasets,
     }
     path = work / "pretrain-pool.yaml"

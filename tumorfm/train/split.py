@@ -23,19 +23,26 @@ def split_cases(
 ) -> dict:
     """Per dataset, a fixed random hold-out for validation (at least one case when n >= 2), or
     with `folds` > 1 the `fold`-th of that many disjoint hold-outs covering every case."""
+    return _random_split(_case_ids(cache, pool), val_fraction, seed, folds, fold)
+
+
+def _random_split(
+    ids: dict[str, list[str]], val_fraction: float, seed: int, folds: int = 0, fold: int = 0
+) -> dict:
     if folds > 1 and not 0 <= fold < folds:
         raise TumorFMError(f"fold {fold}: choose 0 to {folds - 1} for {folds} folds")
     split = {}
-    for name, ids in _case_ids(cache, pool).items():
-        if folds > len(ids):
-            raise TumorFMError(f"{name}: {len(ids)} case(s), fewer than {folds} folds")
-        order = np.random.default_rng([seed, len(ids)]).permutation(ids).tolist()
+    for name, cases in ids.items():
+        if folds > len(cases):
+            raise TumorFMError(f"{name}: {len(cases)} case(s), fewer than {folds} folds")
+        order = np.random.default_rng([seed, len(cases)]).permutation(cases).tolist()
         if folds > 1:
             val = order[fold::folds]
         else:
-            held = min(len(ids) - 1, max(1, round(val_fraction * len(ids)))) if len(ids) > 1 else 0
+            n = len(cases)
+            held = min(n - 1, max(1, round(val_fraction * n))) if n > 1 else 0
             val = order[:held]
-        split[name] = {"val": sorted(val), "train": sorted(set(ids) - set(val))}
+        split[name] = {"val": sorted(val), "train": sorted(set(cases) - set(val))}
     return split
 
 
@@ -95,7 +102,7 @@ def read_split(
     unknown = sorted(listed - everywhere)
     if unknown:
         raise TumorFMError(f"{path}: case '{unknown[0]}' is not in the cache {cache}")
-    automatic = split_cases(cache, pool, val_fraction, seed)
+    automatic = _random_split(ids, val_fraction, seed)  # for datasets the file leaves out
     split = {}
     for name, cases in ids.items():
         part = parts.get(name) or parts.get(None)
