@@ -12,7 +12,7 @@ only time and memory.
 
   nnU-Net  `nnUNetv2_predict -i IN -o OUT -d 990 -p nnUNetPlans_bench -c 3d_fullres -f 0
            -device cpu -npp 0 -nps 0` (+ `--disable_tta` without mirroring): fp32 (nnU-Net has no
-           autocast on the CPU), one window per forward. The network is benchmarks/train.py's
+           autocast on the CPU), one window per forward. The network is benchmarks/nnunet_peer.py's
            PlainConvUNet re-planned for the patch, features capped for tsfm-small's parameter
            count, written with nnU-Net's own build_network_architecture into a fake
            nnUNet_results/.../fold_0/checkpoint_final.pth. `-npp 0 -nps 0` is nnU-Net's
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -55,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import train
-from train import PLANS, WAITED, bench_plans, git_state, machine, run, wait_until_idle
+from measure import WAITED, git_state, machine, run, wait_until_idle
+from nnunet_peer import PLANS, bench_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -65,8 +64,6 @@ DATASET_ID, DATASET = 990, "Dataset990_PredictBench"
 TSFM = "tsfm-small"
 SYNTHETIC_SPACING_XYZ = (0.78, 0.78, 2.5)
 TIME_TARGET, MEMORY_TARGET = 0.25, 0.5
-# train.run's memory poll, reading PSS every 2 s instead of 5 (runs here are shorter)
-train.MemoryPoll = functools.partial(train.MemoryPoll, pss_interval=2.0)
 
 
 def prepare_inputs(work: Path, quick: bool) -> dict:
@@ -140,7 +137,9 @@ def forward_gmacs(model, patch) -> float:
 
 def nnunet_model(args, work: Path, target_params: int) -> tuple[dict, dict]:
     """nnU-Net's plans for the two scans, spacing and patch overridden, the network re-planned and
-    capped (train.bench_plans), random weights in a fake results folder; (plans, network info)."""
+    capped (nnunet_peer.bench_plans), random weights in a fake results folder.
+
+    Returns (plans, network info)."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -264,7 +263,8 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
     for attempt in range(args.retries + 1):
         shutil.rmtree(out, ignore_errors=True)
         idle = wait_until_idle(args.wait_idle)
-        r = run(command, env, work / f"{name}.log", args.timeout, name)
+        # PSS every 2 s instead of 5: these runs are shorter than training
+        r = run(command, env, work / f"{name}.log", args.timeout, name, pss_interval=2.0)
         share = r["other_processes_cpu_share"]
         if share <= args.max_disturbance or attempt == args.retries:
             break
