@@ -12,7 +12,7 @@ every model's label maps against the truth (Dice, HD95, NSD at 2 mm).
              `tumorfm finetune` per dataset (`--split`), `tumorfm predict --no-mirror`.
   nnU-Net v2 `nnUNetv2_plan_and_preprocess`, `nnUNetv2_train` with nnU-Net's own recipe on the
              same split (splits_final.json), patch and batch, a PlainConvUNet of tumorfm's
-             parameter count (benchmarks/train.py), `nnUNetv2_predict --disable_tta`.
+             parameter count (benchmarks/nnunet_peer.py), `nnUNetv2_predict --disable_tta`.
   SwinUNETR  MONAI's network on tumorfm's patches and pre/post-processing (benchmarks/swinunetr.py).
 
 tumorfm's pretraining is extra compute the others do not get: the paper's point is that it is
@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from train import PLANS, TRAINER, bench_plans, git_state, install_trainer, machine, nnunet_env, run
+from measure import git_state, machine, run
+from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
 from transfer import PARENTS, parameter_count, support_datasets
 
 ROOT = Path(__file__).resolve().parents[1]

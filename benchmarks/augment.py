@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import venv
 from pathlib import Path
 
 import numpy as np
+from measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tumorfm itself, also from the overlay environment
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--product-python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/augment.json")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     in_overlay(args.product_python)
     import batchgeneratorsv2  # noqa: F401
     import monai
@@ -257,7 +258,7 @@ def main() -> None:
     installs = {name: install_check(args.product_python, name) for name in LIBRARIES}
     results = {
         "tumorfm_bench": "augment",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1},
+        "machine": {**machine(load_before), "threads": 1},
         "versions": {
             "torch": torch.__version__,
             "monai": monai.__version__,

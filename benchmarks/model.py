@@ -22,7 +22,6 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import machine
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -206,13 +206,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "model",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
-        },
+        "machine": machine(load_before),
         "versions": {
             name: version(name)
             for name in ("torch", "tumorfm", "dynamic_network_architectures", "nnunetv2")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from measure import machine
 
 from tumorfm.data.phantom import DEFAULT_SITES, make_case
 
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(repeats: int = 10, shape: tuple[int, int, int] = (96, 96, 96)) -> None:
+    load_before = os.getloadavg()
     seconds = {}
     for site in DEFAULT_SITES:
         runs = []
@@ -34,7 +36,7 @@ def main(repeats: int = 10, shape: tuple[int, int, int] = (96, 96, 96)) -> None:
         "benchmark": "phantom",
         "shape": shape,
         "repeats": repeats,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(load_before),
         "seconds": seconds,
         "target_seconds_per_case": 1.0,
         "worst_seconds": max(max(v) for v in seconds.values()),

@@ -12,7 +12,7 @@ only time and memory.
 
   nnU-Net  `nnUNetv2_predict -i IN -o OUT -d 990 -p nnUNetPlans_bench -c 3d_fullres -f 0
            -device cpu -npp 0 -nps 0` (+ `--disable_tta` without mirroring): fp32 (nnU-Net has no
-           autocast on the CPU), one window per forward. The network is benchmarks/train.py's
+           autocast on the CPU), one window per forward. The network is benchmarks/nnunet_peer.py's
            PlainConvUNet re-planned for the patch, features capped for tsfm-small's parameter
            count, written with nnU-Net's own build_network_architecture into a fake
            nnUNet_results/.../fold_0/checkpoint_final.pth. `-npp 0 -nps 0` is nnU-Net's
@@ -21,7 +21,8 @@ only time and memory.
            cost start-up and memory for one scan on 2 cores; one extra row measures it).
   tumorfm  `python -m tumorfm predict -i IN -o OUT -m BUNDLE` (+ `--no-mirror`, overlap kept at
            0.5) with tsfm-small in a bundle written by save_bundle, at its default precision
-           (auto: bf16 on a CPU with AVX-512 bf16) and with `--precision fp32`.
+           (auto: bf16 on a CPU with AVX-512 bf16) and with `--precision fp32`; also at the
+           default precision with each `--windows-trial` number of windows per network call.
 
 Both run in this environment (same torch), with OMP_NUM_THREADS and nnUNet_def_n_proc set to
 `--threads` (nnU-Net's CPU path sets torch's threads to the CPU count anyway). Each command is
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -55,8 +55,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import train
-from train import PLANS, WAITED, bench_plans, git_state, machine, run, wait_until_idle
+from measure import WAITED, git_state, machine, run, wait_until_idle
+from nnunet_peer import PLANS, bench_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -65,8 +65,6 @@ DATASET_ID, DATASET = 990, "Dataset990_PredictBench"
 TSFM = "tsfm-small"
 SYNTHETIC_SPACING_XYZ = (0.78, 0.78, 2.5)
 TIME_TARGET, MEMORY_TARGET = 0.25, 0.5
-# train.run's memory poll, reading PSS every 2 s instead of 5 (runs here are shorter)
-train.MemoryPoll = functools.partial(train.MemoryPoll, pss_interval=2.0)
 
 
 def prepare_inputs(work: Path, quick: bool) -> dict:
@@ -140,7 +138,9 @@ def forward_gmacs(model, patch) -> float:
 
 def nnunet_model(args, work: Path, target_params: int) -> tuple[dict, dict]:
     """nnU-Net's plans for the two scans, spacing and patch overridden, the network re-planned and
-    capped (train.bench_plans), random weights in a fake results folder; (plans, network info)."""
+    capped (nnunet_peer.bench_plans), random weights in a fake results folder.
+
+    Returns (plans, network info)."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -259,12 +259,15 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
         command += ["-o", str(out), "-m", str(bundle)]
         command += [] if mirror else ["--no-mirror"]
         command += ["--precision", "fp32"] if tool == "tumorfm_fp32" else []
+        if tool.startswith("tumorfm_windows"):  # another number of windows per network call
+            command += ["--windows", tool.removeprefix("tumorfm_windows")]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     discarded = []
     for attempt in range(args.retries + 1):
         shutil.rmtree(out, ignore_errors=True)
         idle = wait_until_idle(args.wait_idle)
-        r = run(command, env, work / f"{name}.log", args.timeout, name)
+        # PSS every 2 s instead of 5: these runs are shorter than training
+        r = run(command, env, work / f"{name}.log", args.timeout, name, pss_interval=2.0)
         share = r["other_processes_cpu_share"]
         if share <= args.max_disturbance or attempt == args.retries:
             break
@@ -279,6 +282,7 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
     if tool.startswith("tumorfm"):
         report = json.loads((out / "predict.json").read_text())
         r["precision"] = report["settings"]["precision"]
+        r["windows_per_call"] = report["settings"]["windows_per_batch"]
         r["tumorfm_stage_seconds"] = report["cases"]["case"]["seconds"]
     else:
         r["precision"] = "fp32"
@@ -306,9 +310,9 @@ def print_table(result: dict) -> None:
     names = {"nnunet": "nnU-Net (fp32)", "nnunet_default_workers": "nnU-Net (-npp/-nps 3)"}
     for r in result["rows"]:
         q = r.get("ratio_vs_nnunet") or {"time": "", "memory": ""}
+        tool = names.get(r["tool"]) or f"tumorfm ({r['precision']}, {r['windows_per_call']} w)"
         print(
-            f"{r['input']:<11}{'on' if r['mirror'] else 'off':<8}"
-            f"{names.get(r['tool'], 'tumorfm (' + r['precision'] + ')'):<24}"
+            f"{r['input']:<11}{'on' if r['mirror'] else 'off':<8}{tool:<24}"
             f"{r['wall_seconds']:>8.1f}{r['peak_mb']:>9.0f}{q['time']:>8}{q['memory']:>7}"
             f"{r['other_processes_cpu_share']:>12.0%}  {'ok' if r['geometry']['ok'] else 'DIFFERS'}"
             f"{'  DISTURBED' if r['disturbed'] else ''}"
@@ -330,6 +334,7 @@ def main() -> None:
     add("--spacing", type=float, nargs=3, default=[4.0, 2.0, 2.0], help="target, mm (z y x)")
     add("--patch", type=int, nargs=3, default=[48, 128, 128], help="z y x")
     add("--threads", type=int, default=os.cpu_count())
+    add("--windows-trial", type=int, nargs="*", default=[1], help="windows per call, also timed")
     add("--quick", action="store_true", help="smoke test: crops, no mirroring")
     add("--timeout", type=float, default=3600, help="seconds, per command")
     add("--wait-idle", type=float, default=600, help="max seconds to wait for idle CPUs per run")
@@ -354,7 +359,10 @@ def main() -> None:
     inputs = prepare_inputs(work, args.quick)
     import torch
 
+    from tumorfm.infer.predictor import PredictOptions
     from tumorfm.model import create_model
+
+    default_windows = PredictOptions().windows_per_batch
 
     with torch.device("meta"):
         target = sum(p.numel() for p in create_model(TSFM, 1, 1, tuple(args.patch)).parameters())
@@ -364,6 +372,7 @@ def main() -> None:
     for scan, info in inputs.items():
         for mirror in (False,) if args.quick else (False, True):
             tools = ["nnunet", "tumorfm", "tumorfm_fp32"]
+            tools += [f"tumorfm_windows{n}" for n in args.windows_trial if n != default_windows]
             if scan == "lung1" and not mirror and not args.quick:
                 tools.append("nnunet_default_workers")
             for tool in tools:
@@ -391,7 +400,8 @@ def main() -> None:
             "target_spacing_zyx_mm": args.spacing,
             "patch_zyx": args.patch,
             "overlap": 0.5,
-            "tumorfm_windows_per_forward": 4,
+            "tumorfm_windows_per_call": default_windows,
+            "tumorfm_windows_trial": args.windows_trial,
             "threads": args.threads,
             "nnunet_workers": "-npp 0 -nps 0 (sequential, one process); the extra row "
             "nnunet_default_workers uses nnU-Net's default -npp 3 -nps 3",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "Dataset101_SarcomaCT"
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "preprocess")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     if not (BIN / "nnUNetv2_plan_and_preprocess").exists():
         sys.exit(
             "nnU-Net v2 is not in this environment: run `make bench-env` and use "
@@ -164,11 +165,7 @@ def main() -> None:
         "benchmark": "preprocess",
         "data": str(args.data),
         "cases": 36,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(load_before),
         "versions": {"tumorfm": version("tumorfm"), "nnunetv2": version("nnunetv2")},
         "settings": {
             "workers": args.workers,

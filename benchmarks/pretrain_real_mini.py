@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--val-every", type=int, default=2)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     if not (ROOT / "phantoms" / "Dataset901_PhantomLiver").is_dir():
         run([str(BIN / "tumorfm"), "phantom", "-o", str(ROOT / "phantoms")])
     cache, out = args.work / "cache", args.work / "run"
@@ -92,7 +94,7 @@ def main() -> None:
     result = {
         "benchmark": "pretrain_real_mini",
         "minutes": round(minutes, 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(load_before),
         "settings": {**vars(args), "work": str(args.work), "profile": "cpu"},
         "iterations_per_second": [r["iterations_per_second"] for r in log],
         "curve": curve,

@@ -139,12 +139,14 @@ def predict_rows(r: dict) -> list[dict]:
     rows, targets = [], r["targets_tumorfm_vs_nnunet"]
     by = {(x["input"], x["mirror"], x["tool"]): x for x in r["rows"]}
     for (source, mirror, tool), t in by.items():
-        if tool not in ("tumorfm", "tumorfm_fp32"):
+        if not tool.startswith("tumorfm"):
             continue
         n = by[(source, mirror, "nnunet")]
         size = "x".join(map(str, r["inputs"][source]["size_xyz"]))
         what = f"predict {source} ({size}), {'8-flip mirroring' if mirror else 'no mirroring'}, "
         what += f"tumorfm {t['precision']}"
+        if "windows_per_call" in t:  # older files: 4 windows per network call throughout
+            what += f", {t['windows_per_call']} window{'s' * (t['windows_per_call'] > 1)} per call"
         command = f"{BENCH}/predict.py" if not rows else "same"
         rows.append(
             _row(
@@ -157,7 +159,7 @@ def predict_rows(r: dict) -> list[dict]:
                 command,
             )
         )
-        if tool == "tumorfm":
+        if tool != "tumorfm_fp32":
             rows.append(
                 _row(
                     "peak memory of that prediction",

@@ -26,11 +26,11 @@ from monai.networks.nets import SwinUNETR
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
 from tumorfm.train.split import read_split
-from tumorfm.train.trainer import _cases, _read_pool
 
 
 def network(in_channels: int, classes: int, feature_size: int) -> SwinUNETR:
@@ -40,9 +40,9 @@ def network(in_channels: int, classes: int, feature_size: int) -> SwinUNETR:
 
 
 def train(args) -> None:
-    pool = _read_pool(args.cache)
+    pool = read_pool(args.cache)
     split = read_split(args.split, args.cache, pool, 0, 0.2, args.seed)
-    cases, weights = _cases(args.cache, pool, split, "train")
+    cases, weights = split_part(args.cache, pool, split, "train")
     batches = PatchBatches(
         cases,
         weights,

@@ -40,308 +40,40 @@ product environment .venv):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
-import platform
 import re
-import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+from measure import WAITED, git_state, machine, run, wait_until_idle
+from nnunet_peer import (
+    PLANS,
+    TRAINER,
+    bench_plans,
+    count_params,
+    gmacs,
+    install_trainer,
+    nnunet_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "Dataset101_SarcomaCT"
 BIN = Path(sys.executable).parent
 DATASET = "Dataset101_SarcomaCT"
-PLANS = "nnUNetPlans_bench"
-TRAINER = "nnUNetTrainerTrainBench"
 TSFM = "tsfm-small"
 TUMORFM_VAL_BATCHES = 20  # PretrainConfig.val_batches of the paper profile (no CLI option)
 TARGET_RATIO = 2.5
 
-TRAINER_SOURCE = '''\
-"""Written by tumorfm's benchmarks/train.py: nnUNetTrainer with a short, timed run.
-
-Epochs, iterations per epoch and validation iterations come from the environment
-(TRAIN_BENCH_EPOCHS, TRAIN_BENCH_ITERATIONS, TRAIN_BENCH_VAL_ITERATIONS). Each epoch appends a JSON
-line to OUTPUT_FOLDER/bench_epochs.jsonl: seconds of the training loop (next(batch) + train_step,
-as nnUNetTrainer.run_training runs them), seconds waited for batches, and nnU-Net's own pseudo
-Dice. The full-case validation after training is skipped.
-"""
-
-import json
-import math
-import os
-import time
-
-import torch
-
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class _TimedLoader:
-    """Wraps the training data loader: time spent in next(), and when each call started."""
-
-    def __init__(self, loader):
-        self.loader, self.waited, self.starts = loader, 0.0, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        started = time.perf_counter()
-        self.starts.append(started)
-        batch = next(self.loader)
-        self.waited += time.perf_counter() - started
-        return batch
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
-
-class nnUNetTrainerTrainBench(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("TRAIN_BENCH_EPOCHS", 2))
-        self.num_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_ITERATIONS", 20))
-        self.num_val_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_VAL_ITERATIONS", 20))
-
-    def on_train_start(self):
-        super().on_train_start()
-        self.dataloader_train = _TimedLoader(self.dataloader_train)
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self.dataloader_train.waited, self.dataloader_train.starts = 0.0, []
-        self._bench_started = time.perf_counter()
-
-    def on_train_epoch_end(self, train_outputs):
-        ended = time.perf_counter()
-        self._bench_seconds = ended - self._bench_started
-        starts = self.dataloader_train.starts + [ended]
-        self._bench_iteration_seconds = [b - a for a, b in zip(starts, starts[1:])]
-        self._bench_waited = self.dataloader_train.waited
-        super().on_train_epoch_end(train_outputs)
-
-    def on_epoch_end(self):
-        get = self.logger.get_value
-        row = {
-            "epoch": self.current_epoch,
-            "iterations": self.num_iterations_per_epoch,
-            "seconds": self._bench_seconds,
-            "iterations_per_second": self.num_iterations_per_epoch / self._bench_seconds,
-            "data_wait_share": self._bench_waited / self._bench_seconds,
-            "iteration_seconds": self._bench_iteration_seconds,
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
-            "train_loss": float(get("train_losses", step=-1)),
-            "val_loss": float(get("val_losses", step=-1)),
-            "pseudo_dice": [float(d) for d in get("dice_per_class_or_region", step=-1)],
-            "mean_fg_dice": float(get("mean_fg_dice", step=-1)),
-            "ema_fg_dice": float(get("ema_fg_dice", step=-1)),
-        }
-        with open(os.path.join(self.output_folder, "bench_epochs.jsonl"), "a") as stream:
-            stream.write(json.dumps(row) + "\\n")
-        self.print_to_log_file(
-            f"bench: training loop {row['seconds']:.2f} s, "
-            f"{row['iterations_per_second']:.4f} it/s, data wait {row['data_wait_share']:.1%}"
-        )
-        super().on_epoch_end()
-
-    def on_train_end(self):
-        if isinstance(self.dataloader_train, _TimedLoader):
-            self.dataloader_train = self.dataloader_train.loader
-        super().on_train_end()
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("bench: full-case validation skipped")
-'''
-
 
 # ---------------------------------------------------------------------------------------------
-# processes: run with a timeout, poll the memory of the whole process tree
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(parent, []).append(int(entry))
-    return tree
-
-
-def _kb(path: str, field: str) -> int:
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return 0
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) if match else 0
-
-
-class MemoryPoll(threading.Thread):
-    """Peak memory of a process and all its descendants: RSS summed over them every `interval` s
-    (the tree re-read every second), the process's own peak RSS (VmHWM, exact), and PSS summed over
-    them every `pss_interval` s (smaps_rollup walks the page tables: ~40 ms per GB-sized process,
-    too dear to read more often on 2 cores)."""
-
-    def __init__(self, pid: int, interval: float = 0.2, pss_interval: float = 5.0):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.pss_interval = pid, interval, pss_interval
-        self.done = threading.Event()
-        self.peak_rss = self.peak_pss = self.peak_main_hwm = self.peak_processes = 0
-        self.cpu_seconds = 0.0
-
-    def _tree(self) -> list[int]:
-        tree, pids, i = _children(), [self.pid], 0
-        while i < len(pids):
-            pids += tree.get(pids[i], [])
-            i += 1
-        return pids
-
-    def run(self) -> None:
-        pids, tree_read, pss_read = [self.pid], -math.inf, -math.inf
-        while not self.done.is_set():
-            now = time.monotonic()
-            if now - tree_read >= 1.0:
-                pids, tree_read = self._tree(), now
-                self.peak_processes = max(self.peak_processes, len(pids))
-            rss = sum(_kb(f"/proc/{p}/status", "VmRSS") for p in pids)
-            self.peak_rss = max(self.peak_rss, rss)
-            hwm = _kb(f"/proc/{self.pid}/status", "VmHWM")
-            self.peak_main_hwm = max(self.peak_main_hwm, hwm)
-            if now - pss_read >= self.pss_interval:
-                pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
-                self.peak_pss, pss_read = max(self.peak_pss, pss), now
-            self.done.wait(self.interval)
-        self.cpu_seconds = time.thread_time()
-
-    def result(self) -> dict:
-        return {
-            "peak_tree_rss_mb": round(self.peak_rss / 1024, 1),
-            "peak_tree_pss_mb": round(self.peak_pss / 1024, 1),
-            "peak_main_process_rss_mb": round(self.peak_main_hwm / 1024, 1),
-            "processes_in_tree": self.peak_processes,
-            "memory_poll_cpu_seconds": round(self.cpu_seconds, 1),
-        }
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def busy_share(seconds: float = 3.0) -> float:
-    (busy0, total0), _ = _cpu_jiffies(), time.sleep(seconds)
-    busy1, total1 = _cpu_jiffies()
-    return (busy1 - busy0) / max(total1 - total0, 1)
-
-
-WAITED = [0.0]  # seconds spent in wait_until_idle
-
-
-def wait_until_idle(limit: float, threshold: float = 0.1) -> float | None:
-    """Wait (at most `limit` s) until the CPUs are less than `threshold` busy; the last share."""
-    if limit <= 0:
-        return None
-    started = time.monotonic()
-    deadline, told = started + limit, False
-    while True:
-        share = busy_share()
-        if share < threshold or time.monotonic() > deadline:
-            if share >= threshold:
-                print(f"warning: CPUs still {share:.0%} busy with other work; measuring anyway")
-            WAITED[0] += time.monotonic() - started
-            return share
-        if not told:
-            print(f"waiting for other work to finish (CPUs {share:.0%} busy) ...", flush=True)
-            told = True
-        time.sleep(10)
-
-
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and of every descendant it has reaped."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def run(command: list[str], env: dict, log: Path, timeout: float, what: str) -> dict:
-    """Run `command` (output to `log`), polling its memory; exit with the log's tail on error.
-
-    Also measures the CPU time other processes on the machine took meanwhile (all CPUs' busy time
-    minus ours), as a share of the CPUs: a shared machine shows up there."""
-    print(f"{what}: {' '.join(command)}", flush=True)
-    load_before = os.getloadavg()
-    busy_before, ours_before = _cpu_jiffies()[0], _own_cpu_seconds()
-    started = time.perf_counter()
-    with open(log, "w") as stream:
-        process = subprocess.Popen(
-            command, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        poll = MemoryPoll(process.pid)
-        poll.start()
-        try:
-            code = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: only what we started
-            process.wait()
-            code = None
-        finally:
-            poll.done.set()
-            poll.join()
-    seconds = time.perf_counter() - started
-    busy = (_cpu_jiffies()[0] - busy_before) / os.sysconf("SC_CLK_TCK")
-    ours = _own_cpu_seconds() - ours_before
-    if code != 0:
-        tail = log.read_text()[-3000:]
-        reason = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
-        sys.exit(f"{what} {reason}:\n  {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
-    return {
-        "wall_seconds": round(seconds, 1),
-        "cpu_seconds": round(ours, 1),
-        "other_processes_cpu_share": round(max(busy - ours, 0) / (seconds * os.cpu_count()), 3),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        **poll.result(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# networks: parameter counts and multiply-adds, on the meta device
-
-
-def _count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _gmacs(model, batch: int, patch, channels: int = 1) -> float:
-    """Forward + backward multiply-adds of one iteration (FLOPs / 2: convs and linear layers)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        out = model(torch.randn(batch, channels, *patch))
-        out = out if isinstance(out, list | tuple) else [out]
-        sum(o.float().sum() for o in out).backward()
-    return counter.get_total_flops() / 2e9
+# the two tools
 
 
 def tumorfm_network(patch, batch: int) -> dict:
@@ -354,111 +86,10 @@ def tumorfm_network(patch, batch: int) -> dict:
         trained = create_model(TSFM, 1, 1, tuple(patch), deep_supervision=True)
         return {
             "network": f"{TSFM} (tumorfm)",
-            "params": _count(plain),
-            "params_as_trained": _count(trained),  # with deep-supervision heads
-            "forward_backward_gmacs": round(_gmacs(trained, batch, patch), 1),
+            "params": count_params(plain),
+            "params_as_trained": count_params(trained),  # with deep-supervision heads
+            "forward_backward_gmacs": round(gmacs(trained, batch, patch), 1),
         }
-
-
-def _nnunet_model(arch: dict, outputs: int):
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    return get_network_from_plans(
-        arch["network_class_name"],
-        arch["arch_kwargs"],
-        arch["_kw_requires_import"],
-        1,
-        outputs,
-        allow_init=True,
-        deep_supervision=True,
-    )
-
-
-def bench_plans(
-    plans: dict, patch, batch: int, outputs: int, target_params: int
-) -> tuple[dict, dict]:
-    """nnUNetPlans.json -> nnUNetPlans_bench: 3d_fullres with this patch, batch and a PlainConvUNet
-    planned for this patch by nnU-Net, its features capped for tsfm-small's parameter count."""
-    import torch
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import (
-        get_pool_and_conv_props,
-    )
-
-    plans = copy.deepcopy(plans)
-    plans["plans_name"] = PLANS
-    full = plans["configurations"]["3d_fullres"]
-    arch = full["architecture"]
-    if not arch["network_class_name"].endswith("PlainConvUNet"):
-        sys.exit(f"nnUNetPlans.json: expected the default PlainConvUNet, got {arch}")
-    forward = plans["transpose_forward"]
-    patch_t = [patch[i] for i in forward]  # the plans hold the transposed axes
-    _, strides, kernels, planned, _ = get_pool_and_conv_props(full["spacing"], patch_t, 4, 999999)
-    if [int(p) for p in planned] != patch_t:
-        sys.exit(
-            f"nnU-Net plans patch {patch_t} as {[int(p) for p in planned]} (each axis must divide "
-            f"by 2**poolings): choose a patch nnU-Net keeps"
-        )
-    n = len(strides)
-    kwargs = arch["arch_kwargs"]
-    base, default_cap = kwargs["features_per_stage"][0], max(kwargs["features_per_stage"])
-    kwargs.update(
-        n_stages=n,
-        kernel_sizes=[list(k) for k in kernels],
-        strides=[list(s) for s in strides],
-        n_conv_per_stage=(kwargs["n_conv_per_stage"] * n)[:n],
-        n_conv_per_stage_decoder=(kwargs["n_conv_per_stage_decoder"] * n)[: n - 1],
-    )
-    full.update(patch_size=patch_t, batch_size=batch)
-
-    def params_with(cap: int) -> tuple[int, list[int]]:
-        features = [min(cap, base * 2**i) for i in range(n)]
-        kwargs["features_per_stage"] = features
-        with torch.device("meta"):
-            return _count(_nnunet_model(arch, outputs)), features
-
-    options = [params_with(cap) for cap in range(base, base * 2**n + 1, 8)]
-    count, features = min(options, key=lambda o: abs(o[0] - target_params))
-    kwargs["features_per_stage"] = features
-    with torch.device("meta"):
-        model = _nnunet_model(arch, outputs)
-        gmacs = _gmacs(model, batch, patch_t)
-    return plans, {
-        "network": "PlainConvUNet (nnU-Net default)",
-        "params": count,  # as trained: softmax outputs (background too), deep-supervision heads
-        "forward_backward_gmacs": round(gmacs, 1),
-        "features_per_stage": features,
-        "feature_rule": f"min(cap, {base} * 2**stage), cap {max(features)} "
-        f"(nnU-Net's default 3D cap: {default_cap})",
-        "strides": [list(s) for s in strides],
-        "kernel_sizes": [list(k) for k in kernels],
-        "n_conv_per_stage": kwargs["n_conv_per_stage"],
-        "n_conv_per_stage_decoder": kwargs["n_conv_per_stage_decoder"],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# the two tools
-
-
-def nnunet_env(work: Path, workers: int) -> dict:
-    return {
-        **os.environ,
-        "nnUNet_raw": str(work / "nnUNet_raw"),
-        "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-        "nnUNet_results": str(work / "nnUNet_results"),
-        "nnUNet_n_proc_DA": str(workers),
-    }
-
-
-def install_trainer() -> Path:
-    """Write the trainer into nnU-Net's benchmarking variants (where nnUNetv2_train finds it)."""
-    import nnunetv2
-
-    folder = Path(nnunetv2.__file__).parent / "training" / "nnUNetTrainer" / "variants"
-    path = folder / "benchmarking" / f"{TRAINER}.py"
-    if not path.is_file() or path.read_text() != TRAINER_SOURCE:
-        path.write_text(TRAINER_SOURCE)
-    return path
 
 
 def preprocess(args, work: Path, tumorfm: Path) -> dict:
@@ -593,34 +224,6 @@ def product_versions(tumorfm: Path) -> dict:
         sys.exit(f"{python} cannot import torch and tumorfm:\n{result.stderr[-2000:]}")
     torch_version, tumorfm_version = json.loads(result.stdout)
     return {"tumorfm": tumorfm_version, "torch_product_env": torch_version}
-
-
-def machine(load_before: tuple[float, ...]) -> dict:
-    """The machine a result comes from: CPU model (speed ratios differ between CPUs; bf16 runs
-    fast only where the CPU has AVX-512 bf16), memory, load before and after."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = re.search(r"model name\s*:\s*(.+)", info)
-    return {
-        "platform": platform.platform(),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "avx512_bf16": "avx512_bf16" in info,
-        "cpus": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def git_state() -> dict:
-    def git(*words: str) -> str:
-        result = subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else "unknown"
-
-    return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty_tumorfm": bool(git("status", "--porcelain", "--", "tumorfm")),
-    }
 
 
 def main() -> None:

@@ -12,7 +12,7 @@
    each final model segments the held-out cases (no mirroring), which are scored by
    `tumorfm evaluate` (Dice, HD95, NSD at 2 mm).
 3. nnU-Net v2 on the same split (written as its splits_final.json fold 0), with the same patch and
-   batch and a PlainConvUNet of the same parameter count (benchmarks/train.py's
+   batch and a PlainConvUNet of the same parameter count (benchmarks/nnunet_peer.py's
    nnUNetPlans_bench), trained with `--factor` (10) times the iterations of the smallest tumorfm
    budget (`nnUNetv2_train ... -tr nnUNetTrainerTrainBench`: nnU-Net's own recipe, loss,
    augmentation and poly schedule over that budget), then `nnUNetv2_predict --disable_tta` on the
@@ -41,16 +41,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 import yaml
-from train import (
-    PLANS,
-    TRAINER,
-    bench_plans,
-    git_state,
-    install_trainer,
-    machine,
-    nnunet_env,
-    run,
-)
+from measure import git_state, machine, run
+from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -39,3 +39,25 @@ def test_render_replaces_only_the_section(tmp_path):
     assert rendered.startswith("# title\n\nbefore\n\n") and rendered.endswith("\n\nafter\n")
     assert "old figures" not in rendered and "not measured" in rendered
     assert report.render(rendered, tmp_path) == rendered  # idempotent
+
+
+def test_each_windows_per_call_setting_gets_its_own_predict_rows(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def row(tool, seconds, windows=None):
+        extra = {} if windows is None else {"precision": "bf16", "windows_per_call": windows}
+        return {"input": "lung1", "mirror": False, "tool": tool, "wall_seconds": seconds,
+                "peak_mb": 1000.0, **extra}  # fmt: skip
+
+    predict = {
+        "targets_tumorfm_vs_nnunet": {"time": 0.25, "memory": 0.5},
+        "inputs": {"lung1": {"size_xyz": [512, 512, 48]}},
+        "rows": [row("nnunet", 40.0), row("tumorfm", 20.0, 4), row("tumorfm_windows1", 8.0, 1)],
+    }
+    (results / "predict.json").write_text(json.dumps(predict))
+    lines = report.section(results).splitlines()
+    four = next(line for line in lines if "4 windows per call" in line)
+    one = next(line for line in lines if "1 window per call" in line)
+    assert "| 0.50 |" in four and "**no**" in four
+    assert "| 0.20 |" in one and "| yes |" in one

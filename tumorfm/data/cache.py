@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_folder, write_json
 
 PROPERTIES = "properties.json"
@@ -100,6 +101,33 @@ def cached_cases(cache: Path, dataset: str) -> list[CachedCase]:
         else []
     )
     return [case for case in cases if case is not None]
+
+
+def read_pool(cache: Path) -> dict:
+    """The pool summary `tumorfm preprocess` wrote beside the cases; refuses another format."""
+    path = cache / "pool.json"
+    if not path.is_file():
+        raise TumorFMError(f"{cache}: not a tumorfm cache (no pool.json); run tumorfm preprocess")
+    pool = json.loads(path.read_text())
+    if pool.get("cache_format") != CACHE_FORMAT:
+        raise TumorFMError(
+            f"{cache}: made by another tumorfm version (cache format "
+            f"{pool.get('cache_format')}, this one reads {CACHE_FORMAT}); run "
+            f"tumorfm preprocess again"
+        )
+    return pool
+
+
+def split_part(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[CachedCase], list]:
+    """The cases of one part ("train" or "val") of a split, with their sampling weights."""
+    cases, weights = [], []
+    for dataset in pool["datasets"]:
+        keep = set(split[dataset["name"]][part])
+        for case in cached_cases(cache, dataset["name"]):
+            if case.case_id in keep:
+                cases.append(case)
+                weights.append(dataset["case_probability"])
+    return cases, weights
 
 
 def remove_stale_temporaries(dataset_folder: Path) -> None:

@@ -202,8 +202,10 @@ class Predictor:
         spacing = list(geometry.spatial().spacing_zyx)
         cropped, mask, bbox = crop_to_nonzero(image.astype(np.float32, copy=False))
         normalised = normalise(cropped, mask >= 0, self.plan)
+        crop_shape = cropped.shape[1:]
+        del cropped, mask  # only the normalised copy goes on: the peak is the sliding window's
         target = list(self.plan.target_spacing_zyx)
-        shape = compute_new_shape(cropped.shape[1:], spacing, target)
+        shape = compute_new_shape(crop_shape, spacing, target)
         separate_axis = determine_separate_z(spacing, target)
         resampled = resample_image(normalised, shape, separate_axis)
         del normalised
@@ -212,7 +214,7 @@ class Predictor:
         seconds["network"] = time.perf_counter() - timer - sum(seconds.values())
         del resampled
         cropped_label = np.zeros(
-            cropped.shape[1:],
+            crop_shape,
             dtype=np.uint8 if max(self.labels.values(), default=0) < 256 else np.uint16,
         )
         full_probabilities = (
@@ -226,7 +228,7 @@ class Predictor:
             if name not in self.labels:
                 continue
             back = resample_probabilities(
-                probabilities[index[name]], cropped.shape[1:], separate_axis
+                probabilities[index[name]], crop_shape, separate_axis
             )
             cropped_label[back >= 0.5] = self.labels[name]
             if full_probabilities is not None:

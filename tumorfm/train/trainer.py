@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import tumorfm
-from tumorfm.data.cache import CACHE_FORMAT, CachedCase, cached_cases
+from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
@@ -113,20 +113,6 @@ def make_config(profile: str = "paper", **changes) -> PretrainConfig:
     )
 
 
-def _read_pool(cache: Path) -> dict:
-    path = cache / "pool.json"
-    if not path.is_file():
-        raise TumorFMError(f"{cache}: not a tumorfm cache (no pool.json); run tumorfm preprocess")
-    pool = json.loads(path.read_text())
-    if pool.get("cache_format") != CACHE_FORMAT:
-        raise TumorFMError(
-            f"{cache}: made by another tumorfm version (cache format "
-            f"{pool.get('cache_format')}, this one reads {CACHE_FORMAT}); run "
-            f"tumorfm preprocess again"
-        )
-    return pool
-
-
 def pool_digest(pool: dict) -> str:
     keys = ("classes", "class_regions", "datasets")
     return hashlib.sha256(json.dumps([pool[k] for k in keys], sort_keys=True).encode()).hexdigest()
@@ -138,17 +124,6 @@ def _split(cache: Path, pool: dict, config: PretrainConfig) -> dict:
             config.split_file, cache, pool, config.fold, config.val_fraction, config.seed
         )
     return split_cases(cache, pool, config.val_fraction, config.seed, config.folds, config.fold)
-
-
-def _cases(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[CachedCase], list]:
-    cases, weights = [], []
-    for dataset in pool["datasets"]:
-        keep = set(split[dataset["name"]][part])
-        for case in cached_cases(cache, dataset["name"]):
-            if case.case_id in keep:
-                cases.append(case)
-                weights.append(dataset["case_probability"])
-    return cases, weights
 
 
 def _set_phase(model: torch.nn.Module, config: PretrainConfig, epoch: int, phase: str | None):
@@ -184,7 +159,7 @@ def _start(
         settings = json.loads(settings_file.read_text())
         config = PretrainConfig(**settings["config"])
         cache = Path(cache or settings["cache"])
-        pool = _read_pool(cache)
+        pool = read_pool(cache)
         if pool_digest(pool) != settings["pool_digest"]:
             raise TumorFMError(
                 f"{run}: this run was trained on another pool than the cache "
@@ -198,7 +173,7 @@ def _start(
         raise TumorFMError(
             f"{run}: already holds a run; continue it with --resume {run} or choose another --out"
         )
-    pool, config = _read_pool(cache), config or PretrainConfig()
+    pool, config = read_pool(cache), config or PretrainConfig()
     return run, cache, config, pool, _split(cache, pool, config)
 
 
@@ -216,8 +191,8 @@ def pretrain(
     )
     processes = dist.setup(config.device)
     classes, regions = pool["classes"], pool["class_regions"]
-    train_cases, train_weights = _cases(cache, pool, split, "train")
-    val_cases, val_weights = _cases(cache, pool, split, "val")
+    train_cases, train_weights = split_part(cache, pool, split, "train")
+    val_cases, val_weights = split_part(cache, pool, split, "val")
     common = dict(
         classes=classes,
         class_regions=regions,

@@ -1,0 +1,224 @@
+"""nnU-Net v2 as the benchmarks run it: a plans file with a chosen patch and a PlainConvUNet of
+matched size, a trainer with a short timed run, and the folders nnU-Net reads from the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+PLANS = "nnUNetPlans_bench"
+TRAINER = "nnUNetTrainerTrainBench"
+
+TRAINER_SOURCE = '''\
+"""Written by tumorfm's benchmarks/nnunet_peer.py: nnUNetTrainer with a short, timed run.
+
+Epochs, iterations per epoch and validation iterations come from the environment
+(TRAIN_BENCH_EPOCHS, TRAIN_BENCH_ITERATIONS, TRAIN_BENCH_VAL_ITERATIONS). Each epoch appends a JSON
+line to OUTPUT_FOLDER/bench_epochs.jsonl: seconds of the training loop (next(batch) + train_step,
+as nnUNetTrainer.run_training runs them), seconds waited for batches, and nnU-Net's own pseudo
+Dice. The full-case validation after training is skipped.
+"""
+
+import json
+import math
+import os
+import time
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class _TimedLoader:
+    """Wraps the training data loader: time spent in next(), and when each call started."""
+
+    def __init__(self, loader):
+        self.loader, self.waited, self.starts = loader, 0.0, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        started = time.perf_counter()
+        self.starts.append(started)
+        batch = next(self.loader)
+        self.waited += time.perf_counter() - started
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+class nnUNetTrainerTrainBench(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("TRAIN_BENCH_EPOCHS", 2))
+        self.num_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_ITERATIONS", 20))
+        self.num_val_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_VAL_ITERATIONS", 20))
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.dataloader_train = _TimedLoader(self.dataloader_train)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.dataloader_train.waited, self.dataloader_train.starts = 0.0, []
+        self._bench_started = time.perf_counter()
+
+    def on_train_epoch_end(self, train_outputs):
+        ended = time.perf_counter()
+        self._bench_seconds = ended - self._bench_started
+        starts = self.dataloader_train.starts + [ended]
+        self._bench_iteration_seconds = [b - a for a, b in zip(starts, starts[1:])]
+        self._bench_waited = self.dataloader_train.waited
+        super().on_train_epoch_end(train_outputs)
+
+    def on_epoch_end(self):
+        get = self.logger.get_value
+        row = {
+            "epoch": self.current_epoch,
+            "iterations": self.num_iterations_per_epoch,
+            "seconds": self._bench_seconds,
+            "iterations_per_second": self.num_iterations_per_epoch / self._bench_seconds,
+            "data_wait_share": self._bench_waited / self._bench_seconds,
+            "iteration_seconds": self._bench_iteration_seconds,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_loss": float(get("train_losses", step=-1)),
+            "val_loss": float(get("val_losses", step=-1)),
+            "pseudo_dice": [float(d) for d in get("dice_per_class_or_region", step=-1)],
+            "mean_fg_dice": float(get("mean_fg_dice", step=-1)),
+            "ema_fg_dice": float(get("ema_fg_dice", step=-1)),
+        }
+        with open(os.path.join(self.output_folder, "bench_epochs.jsonl"), "a") as stream:
+            stream.write(json.dumps(row) + "\\n")
+        self.print_to_log_file(
+            f"bench: training loop {row['seconds']:.2f} s, "
+            f"{row['iterations_per_second']:.4f} it/s, data wait {row['data_wait_share']:.1%}"
+        )
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        if isinstance(self.dataloader_train, _TimedLoader):
+            self.dataloader_train = self.dataloader_train.loader
+        super().on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("bench: full-case validation skipped")
+'''
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gmacs(model, batch: int, patch, channels: int = 1) -> float:
+    """Forward + backward multiply-adds of one iteration (FLOPs / 2: convs and linear layers)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        out = model(torch.randn(batch, channels, *patch))
+        out = out if isinstance(out, list | tuple) else [out]
+        sum(o.float().sum() for o in out).backward()
+    return counter.get_total_flops() / 2e9
+
+
+def _nnunet_model(arch: dict, outputs: int):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    return get_network_from_plans(
+        arch["network_class_name"],
+        arch["arch_kwargs"],
+        arch["_kw_requires_import"],
+        1,
+        outputs,
+        allow_init=True,
+        deep_supervision=True,
+    )
+
+
+def bench_plans(
+    plans: dict, patch, batch: int, outputs: int, target_params: int
+) -> tuple[dict, dict]:
+    """nnUNetPlans.json -> nnUNetPlans_bench: 3d_fullres with this patch, batch and a PlainConvUNet
+    planned for this patch by nnU-Net, its features capped for tsfm-small's parameter count."""
+    import torch
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import (
+        get_pool_and_conv_props,
+    )
+
+    plans = copy.deepcopy(plans)
+    plans["plans_name"] = PLANS
+    full = plans["configurations"]["3d_fullres"]
+    arch = full["architecture"]
+    if not arch["network_class_name"].endswith("PlainConvUNet"):
+        sys.exit(f"nnUNetPlans.json: expected the default PlainConvUNet, got {arch}")
+    forward = plans["transpose_forward"]
+    patch_t = [patch[i] for i in forward]  # the plans hold the transposed axes
+    _, strides, kernels, planned, _ = get_pool_and_conv_props(full["spacing"], patch_t, 4, 999999)
+    if [int(p) for p in planned] != patch_t:
+        sys.exit(
+            f"nnU-Net plans patch {patch_t} as {[int(p) for p in planned]} (each axis must divide "
+            f"by 2**poolings): choose a patch nnU-Net keeps"
+        )
+    n = len(strides)
+    kwargs = arch["arch_kwargs"]
+    base, default_cap = kwargs["features_per_stage"][0], max(kwargs["features_per_stage"])
+    kwargs.update(
+        n_stages=n,
+        kernel_sizes=[list(k) for k in kernels],
+        strides=[list(s) for s in strides],
+        n_conv_per_stage=(kwargs["n_conv_per_stage"] * n)[:n],
+        n_conv_per_stage_decoder=(kwargs["n_conv_per_stage_decoder"] * n)[: n - 1],
+    )
+    full.update(patch_size=patch_t, batch_size=batch)
+
+    def params_with(cap: int) -> tuple[int, list[int]]:
+        features = [min(cap, base * 2**i) for i in range(n)]
+        kwargs["features_per_stage"] = features
+        with torch.device("meta"):
+            return count_params(_nnunet_model(arch, outputs)), features
+
+    options = [params_with(cap) for cap in range(base, base * 2**n + 1, 8)]
+    count, features = min(options, key=lambda o: abs(o[0] - target_params))
+    kwargs["features_per_stage"] = features
+    with torch.device("meta"):
+        model = _nnunet_model(arch, outputs)
+        macs = gmacs(model, batch, patch_t)
+    return plans, {
+        "network": "PlainConvUNet (nnU-Net default)",
+        "params": count,  # as trained: softmax outputs (background too), deep-supervision heads
+        "forward_backward_gmacs": round(macs, 1),
+        "features_per_stage": features,
+        "feature_rule": f"min(cap, {base} * 2**stage), cap {max(features)} "
+        f"(nnU-Net's default 3D cap: {default_cap})",
+        "strides": [list(s) for s in strides],
+        "kernel_sizes": [list(k) for k in kernels],
+        "n_conv_per_stage": kwargs["n_conv_per_stage"],
+        "n_conv_per_stage_decoder": kwargs["n_conv_per_stage_decoder"],
+    }
+
+
+def nnunet_env(work: Path, workers: int) -> dict:
+    return {
+        **os.environ,
+        "nnUNet_raw": str(work / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+        "nnUNet_results": str(work / "nnUNet_results"),
+        "nnUNet_n_proc_DA": str(workers),
+    }
+
+
+def install_trainer() -> Path:
+    """Write the trainer into nnU-Net's benchmarking variants (where nnUNetv2_train finds it)."""
+    import nnunetv2
+
+    folder = Path(nnunetv2.__file__).parent / "training" / "nnUNetTrainer" / "variants"
+    path = folder / "benchmarking" / f"{TRAINER}.py"
+    if not path.is_file() or path.read_text() != TRAINER_SOURCE:
+        path.write_text(TRAINER_SOURCE)
+    return path
