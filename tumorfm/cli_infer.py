@@ -65,7 +65,9 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
     precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
-    windows: Annotated[int, typer.Option(min=1, help="Windows per network call.")] = 4,
+    windows: Annotated[
+        int, typer.Option(min=1, help="Windows per network call (more may pay on a GPU).")
+    ] = 1,
 ) -> None:
     """Segment scans with a model bundle: label maps in each scan's own geometry."""
     from tumorfm.infer.predict import predict_iter

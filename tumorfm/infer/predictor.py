@@ -1,12 +1,13 @@
 """From a scan to a label map in the scan's own geometry.
 
 The case goes through the bundle's plan exactly as in training (crop to non-zero, normalise,
-resample to the target spacing), then the network slides over it in windows weighted by a
-Gaussian (MONAI's sliding_window_inference, several windows per forward: a batch-1 Conv3d is
-slow on CPU), optionally averaged over the 8 mirrorings. Each class's sigmoid probability is
-resampled back to the cropped grid one class at a time (memory stays at one volume per class),
-thresholded at 0.5 and painted in the bundle's order (organs first, their tumours over them),
-then the crop is undone so the label map has the input's size, spacing, origin and direction.
+resample to the target spacing), then the network slides over it in windows weighted by a Gaussian
+(MONAI's sliding_window_inference, one window per forward by default: on a CPU, batches of windows
+measured no faster and held more activations), optionally averaged over the 8 mirrorings. Each
+class's sigmoid probability is resampled back to the cropped grid one class at a time (memory stays
+at one volume per class), thresholded at 0.5 and painted in the bundle's order (organs first, their
+tumours over them), then the crop is undone so the label map has the input's size, spacing, origin
+and direction.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PredictOptions:
     overlap: float = 0.5
     mirror: bool = True
     fast: bool = False
-    windows_per_batch: int = 4
+    windows_per_batch: int = 1  # on a CPU, batching windows is no faster and holds more
     device: str = "cpu"
     precision: str = "auto"
     min_lesion_ml: float = 0.0
@@ -227,9 +228,7 @@ class Predictor:
         for name in self.bundle.paint_order:
             if name not in self.labels:
                 continue
-            back = resample_probabilities(
-                probabilities[index[name]], crop_shape, separate_axis
-            )
+            back = resample_probabilities(probabilities[index[name]], crop_shape, separate_axis)
             cropped_label[back >= 0.5] = self.labels[name]
             if full_probabilities is not None:
                 full_probabilities[(index[name], *region)] = back
