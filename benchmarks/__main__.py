@@ -31,6 +31,7 @@ BENCHMARKS = {
     "predict": [],
     "transfer": [],
     "accuracy": [],
+    "pretrain_real_mini": [],
 }
 
 

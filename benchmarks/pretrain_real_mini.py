@@ -2,7 +2,9 @@
 the phantom sites) for about 30 minutes of CPU, and report the validation pseudo-Dice curve per
 dataset and class.
 
-    .venv/bin/python benchmarks/pretrain_real_mini.py            # phantoms, preprocess, pretrain
+    .venv-bench/bin/python benchmarks/pretrain_real_mini.py      # phantoms, preprocess, pretrain
+
+tumorfm runs from the product environment (`--tumorfm`, default .venv/bin/tumorfm).
 
 Writes benchmarks/results/pretrain_real_mini.json (settings, the curve, the run folder).
 """
@@ -14,14 +16,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def run(command: list[str]) -> None:
@@ -37,14 +37,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--val-every", type=int, default=2)
+    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
     args = parser.parse_args()
     load_before = os.getloadavg()
     if not (ROOT / "phantoms" / "Dataset901_PhantomLiver").is_dir():
-        run([str(BIN / "tumorfm"), "phantom", "-o", str(ROOT / "phantoms")])
+        run([str(args.tumorfm), "phantom", "-o", str(ROOT / "phantoms")])
     cache, out = args.work / "cache", args.work / "run"
     run(
         [
-            str(BIN / "tumorfm"),
+            str(args.tumorfm),
             "preprocess",
             str(ROOT / "configs" / "pools" / "real-mini.yaml"),
             "-o",
@@ -57,7 +58,7 @@ def main() -> None:
     started = time.perf_counter()
     run(
         [
-            str(BIN / "tumorfm"),
+            str(args.tumorfm),
             "pretrain",
             str(cache),
             "-o",

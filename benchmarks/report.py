@@ -327,7 +327,7 @@ def other_lines(results: Path) -> list[str]:
         lines.append(
             f"- Pretraining {s['model']} on the real-mini pool, {last['step']} iterations of "
             f"{'x'.join(map(str, s['patch']))} ({mini['minutes']} min): validation pseudo-Dice "
-            f"{', '.join(found)}; every other class 0. `.venv/bin/python "
+            f"{', '.join(found)}; every other class 0. `.venv-bench/bin/python "
             f"benchmarks/pretrain_real_mini.py`."
         )
     return lines
