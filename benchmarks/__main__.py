@@ -1,8 +1,12 @@
 """Run every benchmark, one at a time, then regenerate the README's results section.
 
     make bench                                   # builds .venv and .venv-bench first
-    .venv-bench/bin/python -m benchmarks         # every benchmark (about 5 h on 2 CPU cores)
+    .venv-bench/bin/python -m benchmarks         # every benchmark
     .venv-bench/bin/python -m benchmarks --only transfer accuracy --budget 0.5
+
+Each one's minutes go to results/runs.json. On 2 cores of an Intel Xeon with AVX-512 bf16 the
+speed benchmarks took 34 min, transfer 23, accuracy 41 at --budget 0.5 (its default budget 1
+trains twice as long), pretrain_real_mini about 20.
 
 Benchmarks run strictly in sequence: on a small machine two PyTorch processes at once slow each
 other several-fold (their OpenMP threads fight for the cores), which would corrupt every timing.
@@ -54,6 +58,7 @@ def main() -> None:
         started = time.perf_counter()
         code = subprocess.call(command, cwd=HERE.parent)
         outcomes[name] = {
+            "command": " ".join([".venv-bench/bin/python", f"benchmarks/{name}.py", *command[2:]]),
             "exit_code": code,
             "minutes": round((time.perf_counter() - started) / 60, 1),
         }

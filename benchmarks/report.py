@@ -58,26 +58,32 @@ def _row(what, tumorfm, peer, ratio, target, cpu, command) -> dict:
     )
 
 
+def _spread(median: float, times: list[float]) -> str:
+    """A median with the range of the repeats it comes from."""
+    return f"{_s(median)} ({min(times):,.1f}-{max(times):,.1f})"
+
+
 def preprocess_rows(r: dict) -> list[dict]:
     t, n = r["median_seconds"]["tumorfm"], r["median_seconds"]["nnunet"]
-    what = f"preprocess {r['cases']} sarcoma CTs, {r['settings']['workers']} workers, median of "
-    what += f"{r['settings']['repeats']} (plans agree: {'yes' if r['plans_agree'] else 'no'})"
-    return [
-        _row(what, _s(t), _s(n), t / n, 1 / r["target_speedup"], _cpu(r), f"{BENCH}/preprocess.py")
-    ]
+    what = f"preprocess {r['cases']} sarcoma CTs, {r['settings']['workers']} workers, median "
+    what += f"(min-max) of {r['settings']['repeats']} "
+    what += f"(plans agree: {'yes' if r['plans_agree'] else 'no'})"
+    ours, theirs = _spread(t, r["seconds"]["tumorfm"]), _spread(n, r["seconds"]["nnunet"])
+    speedup = 1 / r["target_speedup"]
+    return [_row(what, ours, theirs, t / n, speedup, _cpu(r), f"{BENCH}/preprocess.py")]
 
 
 def model_rows(r: dict) -> list[dict]:
     t, n = r["models"]["tsfm-small"], r["models"]["resenc"]
     patch = "x".join(map(str, r["settings"]["patch"]))
     what = f"training step, {patch} batch {r['settings']['batch']}, tsfm-small "
-    what += f"{t['params'] / 1e6:.1f}M vs ResEnc U-Net {n['params'] / 1e6:.1f}M, median of "
-    what += str(r["settings"]["repeats"])
+    what += f"{t['params'] / 1e6:.1f}M vs ResEnc U-Net {n['params'] / 1e6:.1f}M, median "
+    what += f"(min-max) of {r['settings']['repeats']}"
     rows = [
         _row(
             what,
-            _s(t["median_seconds"]),
-            _s(n["median_seconds"]),
+            _spread(t["median_seconds"], t["seconds"]),
+            _spread(n["median_seconds"], n["seconds"]),
             t["median_seconds"] / n["median_seconds"],
             None,
             _cpu(r),
@@ -200,6 +206,12 @@ def speed_table(results: Path) -> list[str]:
                 f"| {x['what']} | {x['tumorfm']} | {x['peer']} | {ratio} | {target} | "
                 f"{_met(x['ratio'], x['target'])} | {x['cpu']} | {command} |"
             )
+    lines += [
+        "",
+        "Repeats: preprocessing and the training step are medians with their range; a training "
+        "iteration is the mean over the last epoch (the first warms up); a prediction is one run "
+        "per row, made again when other processes took more than 10% of the CPUs meanwhile.",
+    ]
     return lines
 
 
