@@ -115,15 +115,17 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gmacs(model, batch: int, patch, channels: int = 1) -> float:
-    """Forward + backward multiply-adds of one iteration (FLOPs / 2: convs and linear layers)."""
+def gmacs(model, batch: int, patch, channels: int = 1, backward: bool = True) -> float:
+    """Multiply-adds of one forward (+ backward: a training iteration) on the meta device
+    (FLOPs / 2 as FlopCounterMode counts them: convs and linear layers)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"), FlopCounterMode(display=False) as counter:
         out = model(torch.randn(batch, channels, *patch))
-        out = out if isinstance(out, list | tuple) else [out]
-        sum(o.float().sum() for o in out).backward()
+        if backward:
+            out = out if isinstance(out, list | tuple) else [out]
+            sum(o.float().sum() for o in out).backward()
     return counter.get_total_flops() / 2e9
 
 

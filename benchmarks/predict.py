@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from measure import WAITED, git_state, machine, run, wait_until_idle
-from nnunet_peer import PLANS, bench_plans
+from nnunet_peer import PLANS, bench_plans, gmacs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -127,13 +127,8 @@ def nnunet_env(work: Path, threads: int) -> dict:
 
 
 def forward_gmacs(model, patch) -> float:
-    """Multiply-adds of one window's forward pass (FLOPs / 2, FlopCounterMode, meta device)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 1, *patch))
-    return round(counter.get_total_flops() / 2e9, 1)
+    """Multiply-adds of one window's forward pass."""
+    return round(gmacs(model, 1, patch, backward=False), 1)
 
 
 def nnunet_model(args, work: Path, target_params: int) -> tuple[dict, dict]:
@@ -220,11 +215,11 @@ def tumorfm_bundle(args, work: Path, nnunet_plans: dict) -> tuple[Path, dict]:
     save_bundle(folder, model, ["tumour"], ["CT"], preset=TSFM,
                 plan={"datasets": {"bench": plan.to_dict()}})  # fmt: skip
     with torch.device("meta"):
-        gmacs = forward_gmacs(create_model(TSFM, 1, 1, patch), patch)
+        macs = forward_gmacs(create_model(TSFM, 1, 1, patch), patch)
     ours = {
         "network": f"{TSFM} (tumorfm)",
         "params": sum(p.numel() for p in model.parameters()),
-        "forward_gmacs_per_window": gmacs,
+        "forward_gmacs_per_window": macs,
         "strides": [list(s) for s in model.config.strides],
     }
     return folder, ours

@@ -209,8 +209,8 @@ def speed_table(results: Path) -> list[str]:
     lines += [
         "",
         "Repeats: preprocessing and the training step are medians with their range; a training "
-        "iteration is the mean over the last epoch (the first warms up); a prediction is one run "
-        "per row, made again when other processes took more than 10% of the CPUs meanwhile.",
+        "iteration is the mean over the last epoch (earlier ones warm up); a prediction is one run "
+        "per row, made again when other processes disturbed it (predict.py --max-disturbance).",
     ]
     return lines
 
