@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from tumorfm.data.plan import (
+    LOWRES_COVERAGE,
+    SPACING_STEP,
     CaseFingerprint,
     DatasetFingerprint,
     Plan,
@@ -16,10 +18,12 @@ from tumorfm.data.plan import (
     estimate_feature_map_size,
     fingerprint_case,
     nonzero_mask,
+    patch_coverage,
     plan_dataset,
     pool_and_conv_props,
     samples_per_case,
 )
+from tumorfm.errors import TumorFMError
 
 
 def _props(num_channels):
@@ -460,3 +464,38 @@ def test_float_intensities_are_sampled_and_mixed_cases_combine():
     stats = aggregate_fingerprints([mr, ct]).foreground_intensity_properties_per_channel[0]
     assert stats["max"] == 5.0 and stats["percentile_00_5"] < -2.0
     assert 2.0 < stats["mean"] < 3.0  # half the 1600 values are 5, half are ~N(0, 1)
+
+
+# ------------------------------------------------ 3d_lowres sized for a CPU patch
+
+
+def test_lowres_coarsens_the_fine_axes_until_the_patch_holds_most_of_a_case():
+    # the sarcoma set: 3.27 x 0.98 x 0.98 mm, 64 x 186 x 188 voxels after cropping
+    fp = _fingerprint([(3.27, 0.977, 0.977)] * 5, [(64, 186, 188)] * 5)
+    full = plan_dataset(fp, ["CT"])
+    low = plan_dataset(fp, ["CT"], config="lowres", lowres_patch=(48, 96, 96))
+    assert (full.configuration, low.configuration) == ("3d_fullres", "3d_lowres")
+    assert low.fullres_spacing_zyx == full.target_spacing_zyx
+    assert low.target_spacing_zyx[0] == full.target_spacing_zyx[0]  # the thick axis stays
+    assert 1.85 < low.target_spacing_zyx[1] == low.target_spacing_zyx[2] < 2.05
+    assert patch_coverage((48, 96, 96), low.median_shape_after_resampling) >= LOWRES_COVERAGE
+    # one 3% step finer and the patch would not hold enough of the case
+    finer = np.array(low.target_spacing_zyx) / [1, SPACING_STEP, SPACING_STEP]
+    shape = np.array(full.median_shape_after_resampling) * full.target_spacing_zyx / finer
+    assert patch_coverage((48, 96, 96), shape) < LOWRES_COVERAGE
+    assert low.patch_size == (48, 96, 96) and low.batch_size == 2
+    assert Plan.from_dict(json.loads(json.dumps(low.to_dict()))) == low
+
+
+def test_lowres_leaves_an_axis_the_patch_already_spans():
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(20, 256, 256)] * 3)  # a thin MR stack
+    low = plan_dataset(fp, ["MR"], config="lowres", lowres_patch=(48, 96, 96))
+    assert low.target_spacing_zyx[0] == 1.0 and low.target_spacing_zyx[1] > 2.0
+
+
+def test_lowres_equal_to_fullres_stays_fullres_and_bad_names_are_refused():
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(40, 80, 80)] * 3)
+    plan = plan_dataset(fp, ["CT"], config="lowres", lowres_patch=(48, 96, 96))
+    assert plan == plan_dataset(fp, ["CT"])
+    with pytest.raises(TumorFMError, match="configuration 'low': choose fullres or lowres"):
+        plan_dataset(fp, ["CT"], config="low")

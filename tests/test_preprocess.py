@@ -160,3 +160,24 @@ def test_geometry_mismatch_is_refused(tmp_path, sarcoma):
     result = run_cli("preprocess", _pool_file(tmp_path, sarcoma=sarcoma), "-o", tmp_path / "c")
     assert_one_line_error(result, "STS_025.nii.gz", "geometry differs")
     assert load_channels(read_dataset(sarcoma).cases[0])[0].ndim == 4
+
+
+def test_lowres_cache_and_the_note_when_it_equals_fullres(tmp_path):
+    pool = _pool_file(tmp_path)
+    result = run_cli("preprocess", pool, "-o", tmp_path / "low", "--config", "lowres")
+    assert result.returncode == 0, result.stderr
+    assert "sarcoma: 3 written, 0 up to date; 3d_lowres" in result.stdout
+    plan = json.loads((tmp_path / "low" / "sarcoma" / "plan.json").read_text())
+    assert plan["configuration"] == "3d_lowres" and plan["patch_size"] == [48, 96, 96]
+    assert plan["target_spacing_zyx"][1] > plan["fullres_spacing_zyx"][1]
+    case = load_case(tmp_path / "low" / "sarcoma" / "STS_019")
+    assert list(case.image().shape[1:]) == case.properties["shape_after_resampling"]
+    assert case.properties["target_spacing"] == plan["target_spacing_zyx"]
+    big = ["--config", "lowres", "--patch", "256", "512", "512"]
+    result = run_cli("preprocess", pool, "-o", tmp_path / "big", *big)
+    assert result.returncode == 0, result.stderr
+    assert "note: lowres equals full resolution for sarcoma" in result.stderr
+    plan = json.loads((tmp_path / "big" / "sarcoma" / "plan.json").read_text())
+    assert plan["configuration"] == "3d_fullres"
+    result = run_cli("preprocess", pool, "-o", tmp_path / "x", "--config", "3d_low")
+    assert_one_line_error(result, "configuration '3d_low'", "fullres or lowres")

@@ -21,7 +21,9 @@ app = typer.Typer(
 )
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
-model_app = typer.Typer(help="Inspect the network presets.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Inspect the network presets and the shipped bundles.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
@@ -119,15 +121,33 @@ def pool_show(
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the model presets with their parameter counts."""
+    """List the presets (parameter counts) and the shipped bundles (use them by name with -m)."""
     import torch
 
     from tumorfm.model import create_model, list_models
+    from tumorfm.model.shipped import describe, list_shipped, models_folder
 
+    typer.echo("presets (build with `pretrain --model NAME`):")
     for name in list_models():
         with torch.device("meta"):
             count = sum(p.numel() for p in create_model(name).parameters())
-        typer.echo(f"{name:<12} {count / 1e6:>10,.1f}M parameters")
+        typer.echo(f"  {name:<14} {count / 1e6:>10,.1f}M parameters")
+    shipped = list_shipped()
+    typer.echo(f"shipped bundles in {models_folder()} (use with `predict -m NAME`):")
+    for name in shipped:
+        info = describe(name)
+        plans = ", ".join(
+            f"{dataset} ({plan['configuration']}, "
+            + "x".join(f"{s:.3g}" for s in plan["spacing_zyx"])
+            + " mm)"
+            for dataset, plan in info["plans"].items()
+        )
+        typer.echo(
+            f"  {name:<14} {info['preset']}, {info['megabytes']} MB; classes "
+            f"{', '.join(info['classes'])}; plans {plans}"
+        )
+    if not shipped:
+        typer.echo("  none")
 
 
 @model_app.command("summary")
@@ -158,18 +178,29 @@ def preprocess(
     pool_file: Annotated[Path, typer.Argument(help="Pool file (YAML).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write.")],
     workers: Workers = 1,
+    config: Annotated[
+        str, typer.Option(help="fullres (nnU-Net's 3d_fullres) or lowres (sized for a CPU patch).")
+    ] = "fullres",
+    patch: Annotated[
+        tuple[int, int, int],
+        typer.Option(min=1, help="lowres: the patch z y x that should hold most of a case."),
+    ] = (48, 96, 96),
 ) -> None:
     """Fingerprint, plan, crop, normalise and resample every case of a pool into a cache."""
     from tumorfm.data.pool import load_pool
     from tumorfm.data.preprocess import preprocess_pool
 
-    report = preprocess_pool(load_pool(pool_file), out, workers=workers, progress=True)
+    report = preprocess_pool(
+        load_pool(pool_file), out, workers=workers, progress=True, config=config, lowres_patch=patch
+    )
     for name, row in report["datasets"].items():
+        if "note" in row:
+            typer.echo(f"note: {row['note']}", err=True)
         spacing = "x".join(f"{s:.3g}" for s in row["target_spacing"])
-        patch = "x".join(str(p) for p in row["patch_size"])
+        patch_text = "x".join(str(p) for p in row["patch_size"])
         typer.echo(
             f"{name}: {row['written']} written, {row['skipped']} up to date; "
-            f"spacing {spacing} mm, patch {patch}"
+            f"{row['configuration']}, spacing {spacing} mm, patch {patch_text}"
         )
     typer.echo(f"cache {out} ready in {report['seconds']:.1f} s")
 

@@ -3,6 +3,8 @@
 Pretrain tsfm-tiny on three phantom sites (kidney, pancreas, multi-organ), fine-tune it on a
 held-out site (liver and liver tumours, a class the pool never saw), segment that site's unseen
 test cases, score them and write demo-output/report.html with a Dice table and overlay pictures.
+Then the model shipped with tumorfm segments the real scans of tests/data (sarcoma CT, glioblastoma
+MR, all held out of its training) and demo-output/real/report.html shows how it did.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ from tumorfm.eval.report import report_from_evaluation
 from tumorfm.files import ensure_writable, write_json
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions
+from tumorfm.model.shipped import list_shipped
 from tumorfm.train.trainer import make_config, pretrain
 
+SHIPPED = "tsfm-real-lowres"
+REAL_SCANS = {  # the shipped model's plan -> a folder of real scans with labels (tests/data)
+    "sarcoma_ct": "Dataset101_SarcomaCT",
+    "brain_mr": "Task102_BrainTumour",
+}
 HELD_OUT = DEFAULT_SITES[0]  # PhantomLiver: its tumour class is new to the pretrained model
 PRETRAIN_SITES = DEFAULT_SITES[1:]
 
@@ -88,21 +96,21 @@ def run_demo(
     started = time.perf_counter()
     out = ensure_writable(Path(out))
     phantoms = out / "phantoms"
-    print(f"1/6 writing synthetic phantom sites into {phantoms}")
+    print(f"1/7 writing synthetic phantom sites into {phantoms}")
     train_folders = write_phantom_pool(
         phantoms, cases_per_site=cases_per_site, seed=seed, progress=True
     )
     test_folder = write_phantom_pool(
         out / "test", cases_per_site=test_cases, seed=seed + 1, sites=(HELD_OUT,)
     )[0]
-    print("2/6 checking every dataset")
+    print("2/7 checking every dataset")
     for folder in [*train_folders, test_folder]:
         problems = check_dataset(folder, workers=workers)
         if problems:
             raise TumorFMError("\n".join(problems))
     held_out = [f for f in train_folders if f.name == HELD_OUT.folder_name]
     others = [f for f in train_folders if f.name != HELD_OUT.folder_name]
-    print(f"3/6 pretraining on {len(others)} sites (the {HELD_OUT.name} site is held out)")
+    print(f"3/7 pretraining on {len(others)} sites (the {HELD_OUT.name} site is held out)")
     pool_file = write_pool_file(others, phantoms / "pretrain-pool.yaml")
     common = dict(
         iterations_per_epoch=iterations, val_every=max(1, epochs // 2), patch_size=patch_size
@@ -110,7 +118,7 @@ def run_demo(
     pretrained, pretrain_info = _train(
         pool_file, out / "cache" / "pretrain", out / "pretrain", workers, epochs=epochs, **common
     )
-    print(f"4/6 fine-tuning on the held-out {HELD_OUT.name} site ({cases_per_site} cases)")
+    print(f"4/7 fine-tuning on the held-out {HELD_OUT.name} site ({cases_per_site} cases)")
     target_file = write_pool_file(held_out, phantoms / "finetune-pool.yaml", "phantom-liver")
     bundle = out / "pretrain" / "best"
     finetuned, finetune_info = _train(
@@ -123,12 +131,12 @@ def run_demo(
         **common,
     )
     model = out / "finetune" / "best"
-    print(f"5/6 segmenting {test_cases} unseen test cases with {model}")
+    print(f"5/7 segmenting {test_cases} unseen test cases with {model}")
     predictions = out / "predictions"
     shutil.rmtree(predictions, ignore_errors=True)
     options = PredictOptions()  # nnU-Net's defaults: mirroring, overlap 0.5, no post-processing
     predict(test_folder / "imagesTr", model, predictions, options, statistics=True)
-    print("6/6 scoring against the ground truth and writing the report")
+    print("6/7 scoring against the ground truth and writing the report")
     scores = evaluate(predictions, test_folder / "labelsTr", predictions / "evaluation")
     print("\n" + format_summary(scores))
     seconds = round(time.perf_counter() - started, 1)
@@ -147,6 +155,7 @@ def run_demo(
         "tumorfm demo: fine-tuned on a held-out phantom site",
         notes,
     )
+    real = segment_real_scans(out / "real", workers)
     summary = {
         "tumorfm_version": tumorfm.__version__,
         "workers": workers,
@@ -162,9 +171,41 @@ def run_demo(
             for name, row in scores["aggregates"].items()
         },
         "report": str(report),
-        "seconds": seconds,
+        "real_scans": real,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "demo.json", summary)
-    print(f"\ndemo finished in {seconds:.0f} s; open {report}")
+    print(f"\ndemo finished in {summary['seconds']:.0f} s; open {report}")
+    for plan, page in real.get("reports", {}).items():
+        print(f"the shipped model on real {plan} scans: open {page}")
     print(f"settings and results: {out / 'demo.json'}")
     return summary
+
+
+def segment_real_scans(out: Path, workers: int) -> dict:
+    """The shipped model on the real scans of tests/data, scored against their labels."""
+    data = Path(__file__).resolve().parents[1] / "tests" / "data"
+    if SHIPPED not in list_shipped() or not data.is_dir():
+        print(f"7/7 skipped: no shipped model {SHIPPED} or no {data} (an installed copy)")
+        return {}
+    print(f"7/7 segmenting the real scans of {data} with the shipped model {SHIPPED}")
+    shutil.rmtree(out, ignore_errors=True)
+    result, tables = {}, []
+    for plan, folder in REAL_SCANS.items():
+        predictions = out / plan
+        predict(data / folder / "imagesTr", SHIPPED, predictions, PredictOptions(plan=plan))
+        scores = evaluate(predictions, data / folder / "labelsTr", predictions / "evaluation")
+        tables.append(format_summary(scores))
+        result[plan] = {
+            name: round(row["dice"]["mean"], 4) for name, row in scores["aggregates"].items()
+        }
+        report_from_evaluation(
+            scores,
+            data / folder / "imagesTr",
+            predictions / "report.html",
+            f"tumorfm's shipped model {SHIPPED} on real {plan} scans",
+            [f"Scans of tests/data, held out of the model's training; see models/{SHIPPED}."],
+        )
+    print("\n" + "\n".join(tables))
+    reports = {plan: str(out / plan / "report.html") for plan in REAL_SCANS}
+    return {"model": SHIPPED, "dice": result, "reports": reports}

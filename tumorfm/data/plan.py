@@ -10,7 +10,7 @@ internal representation. All plan fields are in that array order; nnU-Net's own 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from tumorfm.data.fingerprint import (  # noqa: F401  (re-exported: the planner'
     nonzero_mask,
     samples_per_case,
 )
+from tumorfm.errors import TumorFMError
 
 ANISO_THRESHOLD = 3.0  # spacing ratio above which an axis counts as low-resolution
 
@@ -38,6 +39,14 @@ VRAM_REFERENCE_BATCH = 2
 VRAM_REFERENCE_GB = 8.0
 MIN_BATCH_SIZE = 2
 MAX_DATASET_COVERED = 0.05  # one batch may not see more than 5% of the dataset's voxels
+
+# 3d_lowres, sized for a CPU: nnU-Net coarsens the spacing until its VRAM-sized patch holds a
+# quarter of the median case; a CPU patch is several times smaller, so tumorfm fixes the patch and
+# coarsens until one patch holds most of the median case (the fraction along each axis, multiplied).
+CONFIGS = ("fullres", "lowres")
+LOWRES_PATCH = (48, 96, 96)
+LOWRES_COVERAGE = 0.75
+SPACING_STEP = 1.03  # nnU-Net's spacing_increase_factor
 
 DATA_RESAMPLING = {"order": 3, "order_z": 0}
 SEG_RESAMPLING = {"order": 1, "order_z": 0}
@@ -147,9 +156,34 @@ def estimate_feature_map_size(patch_size, strides, num_classes: int) -> int:
     return encoder + decoder + num_classes * sizes[0]
 
 
+def patch_coverage(patch_size, shape) -> float:
+    """The share of a case of `shape` one patch sees: per axis min(1, patch/shape), multiplied."""
+    return float(np.prod([min(1.0, p / s) for p, s in zip(patch_size, shape)]))
+
+
+def lowres_spacing(spacing, median_shape, patch_size, coverage: float = LOWRES_COVERAGE):
+    """A spacing at which one patch holds `coverage` of the median case (nnU-Net's 3d_lowres loop).
+
+    Like nnU-Net, the finest axes are coarsened first (3% a step), so anisotropic data become
+    less anisotropic before the thick axis is touched; an axis the patch already spans is left
+    alone (nnU-Net would coarsen a 20-slice MR stack along with its planes). Returns `spacing`
+    itself when the patch already holds that much at full resolution.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    physical = spacing * np.asarray(median_shape, dtype=float)  # mm, fixed
+    new = spacing.copy()
+    while patch_coverage(patch_size, physical / new) < coverage:
+        open_axes = [i for i in range(len(new)) if patch_size[i] < physical[i] / new[i]]
+        finest = min(new[i] for i in open_axes)
+        for i in open_axes:
+            if new[i] <= finest * SPACING_STEP:
+                new[i] *= SPACING_STEP
+    return tuple(float(s) for s in new)
+
+
 @dataclass
 class Plan:
-    """3d_fullres plan; all per-axis fields in array (zyx) order."""
+    """A 3d_fullres or 3d_lowres plan; all per-axis fields in array (zyx) order."""
 
     target_spacing_zyx: tuple[float, ...]
     median_shape_after_resampling: tuple[float, ...]
@@ -170,6 +204,8 @@ class Plan:
     data_resampling: dict = field(default_factory=lambda: dict(DATA_RESAMPLING))
     seg_resampling: dict = field(default_factory=lambda: dict(SEG_RESAMPLING))
     probability_resampling: dict = field(default_factory=lambda: dict(PROBABILITY_RESAMPLING))
+    configuration: str = "3d_fullres"  # or "3d_lowres": a coarser spacing for a CPU patch
+    fullres_spacing_zyx: tuple[float, ...] | None = None  # lowres: the spacing it coarsens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,13 +250,20 @@ def plan_dataset(
     modalities: list[str],
     num_classes: int = 2,
     vram_gb: float = 8.0,
+    config: str = "fullres",
+    lowres_patch=LOWRES_PATCH,
 ) -> Plan:
-    """The 3d_fullres plan nnU-Net's default ExperimentPlanner would make.
+    """The 3d_fullres plan nnU-Net's default ExperimentPlanner would make, or a 3d_lowres one.
 
     ``modalities`` are dataset.json channel names ("CT" -> CT normalisation, anything else ->
     z-score); ``num_classes`` counts background (len of dataset.json "labels"), it enters the
-    VRAM estimate through the segmentation head.
+    VRAM estimate through the segmentation head. ``config="lowres"`` coarsens the target
+    spacing until ``lowres_patch`` holds most of the median case (see ``lowres_spacing``), and
+    that patch becomes the plan's; where the full resolution already does, the plan stays
+    3d_fullres (its ``configuration`` says which).
     """
+    if config not in CONFIGS:
+        raise TumorFMError(f"configuration '{config}': choose {' or '.join(CONFIGS)}")
     if len(modalities) != len(fingerprint.foreground_intensity_properties_per_channel):
         raise ValueError("one modality per fingerprint channel needed")
     if any(len(s) != 3 for s in fingerprint.spacings):
@@ -256,7 +299,7 @@ def plan_dataset(
         for i, s in enumerate(schemes)
     ]
     target_t = tuple(float(s) for s in target)
-    return Plan(
+    plan = Plan(
         target_spacing_zyx=target_t,
         median_shape_after_resampling=tuple(float(s) for s in median_shape),
         patch_size=tuple(int(p) for p in back(patch)),
@@ -272,4 +315,36 @@ def plan_dataset(
         transpose_forward=forward,
         transpose_backward=backward,
         target_lowres_axis=determine_separate_z(target_t, target_t),
+    )
+    return _lowres(plan, fingerprint, lowres_patch) if config == "lowres" else plan
+
+
+def _lowres(plan: Plan, fingerprint: DatasetFingerprint, patch_size) -> Plan:
+    """`plan` at the coarser spacing where `patch_size` holds most of the median case."""
+    patch_size = tuple(int(p) for p in patch_size)
+    if len(patch_size) != 3 or min(patch_size) < 1:
+        raise TumorFMError(f"lowres patch {patch_size}: three positive sizes z y x expected")
+    fullres = plan.target_spacing_zyx
+    spacing = lowres_spacing(fullres, plan.median_shape_after_resampling, patch_size)
+    if spacing == tuple(fullres):
+        return plan
+    shapes = [
+        compute_new_shape(shape, sp, spacing)
+        for sp, shape in zip(fingerprint.spacings, fingerprint.shapes_after_crop)
+    ]
+    num_pool, strides, kernels, _, divisor = pool_and_conv_props(spacing, patch_size)
+    return replace(
+        plan,
+        configuration="3d_lowres",
+        fullres_spacing_zyx=tuple(fullres),
+        target_spacing_zyx=spacing,
+        median_shape_after_resampling=tuple(float(s) for s in np.median(shapes, axis=0)),
+        patch_size=patch_size,
+        batch_size=MIN_BATCH_SIZE,
+        num_pool_per_axis=tuple(num_pool),
+        pool_op_kernel_sizes=tuple(strides),
+        conv_kernel_sizes=tuple(kernels),
+        features_per_stage=features_per_stage(len(strides)),
+        shape_must_be_divisible_by=tuple(int(d) for d in divisor),
+        target_lowres_axis=determine_separate_z(spacing, spacing),
     )

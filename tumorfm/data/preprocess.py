@@ -104,29 +104,36 @@ def _init_worker(threads: int) -> None:
 
 
 def fingerprint_and_plan(
-    dataset: PoolDataset, folder: Path, workers: int, progress: bool
+    dataset: PoolDataset,
+    folder: Path,
+    workers: int,
+    progress: bool,
+    config: str = "fullres",
+    lowres_patch=planning.LOWRES_PATCH,
 ) -> planning.Plan:
-    """The dataset's fingerprint and plan, reused from `folder` when the sources are unchanged."""
+    """The dataset's fingerprint and plan; the fingerprint is reused while the sources are
+    unchanged. `config` is nnU-Net's configuration: fullres, or lowres for a CPU patch."""
     cases = dataset.raw.labelled_cases
     num_classes = len(dataset.raw.labels)  # with background, as nnU-Net counts for its VRAM rule
     stamp = _digest([_source_stamp(c) for c in cases], dataset.modalities)
     fingerprint_file = folder / "fingerprint.json"
-    if fingerprint_file.is_file():
-        stored = json.loads(fingerprint_file.read_text())
-        if stored.get("source_digest") == stamp:
-            fingerprint = planning.DatasetFingerprint.from_dict(stored["fingerprint"])
-            return planning.plan_dataset(fingerprint, dataset.modalities, num_classes)
-    num_samples = planning.samples_per_case(len(cases))
-    per_case = run_parallel(
-        _fingerprint_one,
-        [(c, num_samples) for c in cases],
-        workers,
-        f"fingerprint {dataset.name}",
-        progress,
+    stored = json.loads(fingerprint_file.read_text()) if fingerprint_file.is_file() else {}
+    if stored.get("source_digest") == stamp:
+        fingerprint = planning.DatasetFingerprint.from_dict(stored["fingerprint"])
+    else:
+        num_samples = planning.samples_per_case(len(cases))
+        per_case = run_parallel(
+            _fingerprint_one,
+            [(c, num_samples) for c in cases],
+            workers,
+            f"fingerprint {dataset.name}",
+            progress,
+        )
+        fingerprint = planning.aggregate_fingerprints(per_case)
+        write_json(fingerprint_file, {"source_digest": stamp, "fingerprint": fingerprint.to_dict()})
+    return planning.plan_dataset(
+        fingerprint, dataset.modalities, num_classes, config=config, lowres_patch=lowres_patch
     )
-    fingerprint = planning.aggregate_fingerprints(per_case)
-    write_json(fingerprint_file, {"source_digest": stamp, "fingerprint": fingerprint.to_dict()})
-    return planning.plan_dataset(fingerprint, dataset.modalities, num_classes)
 
 
 def normalise(image: np.ndarray, mask: np.ndarray, plan: planning.Plan) -> np.ndarray:
@@ -207,8 +214,20 @@ def _preprocess_one(job) -> str:
     return case.case_id
 
 
-def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: bool = True) -> dict:
-    """Preprocess every dataset of `pool` into the cache folder `out`; returns a report."""
+def preprocess_pool(
+    pool: Pool,
+    out: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+    config: str = "fullres",
+    lowres_patch=planning.LOWRES_PATCH,
+) -> dict:
+    """Preprocess every dataset of `pool` into the cache folder `out`; returns a report.
+
+    `config="lowres"` plans each dataset at a coarser spacing where `lowres_patch` holds most of
+    its median case; a dataset whose full resolution already does keeps it, with a note."""
+    if config not in planning.CONFIGS:
+        raise TumorFMError(f"configuration '{config}': choose {' or '.join(planning.CONFIGS)}")
     out = ensure_writable(Path(out))
     started = time.perf_counter()
     report = {
@@ -216,6 +235,8 @@ def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: boo
         "cache_format": CACHE_FORMAT,
         "pool_file": str(pool.path),
         "workers": workers,
+        "config": config,
+        "lowres_patch": list(lowres_patch) if config == "lowres" else None,
         "datasets": {},
     }
     write_json(out / "pool.json", {**pool.summary(), "cache_format": CACHE_FORMAT})
@@ -223,7 +244,7 @@ def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: boo
         folder = ensure_writable(out / dataset.name)
         remove_stale_temporaries(folder)
         dataset_started = time.perf_counter()
-        plan = fingerprint_and_plan(dataset, folder, workers, progress)
+        plan = fingerprint_and_plan(dataset, folder, workers, progress, config, lowres_patch)
         write_json(folder / "plan.json", plan.to_dict())
         label_map = pool.global_label(dataset)
         jobs, skipped = [], 0
@@ -249,7 +270,14 @@ def preprocess_pool(pool: Pool, out: str | Path, workers: int = 1, progress: boo
             "seconds": round(time.perf_counter() - dataset_started, 2),
             "target_spacing": list(plan.target_spacing_zyx),
             "patch_size": list(plan.patch_size),
+            "configuration": plan.configuration,
         }
+        if config == "lowres" and plan.configuration == "3d_fullres":
+            report["datasets"][dataset.name]["note"] = (
+                f"lowres equals full resolution for {dataset.name}: a "
+                f"{'x'.join(map(str, lowres_patch))} patch already holds "
+                f"{planning.LOWRES_COVERAGE:.0%} of its median case; using 3d_fullres"
+            )
     report["seconds"] = round(time.perf_counter() - started, 2)
     write_json(out / "preprocess_report.json", report)
     return report

@@ -19,6 +19,7 @@ from tumorfm.infer.inputs import ScanInput
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions
 from tumorfm.model.bundle import read_bundle_config
+from tumorfm.model.shipped import bundle_folder
 
 
 def matched_classes(
@@ -49,7 +50,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict:
     """Predict the dataset's labelled cases (or `cases`) with `bundle` and score them."""
-    bundle, dataset, out = Path(bundle), Path(dataset), ensure_writable(Path(out))
+    bundle, dataset = bundle_folder(bundle), Path(dataset)
+    out = ensure_writable(Path(out))
     raw = read_dataset(dataset)
     meta = read_bundle_config(bundle)
     labelled = {case.case_id: case for case in raw.labelled_cases}

@@ -29,6 +29,7 @@ from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
 from tumorfm.model.bundle import CONFIG, load_bundle, read_bundle_config
 from tumorfm.model.precision import autocast
+from tumorfm.model.shipped import bundle_folder
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
 
@@ -104,7 +105,7 @@ class Predictor:
     """A loaded bundle and the settings to predict with; call it on (C, Z, Y, X) arrays."""
 
     def __init__(self, bundle: str | Path, options: PredictOptions | None = None):
-        self.folder = Path(bundle)
+        self.folder = bundle_folder(bundle)
         self.options = options = options or PredictOptions()
         meta = read_bundle_config(self.folder)
         self.plan_name, self.plan = choose_plan(meta, options.plan, self.folder)
@@ -112,7 +113,7 @@ class Predictor:
         self.bundle = load_bundle(self.folder, device=str(self.device))
         self.patch_size = tuple(self.bundle.model.config.patch_size)
         classes = self.bundle.classes
-        wanted = options.classes or classes
+        wanted = options.classes or self.default_classes()
         unknown = [name for name in wanted if name not in classes]
         if unknown:
             raise TumorFMError(
@@ -129,6 +130,14 @@ class Predictor:
                 f"{self.bundle.model.config.in_channels}"
             )
         self.autocast, self.precision = autocast(options.precision, self.device)
+
+    def default_classes(self) -> list[str]:
+        """A pool bundle predicts what the chosen plan's dataset annotates (a CT plan no brain
+        tumour), a bundle without that record every class."""
+        annotated = self.bundle.extra.get("annotated", {}).get(self.plan_name)
+        return (
+            [c for c in self.bundle.classes if c in annotated] if annotated else self.bundle.classes
+        )
 
     @property
     def in_channels(self) -> int:

@@ -25,11 +25,13 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_folder, read_json_object
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import PRESETS
+from tumorfm.model.shipped import bundle_folder
 
 FORMAT = "tumorfm-bundle"
 VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 POSITION_SUFFIX = "bottleneck.position"
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 @dataclass
@@ -107,9 +109,8 @@ def _refuse_pickle(path: Path) -> None:
 
 
 def read_bundle_config(folder: str | os.PathLike) -> dict:
-    folder = Path(folder)
-    if not folder.exists():
-        raise TumorFMError(f"{folder}: bundle not found")
+    """The bundle's config.json, checked; `folder` may be the name of a shipped bundle."""
+    folder = bundle_folder(folder)
     if not folder.is_dir():
         _refuse_pickle(folder)
     path = folder / CONFIG
@@ -149,8 +150,10 @@ def _check_tensors(path: Path, model: TSFM, tensors: dict[str, torch.Tensor]) ->
 def load_bundle(
     folder: str | os.PathLike, patch_size=None, device: str = "cpu", **overrides
 ) -> Bundle:
-    """Build the bundle's network (at `patch_size` if given) and load its weights."""
-    folder = Path(folder)
+    """Build the bundle's network (at `patch_size` if given) and load its weights.
+
+    Weights stored in half precision (shipped bundles) are copied into the float32 network."""
+    folder = bundle_folder(folder)
     meta = read_bundle_config(folder)
     settings = dict(meta["model"])
     if patch_size is not None:
@@ -164,10 +167,18 @@ def load_bundle(
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise TumorFMError(f"{weights}: missing; a bundle needs {CONFIG} and {WEIGHTS}")
+    with open(weights, "rb") as file:
+        head = file.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise TumorFMError(
+            f"{weights}: a Git LFS pointer, not the weights; fetch them with `git lfs pull`"
+        )
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
-        raise TumorFMError(f"{weights}: not a readable safetensors file ({error})") from None
+        raise TumorFMError(
+            f"{weights}: truncated or not a safetensors file ({error}); copy the bundle again"
+        ) from None
     _check_tensors(weights, model, tensors)
     model.load_state_dict(tensors)
     classes = list(meta["classes"])

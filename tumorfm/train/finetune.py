@@ -22,6 +22,7 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable
 from tumorfm.model.adapters import MODES
 from tumorfm.model.bundle import read_bundle_config
+from tumorfm.model.shipped import bundle_folder
 from tumorfm.train.trainer import make_config, pretrain
 
 ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode
@@ -75,7 +76,7 @@ def finetune(
     """
     if mode not in MODES:
         raise TumorFMError(f"mode '{mode}': choose one of {', '.join(MODES)}")
-    dataset, bundle, out = Path(dataset), Path(bundle), Path(out)
+    dataset, bundle, out = Path(dataset), bundle_folder(bundle), Path(out)
     meta = read_bundle_config(bundle)
     labels = dataset_classes(dataset, meta["classes"], mapping or {}, new_head or from_scratch)
     if (out / "settings.json").exists():

@@ -16,6 +16,7 @@ from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import POSITION_SUFFIX, WEIGHTS, read_bundle_config
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import create_model
+from tumorfm.model.shipped import bundle_folder
 
 
 def head_convs(model: TSFM) -> list[str]:
@@ -63,12 +64,14 @@ def _first_conv(old: torch.Tensor, channels: int) -> torch.Tensor:
 
 def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict:
     """Load the bundle's weights into `model` (whose output channels are `classes`)."""
-    folder = Path(bundle)
+    folder = bundle_folder(bundle)
     meta = read_bundle_config(folder)
     try:
         pretrained = load_file(str(folder / WEIGHTS))
     except (OSError, ValueError) as error:
         raise TumorFMError(f"{folder / WEIGHTS}: cannot read ({error})") from None
+    # shipped bundles may store float16; the network trains in float32
+    pretrained = {k: v.float() if v.is_floating_point() else v for k, v in pretrained.items()}
     source = list(meta["classes"])
     mapped = [(i, source.index(name)) for i, name in enumerate(classes) if name in source]
     state = model.state_dict()

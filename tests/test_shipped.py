@@ -1,0 +1,75 @@
+"""Shipped bundles: found by name, stored in half precision, refused clearly when damaged."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from tumorfm.errors import TumorFMError
+from tumorfm.model import create_model
+from tumorfm.model.bundle import load_bundle, save_bundle
+from tumorfm.model.shipped import bundle_folder, export_bundle, list_shipped
+
+PATCH = (32, 32, 32)
+PLAN = {"datasets": {"ct_set": {"configuration": "3d_lowres", "target_spacing_zyx": [3, 2, 2]}}}
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """A models/ folder holding one exported (float16) bundle, and the float32 original."""
+    torch.manual_seed(0)
+    model = create_model("tsfm-tiny", in_channels=1, num_classes=2, patch_size=PATCH).eval()
+    source = save_bundle(tmp_path / "run" / "last", model, ["organ", "lesion"], ["CT"],
+                         preset="tsfm-tiny", plan=PLAN)  # fmt: skip
+    root = tmp_path / "models"
+    export_bundle(source, root / "demo-model", half=True, card="# demo-model\n")
+    monkeypatch.setenv("TUMORFM_MODELS", str(root))
+    return root, source, model
+
+
+def test_found_by_name_and_loaded_in_float32(models):
+    root, source, model = models
+    assert list_shipped() == ["demo-model"]
+    assert bundle_folder("demo-model") == root / "demo-model"
+    assert (root / "demo-model" / "MODEL_CARD.md").read_text() == "# demo-model\n"
+    half_size = (root / "demo-model" / "model.safetensors").stat().st_size
+    assert half_size < 0.6 * (source / "model.safetensors").stat().st_size
+    loaded = load_bundle("demo-model")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    x = torch.randn(1, 1, *PATCH)
+    with torch.no_grad():
+        reference, shipped = model(x), loaded.model(x)
+    assert not torch.equal(reference, shipped)  # float16 rounding, so the export really halved
+    torch.testing.assert_close(shipped, reference, atol=2e-2, rtol=2e-2)
+    config = json.loads((root / "demo-model" / "config.json").read_text())
+    assert config["extra"]["weights_dtype"] == "float16"
+
+
+def test_unknown_name_lists_the_shipped_ones(models):
+    with pytest.raises(TumorFMError, match=r"no shipped model of that name \(shipped: demo-model"):
+        bundle_folder("demo-modle")
+    result = run_cli("predict", "-i", "scan.nii.gz", "-o", "out", "-m", "demo-modle")
+    assert_one_line_error(result, "demo-modle", "shipped: demo-model")
+
+
+def test_lfs_pointer_and_truncated_weights_are_refused(models):
+    root, _, _ = models
+    weights = root / "demo-model" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 2300000\n"
+    )
+    with pytest.raises(TumorFMError, match="Git LFS pointer.*git lfs pull"):
+        load_bundle("demo-model")
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TumorFMError, match="truncated or not a safetensors file"):
+        load_bundle("demo-model")
+
+
+def test_model_list_shows_presets_and_shipped_bundles(models):
+    result = run_cli("model", "list")
+    assert result.returncode == 0, result.stderr
+    assert "tsfm-compact" in result.stdout and "tsfm-1.6b" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if "demo-model" in x)
+    assert "tsfm-tiny" in line and "organ, lesion" in line and "3d_lowres" in line
