@@ -190,3 +190,22 @@ def test_transfer_study_k_folds_hold_out_every_case_once(pretrained, tmp_path):
     assert sorted(c["case"] for c in scored["cases"]) == every
     with pytest.raises(TumorFMError, match="--folds 1"):
         transfer_study(SARCOMA, pretrained, study, [1], 2, folds=1)
+
+
+def test_finetune_plans_as_the_bundle_was_planned(tmp_path):
+    """A bundle trained on 3d_lowres plans fine-tunes at lowres, sized for its own patch."""
+    torch.manual_seed(0)
+    model = create_model("tsfm-tiny", 1, 1, (16, 32, 32), deep_supervision=True)
+    plan = {"datasets": {"other": {"configuration": "3d_lowres"}}}
+    bundle = save_bundle(tmp_path / "low", model, ["sarcoma"], ["CT"], "tsfm-tiny", plan=plan)
+    quick = {k: v for k, v in QUICK.items() if k != "patch_size"}
+    finetune(SARCOMA, bundle, tmp_path / "run", 1, "full", workers=1, progress=False, **quick)
+    meta = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    (run_plan,) = meta["plan"]["datasets"].values()
+    assert run_plan["configuration"] == "3d_lowres" and run_plan["patch_size"] == [16, 32, 32]
+    assert meta["model"]["patch_size"] == [16, 32, 32]
+    full = finetune(SARCOMA, bundle, tmp_path / "run2", 1, "full", workers=1, progress=False,
+                    plan_config="fullres", **QUICK)  # fmt: skip
+    assert full["step"] == 2
+    meta = json.loads((tmp_path / "run2" / "last" / "config.json").read_text())
+    assert next(iter(meta["plan"]["datasets"].values()))["configuration"] == "3d_fullres"

@@ -115,6 +115,10 @@ def finetune(
         typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json."),
     ] = None,
     fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="fullres or lowres plan for the dataset (default: as the bundle's)."),
+    ] = None,
 ) -> None:
     """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
     from tumorfm.train.finetune import finetune as run_finetune
@@ -137,6 +141,7 @@ def finetune(
         precision=precision,
         split_file=_existing(split),
         fold=fold,
+        plan_config=config,
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
     typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")

@@ -53,6 +53,13 @@ def dataset_classes(
     return labels
 
 
+def bundle_configuration(meta: dict) -> str:
+    """lowres when the bundle was trained on 3d_lowres plans, else fullres."""
+    plans = (meta.get("plan") or {}).get("datasets") or {}
+    lowres = any(p.get("configuration") == "3d_lowres" for p in plans.values())
+    return "lowres" if lowres else "fullres"
+
+
 def finetune(
     dataset: str | Path,
     bundle: str | Path,
@@ -65,6 +72,7 @@ def finetune(
     cache: str | Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    plan_config: str | None = None,
     **settings,
 ) -> dict:
     """Fine-tune `bundle` on `dataset` into the run folder `out` (bundles in OUT/best and
@@ -72,7 +80,8 @@ def finetune(
 
     `settings` are PretrainConfig fields (profile defaults to "cpu"): iterations_per_epoch,
     patch_size, lr, warmup_epochs, seed, ... `from_scratch` keeps the bundle's architecture but
-    not its weights: the baseline of the transfer study.
+    not its weights: the baseline of the transfer study. `plan_config` (fullres, lowres) plans the
+    dataset; by default as the bundle was planned, lowres at the training patch.
     """
     if mode not in MODES:
         raise TumorFMError(f"mode '{mode}': choose one of {', '.join(MODES)}")
@@ -90,8 +99,19 @@ def finetune(
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
     cache = Path(cache) if cache else out / "cache"
-    preprocess_pool(load_pool(pool_file), cache, workers=workers, progress=progress)
+    plan_config = plan_config or bundle_configuration(meta)
+    if plan_config == "lowres" and not settings.get("patch_size"):  # the patch it is sized for
+        settings["patch_size"] = tuple(meta["model"]["patch_size"])
     profile = settings.pop("profile", "cpu")
+    patch = settings.get("patch_size") or make_config(profile).patch_size
+    preprocess_pool(
+        load_pool(pool_file),
+        cache,
+        workers=workers,
+        progress=progress,
+        config=plan_config,
+        lowres_patch=tuple(patch),
+    )
     config = make_config(
         profile,
         model=meta.get("preset") or "tsfm-tiny",
