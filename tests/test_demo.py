@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from conftest import run_cli
 
@@ -33,3 +34,10 @@ def test_demo_runs_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "liver_tumour" in html
     assert "demo finished" in result.stdout and "report.html" in result.stdout
+    # then the shipped model segmented tests/data's real scans, which it never trained on
+    real = summary["real_scans"]
+    assert real["model"] == "tsfm-real-lowres"
+    assert set(real["dice"]) == {"sarcoma_ct", "brain_mr"}
+    assert real["dice"]["sarcoma_ct"]["soft_tissue_sarcoma"] > 0.5
+    for page in real["reports"].values():
+        assert Path(page).read_text().count("data:image/png;base64,") >= 2

@@ -4,13 +4,19 @@ import json
 
 import pytest
 import torch
+from conftest import BRAIN, SARCOMA, assert_one_line_error, run_cli
 
-from conftest import assert_one_line_error, run_cli
+from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
+from tumorfm.eval.metrics import dice
 from tumorfm.model import create_model
 from tumorfm.model.bundle import load_bundle, save_bundle
-from tumorfm.model.shipped import bundle_folder, export_bundle, list_shipped
+from tumorfm.model.shipped import bundle_folder, export_bundle, list_shipped, models_folder
 
+SHIPPED = "tsfm-real-lowres"
+# below the lowest held-out Dice its model card reports for each plan, so a broken export,
+# plan or predictor fails; measured per case by benchmarks/shipped_model.py
+MIN_DICE = {"sarcoma_ct": 0.5, "brain_mr": 0.0}
 PATCH = (32, 32, 32)
 PLAN = {"datasets": {"ct_set": {"configuration": "3d_lowres", "target_spacing_zyx": [3, 2, 2]}}}
 
@@ -73,3 +79,27 @@ def test_model_list_shows_presets_and_shipped_bundles(models):
     assert "tsfm-compact" in result.stdout and "tsfm-1.6b" in result.stdout
     line = next(x for x in result.stdout.splitlines() if "demo-model" in x)
     assert "tsfm-tiny" in line and "organ, lesion" in line and "3d_lowres" in line
+
+
+def test_the_shipped_model_segments_real_scans_it_never_saw(tmp_path):
+    """models/tsfm-real-lowres, by name, on the tests/data scans held out of its training."""
+    config = json.loads((models_folder() / SHIPPED / "config.json").read_text())
+    held_out = config["extra"]["training"]["split"]
+    for plan, folder, case, image in (
+        ("sarcoma_ct", SARCOMA, "STS_019", "STS_019_0000.nii.gz"),
+        ("brain_mr", BRAIN, "btp_07_post", "btp_07_post.nii.gz"),
+    ):
+        assert case in held_out[plan]["val"] and case not in held_out[plan]["train"]
+        out = tmp_path / plan
+        result = run_cli("predict", "-i", folder / "imagesTr" / image, "-o", out,
+                         "-m", SHIPPED, "--plan", plan, "--no-mirror")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        pred = read_volume(out / f"{case}.nii.gz")
+        truth = read_volume(folder / "labelsTr" / f"{case}.nii.gz")
+        assert pred.geometry.close_to(truth.geometry)
+        (name,) = config["extra"]["annotated"][plan]  # the plan's own class, its id in the bundle
+        labels = json.loads((out / "dataset.json").read_text())["labels"]
+        assert labels == {"background": 0, name: config["classes"].index(name) + 1}
+        assert dice(pred.array > 0, truth.array > 0) > MIN_DICE[plan], plan
+    result = run_cli("predict", "-i", SARCOMA / "imagesTr", "-o", tmp_path / "x", "-m", SHIPPED)
+    assert_one_line_error(result, "choose one with --plan", "sarcoma_ct", "brain_mr")
