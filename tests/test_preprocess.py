@@ -181,3 +181,10 @@ def test_lowres_cache_and_the_note_when_it_equals_fullres(tmp_path):
     assert plan["configuration"] == "3d_fullres"
     result = run_cli("preprocess", pool, "-o", tmp_path / "x", "--config", "3d_low")
     assert_one_line_error(result, "configuration '3d_low'", "fullres or lowres")
+
+
+def test_the_command_line_lowres_patch_is_the_planner_default():
+    from tumorfm.cli import LOWRES_PATCH
+    from tumorfm.data.plan import LOWRES_PATCH as PLANNER_DEFAULT
+
+    assert LOWRES_PATCH == PLANNER_DEFAULT

@@ -27,6 +27,7 @@ model_app = typer.Typer(
 app.add_typer(model_app, name="model")
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+LOWRES_PATCH = (48, 96, 96)  # tumorfm.data.plan's (not imported here: it loads scipy; tested)
 
 
 def _version(value: bool) -> None:
@@ -184,7 +185,7 @@ def preprocess(
     patch: Annotated[
         tuple[int, int, int],
         typer.Option(min=1, help="lowres: the patch z y x that should hold most of a case."),
-    ] = (48, 96, 96),
+    ] = LOWRES_PATCH,
 ) -> None:
     """Fingerprint, plan, crop, normalise and resample every case of a pool into a cache."""
     from tumorfm.data.pool import load_pool

@@ -4,7 +4,7 @@ Pretrain tsfm-tiny on three phantom sites (kidney, pancreas, multi-organ), fine-
 held-out site (liver and liver tumours, a class the pool never saw), segment that site's unseen
 test cases, score them and write demo-output/report.html with a Dice table and overlay pictures.
 Then the model shipped with tumorfm segments the real scans of tests/data (sarcoma CT, glioblastoma
-MR, all held out of its training) and demo-output/real/report.html shows how it did.
+MR, all held out of its training) and demo-output/real/<plan>/report.html show how it did.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def run_demo(
         "tumorfm demo: fine-tuned on a held-out phantom site",
         notes,
     )
-    real = segment_real_scans(out / "real", workers)
+    real = segment_real_scans(out / "real")
     summary = {
         "tumorfm_version": tumorfm.__version__,
         "workers": workers,
@@ -182,7 +182,7 @@ def run_demo(
     return summary
 
 
-def segment_real_scans(out: Path, workers: int) -> dict:
+def segment_real_scans(out: Path) -> dict:
     """The shipped model on the real scans of tests/data, scored against their labels."""
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
     if SHIPPED not in list_shipped() or not data.is_dir():

@@ -132,8 +132,8 @@ class Predictor:
         self.autocast, self.precision = autocast(options.precision, self.device)
 
     def default_classes(self) -> list[str]:
-        """A pool bundle predicts what the chosen plan's dataset annotates (a CT plan no brain
-        tumour), a bundle without that record every class."""
+        """A pool bundle predicts what the chosen plan's dataset annotates (so a CT plan predicts
+        no brain tumour); a bundle without that record predicts every class."""
         annotated = self.bundle.extra.get("annotated", {}).get(self.plan_name)
         return (
             [c for c in self.bundle.classes if c in annotated] if annotated else self.bundle.classes
