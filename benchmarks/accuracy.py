@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 from measure import git_state, machine, run
 from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
-from transfer import PARENTS, parameter_count, support_datasets
+from support import PARENTS, parameter_count, support_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent

@@ -144,10 +144,13 @@ def _nnunet_model(arch: dict, outputs: int):
 
 
 def bench_plans(
-    plans: dict, patch, batch: int, outputs: int, target_params: int
+    plans: dict, patch, batch: int, outputs: int, target_params: int, spacing=None
 ) -> tuple[dict, dict]:
     """nnUNetPlans.json -> nnUNetPlans_bench: 3d_fullres with this patch, batch and a PlainConvUNet
-    planned for this patch by nnU-Net, its features capped for tsfm-small's parameter count."""
+    planned for this patch by nnU-Net, its features capped for tsfm-small's parameter count.
+
+    `spacing` (zyx, as tumorfm's plans) replaces nnU-Net's target spacing, e.g. tumorfm's lowres
+    one; the configuration then names its own data folder, for `nnUNetv2_preprocess -plans_name`."""
     import torch
     from nnunetv2.experiment_planning.experiment_planners.network_topology import (
         get_pool_and_conv_props,
@@ -161,6 +164,9 @@ def bench_plans(
         sys.exit(f"nnUNetPlans.json: expected the default PlainConvUNet, got {arch}")
     forward = plans["transpose_forward"]
     patch_t = [patch[i] for i in forward]  # the plans hold the transposed axes
+    if spacing is not None:
+        full["spacing"] = [float(spacing[i]) for i in forward]
+        full["data_identifier"] = f"{PLANS}_3d_fullres"
     _, strides, kernels, planned, _ = get_pool_and_conv_props(full["spacing"], patch_t, 4, 999999)
     if [int(p) for p in planned] != patch_t:
         sys.exit(

@@ -11,39 +11,11 @@ lower is better for tumorfm), each beside its target.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
-START = "<!-- results: written by `python -m benchmarks.report` from benchmarks/results -->"
-END = "<!-- /results -->"
-BENCH = ".venv-bench/bin/python benchmarks"
-
-
-def _load(results: Path, name: str) -> dict | None:
-    path = results / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _cpu(result: dict) -> str:
-    """A short machine name: the CPU model and whether bf16 ran natively, or what is known."""
-    machine = result.get("machine", {})
-    cpu = machine.get("cpu")
-    if not cpu or cpu == "x86_64":
-        return "not recorded"
-    bf16 = machine.get("avx512_bf16")
-    return cpu + ("" if bf16 is None else (", AVX-512 bf16" if bf16 else ", no bf16"))
-
-
-def _s(seconds: float) -> str:
-    return f"{seconds:,.1f} s" if seconds < 600 else f"{seconds / 60:,.1f} min"
-
-
-def _mb(mb: float | None) -> str:
-    return "n/a" if mb is None else f"{mb:,.0f} MB"
+from benchmarks.report_accuracy import accuracy_table, shipped_table, transfer_table
+from benchmarks.report_format import BENCH, END, README, RESULTS, START, _cpu, _load, _mb, _s
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -215,99 +187,6 @@ def speed_table(results: Path) -> list[str]:
     return lines
 
 
-def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
-
-
-def accuracy_table(results: Path) -> list[str]:
-    r = _load(results, "accuracy")
-    if r is None:
-        return [f"Not measured yet: `{BENCH}/accuracy.py`."]
-    s, pre = r["settings"], r.get("pretrain")
-    lines = [
-        f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, the same iterations per "
-        f"dataset for every model (budget x{s['budget']}), fixed splits, no mirroring; "
-        f"{_cpu(r)}; `{r['command']}`.",
-        "",
-        "| dataset | model | parameters | iterations | Dice | HD95 mm (median) | NSD | train "
-        "| train peak | predict | predict peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in r["rows"]:
-        train, predict = row["train"], row["predict"]
-        lines.append(
-            f"| {row['dataset']} ({row['cases']} held out) | {row['model']} | "
-            f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | {_num(row['dice'])} | "
-            f"{_num(row['hd95'], 1)} | {_num(row['nsd'])} | {_s(train['seconds'])} | "
-            f"{_mb(train['peak_mb'])} | {_s(predict['seconds'])} | {_mb(predict['peak_mb'])} |"
-        )
-    if not r.get("complete", True):
-        lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
-    if pre:
-        lines += [
-            "",
-            f"tumorfm's pretraining, paid once for both datasets: {pre['iterations']} "
-            f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
-        ]
-    return lines
-
-
-def _transfer_command(r: dict) -> str:
-    """The command that wrote the file (older files: rebuilt from their settings)."""
-    if "command" in r:
-        return r["command"]
-    s = r["settings"]
-    return (
-        f"{BENCH}/transfer.py --model {s['model']} --patch {' '.join(map(str, s['patch']))} "
-        f"--iterations {s['iterations']} --budgets {' '.join(map(str, s['budgets']))} "
-        f"--factor {s['factor']} --pretrain-epochs {s['pretrain_epochs']}"
-    )
-
-
-def transfer_table(results: Path) -> list[str]:
-    r = _load(results, "transfer")
-    if r is None:
-        return [f"Not measured yet: `{BENCH}/transfer.py`."]
-    s, t = r["settings"], r["targets"]
-    held_out = len(r["study"]["validation_cases"])
-    lines = [
-        f"Sarcoma CT, {held_out} held-out cases, patch {'x'.join(map(str, s['patch']))}, "
-        f"{s['model']} pretrained for {r['pretrain']['iterations']} iterations on a pool without "
-        f"the sarcoma set; {_cpu(r)}; `{_transfer_command(r)}`.",
-        "",
-        "| model | iterations | Dice | HD95 mm (median) | NSD |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in r["rows"]:
-        arm = {
-            "pretrained": f"tumorfm {s['model']}, pretrained",
-            "scratch": f"tumorfm {s['model']}, from scratch",
-        }.get(row["arm"], row["arm"])
-        iterations = row["iterations"]
-        if iterations is None and r.get("nnunet"):
-            iterations, arm = r["nnunet"]["iterations"], "nnU-Net v2 (same split)"
-        lines.append(
-            f"| {arm} | {iterations} | {_num(row['mean_dice'])} | "
-            f"{_num(row.get('sarcoma_hd95'), 1)} | {_num(row.get('sarcoma_nsd'))} |"
-        )
-    gap = t["pretrained_minus_scratch_at_smallest_budget"]
-    lines += [
-        "",
-        f"Targets: pretrained - scratch at the smallest budget {gap:+.3f} (target "
-        f"+0.15: {'met' if t['meets_gap_0.15'] else '**missed**'})",
-    ]
-    if "nnunet_dice" in t:
-        best = t["pretrained_dice_with_at_most_10pct_of_nnunet_iterations"]
-        lines[-1] += (
-            f"; pretrained with <= 10% of nnU-Net's iterations {_num(best)} vs nnU-Net "
-            f"{_num(t['nnunet_dice'])} (target: at least nnU-Net: "
-            f"{'met' if t['meets_nnunet_with_10pct'] else '**missed**'})."
-        )
-    else:
-        lines[-1] += "."
-    return lines
-
-
 def other_lines(results: Path) -> list[str]:
     """Measurements without a peer in the same run: one bullet each."""
     lines = []
@@ -341,34 +220,6 @@ def other_lines(results: Path) -> list[str]:
             f"{'x'.join(map(str, s['patch']))} ({mini['minutes']} min): validation pseudo-Dice "
             f"{', '.join(found)}; every other class 0. `.venv-bench/bin/python "
             f"benchmarks/pretrain_real_mini.py`."
-        )
-    return lines
-
-
-def shipped_table(results: Path) -> list[str]:
-    """The shipped bundle's held-out scores (benchmarks/shipped_model.py writes them)."""
-    r = _load(results, "shipped_model")
-    if r is None:
-        return ["Not measured yet: `.venv/bin/python benchmarks/shipped_model.py ship`."]
-    t = r["train"]
-    mirrored = all(s.get("mirror", True) for s in r["scores"].values())
-    how = "mirroring, overlap 0.5: its defaults" if mirrored else "without mirroring"
-    lines = [
-        f"`models/{r['name']}`: {t['model']} ({r['parameters'] / 1e6:.1f}M parameters, "
-        f"{r['megabytes']:.1f} MB in float16), pretrained {t['epochs'] * t['iterations']} "
-        f"iterations of {'x'.join(map(str, t['patch']))} on the real scans at the lowres plan "
-        f"({r['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(r)}); held-out scans segmented "
-        f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
-        f"deviation over scans. `.venv/bin/python benchmarks/shipped_model.py train` then `ship`.",
-        "",
-        "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for plan, s in r["scores"].items():
-        lines.append(
-            f"| {plan} | {s['class']} | {s['cases']} | {s['dice']['mean']:.3f} +- "
-            f"{s['dice']['std']:.3f} | {s['dice']['min']:.3f} - {s['dice']['max']:.3f} | "
-            f"{_num(s['hd95']['median'], 1)} | {s['nsd']['mean']:.3f} +- {s['nsd']['std']:.3f} |"
         )
     return lines
 

@@ -1,15 +1,16 @@
 """The README's results section is generated from benchmarks/results/*.json: it must match them
 (no figure typed by hand), and a benchmark that has not run shows as not measured."""
 
-import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-report = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(report)
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a package beside tumorfm, not installed
+sys.path.insert(0, str(ROOT / "benchmarks"))  # its scripts import each other by name
+from benchmarks import report  # noqa: E402
+from benchmarks.seeds import merge, paired_difference  # noqa: E402
 
 
 def test_readme_results_section_matches_the_results_files():
@@ -61,3 +62,44 @@ def test_each_windows_per_call_setting_gets_its_own_predict_rows(tmp_path):
     one = next(line for line in lines if "1 window per call" in line)
     assert "| 0.50 |" in four and "**no**" in four
     assert "| 0.20 |" in one and "| yes |" in one
+
+
+def _transfer_seeds(rows_per_seed: dict) -> dict:
+    rows = merge(rows_per_seed, ("arm", "epochs", "iterations"), ["mean_dice"])
+    for row in rows:
+        row["sarcoma_hd95"] = row["sarcoma_nsd"] = None
+    gap = paired_difference(
+        rows_per_seed, {"arm": "pretrained", "epochs": 2}, {"arm": "scratch", "epochs": 2},
+        "mean_dice",
+    )  # fmt: skip
+    return {
+        "settings": {"seeds": list(rows_per_seed), "config": "lowres", "patch": [48, 96, 96],
+                     "model": "tsfm-tiny"},
+        "command": "transfer.py",
+        "pretrain": {"iterations": 1000},
+        "studies": {s: {"validation_cases": ["a"] * 7} for s in rows_per_seed},
+        "rows": rows,
+        "targets": {"pretrained_minus_scratch_at_smallest_budget": gap,
+                    "meets_gap_0.15": gap["mean"] >= 0.15 and gap["beats_spread"]},
+    }  # fmt: skip
+
+
+def test_transfer_over_seeds_reports_mean_spread_and_paired_gap(tmp_path):
+    def rows(pretrained, scratch):
+        row = {"epochs": 2, "iterations": 100}
+        return [{**row, "arm": "pretrained", "mean_dice": pretrained},
+                {**row, "arm": "scratch", "mean_dice": scratch}]  # fmt: skip
+
+    # a steady gap of ~0.2 on splits of very different difficulty: the paired gap beats its spread
+    steady = _transfer_seeds({0: rows(0.7, 0.5), 1: rows(0.4, 0.2), 2: rows(0.62, 0.4)})
+    gap = steady["targets"]["pretrained_minus_scratch_at_smallest_budget"]
+    assert abs(gap["mean"] - 0.2067) < 1e-3 and gap["beats_spread"] and gap["n"] == 3
+    (tmp_path / "transfer.json").write_text(json.dumps(steady))
+    text = "\n".join(report.transfer_table(tmp_path))
+    assert "| tumorfm tsfm-tiny, pretrained | 100 | 0.573 +- 0.155 | n/a | n/a |" in text
+    assert "0.207 +- 0.012 over seeds, larger than its spread" in text and ": met)" in text
+    # the same means, but the gap flips sign on one seed: not larger than its spread
+    noisy = _transfer_seeds({0: rows(0.9, 0.3), 1: rows(0.3, 0.5), 2: rows(0.6, 0.4)})
+    (tmp_path / "transfer.json").write_text(json.dumps(noisy))
+    text = "\n".join(report.transfer_table(tmp_path))
+    assert "**not larger**" in text and "**missed**" in text

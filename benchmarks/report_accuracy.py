@@ -1,0 +1,181 @@
+"""The accuracy side of the README's results section: the shipped model, the accuracy benchmark
+(Table 1) and the transfer benchmark (Table 2), from their results files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.report_format import BENCH, _cpu, _load, _mb, _num, _s
+
+
+def accuracy_table(results: Path) -> list[str]:
+    r = _load(results, "accuracy")
+    if r is None:
+        return [f"Not measured yet: `{BENCH}/accuracy.py`."]
+    s, pre = r["settings"], r.get("pretrain")
+    lines = [
+        f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, the same iterations per "
+        f"dataset for every model (budget x{s['budget']}), fixed splits, no mirroring; "
+        f"{_cpu(r)}; `{r['command']}`.",
+        "",
+        "| dataset | model | parameters | iterations | Dice | HD95 mm (median) | NSD | train "
+        "| train peak | predict | predict peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        train, predict = row["train"], row["predict"]
+        lines.append(
+            f"| {row['dataset']} ({row['cases']} held out) | {row['model']} | "
+            f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | {_num(row['dice'])} | "
+            f"{_num(row['hd95'], 1)} | {_num(row['nsd'])} | {_s(train['seconds'])} | "
+            f"{_mb(train['peak_mb'])} | {_s(predict['seconds'])} | {_mb(predict['peak_mb'])} |"
+        )
+    if not r.get("complete", True):
+        lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
+    if pre:
+        lines += [
+            "",
+            f"tumorfm's pretraining, paid once for both datasets: {pre['iterations']} "
+            f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
+        ]
+    return lines
+
+
+def _transfer_command(r: dict) -> str:
+    """The command that wrote the file (older files: rebuilt from their settings)."""
+    if "command" in r:
+        return r["command"]
+    s = r["settings"]
+    return (
+        f"{BENCH}/transfer.py --model {s['model']} --patch {' '.join(map(str, s['patch']))} "
+        f"--iterations {s['iterations']} --budgets {' '.join(map(str, s['budgets']))} "
+        f"--factor {s['factor']} --pretrain-epochs {s['pretrain_epochs']}"
+    )
+
+
+def _over_seeds(stats: dict | None, digits: int = 3) -> str:
+    """mean +- std over seeds (n), from benchmarks/seeds.py's over_seeds."""
+    if not stats or stats["mean"] is None:
+        return "n/a"
+    std = f" +- {stats['std']:.{digits}f}" if stats["std"] is not None else ""
+    return f"{stats['mean']:.{digits}f}{std}"
+
+
+def transfer_seeds_table(r: dict) -> list[str]:
+    """transfer.json of several seeds: every row as mean +- std over seeds, paired targets."""
+    s, t = r["settings"], r["targets"]
+    held = sorted({len(st["validation_cases"]) for st in r["studies"].values()})
+    lines = [
+        f"Sarcoma CT, {'/'.join(map(str, held))} held-out cases per split, {len(s['seeds'])} "
+        f"seeds (each its own split and initialisation), {s['config']} plan, patch "
+        f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
+        f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; {_cpu(r)}; "
+        f"`{_transfer_command(r)}`. Mean +- standard deviation over seeds.",
+        "",
+        "| model | iterations | Dice | HD95 mm | NSD |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    nnunet = next(iter((r.get("nnunet") or {}).values()), None)
+    for row in r["rows"]:
+        arm = {
+            "pretrained": f"tumorfm {s['model']}, pretrained",
+            "scratch": f"tumorfm {s['model']}, from scratch",
+        }.get(row["arm"], row["arm"])
+        iterations = row["iterations"]
+        if iterations is None and nnunet:
+            iterations, arm = nnunet["iterations"], "nnU-Net v2 (same splits)"
+        lines.append(
+            f"| {arm} | {iterations} | {_over_seeds(row['mean_dice'])} | "
+            f"{_over_seeds(row['sarcoma_hd95'], 1)} | {_over_seeds(row['sarcoma_nsd'])} |"
+        )
+    gap = t["pretrained_minus_scratch_at_smallest_budget"]
+    lines += [
+        "",
+        f"Targets: pretrained - scratch at the smallest budget {_over_seeds(gap)} over seeds, "
+        f"{'larger' if gap['beats_spread'] else '**not larger**'} than its spread (target +0.15 "
+        f"and beyond the spread: {'met' if t['meets_gap_0.15'] else '**missed**'})",
+    ]
+    if "pretrained_at_10pct_minus_nnunet" in t:
+        versus = t["pretrained_at_10pct_minus_nnunet"]
+        lines[-1] += (
+            f"; pretrained with <= 10% of nnU-Net's iterations minus nnU-Net {_over_seeds(versus)} "
+            f"(target: at least nnU-Net: "
+            f"{'met' if t['meets_nnunet_with_10pct'] else '**missed**'})."
+        )
+    else:
+        lines[-1] += "."
+    return lines
+
+
+def transfer_table(results: Path) -> list[str]:
+    r = _load(results, "transfer")
+    if r is None:
+        return [f"Not measured yet: `{BENCH}/transfer.py`."]
+    if "seeds" in r["settings"]:
+        return transfer_seeds_table(r)
+    s, t = r["settings"], r["targets"]
+    held_out = len(r["study"]["validation_cases"])
+    lines = [
+        f"Sarcoma CT, {held_out} held-out cases, patch {'x'.join(map(str, s['patch']))}, "
+        f"{s['model']} pretrained for {r['pretrain']['iterations']} iterations on a pool without "
+        f"the sarcoma set; {_cpu(r)}; `{_transfer_command(r)}`.",
+        "",
+        "| model | iterations | Dice | HD95 mm (median) | NSD |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        arm = {
+            "pretrained": f"tumorfm {s['model']}, pretrained",
+            "scratch": f"tumorfm {s['model']}, from scratch",
+        }.get(row["arm"], row["arm"])
+        iterations = row["iterations"]
+        if iterations is None and r.get("nnunet"):
+            iterations, arm = r["nnunet"]["iterations"], "nnU-Net v2 (same split)"
+        lines.append(
+            f"| {arm} | {iterations} | {_num(row['mean_dice'])} | "
+            f"{_num(row.get('sarcoma_hd95'), 1)} | {_num(row.get('sarcoma_nsd'))} |"
+        )
+    gap = t["pretrained_minus_scratch_at_smallest_budget"]
+    lines += [
+        "",
+        f"Targets: pretrained - scratch at the smallest budget {gap:+.3f} (target "
+        f"+0.15: {'met' if t['meets_gap_0.15'] else '**missed**'})",
+    ]
+    if "nnunet_dice" in t:
+        best = t["pretrained_dice_with_at_most_10pct_of_nnunet_iterations"]
+        lines[-1] += (
+            f"; pretrained with <= 10% of nnU-Net's iterations {_num(best)} vs nnU-Net "
+            f"{_num(t['nnunet_dice'])} (target: at least nnU-Net: "
+            f"{'met' if t['meets_nnunet_with_10pct'] else '**missed**'})."
+        )
+    else:
+        lines[-1] += "."
+    return lines
+
+
+def shipped_table(results: Path) -> list[str]:
+    """The shipped bundle's held-out scores (benchmarks/shipped_model.py writes them)."""
+    r = _load(results, "shipped_model")
+    if r is None:
+        return ["Not measured yet: `.venv/bin/python benchmarks/shipped_model.py ship`."]
+    t = r["train"]
+    mirrored = all(s.get("mirror", True) for s in r["scores"].values())
+    how = "mirroring, overlap 0.5: its defaults" if mirrored else "without mirroring"
+    lines = [
+        f"`models/{r['name']}`: {t['model']} ({r['parameters'] / 1e6:.1f}M parameters, "
+        f"{r['megabytes']:.1f} MB in float16), pretrained {t['epochs'] * t['iterations']} "
+        f"iterations of {'x'.join(map(str, t['patch']))} on the real scans at the lowres plan "
+        f"({r['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(r)}); held-out scans segmented "
+        f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
+        f"deviation over scans. `.venv/bin/python benchmarks/shipped_model.py train` then `ship`.",
+        "",
+        "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for plan, s in r["scores"].items():
+        lines.append(
+            f"| {plan} | {s['class']} | {s['cases']} | {s['dice']['mean']:.3f} +- "
+            f"{s['dice']['std']:.3f} | {s['dice']['min']:.3f} - {s['dice']['max']:.3f} | "
+            f"{_num(s['hd95']['median'], 1)} | {s['nsd']['mean']:.3f} +- {s['nsd']['std']:.3f} |"
+        )
+    return lines

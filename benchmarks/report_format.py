@@ -1,0 +1,41 @@
+"""What every table of the README's results section shares: where results live, how a machine,
+a time, a size and a number are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START = "<!-- results: written by `python -m benchmarks.report` from benchmarks/results -->"
+END = "<!-- /results -->"
+BENCH = ".venv-bench/bin/python benchmarks"
+
+
+def _load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cpu(result: dict) -> str:
+    """A short machine name: the CPU model and whether bf16 ran natively, or what is known."""
+    machine = result.get("machine", {})
+    cpu = machine.get("cpu")
+    if not cpu or cpu == "x86_64":
+        return "not recorded"
+    bf16 = machine.get("avx512_bf16")
+    return cpu + ("" if bf16 is None else (", AVX-512 bf16" if bf16 else ", no bf16"))
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:,.1f} s" if seconds < 600 else f"{seconds / 60:,.1f} min"
+
+
+def _mb(mb: float | None) -> str:
+    return "n/a" if mb is None else f"{mb:,.0f} MB"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
