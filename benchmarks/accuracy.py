@@ -4,8 +4,12 @@ Datasets: the soft-tissue sarcoma CTs (Dataset101_SarcomaCT, 36 cases) and the g
 (Task102_BrainTumour, 16 scans of 8 patients), each with a fixed split (seed 0): 20% of the
 sarcoma cases, and 2 of the 8 brain patients (both their scans: no patient on both sides) are
 held out. Every model trains `--iterations` (x `--budget`) iterations on the rest, with the same
-patch and batch, then segments the held-out scans without mirroring; `tumorfm evaluate` scores
-every model's label maps against the truth (Dice, HD95, NSD at 2 mm).
+patch and batch, at the lowres plan (`--config`: a spacing at which the patch holds most of a
+case; nnU-Net is given tumorfm's), then segments the held-out scans without mirroring; `tumorfm
+evaluate` scores every model's label maps against the truth (Dice, HD95, NSD at 2 mm). Each model
+trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pretraining holds the
+split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
+deviation over seeds (benchmarks/seeds.py).
 
   tumorfm    `tumorfm pretrain` tsfm-tiny on a pool of both sets' training cases (the split file
              keeps the held-out ones out), the single real cases and the four phantom sites, then
@@ -38,6 +42,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import seeds
 import yaml
 from measure import git_state, machine, run
 from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
@@ -125,7 +130,8 @@ def pretrain(args, work: Path, splits: dict) -> dict:
     split_file = work / "pool-split.json"  # held-out cases validate, never train
     split_file.write_text(json.dumps(splits, indent=1))
     cache = work / "pretrain-cache"
-    command = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2)
+    command = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2,
+                  "--config", args.config, "--patch", args.patch)  # fmt: skip
     prep = run(command, dict(os.environ), work / "pretrain-prep.log", args.timeout,
                "tumorfm preprocess (pool)")  # fmt: skip
     epochs = max(1, round(args.pretrain_iterations * args.budget / args.per_epoch))
@@ -158,17 +164,17 @@ def predicted_and_scored(args, work, name, model, out, train, predict, predictio
     }
 
 
-def tumorfm_arm(args, work, name, split_file, images, labels, epochs) -> dict:
+def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> dict:
     folder, _, _, mapping = DATASETS[name]
-    out = work / "runs" / f"tumorfm-{name}"
+    out = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     shutil.rmtree(out, ignore_errors=True)
     command = cli(args.tumorfm, "finetune", args.data / folder, "--from",
                   work / "pretrain" / "last", "-o", out, "--epochs", epochs, "--iterations",
                   args.per_epoch, "--patch", args.patch, "--split", split_file,
-                  mapping)  # fmt: skip
+                  "--seed", seed, mapping)  # fmt: skip
     train = run(command, dict(os.environ), out.parent / f"tumorfm-{name}.log", args.timeout * 8,
                 f"tumorfm finetune ({name})")  # fmt: skip
-    predictions = work / "predictions" / f"tumorfm-{name}"
+    predictions = work / "predictions" / f"seed{seed}" / f"tumorfm-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict = cli(args.tumorfm, "predict", "-i", images, "-o", predictions, "-m", out / "last",
                   "--no-mirror", "--device", args.device)  # fmt: skip
@@ -176,18 +182,19 @@ def tumorfm_arm(args, work, name, split_file, images, labels, epochs) -> dict:
     return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
 
 
-def swinunetr_arm(args, work, name, split_file, images, labels, iterations) -> dict:
-    out = work / "runs" / f"swinunetr-{name}"
+def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed) -> dict:
+    out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    script, tumorfm_run = [sys.executable, HERE / "swinunetr.py"], work / "runs" / f"tumorfm-{name}"
+    script = [sys.executable, HERE / "swinunetr.py"]
+    tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     if not (tumorfm_run / "last").is_dir():
         sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
     command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
                   "--iterations", iterations, "--patch", args.patch, "--batch", args.batch,
-                  "--feature-size", args.swin_features)  # fmt: skip
+                  "--feature-size", args.swin_features, "--seed", seed)  # fmt: skip
     train = run(command, dict(os.environ), out.parent / f"swinunetr-{name}.log",
                 args.timeout * 8, f"SwinUNETR train ({name})")  # fmt: skip
-    predictions = work / "predictions" / f"swinunetr-{name}"
+    predictions = work / "predictions" / f"seed{seed}" / f"swinunetr-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict = cli(script, "predict", out, "--bundle", tumorfm_run / "last", "-i", images, "-o",
                   predictions)  # fmt: skip
@@ -195,7 +202,16 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations) -> d
     return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
 
 
-def nnunet_arm(args, work, name, split, images, labels, epochs) -> dict:
+def lowres_spacing(work: Path, name: str) -> list[float] | None:
+    """The target spacing tumorfm's fine-tuning planned `name` at, when that plan is lowres."""
+    plans = list((work / "runs" / "seed0" / f"tumorfm-{name}" / "cache").glob("*/plan.json"))
+    plan = json.loads(plans[0].read_text()) if plans else {}
+    return plan["target_spacing_zyx"] if plan.get("configuration") == "3d_lowres" else None
+
+
+def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
+    """nnU-Net on `split`, once per seed: fold k of its splits_final.json is the same split, so
+    each fold is one more training with nnU-Net's own randomness (its CLI takes no seed)."""
     folder, dataset_id, _, _ = DATASETS[name]
     nn = work / "nnunet"
     env = nnunet_env(nn, 2)
@@ -223,28 +239,44 @@ def nnunet_arm(args, work, name, split, images, labels, epochs) -> dict:
         run(command, env, nn / f"preprocess-{name}.log", args.timeout * 2, "nnU-Net preprocess")
     plans = json.loads((pre / nn_name / "nnUNetPlans.json").read_text())
     patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
-    plans, network = bench_plans(plans, patch, args.batch, 2, parameter_count(args.model, patch))
-    (pre / nn_name / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
-    (pre / nn_name / "splits_final.json").write_text(json.dumps([split]))
+    spacing = lowres_spacing(work, name) if args.config == "lowres" else None
+    params = parameter_count(args.model, patch)
+    plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
+    plans_file = pre / nn_name / f"{PLANS}.json"
+    stale = not plans_file.is_file() or json.loads(plans_file.read_text()) != plans
+    plans_file.write_text(json.dumps(plans, indent=2))
+    data = pre / nn_name / plans["configurations"]["3d_fullres"]["data_identifier"]
+    if spacing is not None and (stale or not data.is_dir()):  # its own data at that spacing
+        command = cli(BIN / "nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", PLANS,
+                      "-c", "3d_fullres", "-np", 2)  # fmt: skip
+        run(command, env, nn / f"preprocess-bench-{name}.log", args.timeout * 2,
+            "nnU-Net preprocess (tumorfm's lowres spacing)")  # fmt: skip
+    (pre / nn_name / "splits_final.json").write_text(json.dumps([split] * len(args.seeds)))
     install_trainer()
     env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
            "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
-    results = nn / "nnUNet_results" / nn_name / f"{TRAINER}__{PLANS}__3d_fullres" / "fold_0"
+    results = nn / "nnUNet_results" / nn_name / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
     shutil.rmtree(results, ignore_errors=True)
-    command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", 0, "-p", PLANS, "-tr",
+    command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", fold, "-p", PLANS, "-tr",
                   TRAINER, "-device", args.device)  # fmt: skip
-    train = run(command, env, nn / f"train-{name}.log", args.timeout * 8, f"nnU-Net train ({name})")
-    predictions = work / "predictions" / f"nnunet-{name}"
+    log = nn / f"train-{name}-fold{fold}.log"
+    train = run(command, env, log, args.timeout * 8, f"nnU-Net train ({name}, fold {fold})")
+    predictions = work / "predictions" / f"seed{fold}" / f"nnunet-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
-                  "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", 0, "--disable_tta",
+                  "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", fold, "--disable_tta",
                   "-device", args.device, "-npp", 0, "-nps", 0, "-chk",
                   "checkpoint_final.pth")  # fmt: skip
     inference = run(
-        predict, env, nn / f"predict-{name}.log", args.timeout, f"nnU-Net predict ({name})"
+        predict,
+        env,
+        nn / f"predict-{name}-fold{fold}.log",
+        args.timeout,
+        f"nnU-Net predict ({name})",
     )
     return {
-        "model": "nnU-Net v2 3d_fullres (PlainConvUNet, matched size)",
+        "model": "nnU-Net v2 (PlainConvUNet, matched size"
+        + (", tumorfm's lowres spacing)" if spacing else ", 3d_fullres)"),
         "parameters": network["params"],
         "train": _measured(train),
         "predict": _measured(inference),
@@ -262,7 +294,15 @@ def main() -> None:
     parser.add_argument("--per-epoch", type=int, default=40, help="iterations per epoch")
     parser.add_argument("--model", default="tsfm-tiny")
     parser.add_argument("--swin-features", type=int, default=12, help="SwinUNETR feature size")
-    parser.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], metavar=("Z", "Y", "X"))
+    parser.add_argument("--patch", type=int, nargs=3, default=[48, 96, 96], metavar=("Z", "Y", "X"))
+    parser.add_argument(
+        "--config",
+        choices=("fullres", "lowres"),
+        default="lowres",
+        help="the plan of every model (nnU-Net too: tumorfm's lowres spacing)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="each model trains once per seed, on one fixed split")  # fmt: skip
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument(
@@ -286,6 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.full:
         args.per_epoch, args.iterations, args.pretrain_iterations = 250, 250 * 100, 250 * 1000
+        args.config = "fullres"  # a GPU patch holds the case at full resolution
     if "nnunet" in args.models and not (BIN / "nnUNetv2_train").exists():
         sys.exit("nnU-Net v2 is not in this environment: run `make bench-env`, use .venv-bench")
     if not args.tumorfm.exists():
@@ -321,7 +362,12 @@ def main() -> None:
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "splits": splits,
             "pretrain": pretrained,
-            "rows": rows,
+            "rows_per_seed": rows,
+            "rows": seeds.merge(
+                {s: [r for r in rows if r["seed"] == s] for s in args.seeds},
+                ("dataset", "model", "cases", "iterations", "parameters"),
+                ["dice", "hd95", "nsd", "train_seconds", "predict_seconds"],
+            ),
             "total_seconds": round(time.perf_counter() - started, 1),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,23 +383,26 @@ def main() -> None:
             "cases": len(splits[name]["val"]),
             "iterations": epochs * args.per_epoch,
         }
-        for model in args.models:
-            if model == "tumorfm":
-                row = tumorfm_arm(args, work, name, split_file, images, labels, epochs)
-            elif model == "nnunet":
-                row = nnunet_arm(args, work, name, splits[name], images, labels, epochs)
-            else:
-                row = swinunetr_arm(
-                    args, work, name, split_file, images, labels, epochs * args.per_epoch
-                )
-            rows.append({**common, **row})
-            write(complete=False)
-            print(f"{name} {row['model']}: Dice {row['dice']:.3f}", flush=True)
+        for fold, seed in enumerate(args.seeds):
+            for model in args.models:
+                if model == "tumorfm":
+                    row = tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed)
+                elif model == "nnunet":
+                    row = nnunet_arm(args, work, name, splits[name], images, labels, epochs, fold)
+                else:
+                    iterations = epochs * args.per_epoch
+                    row = swinunetr_arm(
+                        args, work, name, split_file, images, labels, iterations, seed
+                    )
+                timing = {f"{k}_seconds": row[k]["seconds"] for k in ("train", "predict")}
+                rows.append({**common, **row, **timing, "seed": seed})
+                write(complete=False)
+                print(f"{name} {row['model']}, seed {seed}: Dice {row['dice']:.3f}", flush=True)
     write(complete=True)
     for r in rows:
         print(
-            f"{r['dataset']:<11}{r['model']:<55}{r['dice']:.3f}  HD95 {r['hd95']:.1f}  "
-            f"NSD {r['nsd']:.3f}  train {r['train']['seconds']:.0f} s"
+            f"{r['dataset']:<11}{r['model']:<55}seed {r['seed']}  {r['dice']:.3f}  "
+            f"HD95 {r['hd95']:.1f}  NSD {r['nsd']:.3f}  train {r['train']['seconds']:.0f} s"
         )
     print(f"written: {args.out}")
 

@@ -12,6 +12,8 @@ def accuracy_table(results: Path) -> list[str]:
     r = _load(results, "accuracy")
     if r is None:
         return [f"Not measured yet: `{BENCH}/accuracy.py`."]
+    if "seeds" in r["settings"]:
+        return accuracy_seeds_table(r)
     s, pre = r["settings"], r.get("pretrain")
     lines = [
         f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, the same iterations per "
@@ -29,6 +31,37 @@ def accuracy_table(results: Path) -> list[str]:
             f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | {_num(row['dice'])} | "
             f"{_num(row['hd95'], 1)} | {_num(row['nsd'])} | {_s(train['seconds'])} | "
             f"{_mb(train['peak_mb'])} | {_s(predict['seconds'])} | {_mb(predict['peak_mb'])} |"
+        )
+    if not r.get("complete", True):
+        lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
+    if pre:
+        lines += [
+            "",
+            f"tumorfm's pretraining, paid once for both datasets: {pre['iterations']} "
+            f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
+        ]
+    return lines
+
+
+def accuracy_seeds_table(r: dict) -> list[str]:
+    """accuracy.json of several seeds: mean +- std over seeds per dataset and model."""
+    s, pre = r["settings"], r.get("pretrain")
+    lines = [
+        f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['config']} plan, the "
+        f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
+        f"{len(s['seeds'])} seeds per model, no mirroring; {_cpu(r)}; `{r['command']}`. Mean +- "
+        f"standard deviation over seeds.",
+        "",
+        "| dataset | model | parameters | iterations | Dice | HD95 mm | NSD | train | predict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        train, predict = row["train_seconds"]["mean"], row["predict_seconds"]["mean"]
+        lines.append(
+            f"| {row['dataset']} ({row['cases']} held out) | {row['model']} | "
+            f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | "
+            f"{_over_seeds(row['dice'])} | {_over_seeds(row['hd95'], 1)} | "
+            f"{_over_seeds(row['nsd'])} | {_s(train)} | {_s(predict)} |"
         )
     if not r.get("complete", True):
         lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]

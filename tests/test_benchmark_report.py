@@ -103,3 +103,22 @@ def test_transfer_over_seeds_reports_mean_spread_and_paired_gap(tmp_path):
     (tmp_path / "transfer.json").write_text(json.dumps(noisy))
     text = "\n".join(report.transfer_table(tmp_path))
     assert "**not larger**" in text and "**missed**" in text
+
+
+def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
+    def row(seed, model, dice):
+        return {"seed": seed, "dataset": "sarcoma_ct", "model": model, "cases": 7,
+                "iterations": 400, "parameters": 1.3e6, "dice": dice, "hd95": 20.0 + seed,
+                "nsd": 0.5, "train_seconds": 60.0, "predict_seconds": 5.0}  # fmt: skip
+
+    rows = [row(s, m, d) for s, m, d in [(0, "tumorfm", 0.7), (1, "tumorfm", 0.8),
+                                           (0, "nnU-Net", 0.6), (1, "nnU-Net", None)]]  # fmt: skip
+    merged = merge({s: [r for r in rows if r["seed"] == s] for s in (0, 1)},
+                   ("dataset", "model", "cases", "iterations", "parameters"),
+                   ["dice", "hd95", "nsd", "train_seconds", "predict_seconds"])  # fmt: skip
+    settings = {"seeds": [0, 1], "patch": [48, 96, 96], "batch": 2, "budget": 1, "config": "lowres"}
+    result = {"settings": settings, "command": "accuracy.py", "rows": merged}
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "| tumorfm | 1.30M | 400 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
+    assert "| nnU-Net | 1.30M | 400 | 0.600 |" in text  # one seed known: no spread claimed
