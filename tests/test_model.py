@@ -128,4 +128,6 @@ def test_unknown_preset_and_setting():
         create_model("tsfm-huge")
     with pytest.raises(ValueError, match="unknown model setting"):
         TSFMConfig.from_dict({"widthz": (8, 16)})
-    assert list_models() == ["tsfm-tiny", "tsfm-small", "tsfm-base", "tsfm-large", "tsfm-1.6b"]
+    assert list_models() == [
+        "tsfm-tiny", "tsfm-compact", "tsfm-small", "tsfm-base", "tsfm-large", "tsfm-1.6b"
+    ]  # fmt: skip
