@@ -7,7 +7,7 @@ import torch
 from tumorfm.model import TSFMConfig, create_model, list_models
 from tumorfm.model.network import strides_for_patch
 
-CPU_PRESETS = ["tsfm-tiny", "tsfm-small", "tsfm-base"]  # small enough to run here
+CPU_PRESETS = ["tsfm-tiny", "tsfm-compact", "tsfm-small", "tsfm-base"]  # small enough to run here
 PATCH = (32, 32, 32)
 
 
