@@ -195,7 +195,8 @@ def segment_real_scans(out: Path) -> dict:
         predictions = out / plan
         options = PredictOptions(plan=plan, mirror=False)  # seconds, not minutes, on a CPU
         predict(data / folder / "imagesTr", SHIPPED, predictions, options)
-        scores = evaluate(predictions, data / folder / "labelsTr", predictions / "evaluation")
+        truth = _truth_named_as(predictions, data / folder / "labelsTr", out / "truth" / plan)
+        scores = evaluate(predictions, truth, predictions / "evaluation")
         tables.append(format_summary(scores))
         result[plan] = {
             name: round(row["dice"]["mean"], 4) for name, row in scores["aggregates"].items()
@@ -213,3 +214,15 @@ def segment_real_scans(out: Path) -> dict:
     print("\n" + "\n".join(tables))
     reports = {plan: str(out / plan / "report.html") for plan in REAL_SCANS}
     return {"model": SHIPPED, "dice": result, "reports": reports}
+
+
+def _truth_named_as(predictions: Path, labels: Path, out: Path) -> Path:
+    """The label maps (links) with a dataset.json naming their label 1 as the prediction names
+    its class, so evaluate matches them by name (the datasets call it sarcoma or tumour)."""
+    names = json.loads((predictions / "dataset.json").read_text())["labels"]
+    (name,) = [n for n in names if n != "background"]
+    out.mkdir(parents=True, exist_ok=True)
+    for label in labels.glob("*.nii.gz"):
+        (out / label.name).symlink_to(label.resolve())
+    write_json(out / "dataset.json", {"labels": {"background": 0, name: 1}})
+    return out
