@@ -45,8 +45,15 @@ import numpy as np
 import seeds
 import yaml
 from measure import git_state, machine, run
-from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
-from support import PARENTS, parameter_count, support_datasets
+from nnunet_peer import (
+    PLANS,
+    TRAINER,
+    bench_plans,
+    install_trainer,
+    nnunet_env,
+    write_bench_plans,
+)
+from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -242,15 +249,8 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
     spacing = lowres_spacing(work, name) if args.config == "lowres" else None
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
-    plans_file = pre / nn_name / f"{PLANS}.json"
-    stale = not plans_file.is_file() or json.loads(plans_file.read_text()) != plans
-    plans_file.write_text(json.dumps(plans, indent=2))
-    data = pre / nn_name / plans["configurations"]["3d_fullres"]["data_identifier"]
-    if spacing is not None and (stale or not data.is_dir()):  # its own data at that spacing
-        command = cli(BIN / "nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", PLANS,
-                      "-c", "3d_fullres", "-np", 2)  # fmt: skip
-        run(command, env, nn / f"preprocess-bench-{name}.log", args.timeout * 2,
-            "nnU-Net preprocess (tumorfm's lowres spacing)")  # fmt: skip
+    log = nn / f"preprocess-bench-{name}.log"
+    write_bench_plans(pre / nn_name, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
     (pre / nn_name / "splits_final.json").write_text(json.dumps([split] * len(args.seeds)))
     install_trainer()
     env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
@@ -294,15 +294,7 @@ def main() -> None:
     parser.add_argument("--per-epoch", type=int, default=40, help="iterations per epoch")
     parser.add_argument("--model", default="tsfm-tiny")
     parser.add_argument("--swin-features", type=int, default=12, help="SwinUNETR feature size")
-    parser.add_argument("--patch", type=int, nargs=3, default=[48, 96, 96], metavar=("Z", "Y", "X"))
-    parser.add_argument(
-        "--config",
-        choices=("fullres", "lowres"),
-        default="lowres",
-        help="the plan of every model (nnU-Net too: tumorfm's lowres spacing)",
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="each model trains once per seed, on one fixed split")  # fmt: skip
+    add_plan_and_seeds(parser, "each model trains once per seed, on one fixed split")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument(

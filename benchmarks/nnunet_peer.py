@@ -5,9 +5,12 @@ matched size, a trainer with a short timed run, and the folders nnU-Net reads fr
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 from pathlib import Path
+
+from measure import run
 
 PLANS = "nnUNetPlans_bench"
 TRAINER = "nnUNetTrainerTrainBench"
@@ -230,3 +233,27 @@ def install_trainer() -> Path:
     if not path.is_file() or path.read_text() != TRAINER_SOURCE:
         path.write_text(TRAINER_SOURCE)
     return path
+
+
+def write_bench_plans(
+    folder: Path,
+    plans: dict,
+    dataset_id: int,
+    spacing,
+    env: dict,
+    log: Path,
+    timeout: float,
+    workers: int,
+) -> bool:
+    """Write `plans` as the dataset's nnUNetPlans_bench.json (its preprocessed `folder`); at a
+    spacing of its own (`spacing` not None), preprocess its data when the plans changed or the
+    data are missing. Returns whether the plans changed: a model trained on the old is stale."""
+    path = folder / f"{PLANS}.json"
+    stale = not path.is_file() or json.loads(path.read_text()) != plans
+    path.write_text(json.dumps(plans, indent=2))
+    data = folder / plans["configurations"]["3d_fullres"]["data_identifier"]
+    if spacing is not None and (stale or not data.is_dir()):
+        command = [str(Path(sys.executable).parent / "nnUNetv2_preprocess"), "-d", str(dataset_id),
+                   "-plans_name", PLANS, "-c", "3d_fullres", "-np", str(workers)]  # fmt: skip
+        run(command, env, log, timeout, "nnU-Net preprocess (tumorfm's lowres spacing)")
+    return stale

@@ -74,6 +74,17 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     return lines
 
 
+def _transfer_arm(row: dict, model: str, nnunet: dict | None, nnunet_name: str) -> tuple:
+    """A transfer row's label and iterations: the reference row (no budget) is nnU-Net's."""
+    if row["iterations"] is None and nnunet:
+        return nnunet_name, nnunet["iterations"]
+    names = {
+        "pretrained": f"tumorfm {model}, pretrained",
+        "scratch": f"tumorfm {model}, from scratch",
+    }
+    return names.get(row["arm"], row["arm"]), row["iterations"]
+
+
 def _transfer_command(r: dict) -> str:
     """The command that wrote the file (older files: rebuilt from their settings)."""
     if "command" in r:
@@ -110,13 +121,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
     ]
     nnunet = next(iter((r.get("nnunet") or {}).values()), None)
     for row in r["rows"]:
-        arm = {
-            "pretrained": f"tumorfm {s['model']}, pretrained",
-            "scratch": f"tumorfm {s['model']}, from scratch",
-        }.get(row["arm"], row["arm"])
-        iterations = row["iterations"]
-        if iterations is None and nnunet:
-            iterations, arm = nnunet["iterations"], "nnU-Net v2 (same splits)"
+        arm, iterations = _transfer_arm(row, s["model"], nnunet, "nnU-Net v2 (same splits)")
         lines.append(
             f"| {arm} | {iterations} | {_over_seeds(row['mean_dice'])} | "
             f"{_over_seeds(row['sarcoma_hd95'], 1)} | {_over_seeds(row['sarcoma_nsd'])} |"
@@ -157,13 +162,7 @@ def transfer_table(results: Path) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
-        arm = {
-            "pretrained": f"tumorfm {s['model']}, pretrained",
-            "scratch": f"tumorfm {s['model']}, from scratch",
-        }.get(row["arm"], row["arm"])
-        iterations = row["iterations"]
-        if iterations is None and r.get("nnunet"):
-            iterations, arm = r["nnunet"]["iterations"], "nnU-Net v2 (same split)"
+        arm, iterations = _transfer_arm(row, s["model"], r.get("nnunet"), "nnU-Net v2 (same split)")
         lines.append(
             f"| {arm} | {iterations} | {_num(row['mean_dice'])} | "
             f"{_num(row.get('sarcoma_hd95'), 1)} | {_num(row.get('sarcoma_nsd'))} |"

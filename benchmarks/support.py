@@ -84,3 +84,15 @@ def parameter_count(preset: str, patch) -> int:
 
     with torch.device("meta"):
         return sum(p.numel() for p in create_model(preset, 1, 1, tuple(patch)).parameters())
+
+
+def add_plan_and_seeds(parser, seeds_help: str) -> None:
+    """The options the transfer and accuracy benchmarks share: patch, plan and seeds."""
+    parser.add_argument("--patch", type=int, nargs=3, default=[48, 96, 96], metavar=("Z", "Y", "X"))
+    parser.add_argument(
+        "--config",
+        choices=("fullres", "lowres"),
+        default="lowres",
+        help="the plan of every model (nnU-Net too: tumorfm's lowres spacing)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help=seeds_help)

@@ -47,8 +47,15 @@ import seeds
 import SimpleITK as sitk
 import yaml
 from measure import git_state, machine, run
-from nnunet_peer import PLANS, TRAINER, bench_plans, install_trainer, nnunet_env
-from support import PARENTS, parameter_count, support_datasets
+from nnunet_peer import (
+    PLANS,
+    TRAINER,
+    bench_plans,
+    install_trainer,
+    nnunet_env,
+    write_bench_plans,
+)
+from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -154,14 +161,8 @@ def nnunet(args, work: Path, splits: list[dict], fold: int, target_params: int, 
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
     plans, network = bench_plans(plans, patch, args.batch, 2, target_params, spacing)
-    plans_file = folder / f"{PLANS}.json"
-    stale = not plans_file.is_file() or json.loads(plans_file.read_text()) != plans
-    plans_file.write_text(json.dumps(plans, indent=2))
-    data = folder / plans["configurations"]["3d_fullres"]["data_identifier"]
-    if spacing is not None and (stale or not data.is_dir()):  # its own data at this spacing
-        command = [str(BIN / "nnUNetv2_preprocess"), "-d", str(SARCOMA_ID), "-plans_name", PLANS]
-        command += ["-c", "3d_fullres", "-np", str(args.workers)]
-        run(command, env, nn / "preprocess-bench.log", args.timeout * 2, "nnU-Net preprocess")
+    log, timeout = nn / "preprocess-bench.log", args.timeout * 2
+    stale = write_bench_plans(folder, plans, SARCOMA_ID, spacing, env, log, timeout, args.workers)
     (folder / "splits_final.json").write_text(json.dumps(splits))
     split = splits[fold]
     install_trainer()
@@ -218,15 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="../shared/data")
     parser.add_argument("--model", default="tsfm-tiny")
-    parser.add_argument("--patch", type=int, nargs=3, default=[48, 96, 96], metavar=("Z", "Y", "X"))
-    parser.add_argument(
-        "--config",
-        choices=("fullres", "lowres"),
-        default="lowres",
-        help="the plan of every model (nnU-Net too: tumorfm's lowres spacing)",
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="one study per seed: its split and initialisation")  # fmt: skip
+    add_plan_and_seeds(parser, "one study per seed: its split and initialisation")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=50, help="per epoch, every model")
     parser.add_argument("--budgets", type=int, nargs="+", default=[2, 4, 8], help="epochs")

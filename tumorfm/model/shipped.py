@@ -16,7 +16,6 @@ from pathlib import Path
 from tumorfm.errors import TumorFMError
 
 CARD = "MODEL_CARD.md"
-CONFIG = "config.json"  # as in bundle.py, which looks names up here
 
 
 def models_folder() -> Path:
@@ -27,6 +26,8 @@ def models_folder() -> Path:
 
 def list_shipped() -> list[str]:
     """Names of the shipped bundles (folders of models/ holding a config.json)."""
+    from tumorfm.model.bundle import CONFIG  # bundle.py imports this module
+
     root = models_folder()
     if not root.is_dir():
         return []
@@ -67,7 +68,7 @@ def export_bundle(
     from safetensors.torch import load_file, save_file
 
     from tumorfm.files import atomic_folder
-    from tumorfm.model.bundle import FORMAT, WEIGHTS, read_bundle_config
+    from tumorfm.model.bundle import CONFIG, FORMAT, WEIGHTS, read_bundle_config
 
     source, target = bundle_folder(source), Path(target)
     meta = read_bundle_config(source)
