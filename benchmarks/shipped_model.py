@@ -37,7 +37,7 @@ DATASETS = {  # pool name -> folder under --data, layout suffix of its images, t
 }
 SARCOMA_EXTRA = 4  # held-out sarcomas beyond tests/data's three: 7 of 36
 # chosen on two short runs at equal wall time (see the model card); a CPU-sized patch
-TRAIN = dict(model="tsfm-compact", patch=(48, 96, 96), batch=2, epochs=28, iterations=50, val=4)
+TRAIN = dict(model="tsfm-compact", patch=(48, 96, 96), batch=2, epochs=36, iterations=50, val=4)
 
 
 def case_ids(folder: Path) -> list[str]:

@@ -147,6 +147,11 @@ def test_real_mini_pool_loads_in_the_layout_it_expects(tmp_path):
             {},
             "case_weight",
         ),
+        (
+            [{"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "s"}, "config": "3d_lowres"}],
+            {},
+            "config",
+        ),
     ],
 )
 def test_bad_pool_files(tmp_path, datasets, extra, problem):

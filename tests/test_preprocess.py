@@ -183,6 +183,21 @@ def test_lowres_cache_and_the_note_when_it_equals_fullres(tmp_path):
     assert_one_line_error(result, "configuration '3d_low'", "fullres or lowres")
 
 
+def test_a_pool_entry_config_overrides_the_command_line(tmp_path):
+    """A lowres pool may keep one dataset at full resolution, and a fullres pool lowres one."""
+    spec = yaml.safe_load(_pool_file(tmp_path).read_text())
+    spec["datasets"][0]["config"] = "lowres"  # sarcoma
+    spec["datasets"][1]["config"] = "fullres"  # brain
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(spec))
+    pool = load_pool(tmp_path / "pool.yaml")
+    for config in ("fullres", "lowres"):
+        report = preprocess_pool(pool, tmp_path / config, progress=False, config=config)
+        datasets = report["datasets"]
+        assert datasets["sarcoma"]["configuration"] == "3d_lowres"
+        assert datasets["brain"]["configuration"] == "3d_fullres"
+        assert "note" not in datasets["brain"] and report["lowres_patch"] == [48, 96, 96]
+
+
 def test_the_command_line_lowres_patch_is_the_planner_default():
     from tumorfm.cli import LOWRES_PATCH
     from tumorfm.data.plan import LOWRES_PATCH as PLANNER_DEFAULT

@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,6 +50,9 @@ class DatasetEntry(BaseModel):
     modalities: list[str] | None = None  # overrides dataset.json's channel names
     case_weight: float | None = Field(default=None, gt=0)  # overrides 1/sqrt(n)
     num_cases: int | None = Field(default=None, gt=0)  # expected training cases (documentation)
+    # overrides `preprocess --config` for this dataset: a small lesion that a coarser spacing
+    # would shrink to a few voxels keeps full resolution inside a lowres pool
+    config: Literal["fullres", "lowres"] | None = None
     description: str = ""
 
     @field_validator("labels")

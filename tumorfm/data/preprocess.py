@@ -225,18 +225,20 @@ def preprocess_pool(
     """Preprocess every dataset of `pool` into the cache folder `out`; returns a report.
 
     `config="lowres"` plans each dataset at a coarser spacing where `lowres_patch` holds most of
-    its median case; a dataset whose full resolution already does keeps it, with a note."""
+    its median case; a dataset whose full resolution already does keeps it, with a note. A pool
+    entry's own `config` overrides `config` for that dataset."""
     if config not in planning.CONFIGS:
         raise TumorFMError(f"configuration '{config}': choose {' or '.join(planning.CONFIGS)}")
     out = ensure_writable(Path(out))
     started = time.perf_counter()
+    configs = {dataset.entry.config or config for dataset in pool.datasets}
     report = {
         "tumorfm_version": tumorfm.__version__,
         "cache_format": CACHE_FORMAT,
         "pool_file": str(pool.path),
         "workers": workers,
         "config": config,
-        "lowres_patch": list(lowres_patch) if config == "lowres" else None,
+        "lowres_patch": list(lowres_patch) if "lowres" in configs else None,
         "datasets": {},
     }
     write_json(out / "pool.json", {**pool.summary(), "cache_format": CACHE_FORMAT})
@@ -244,7 +246,8 @@ def preprocess_pool(
         folder = ensure_writable(out / dataset.name)
         remove_stale_temporaries(folder)
         dataset_started = time.perf_counter()
-        plan = fingerprint_and_plan(dataset, folder, workers, progress, config, lowres_patch)
+        wanted = dataset.entry.config or config
+        plan = fingerprint_and_plan(dataset, folder, workers, progress, wanted, lowres_patch)
         write_json(folder / "plan.json", plan.to_dict())
         label_map = pool.global_label(dataset)
         jobs, skipped = [], 0
@@ -272,7 +275,7 @@ def preprocess_pool(
             "patch_size": list(plan.patch_size),
             "configuration": plan.configuration,
         }
-        if config == "lowres" and plan.configuration == "3d_fullres":
+        if wanted == "lowres" and plan.configuration == "3d_fullres":
             report["datasets"][dataset.name]["note"] = (
                 f"lowres equals full resolution for {dataset.name}: a "
                 f"{'x'.join(map(str, lowres_patch))} patch already holds "
