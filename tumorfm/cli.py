@@ -253,7 +253,7 @@ def demo(
 
 def _register() -> None:
     """The other command modules add their commands to `app` when imported."""
-    from tumorfm import cli_infer, cli_train  # noqa: F401
+    from tumorfm import cli_infer, cli_synth, cli_train  # noqa: F401
 
 
 def main() -> None:
