@@ -51,6 +51,7 @@ from nnunet_peer import (
     bench_plans,
     install_trainer,
     nnunet_env,
+    raw_and_planned,
     write_bench_plans,
 )
 from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
@@ -222,40 +223,19 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
     folder, dataset_id, _, _ = DATASETS[name]
     nn = work / "nnunet"
     env = nnunet_env(nn, 2)
-    raw, pre = nn / "nnUNet_raw", nn / "nnUNet_preprocessed"
-    for sub in (raw, pre, nn / "nnUNet_results"):
-        sub.mkdir(parents=True, exist_ok=True)
-    nn_name = f"Dataset{dataset_id}_" + folder.split("_", 1)[1]
-    if not (raw / nn_name / "dataset.json").is_file():
-        shutil.rmtree(raw / nn_name, ignore_errors=True)  # a half-finished conversion
-        if folder.startswith("Dataset"):
-            (raw / nn_name).unlink(missing_ok=True)
-            (raw / nn_name).symlink_to((args.data / folder).resolve())
-        else:  # MSD layout: nnU-Net converts it, and insists on an imagesTs folder
-            shadow = nn / "msd" / folder
-            shutil.rmtree(shadow, ignore_errors=True)
-            (shadow / "imagesTs").mkdir(parents=True)
-            for item in ("dataset.json", "imagesTr", "labelsTr"):
-                (shadow / item).symlink_to((args.data / folder / item).resolve())
-            command = cli(BIN / "nnUNetv2_convert_MSD_dataset", "-i", shadow, "-overwrite_id",
-                          dataset_id, "-np", 2)  # fmt: skip
-            run(command, env, nn / f"convert-{name}.log", args.timeout, "nnU-Net convert MSD")
-    if not (pre / nn_name / "nnUNetPlans.json").is_file():
-        command = cli(BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres",
-                      "-np", 2, "--no_pbar")  # fmt: skip
-        run(command, env, nn / f"preprocess-{name}.log", args.timeout * 2, "nnU-Net preprocess")
-    plans = json.loads((pre / nn_name / "nnUNetPlans.json").read_text())
+    pre = raw_and_planned(args.data / folder, dataset_id, nn, env, args.timeout)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
     patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
     spacing = lowres_spacing(work, name) if args.config == "lowres" else None
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
     log = nn / f"preprocess-bench-{name}.log"
-    write_bench_plans(pre / nn_name, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
-    (pre / nn_name / "splits_final.json").write_text(json.dumps([split] * len(args.seeds)))
+    write_bench_plans(pre, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
+    (pre / "splits_final.json").write_text(json.dumps([split] * len(args.seeds)))
     install_trainer()
     env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
            "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
-    results = nn / "nnUNet_results" / nn_name / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
+    results = nn / "nnUNet_results" / pre.name / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
     shutil.rmtree(results, ignore_errors=True)
     command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", fold, "-p", PLANS, "-tr",
                   TRAINER, "-device", args.device)  # fmt: skip

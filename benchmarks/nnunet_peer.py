@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ Epochs, iterations per epoch and validation iterations come from the environment
 line to OUTPUT_FOLDER/bench_epochs.jsonl: seconds of the training loop (next(batch) + train_step,
 as nnUNetTrainer.run_training runs them), seconds waited for batches, and nnU-Net's own pseudo
 Dice. The full-case validation after training is skipped.
+
+TRAIN_BENCH_SECONDS gives a wall-clock budget instead of an epoch count: after every epoch the
+number of epochs is re-planned from the mean epoch time so far (at least the epochs already run),
+the poly learning rate is stretched to end at that epoch, and training stops there (final
+checkpoint as usual). The budget counts from the start of training (after nnU-Net's setup).
 """
 
 import json
@@ -55,6 +61,10 @@ class _TimedLoader:
         return getattr(self.loader, name)
 
 
+class _BudgetSpent(Exception):
+    """Raised at the end of the epoch that spends the wall-clock budget."""
+
+
 class nnUNetTrainerTrainBench(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -62,10 +72,20 @@ class nnUNetTrainerTrainBench(nnUNetTrainer):
         self.num_epochs = int(os.environ.get("TRAIN_BENCH_EPOCHS", 2))
         self.num_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_ITERATIONS", 20))
         self.num_val_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_VAL_ITERATIONS", 20))
+        self.budget_seconds = float(os.environ.get("TRAIN_BENCH_SECONDS", 0)) or None
+        if self.budget_seconds:
+            self.num_epochs = 100000  # re-planned after every epoch
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except _BudgetSpent:
+            self.on_train_end()
 
     def on_train_start(self):
         super().on_train_start()
         self.dataloader_train = _TimedLoader(self.dataloader_train)
+        self._bench_training_started = time.perf_counter()
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -96,6 +116,12 @@ class nnUNetTrainerTrainBench(nnUNetTrainer):
             "mean_fg_dice": float(get("mean_fg_dice", step=-1)),
             "ema_fg_dice": float(get("ema_fg_dice", step=-1)),
         }
+        if self.budget_seconds:
+            spent = time.perf_counter() - self._bench_training_started
+            done = self.current_epoch + 1
+            self.num_epochs = max(done, round(self.budget_seconds * done / spent))
+            self.lr_scheduler.max_steps = self.num_epochs
+            row |= {"spent_seconds": spent, "planned_epochs": self.num_epochs}
         with open(os.path.join(self.output_folder, "bench_epochs.jsonl"), "a") as stream:
             stream.write(json.dumps(row) + "\\n")
         self.print_to_log_file(
@@ -103,6 +129,8 @@ class nnUNetTrainerTrainBench(nnUNetTrainer):
             f"{row['iterations_per_second']:.4f} it/s, data wait {row['data_wait_share']:.1%}"
         )
         super().on_epoch_end()
+        if self.budget_seconds and self.current_epoch >= self.num_epochs:
+            raise _BudgetSpent
 
     def on_train_end(self):
         if isinstance(self.dataloader_train, _TimedLoader):
@@ -257,3 +285,32 @@ def write_bench_plans(
                    "-plans_name", PLANS, "-c", "3d_fullres", "-np", str(workers)]  # fmt: skip
         run(command, env, log, timeout, "nnU-Net preprocess (tumorfm's lowres spacing)")
     return stale
+
+
+def raw_and_planned(source: Path, dataset_id: int, work: Path, env: dict, timeout: float) -> Path:
+    """nnU-Net's raw dataset from `source` (a DatasetNNN_ folder is linked, an MSD Task folder
+    converted) and its nnUNetPlans.json; returns the dataset's preprocessed folder."""
+    raw, pre = work / "nnUNet_raw", work / "nnUNet_preprocessed"
+    for sub in (raw, pre, work / "nnUNet_results"):
+        sub.mkdir(parents=True, exist_ok=True)
+    name = f"Dataset{dataset_id}_" + source.name.split("_", 1)[1]
+    binaries = Path(sys.executable).parent
+    if not (raw / name / "dataset.json").is_file():
+        shutil.rmtree(raw / name, ignore_errors=True)  # a half-finished conversion
+        if source.name.startswith("Dataset"):
+            (raw / name).unlink(missing_ok=True)
+            (raw / name).symlink_to(source.resolve())
+        else:  # MSD layout: nnU-Net converts it, and insists on an imagesTs folder
+            shadow = work / "msd" / source.name
+            shutil.rmtree(shadow, ignore_errors=True)
+            (shadow / "imagesTs").mkdir(parents=True)
+            for item in ("dataset.json", "imagesTr", "labelsTr"):
+                (shadow / item).symlink_to((source / item).resolve())
+            command = [str(binaries / "nnUNetv2_convert_MSD_dataset"), "-i", str(shadow),
+                       "-overwrite_id", str(dataset_id), "-np", "2"]  # fmt: skip
+            run(command, env, work / f"convert-{name}.log", timeout, "nnU-Net convert MSD")
+    if not (pre / name / "nnUNetPlans.json").is_file():
+        command = [str(binaries / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c",
+                   "3d_fullres", "-np", "2", "--no_pbar"]  # fmt: skip
+        run(command, env, work / f"preprocess-{name}.log", timeout * 2, "nnU-Net preprocess")
+    return pre / name

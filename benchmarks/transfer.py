@@ -53,6 +53,7 @@ from nnunet_peer import (
     bench_plans,
     install_trainer,
     nnunet_env,
+    raw_and_planned,
     write_bench_plans,
 )
 from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
@@ -148,16 +149,7 @@ def nnunet(args, work: Path, splits: list[dict], fold: int, target_params: int, 
     spacing, which nnU-Net then plans and preprocesses at too; None keeps nnU-Net's own."""
     nn = work / "nnunet"
     env = nnunet_env(nn, args.workers)
-    raw, pre = nn / "nnUNet_raw", nn / "nnUNet_preprocessed"
-    for folder in (raw, pre, nn / "nnUNet_results"):
-        folder.mkdir(parents=True, exist_ok=True)
-    if not (raw / SARCOMA).exists():
-        (raw / SARCOMA).symlink_to((args.data / SARCOMA).resolve())
-    folder = pre / SARCOMA
-    if not (folder / "nnUNetPlans.json").is_file():
-        command = [str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(SARCOMA_ID)]
-        command += ["-c", "3d_fullres", "-np", str(args.workers), "--no_pbar"]
-        run(command, env, nn / "preprocess.log", args.timeout * 2, "nnU-Net preprocess")
+    folder = raw_and_planned(args.data / SARCOMA, SARCOMA_ID, nn, env, args.timeout)
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
     plans, network = bench_plans(plans, patch, args.batch, 2, target_params, spacing)

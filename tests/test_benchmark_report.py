@@ -122,3 +122,33 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "| tumorfm | 1.30M | 400 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
     assert "| nnU-Net | 1.30M | 400 | 0.600 |" in text  # one seed known: no spread claimed
+
+
+def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
+    from benchmarks.report_accuracy import shipped_table
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shipped = json.loads((ROOT / "benchmarks" / "results" / "shipped_model.json").read_text())
+    (results / "shipped_model.json").write_text(json.dumps(shipped))
+    assert "not measured yet" in "\n".join(shipped_table(results))
+
+    def dice(mean):
+        return {"mean": mean, "std": 0.1}
+
+    comparison = {
+        "tumorfm": {"bundle": shipped["name"], "dice": dice(0.7)},
+        "nnunet": {"dice": dice(0.6), "iterations": 900, "parameters": 11.5e6},
+        "budget_seconds": shipped["pretrain"]["wall_seconds"],
+        "mirror": False,
+        "dice_difference": 0.1,
+    }
+    for difference, verdict in ((0.1, "met"), (-0.1, "**missed**")):
+        (results / "shipped_nnunet.json").write_text(
+            json.dumps({**comparison, "dice_difference": difference})
+        )
+        text = "\n".join(shipped_table(results))
+        assert f"a difference of {difference:+.3f} (target: ahead, {verdict})" in text
+    comparison["budget_seconds"] += 60  # the bundle was trained again since
+    (results / "shipped_nnunet.json").write_text(json.dumps(comparison))
+    assert "earlier training of the bundle" in "\n".join(shipped_table(results))
