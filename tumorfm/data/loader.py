@@ -10,7 +10,9 @@ Sampling follows nnU-Net v2's data loader: the last third of the global batch
 (oversample_foreground) is centred on a foreground voxel of a label drawn uniformly among those the
 case holds, so rare tumours are seen as often as their organs; the rest is anywhere. With spatial
 augmentation an enlarged crop is cut first and the rotation or scaling produces the final patch
-from it. Cases smaller than the crop are padded with 0 (image and label).
+from it. Cases smaller than the crop are padded with 0 (image and label). A dataset with online
+synthesis (pool file) has that share of its samples centred on its organ, with synthetic tumours
+put in (tumorfm.synth.online) from a generator of their own, before augmentation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tumorfm.data.augment import AugmentConfig, Augmenter
 from tumorfm.data.cache import CachedCase
 from tumorfm.errors import TumorFMError
+from tumorfm.synth.online import insert_tumours
+
+SYNTHESIS_STREAM = 1  # the fourth key of a sample's synthesis generator
 
 
 class PatchBatches(Dataset):
@@ -45,6 +50,7 @@ class PatchBatches(Dataset):
         rank: int = 0,
         world_size: int = 1,
         augment_config: AugmentConfig | None = None,
+        synthesis: dict[str, dict] | None = None,
     ):
         if not cases:
             raise ValueError("no cases to sample from")
@@ -77,6 +83,7 @@ class PatchBatches(Dataset):
         for k, region in enumerate(class_regions):
             lookup[list(region), k] = 1
         self.lookup = torch.from_numpy(lookup)
+        self.synthesis = synthesis or {}  # dataset -> tumorfm.synth.online spec
         self.annotated = torch.tensor(
             [[c in case.properties["annotated_classes"] for c in classes] for case in cases],
             dtype=torch.bool,
@@ -106,10 +113,20 @@ class PatchBatches(Dataset):
         )
         case = self.cases[case_index]
         image, label = case.image(), case.label()
-        force = index >= self.first_forced
-        start, forced_label = self._location(label.shape, case if force else None, rng)
+        annotated = self.annotated[case_index]
+        # synthesis draws from a stream of its own: runs without it sample as they always did
+        spec = self.synthesis.get(case.properties["dataset"])
+        synth = np.random.default_rng([self.seed, int(step), int(index), SYNTHESIS_STREAM])
+        organ = spec["organ_value"] if spec and synth.random() < spec["probability"] else None
+        force = index >= self.first_forced or organ is not None
+        start, forced_label = self._location(label.shape, case if force else None, rng, organ)
         image = crop(image, start, self.crop_size, np.float32)
         label = crop(label[None], start, self.crop_size, np.int16)[0]
+        if organ is not None:
+            image, label, inserted = insert_tumours(image, label, spec, int(synth.integers(2**32)))
+            if inserted:
+                annotated = annotated.clone()
+                annotated[spec["tumour_value"] - 1] = True
         augment_seed = int(rng.integers(2**32))  # drawn always: same stream with augment off
         if self.augmenter is not None:
             image, label = self.augmenter(image, label, augment_seed)
@@ -119,14 +136,17 @@ class PatchBatches(Dataset):
         return {
             "image": image,
             "target": target,
-            "annotated": self.annotated[case_index],
+            "annotated": annotated,
             "forced_label": forced_label,
             "case_id": case.case_id,
             "dataset": case.properties["dataset"],
         }
 
-    def _location(self, shape, case: CachedCase | None, rng) -> tuple[np.ndarray, int]:
-        """Start of the crop (may be negative: padding) and the label it is centred on (0: none).
+    def _location(
+        self, shape, case: CachedCase | None, rng, only: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Start of the crop (may be negative: padding) and the label it is centred on (0: none);
+        `only` centres it on that label (an organ to put a synthetic tumour in), if present.
 
         Like nnU-Net's get_bbox: the crop may hang out of the image by half the enlargement, or
         more when the case is smaller than the crop. A forced crop is centred on the voxel and
@@ -139,6 +159,7 @@ class PatchBatches(Dataset):
         if case is not None:
             locations = case.class_locations()
             present = sorted(value for value, voxels in locations.items() if len(voxels))
+            present = [only] if only in present else present
             if present:  # a case without foreground falls back to a random crop, as in nnU-Net
                 value = present[rng.integers(len(present))]
                 voxel = locations[value][rng.integers(len(locations[value]))]

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tumorfm.data.formats import RawDataset, read_dataset
 from tumorfm.errors import TumorFMError
@@ -39,6 +46,21 @@ def rename_labels(labels: dict[int, str], mapping: dict[str, str]) -> dict[int, 
     }
 
 
+class SynthesisEntry(BaseModel):
+    """Online synthetic tumours for one dataset: the loader inserts them into sampled patches
+    (tumorfm.synth), which then count as annotated for the tumour class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    organ: str  # a global class this dataset annotates: where tumours go
+    tumour: str = Field(pattern=CLASS_NAME.pattern)  # the global class they are labelled as
+    engine: Literal["procedural"] = "procedural"
+    probability: float = Field(default=0.5, gt=0, le=1)  # share of this dataset's samples
+    size: Literal["tiny", "small", "medium", "large", "mixed"] = "mixed"
+    count: int = Field(default=1, ge=1, le=10)  # tumours per synthesised patch
+    mass_effect: bool = False
+
+
 class DatasetEntry(BaseModel):
     """One dataset of the pool, as written in the pool file."""
 
@@ -53,6 +75,7 @@ class DatasetEntry(BaseModel):
     # overrides `preprocess --config` for this dataset: a small lesion that a coarser spacing
     # would shrink to a few voxels keeps full resolution inside a lowres pool
     config: Literal["fullres", "lowres"] | None = None
+    synthesis: SynthesisEntry | None = None
     description: str = ""
 
     @field_validator("labels")
@@ -77,6 +100,18 @@ class DatasetEntry(BaseModel):
                 )
             seen[name] = value
         return labels
+
+    @model_validator(mode="after")
+    def _synthesis_organ_annotated(self) -> DatasetEntry:
+        spec = self.synthesis
+        if spec is not None and spec.organ not in self.labels.values():
+            raise ValueError(
+                f"synthesis: organ '{spec.organ}' is not a class this dataset annotates "
+                f"({', '.join(self.labels.values())})"
+            )
+        if spec is not None and spec.tumour == spec.organ:
+            raise ValueError(f"synthesis: tumour '{spec.tumour}' must differ from its organ")
+        return self
 
 
 class PoolFile(BaseModel):
@@ -145,6 +180,17 @@ class Pool:
         """Local label value -> global label value (class index + 1; 0 stays background)."""
         return {value: self.classes.index(name) + 1 for value, name in dataset.entry.labels.items()}
 
+    def synthesis(self, dataset: PoolDataset) -> dict | None:
+        """The dataset's online synthesis with the global label values it paints and reads."""
+        spec = dataset.entry.synthesis
+        if spec is None:
+            return None
+        return {
+            **spec.model_dump(),
+            "organ_value": self.classes.index(spec.organ) + 1,
+            "tumour_value": self.classes.index(spec.tumour) + 1,
+        }
+
     def summary(self) -> dict:
         return {
             "name": self.name,
@@ -160,6 +206,7 @@ class Pool:
                     "annotated": d.annotated,
                     "labels": {str(k): v for k, v in d.entry.labels.items()},
                     "case_probability": self.case_probability(d),
+                    "synthesis": self.synthesis(d),
                     "dataset_probability": self.case_probability(d) * d.num_cases,
                 }
                 for d in self.datasets
@@ -220,6 +267,16 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
         )
     if not raw.labelled_cases:
         raise TumorFMError(f"{path}: dataset '{entry.name}': no labelled case in {raw.root}")
+    if entry.synthesis and len(raw.modalities) != 1:
+        raise TumorFMError(
+            f"{path}: dataset '{entry.name}': synthesis handles single-channel scans, the "
+            f"dataset has {len(raw.modalities)} channels"
+        )
+
+
+def _classes_of(entry: DatasetEntry) -> list[str]:
+    """The global classes a dataset brings: its labels, and the tumour it synthesises."""
+    return [*entry.labels.values(), *([entry.synthesis.tumour] if entry.synthesis else [])]
 
 
 def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
@@ -245,7 +302,7 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
                 f"{path}: dataset '{entry.name}': give 'num_cases' when the dataset is not on disk"
             )
         datasets.append(PoolDataset(entry, root.resolve(), raw, num_cases))
-    mapped = list(dict.fromkeys(n for entry in parsed.datasets for n in entry.labels.values()))
+    mapped = list(dict.fromkeys(n for entry in parsed.datasets for n in _classes_of(entry)))
     classes = parsed.classes or mapped
     if parsed.classes is not None:
         if len(set(classes)) != len(classes):

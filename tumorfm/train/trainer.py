@@ -35,6 +35,7 @@ from tumorfm.model import list_models
 from tumorfm.model.adapters import MODES, count_trainable, freeze
 from tumorfm.model.bundle import save_bundle
 from tumorfm.model.precision import autocast as mixed_precision
+from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
 from tumorfm.train.logs import RunLogs
@@ -201,7 +202,10 @@ def pretrain(
         rank=processes.rank,
         world_size=processes.world_size,
     )
-    batches = PatchBatches(train_cases, train_weights, seed=config.seed, augment=True, **common)
+    synthesis = online_specs(cache, pool)  # training patches only: validation stays real
+    batches = PatchBatches(
+        train_cases, train_weights, seed=config.seed, augment=True, synthesis=synthesis, **common
+    )
     val = (
         PatchBatches(val_cases, val_weights, seed=config.seed + 1, augment=False, **common)
         if val_cases

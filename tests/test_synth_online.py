@@ -1,0 +1,116 @@
+"""Online synthesis: a pool dataset's `synthesis` block puts tumours into training patches of a real
+CT's liver, deterministically per step, marks the tumour class annotated, and trains."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+from conftest import CASES
+
+from tumorfm.data.cache import cached_cases
+from tumorfm.data.loader import PatchBatches
+from tumorfm.data.pool import load_pool
+from tumorfm.data.preprocess import preprocess_pool
+from tumorfm.errors import TumorFMError
+from tumorfm.train.trainer import make_config, pretrain
+
+PATCH = (16, 48, 48)
+
+
+def _abdomen(root):
+    """nnU-Net raw dataset: the real CT three times, its liver (TotalSegmentator's 5) as label 1."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    seg = sitk.ReadImage(str(CASES / "totalseg_example_seg.nii.gz"))
+    liver = sitk.Cast(seg == 5, sitk.sitkUInt8)
+    for i in range(3):
+        shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", root / "imagesTr" / f"c{i}_0000.nii.gz")
+        sitk.WriteImage(liver, str(root / "labelsTr" / f"c{i}.nii.gz"))
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
+            "numTraining": 3, "file_ending": ".nii.gz"}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def _pool_file(tmp, synthesis):
+    path = tmp / "pool.yaml"
+    entry = {"name": "abdomen", "path": str(tmp / "Dataset900_Abdomen"), "labels": {1: "liver"}}
+    path.write_text(yaml.safe_dump({"name": "p", "datasets": [{**entry, "synthesis": synthesis}]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("online")
+    _abdomen(tmp / "Dataset900_Abdomen")
+    spec = {"organ": "liver", "tumour": "liver_tumour", "probability": 1.0, "size": "small"}
+    preprocess_pool(load_pool(_pool_file(tmp, spec)), tmp / "cache", progress=False)
+    return tmp / "cache"
+
+
+def _batches(cache, synthesis=True):
+    from tumorfm.synth.online import online_specs
+
+    pool = json.loads((cache / "pool.json").read_text())
+    cases = cached_cases(cache, "abdomen")
+    return PatchBatches(
+        cases, [1.0] * len(cases), pool["classes"], pool["class_regions"], PATCH, 4, seed=5,
+        augment=False, synthesis=online_specs(cache, pool) if synthesis else None,
+    )  # fmt: skip
+
+
+def test_the_pool_adds_the_tumour_class_and_the_values_it_paints(cache):
+    pool = json.loads((cache / "pool.json").read_text())
+    assert pool["classes"] == ["liver", "liver_tumour"]
+    (dataset,) = pool["datasets"]
+    assert dataset["synthesis"]["organ_value"] == 1 and dataset["synthesis"]["tumour_value"] == 2
+    assert dataset["annotated"] == ["liver"]  # real labels only: synthesis annotates per sample
+
+
+def test_patches_get_darker_tumours_in_the_liver_marked_annotated(cache):
+    real, synthetic = _batches(cache, synthesis=False)[3], _batches(cache)[3]
+    assert synthetic["case_id"] == real["case_id"]  # the case draw is untouched
+    tumour = synthetic["target"][:, 1].bool()
+    assert tumour.any() and synthetic["annotated"][:, 1].all()
+    assert not real["annotated"][:, 1].any() and not real["target"][:, 1].any()
+    liver = synthetic["target"][:, 0].bool() & ~tumour
+    gap = synthetic["image"][:, 0][liver].median() - synthetic["image"][:, 0][tumour].mean()
+    stats = json.loads((cache / "abdomen" / "plan.json").read_text())["intensity_properties"][0]
+    assert gap * stats["std"] > 20  # in HU: the engine's CT tumours are 30-80 HU darker
+    again = _batches(cache)[3]
+    assert torch.equal(again["image"], synthetic["image"])  # a pure function of (seed, step)
+    assert not torch.equal(_batches(cache)[4]["target"], synthetic["target"])
+
+
+def test_pretraining_with_synthesis_runs_and_validates_on_real_patches(cache, tmp_path):
+    config = make_config("cpu", epochs=1, model="tsfm-tiny", patch_size=PATCH, batch_size=2,
+                         iterations_per_epoch=2, val_every=1, val_batches=1, workers=0,
+                         precision="fp32")  # fmt: skip
+    row = pretrain(cache, tmp_path / "run", config, progress=False)
+    assert row["epoch"] == 0 and np.isfinite(row["train_loss"])
+    assert set(row["val_dice"]["abdomen"]) == {"liver"}  # validation: the real label only
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert "liver_tumour" in json.dumps(settings)
+
+
+@pytest.mark.parametrize(
+    "synthesis, problem",
+    [
+        ({"organ": "kidney", "tumour": "kidney_tumour"}, "organ 'kidney' is not a class"),
+        ({"organ": "liver", "tumour": "liver"}, "must differ from its organ"),
+        ({"organ": "liver", "tumour": "Liver Tumour"}, "synthesis.tumour"),
+        ({"organ": "liver", "tumour": "t", "probability": 0}, "synthesis.probability"),
+        ({"organ": "liver", "tumour": "t", "engine": "gan"}, "synthesis.engine"),
+        ({"organ": "liver", "tumour": "t", "sise": "small"}, "synthesis.sise"),
+    ],
+)
+def test_bad_synthesis_blocks(tmp_path, synthesis, problem):
+    _abdomen(tmp_path / "Dataset900_Abdomen")
+    path = _pool_file(tmp_path, synthesis)
+    with pytest.raises(TumorFMError) as caught:
+        load_pool(path)
+    assert problem in str(caught.value) and str(path) in str(caught.value)

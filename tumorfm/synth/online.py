@@ -1,0 +1,73 @@
+"""Synthetic tumours inside training patches, as the loader samples them (a pool's `synthesis`).
+
+The cache holds normalised scans, so a CT patch goes back to HU for the engine (which sets the
+tumour's intensity in HU below the organ's median) and is normalised again with the plan's
+clipping; an MR patch is z-scored per case, and the engine's MR shift is relative to the organ's
+own percentiles, so it works on it directly. Each call is a pure function of its seed, so resumed
+and distributed runs see the same tumours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tumorfm.errors import TumorFMError
+from tumorfm.synth.procedural import synthesise
+
+
+def online_specs(cache: Path, pool: dict) -> dict[str, dict]:
+    """Dataset name -> its synthesis (pool.json) with what a patch needs: modality, spacing and
+    the CT normalisation of its plan."""
+    specs = {}
+    for dataset in pool["datasets"]:
+        spec = dataset.get("synthesis")
+        if not spec:
+            continue
+        plan = json.loads((cache / dataset["name"] / "plan.json").read_text())
+        ct = plan["normalization_schemes"][0] == "ct"
+        specs[dataset["name"]] = {
+            **spec,
+            "modality": "CT" if ct else "MR",
+            "ct_normalisation": plan["intensity_properties"][0] if ct else None,
+            "spacing_zyx": plan["target_spacing_zyx"],
+        }
+    return specs
+
+
+def insert_tumours(
+    image: np.ndarray, label: np.ndarray, spec: dict, seed: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Tumours in the organ of a (C, Z, Y, X) normalised patch and its global label map; returns
+    (image, label, whether any was inserted). A patch whose organ cannot hold the smallest
+    tumour is returned unchanged."""
+    organ = label == spec["organ_value"]
+    if not organ.any():
+        return image, label, False
+    channel = image[0].astype(np.float64)
+    stats = spec["ct_normalisation"]
+    if stats is not None:  # back to HU
+        channel = channel * max(stats["std"], 1e-8) + stats["mean"]
+    try:
+        made = synthesise(
+            channel,
+            organ,
+            spec["spacing_zyx"],
+            seed=seed,
+            modality=spec["modality"],
+            count=spec["count"],
+            size=spec["size"],
+            mass_effect=spec["mass_effect"],
+        )
+    except TumorFMError:  # a sliver of organ at the patch's edge: leave the patch as it is
+        return image, label, False
+    out = made.image
+    if stats is not None:  # as preprocessing normalised it: clip, then the dataset's z-score
+        out = np.clip(out, stats["percentile_00_5"], stats["percentile_99_5"])
+        out = (out - stats["mean"]) / max(stats["std"], 1e-8)
+    image, label = image.copy(), label.copy()
+    image[0] = out.astype(image.dtype)
+    label[made.tumour] = spec["tumour_value"]
+    return image, label, True
