@@ -36,6 +36,8 @@ BENCHMARKS = {
     "transfer": [],
     "accuracy": [],
     "pretrain_real_mini": [],
+    "synth": [],
+    "synth_useful": [],
 }
 
 
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run just these")
     parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[])
     parser.add_argument("--budget", type=float, help="accuracy.py: scales every training budget")
-    parser.add_argument("--data", type=Path, help="../shared/data elsewhere (transfer, accuracy)")
+    parser.add_argument("--data", type=Path, help="../shared/data elsewhere (real-data runs)")
     args = parser.parse_args()
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
     outcomes = {}
@@ -52,7 +54,7 @@ def main() -> None:
         command = [sys.executable, str(HERE / f"{name}.py"), *BENCHMARKS[name]]
         if name == "accuracy" and args.budget is not None:
             command += ["--budget", str(args.budget)]
-        if name in ("transfer", "accuracy") and args.data is not None:
+        if name in ("transfer", "accuracy", "synth", "synth_useful") and args.data is not None:
             command += ["--data", str(args.data)]
         print(f"\n=== {name}: {' '.join(command)}", flush=True)
         started = time.perf_counter()

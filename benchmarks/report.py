@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks.report_accuracy import accuracy_table, shipped_table, transfer_table
 from benchmarks.report_format import BENCH, END, README, RESULTS, START, _cpu, _load, _mb, _s
+from benchmarks.report_synth import synth_table
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -233,6 +234,8 @@ def section(results: Path = RESULTS) -> str:
     lines += accuracy_table(results)
     lines += ["", "### Transfer (the paper's Table 2 protocol)", ""]
     lines += transfer_table(results)
+    lines += ["", "### Tumour synthesis", ""]
+    lines += synth_table(results)
     if other := other_lines(results):
         lines += ["", "### Other measurements", "", *other]
     return "\n".join(lines + ["", END])

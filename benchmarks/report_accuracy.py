@@ -196,7 +196,7 @@ def shipped_table(results: Path) -> list[str]:
     lines = [
         f"`models/{r['name']}`: {t['model']} ({r['parameters'] / 1e6:.1f}M parameters, "
         f"{r['megabytes']:.1f} MB in float16), pretrained {t['epochs'] * t['iterations']} "
-        f"iterations of {'x'.join(map(str, t['patch']))} on the real scans at the lowres plan "
+        f"iterations of {'x'.join(map(str, t['patch']))} on configs/pools/real.yaml's real scans "
         f"({r['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(r)}); held-out scans segmented "
         f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
         f"deviation over scans. `.venv/bin/python benchmarks/shipped_model.py train` then `ship`.",

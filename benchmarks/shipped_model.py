@@ -186,9 +186,10 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     return f"""# {NAME}
 
 A TSFM network ({t["model"]}, {info["parameters"] / 1e6:.1f}M parameters) pretrained on the real
-scans beside this repository, on a CPU, at a coarse (3d_lowres) spacing sized for a
-{"x".join(map(str, t["patch"]))} patch. It segments soft-tissue sarcomas on CT and glioblastomas on
-T1 post-contrast MR. **Research use only: not a medical device, not for clinical decisions.**
+scans beside this repository, on a CPU: the sarcoma CTs at a coarse (3d_lowres) spacing sized for
+a {"x".join(map(str, t["patch"]))} patch, the glioblastoma MRs at full resolution. It segments
+soft-tissue sarcomas on CT and glioblastomas on T1 post-contrast MR. **Research use only: not a
+medical device, not for clinical decisions.**
 
 ```
 tumorfm predict -i scan.nii.gz -o out/ -m {NAME} --plan sarcoma_ct   # CT, soft-tissue sarcoma
@@ -221,7 +222,10 @@ repository root:
 (`python benchmarks/shipped_model.py train` runs both with the split above; `... ship` scores the
 held-out scans and writes this folder.) {t["epochs"]} epochs x {t["iterations"]} iterations, batch
 {t["batch"]}, SGD Nesterov 0.99, lr 1e-2 poly, the partial-label loss, deep supervision, nnU-Net's
-augmentation; sampling 1/sqrt(n) per dataset. Weights stored in float16 ({size_mb:.1f} MB); loading
+augmentation. The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
+samples (the target is sarcoma Dice) and keeps the glioblastomas at full resolution (at the lowres
+spacing a tumour shrinks to a few hundred voxels, and an earlier run never found one). Weights
+stored in float16 ({size_mb:.1f} MB); loading
 restores float32.
 
 The preset was chosen on two short runs at equal wall time (one thread each, side by side, on

@@ -47,7 +47,8 @@ def test_a_single_scan_gets_tumours_in_its_liver_and_nothing_else_changes(tmp_pa
     assert [t["size"] for t in record["cases"]["totalseg_example_ct_sm"]] == ["medium"] * 2
     again = tmp_path / "again"
     run_cli("synth", "tumours", *args, "-o", again, "--seed", "3")
-    assert np.array_equal(_read(again / "imagesTr" / "totalseg_example_ct_sm_0000.nii.gz")[0], after)
+    repeated, _ = _read(again / "imagesTr" / "totalseg_example_ct_sm_0000.nii.gz")
+    assert np.array_equal(repeated, after)
 
 
 def _dataset(tmp_path, livers: list[bool]):
@@ -98,3 +99,43 @@ def test_bad_requests_write_nothing(tmp_path):
     out.mkdir()
     result = run_cli("synth", "tumours", "-i", CT, "-l", SEG, "--organ", "5", "-o", out)
     assert_one_line_error(result, f"{out}: already exists")
+
+
+def test_the_diffusion_engine_from_training_to_a_dataset(tmp_path):
+    """synth train (both stages, a few steps of the tiny preset on the real sarcomas), then
+    synth tumours --engine diffusion with its bundle into the real CT's liver."""
+    from conftest import SARCOMA
+
+    stage1, stage2, out = tmp_path / "ae", tmp_path / "dm", tmp_path / "synthetic"
+    common = [SARCOMA, "--tumour", "sarcoma", "--steps", "2", "--crops", "1"]
+    result = run_cli("synth", "train", *common, "--stage", "autoencoder", "-o", stage1)
+    assert result.returncode == 0, result.stderr
+    assert "3 crops of sarcoma" in result.stdout
+    args = ["--stage", "diffusion", "--autoencoder", stage1 / "bundle", "-o", stage2]
+    result = run_cli("synth", "train", *common, *args)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((stage2 / "bundle" / "config.json").read_text())
+    assert config["kind"] == "tumorfm-synthesis" and config["config"]["modality"] == "CT"
+    scan = ["-i", CT, "-l", SEG, "--organ", "liver=5", "--size", "small"]
+    result = run_cli("synth", "tumours", *scan, "--engine", "diffusion", "--model",
+                     stage2 / "bundle", "-o", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert run_cli("check", out).returncode == 0
+    record = json.loads((out / "synthesis.json").read_text())
+    assert record["settings"]["engine"] == "diffusion"
+    before, _ = _read(CT)
+    after, _ = _read(out / "imagesTr" / "totalseg_example_ct_sm_0000.nii.gz")
+    labels, _ = _read(out / "labelsTr" / "totalseg_example_ct_sm.nii.gz")
+    tumour = labels == json.loads((out / "dataset.json").read_text())["labels"]["liver_tumour"]
+    assert tumour.any() and not np.array_equal(after[tumour], before[tumour])
+    for extra, problem in [
+        (["--engine", "diffusion"], "needs --model"),
+        (["--model", stage2 / "bundle"], "the procedural engine takes no model"),
+    ]:
+        result = run_cli("synth", "tumours", *scan, *extra, "-o", tmp_path / "x")
+        assert_one_line_error(result, problem)
+    result = run_cli("synth", "train", *common, "--stage", "diffusion", "-o", tmp_path / "y")
+    assert_one_line_error(result, "--autoencoder BUNDLE goes with --stage diffusion")
+    result = run_cli("synth", "train", SARCOMA, "--tumour", "liver_tumour", "--stage",
+                     "autoencoder", "-o", tmp_path / "z")  # fmt: skip
+    assert_one_line_error(result, "no label named 'liver_tumour'")

@@ -28,7 +28,8 @@ def _abdomen(root):
     seg = sitk.ReadImage(str(CASES / "totalseg_example_seg.nii.gz"))
     liver = sitk.Cast(seg == 5, sitk.sitkUInt8)
     for i in range(3):
-        shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", root / "imagesTr" / f"c{i}_0000.nii.gz")
+        image = root / "imagesTr" / f"c{i}_0000.nii.gz"
+        shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", image)
         sitk.WriteImage(liver, str(root / "labelsTr" / f"c{i}.nii.gz"))
     meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
             "numTraining": 3, "file_ending": ".nii.gz"}  # fmt: skip
@@ -114,3 +115,42 @@ def test_bad_synthesis_blocks(tmp_path, synthesis, problem):
     with pytest.raises(TumorFMError) as caught:
         load_pool(path)
     assert problem in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_finetune_synth_puts_sarcomas_into_soft_tissue(tmp_path):
+    """--synth HU=LOW,HIGH:CLASS: tumours of a class the dataset annotates, in unlabelled tissue."""
+    from conftest import SARCOMA, assert_one_line_error, run_cli
+
+    from tumorfm.model.bundle import save_bundle
+    from tumorfm.model.presets import create_model
+    from tumorfm.synth.online import online_specs
+
+    torch.manual_seed(0)
+    model = create_model("tsfm-tiny", 1, 1, (16, 32, 32), deep_supervision=True)
+    bundle = save_bundle(tmp_path / "bundle", model, ["sarcoma"], ["CT"], "tsfm-tiny")
+    args = ["finetune", SARCOMA, "--from", bundle, "--epochs", "1", "--iterations", "2",
+            "--patch", "16", "32", "32", "--precision", "fp32", "--workers", "1"]  # fmt: skip
+    run = tmp_path / "run"
+    result = run_cli(*args, "-o", run, "--synth", "HU=-20,100:sarcoma")
+    assert result.returncode == 0, result.stderr
+    spec = yaml.safe_load((run / "pool.yaml").read_text())["datasets"][0]["synthesis"]
+    assert spec == {"organ_hu": [-20.0, 100.0], "tumour": "sarcoma"}
+    pool = json.loads((run / "cache" / "pool.json").read_text())
+    assert pool["classes"] == ["sarcoma"]
+    cases = cached_cases(run / "cache", pool["datasets"][0]["name"])
+
+    def sarcoma_voxels(synthesis):
+        batches = PatchBatches(
+            cases, [1.0] * len(cases), pool["classes"], pool["class_regions"], PATCH, 4, seed=2,
+            augment=False, oversample_foreground=0.0, synthesis=synthesis,
+        )  # fmt: skip
+        return sum(int(batches[step]["target"].sum()) for step in range(3))
+
+    assert sarcoma_voxels(online_specs(run / "cache", pool)) > sarcoma_voxels(None)
+    for synth, problem in [
+        ("sarcoma", "expected ORGAN:TUMOUR"),
+        ("HU=a,b:sarcoma", "expected HU=LOW,HIGH"),
+        ("liver:liver_tumour", "organ 'liver' is not a class this dataset annotates"),
+    ]:
+        result = run_cli(*args, "-o", tmp_path / synth.replace(":", "-"), "--synth", synth)
+        assert_one_line_error(result, problem)

@@ -29,7 +29,10 @@ def tumours(
     tumour: Annotated[
         str | None, typer.Option(help="Name of the new class [default: <organ>_tumour].")
     ] = None,
-    engine: Annotated[str, typer.Option(help="procedural.")] = "procedural",
+    engine: Annotated[str, typer.Option(help="procedural or diffusion.")] = "procedural",
+    model: Annotated[
+        Path | None, typer.Option(help="Synthesis bundle for the diffusion engine.")
+    ] = None,
     count: Annotated[int, typer.Option(help="Tumours per scan.")] = 1,
     size: Annotated[str, typer.Option(help="tiny, small, medium, large or mixed.")] = "mixed",
     seed: Annotated[int, typer.Option(help="Same seed, same tumours.")] = 0,
@@ -44,8 +47,55 @@ def tumours(
     from tumorfm.synth.dataset import source_of, synthesise_dataset
 
     source = source_of(image, labels, modality)
-    record = synthesise_dataset(source, organ, out, tumour, engine, count, size, seed, mass_effect)
+    record = synthesise_dataset(
+        source, organ, out, tumour, engine, count, size, seed, mass_effect, model=model
+    )
     made = sum(len(t) for t in record["cases"].values())
     typer.echo(f"{made} {record['settings']['tumour']} in {len(record['cases'])} scans: {out}")
     for case, reason in record["skipped"].items():
         typer.echo(f"skipped {case}: {reason}", err=True)
+
+
+@synth_app.command()
+def train(
+    datasets: Annotated[
+        list[Path], typer.Argument(help="Labelled datasets (nnU-Net v2 raw or MSD) with tumours.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
+    tumour: Annotated[str, typer.Option(help="The tumour's label name in the datasets.")],
+    stage: Annotated[str, typer.Option(help="autoencoder, then diffusion.")],
+    preset: Annotated[str, typer.Option(help="tiny, small or paper.")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1000,
+    crops: Annotated[int, typer.Option(min=1, help="Crops around tumours per case.")] = 8,
+    autoencoder: Annotated[
+        Path | None, typer.Option(help="Stage 1's bundle (RUN/bundle), for --stage diffusion.")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+) -> None:
+    """Train the latent-diffusion engine on crops around real tumours: its autoencoder, then its
+    denoiser; the result (RUN/bundle) is what `synth tumours --engine diffusion --model` takes."""
+    from tumorfm.errors import TumorFMError
+    from tumorfm.synth.crops import dataset_crops
+    from tumorfm.synth.diffusion import PRESETS, DiffusionConfig, load_synth_bundle
+    from tumorfm.synth.train_diffusion import train_autoencoder, train_diffusion
+
+    if stage not in ("autoencoder", "diffusion"):
+        raise TumorFMError(f"--stage {stage}: choose autoencoder or diffusion")
+    if preset not in PRESETS:
+        raise TumorFMError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
+    if (stage == "diffusion") != (autoencoder is not None):
+        raise TumorFMError("--autoencoder BUNDLE goes with --stage diffusion, and only with it")
+    first = load_synth_bundle(autoencoder) if autoencoder else None
+    size = first.config.crop if first else DiffusionConfig(preset=preset).crop
+    images, masks, modality = dataset_crops(datasets, tumour, size, crops, seed)
+    if first is not None:
+        if first.config.modality != modality:
+            raise TumorFMError(
+                f"{autoencoder}: a {first.config.modality} autoencoder for {modality} scans"
+            )
+        train_diffusion((images, masks), first.autoencoder, first.config, out, steps, seed, resume)
+    else:
+        config = DiffusionConfig(preset=preset, modality=modality)
+        train_autoencoder(images, config, out, steps, seed, resume)
+    typer.echo(f"{len(images)} crops of {tumour}; synthesis bundle in {out / 'bundle'}")

@@ -90,6 +90,23 @@ def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return pairs
 
 
+def synthesis_option(text: str | None) -> dict | None:
+    """--synth ORGAN:TUMOUR[:ENGINE] as a pool file's synthesis block."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise TumorFMError(f"--synth {text}: expected ORGAN:TUMOUR or ORGAN:TUMOUR:ENGINE")
+    spec = {"tumour": parts[1], **({"engine": parts[2]} if len(parts) == 3 else {})}
+    if not parts[0].upper().startswith("HU="):
+        return {"organ": parts[0], **spec}
+    try:
+        low, high = (float(x) for x in parts[0][3:].split(","))
+    except ValueError:
+        raise TumorFMError(f"--synth {text}: expected HU=LOW,HIGH, e.g. HU=-20,100") from None
+    return {"organ_hu": [low, high], **spec}
+
+
 @app.command()
 def finetune(
     dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
@@ -119,6 +136,13 @@ def finetune(
         str | None,
         typer.Option(help="fullres or lowres plan for the dataset (default: as the bundle's)."),
     ] = None,
+    synth: Annotated[
+        str | None,
+        typer.Option(
+            help="Online synthetic tumours, ORGAN:TUMOUR[:ENGINE] (ORGAN a class, or HU=LOW,HIGH "
+            "on CT: unlabelled tissue in that window), in half the samples."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
     from tumorfm.train.finetune import finetune as run_finetune
@@ -142,6 +166,7 @@ def finetune(
         split_file=_existing(split),
         fold=fold,
         plan_config=config,
+        synthesis=synthesis_option(synth),
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
     typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")

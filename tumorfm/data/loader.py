@@ -117,12 +117,13 @@ class PatchBatches(Dataset):
         # synthesis draws from a stream of its own: runs without it sample as they always did
         spec = self.synthesis.get(case.properties["dataset"])
         synth = np.random.default_rng([self.seed, int(step), int(index), SYNTHESIS_STREAM])
-        organ = spec["organ_value"] if spec and synth.random() < spec["probability"] else None
+        chosen = spec is not None and synth.random() < spec["probability"]
+        organ = spec["organ_value"] if chosen else None  # None for an HU-window organ
         force = index >= self.first_forced or organ is not None
         start, forced_label = self._location(label.shape, case if force else None, rng, organ)
         image = crop(image, start, self.crop_size, np.float32)
         label = crop(label[None], start, self.crop_size, np.int16)[0]
-        if organ is not None:
+        if chosen:
             image, label, inserted = insert_tumours(image, label, spec, int(synth.integers(2**32)))
             if inserted:
                 annotated = annotated.clone()

@@ -52,9 +52,13 @@ class SynthesisEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    organ: str  # a global class this dataset annotates: where tumours go
+    organ: str | None = None  # a global class this dataset annotates: where tumours go
+    # or, on CT, where no class is annotated: the unlabelled voxels in this HU window (e.g.
+    # [-20, 100], muscle and soft tissue, to put sarcomas beside the real ones)
+    organ_hu: tuple[float, float] | None = None
     tumour: str = Field(pattern=CLASS_NAME.pattern)  # the global class they are labelled as
-    engine: Literal["procedural"] = "procedural"
+    engine: Literal["procedural", "diffusion"] = "procedural"
+    model: Path | None = None  # the diffusion engine's bundle (tumorfm synth train)
     probability: float = Field(default=0.5, gt=0, le=1)  # share of this dataset's samples
     size: Literal["tiny", "small", "medium", "large", "mixed"] = "mixed"
     count: int = Field(default=1, ge=1, le=10)  # tumours per synthesised patch
@@ -104,11 +108,17 @@ class DatasetEntry(BaseModel):
     @model_validator(mode="after")
     def _synthesis_organ_annotated(self) -> DatasetEntry:
         spec = self.synthesis
-        if spec is not None and spec.organ not in self.labels.values():
+        if spec is not None and (spec.organ is None) == (spec.organ_hu is None):
+            raise ValueError("synthesis: give either organ (a class) or organ_hu (an HU window)")
+        if spec is not None and spec.organ_hu and not spec.organ_hu[0] < spec.organ_hu[1]:
+            raise ValueError(f"synthesis: organ_hu {list(spec.organ_hu)} must be [low, high]")
+        if spec is not None and spec.organ and spec.organ not in self.labels.values():
             raise ValueError(
                 f"synthesis: organ '{spec.organ}' is not a class this dataset annotates "
                 f"({', '.join(self.labels.values())})"
             )
+        if spec is not None and (spec.engine == "diffusion") != (spec.model is not None):
+            raise ValueError("synthesis: the diffusion engine needs a model, procedural none")
         if spec is not None and spec.tumour == spec.organ:
             raise ValueError(f"synthesis: tumour '{spec.tumour}' must differ from its organ")
         return self
@@ -185,9 +195,13 @@ class Pool:
         spec = dataset.entry.synthesis
         if spec is None:
             return None
+        model = spec.model and (
+            spec.model if spec.model.is_absolute() else self.path.parent / spec.model
+        )
         return {
             **spec.model_dump(),
-            "organ_value": self.classes.index(spec.organ) + 1,
+            "model": str(model.resolve()) if model else None,
+            "organ_value": self.classes.index(spec.organ) + 1 if spec.organ else None,
             "tumour_value": self.classes.index(spec.tumour) + 1,
         }
 
@@ -271,6 +285,14 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
         raise TumorFMError(
             f"{path}: dataset '{entry.name}': synthesis handles single-channel scans, the "
             f"dataset has {len(raw.modalities)} channels"
+        )
+    model = entry.synthesis and entry.synthesis.model
+    if model and not (model if model.is_absolute() else path.parent / model).is_dir():
+        raise TumorFMError(f"{path}: dataset '{entry.name}': synthesis.model {model} not found")
+    if entry.synthesis and entry.synthesis.organ_hu and raw.modalities[0].upper() != "CT":
+        raise TumorFMError(
+            f"{path}: dataset '{entry.name}': synthesis.organ_hu needs CT, the scans are "
+            f"{raw.modalities[0]}"
         )
 
 

@@ -21,7 +21,7 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_folder, write_json
 from tumorfm.synth.procedural import SIZES, synthesise
 
-ENGINES = ("procedural",)  # the latent-diffusion engine comes next (issue 15, part 2)
+ENGINES = ("procedural", "diffusion")
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,13 @@ def synthesise_dataset(
     seed: int = 0,
     mass_effect: bool = False,
     progress: bool = True,
+    model: Path | None = None,
 ) -> dict:
     """Write `out` (a new dataset: imagesTr, labelsTr, dataset.json, synthesis.json); returns the
     record. A case whose organ is missing or too small is skipped and named in the record; if
-    none can hold a tumour, nothing is written."""
-    if engine not in ENGINES:
-        raise TumorFMError(f"engine '{engine}': choose {' or '.join(ENGINES)}")
+    none can hold a tumour, nothing is written. The diffusion engine needs `model`, a synthesis
+    bundle of the scans' modality (`tumorfm synth train`)."""
+    make = engine_function(engine, model, source.modality)
     if out.exists():
         raise TumorFMError(f"{out}: already exists; choose a new output folder")
     value, organ_name = organ_label(organ, source.labels)
@@ -95,7 +96,7 @@ def synthesise_dataset(
         raise TumorFMError(f"tumour class '{tumour}' is already a label of the input; name another")
     settings = dict(organ=organ_name, organ_value=value, tumour=tumour, engine=engine,
                     count=count, size=size, seed=seed, mass_effect=mass_effect,
-                    modality=source.modality)  # fmt: skip
+                    modality=source.modality, model=str(model) if model else None)  # fmt: skip
     record = {"tumorfm_version": tumorfm.__version__, "settings": settings, "cases": {}}
     skipped = {}
     with atomic_folder(out) as tmp:
@@ -106,11 +107,11 @@ def synthesise_dataset(
         for index, case in enumerate(
             tqdm(source.cases, desc="synthesise", unit="scan", disable=None if progress else True)
         ):
-            scan, label = _read(case)
+            scan, label = read_scan_and_label(case)
             if tumour_value is None:
                 tumour_value = max([*source.labels, int(label.array.max())]) + 1
             try:
-                made = synthesise(scan.array, label.array == value, scan.geometry.spacing_zyx,
+                made = make(scan.array, label.array == value, scan.geometry.spacing_zyx,
                                   seed=_case_seed(seed, index), modality=source.modality,
                                   count=count, size=size, mass_effect=mass_effect)  # fmt: skip
             except TumorFMError as error:
@@ -147,7 +148,23 @@ def synthesise_dataset(
     return record
 
 
-def _read(case: Case):
+def engine_function(engine: str, model: Path | None, modality: str):
+    """The engine's synthesise(image, organ, spacing, *, seed, ...): procedural, or diffusion
+    with a synthesis bundle (MONAI is imported only then)."""
+    if engine not in ENGINES:
+        raise TumorFMError(f"engine '{engine}': choose {' or '.join(ENGINES)}")
+    if engine == "procedural":
+        if model is not None:
+            raise TumorFMError(f"--model {model}: the procedural engine takes no model")
+        return synthesise
+    if model is None:
+        raise TumorFMError("the diffusion engine needs --model, a bundle of `tumorfm synth train`")
+    from tumorfm.synth.diffusion import DiffusionEngine, load_synth_bundle
+
+    return DiffusionEngine(load_synth_bundle(model, modality)).synthesise
+
+
+def read_scan_and_label(case: Case):
     """The scan (one channel, its own dtype) and the label map, on one grid."""
     channel = case.channels[0]
     scan = read_volume(channel.path)

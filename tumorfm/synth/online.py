@@ -13,9 +13,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from tumorfm.errors import TumorFMError
-from tumorfm.synth.procedural import synthesise
+from tumorfm.synth.dataset import engine_function
+
+_ENGINES: dict[tuple, object] = {}  # (engine, model, modality) -> synthesise, once per process
+
+
+def _engine(spec: dict):
+    key = (spec["engine"], spec.get("model"), spec["modality"])
+    if key not in _ENGINES:
+        model = spec.get("model") and Path(spec["model"])
+        _ENGINES[key] = engine_function(spec["engine"], model, spec["modality"])
+    return _ENGINES[key]
 
 
 def online_specs(cache: Path, pool: dict) -> dict[str, dict]:
@@ -37,21 +48,37 @@ def online_specs(cache: Path, pool: dict) -> dict[str, dict]:
     return specs
 
 
+HU_SMOOTHING_MM = 1.5  # CT noise (~10-20 HU) would riddle a raw HU window with holes
+
+
+def hu_window_organ(hu: np.ndarray, free: np.ndarray, window, spacing_zyx) -> np.ndarray:
+    """An 'organ' made of tissue: the `free` voxels (no label) whose smoothed HU lies in
+    `window`, opened so that specks go. Smoothing first: a raw window on noisy CT is so full of
+    holes that no point lies a few millimetres deep, and no tumour fits."""
+    sigma = HU_SMOOTHING_MM / np.asarray(spacing_zyx, dtype=np.float64)
+    smooth = ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma)
+    low, high = window
+    return ndimage.binary_opening(free & (smooth >= low) & (smooth <= high))
+
+
 def insert_tumours(
     image: np.ndarray, label: np.ndarray, spec: dict, seed: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Tumours in the organ of a (C, Z, Y, X) normalised patch and its global label map; returns
     (image, label, whether any was inserted). A patch whose organ cannot hold the smallest
     tumour is returned unchanged."""
-    organ = label == spec["organ_value"]
-    if not organ.any():
-        return image, label, False
     channel = image[0].astype(np.float64)
     stats = spec["ct_normalisation"]
     if stats is not None:  # back to HU
         channel = channel * max(stats["std"], 1e-8) + stats["mean"]
+    if spec["organ_value"] is not None:
+        organ = label == spec["organ_value"]
+    else:
+        organ = hu_window_organ(channel, label == 0, spec["organ_hu"], spec["spacing_zyx"])
+    if not organ.any():
+        return image, label, False
     try:
-        made = synthesise(
+        made = _engine(spec)(
             channel,
             organ,
             spec["spacing_zyx"],

@@ -239,31 +239,44 @@ def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, mass_effect)
     field = texture * abs(shift) * noise + fine
     target = level + field - field[mask].mean()
 
-    if mass_effect:  # organ tissue near the tumour shows what lay closer to its centre
-        zone = min(float(r.mean()), MASS_REACH_MM)
-        push_mm = min(push * float(r.mean()), 0.4 * zone)  # < zone / 2: the warp cannot fold
-        move = organ_box & ~mask & ~tumour[box] & (dist < zone)
+    push_mm = push * float(r.mean()) if mass_effect else 0.0
+    local = blend(local, target, mask, organ_box, tumour[box], dist, axes, sp, r, push_mm, edge)
+    local = _cast(local, out.dtype)
+    out[box] = local
+    tumour[box] |= mask
+    return float(shift), int(mask.sum())
+
+
+def blend(local, target, mask, organ, taken, dist, axes, sp, radii, push_mm, edge):
+    """A tumour written into `local` (float64, its box): with push_mm > 0 the organ tissue near it
+    shows what lay closer to its centre (mass effect), then the tumour's `target` replaces the
+    tissue on its mask and fades over a rim of organ outside it, from the voxel's near face (half
+    a voxel closer than its centre), exactly 0 from 3 sigma (`edge` mm) on. `taken`: earlier
+    tumours, never moved; `dist`: mm to the mask; `axes`: mm from the centre along each axis."""
+    if push_mm > 0:
+        zone = min(float(np.mean(radii)), MASS_REACH_MM)
+        push_mm = min(push_mm, 0.4 * zone)  # < zone / 2: the warp cannot fold
+        move = organ & ~mask & ~taken & (dist < zone)
         where = np.nonzero(move)
         pos = np.stack([axes[a][where[a]] for a in range(3)])  # mm from the centre
         step = push_mm * (1.0 - dist[move] / zone) ** 2 / np.linalg.norm(pos, axis=0)
         source = np.stack(where) - pos * step / sp[:, None]
         local[move] = ndimage.map_coordinates(local, source, order=1, mode="nearest")
-
-    # soft edge: full tumour on the mask, fading over a rim of the organ outside it (from the
-    # voxel's near face, half a voxel closer than its centre), exactly 0 from 3 sigma on
-    rim = organ_box & ~mask & (dist <= EDGE_REACH_MM)
+    rim = organ & ~mask & (dist <= EDGE_REACH_MM)
     gap = np.maximum(dist[rim] - 0.5 * sp.min(), 0.0) / edge
     floor = math.exp(-4.5)
     weight = np.clip((np.exp(-0.5 * gap**2) - floor) / (1.0 - floor), 0.0, 1.0)
     local[mask] = target[mask]
     local[rim] += weight * (target[rim] - local[rim])
+    return local
 
-    if out.dtype.kind in "iu":
-        info = np.iinfo(out.dtype)
+
+def _cast(local: np.ndarray, dtype) -> np.ndarray:
+    """Back to the scan's dtype: integer scans rounded and clipped to their range."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
         local = np.clip(np.rint(local), info.min, info.max)
-    out[box] = local.astype(out.dtype)
-    tumour[box] |= mask
-    return float(shift), int(mask.sum())
+    return local.astype(dtype)
 
 
 def _shape(rng, organ, centre, r, sp, deform) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,7 @@ def finetune(
     workers: int = 2,
     progress: bool = True,
     plan_config: str | None = None,
+    synthesis: dict | None = None,
     **settings,
 ) -> dict:
     """Fine-tune `bundle` on `dataset` into the run folder `out` (bundles in OUT/best and
@@ -81,7 +82,8 @@ def finetune(
     `settings` are PretrainConfig fields (profile defaults to "cpu"): iterations_per_epoch,
     patch_size, lr, warmup_epochs, seed, ... `from_scratch` keeps the bundle's architecture but
     not its weights: the baseline of the transfer study. `plan_config` (fullres, lowres) plans the
-    dataset; by default as the bundle was planned, lowres at the training patch.
+    dataset; by default as the bundle was planned, lowres at the training patch. `synthesis` is a
+    pool file's synthesis block: online synthetic tumours in the training patches.
     """
     if mode not in MODES:
         raise TumorFMError(f"mode '{mode}': choose one of {', '.join(MODES)}")
@@ -94,7 +96,14 @@ def finetune(
     name = class_name(read_dataset(dataset).name)
     pool = {
         "name": f"finetune-{name}",
-        "datasets": [{"name": name, "path": str(dataset.resolve()), "labels": labels}],
+        "datasets": [
+            {
+                "name": name,
+                "path": str(dataset.resolve()),
+                "labels": labels,
+                **({"synthesis": synthesis} if synthesis else {}),
+            }
+        ],
     }
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))

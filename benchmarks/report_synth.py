@@ -1,0 +1,115 @@
+"""The tumour-synthesis part of the README's results section (issue 15), from synth.json: how well
+a classifier tells synthetic tumours from real sarcomas, and what one tumour costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.report_accuracy import _over_seeds
+from benchmarks.report_format import BENCH, _cpu, _load, _num, _s
+
+ARMS = {
+    "procedural": "procedural",
+    "diffusion": "latent diffusion",
+    "naive": "naive baseline (constant-HU blob)",
+}
+
+
+def synth_table(results: Path) -> list[str]:
+    r = _load(results, "synth")
+    return [f"Not measured yet: `{BENCH}/synth.py`."] if r is None else synth_lines(r)
+
+
+def synth_lines(r: dict) -> list[str]:
+    """The tables of one synth.json (benchmarks/synth.py prints them too)."""
+    s, realism = r["settings"], r["realism"]
+    low, high = s["soft_tissue_hu"]
+    sizes = ", ".join(f"{n} {size}" for size, n in r["sizes"].items() if n) or "none"
+    skipped = len(r["skipped"])
+    why = f" ({skipped} skipped: soft tissue too thin for a small tumour)" if skipped else ""
+    smooth = s.get("organ_hu_smoothing_mm") or 0
+    smooth = f", on HU smoothed by a {smooth:g} mm Gaussian" if smooth else ""
+    lines = [
+        f"Realism: {s['cases'] - skipped} of {s['cases']} sarcoma CTs{why}, each real sarcoma "
+        f"(median {r['real_volume_ml']['median']:.0f} ml) against one synthetic tumour in the "
+        f"same scan's soft tissue ({low:g} to {high:g} HU{smooth}, outside the sarcoma), of "
+        f"the largest size class it holds ({sizes}). {len(s['features'])} first-order and GLCM "
+        f"features of the HU inside each tumour, not its volume; AUC of a logistic regression "
+        f"telling real from synthetic, cross-validated by scan (0.5: indistinguishable); mean "
+        f"absolute standardised mean difference and mean Wasserstein distance (in real-tumour "
+        f"standard deviations) over the features. Mean +- standard deviation over "
+        f"{len(s['seeds'])} seed(s); {_cpu(r)}; `{r['command']}`.",
+        "",
+        "| tumours | AUC real vs synthetic | mean abs SMD | mean Wasserstein | median volume ml |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm, name in ARMS.items():
+        m = realism.get(arm)
+        if m is None:
+            lines.append(f"| {name} | not measured (`--diffusion-model BUNDLE`) | | | |")
+            continue
+        volumes = [p.get("volume_ml_median") for p in m["per_seed"].values()]
+        volumes = [v for v in volumes if v is not None]
+        volume = _num(sum(volumes) / len(volumes), 0) if volumes else "n/a"
+        lines.append(
+            f"| {name} | {_over_seeds(m['auc'])} | {_over_seeds(m['mean_abs_smd'], 2)} | "
+            f"{_over_seeds(m['mean_wasserstein'], 2)} | {volume} |"
+        )
+    lines += ["", _target(r), ""] + _speed(r)
+    return lines
+
+
+def _target(r: dict) -> str:
+    """Issue 15's target, per engine, from the mean AUC over seeds."""
+    goal, parts = r["settings"]["target_auc_below"], []
+    for arm in ("procedural", "diffusion"):
+        auc = (r["realism"].get(arm) or {}).get("auc", {}).get("mean")
+        if arm not in r["realism"]:
+            parts.append(f"{ARMS[arm]} not measured")
+        elif auc is None:
+            parts.append(f"{ARMS[arm]} n/a (too few scans)")
+        else:
+            parts.append(f"{ARMS[arm]} {auc:.3f} ({'met' if auc < goal else '**missed**'})")
+    return f"Target: AUC below {goal:g}: {'; '.join(parts)}."
+
+
+def _sec(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 10 else _s(seconds)
+
+
+def _speed(r: dict) -> list[str]:
+    sp, threads = r["speed"], r["settings"].get("torch_threads")
+    threads = f", diffusion on {threads} torch threads" if "diffusion" in sp else ""
+    lines = [
+        f"Speed on {sp['case']}, seconds per tumour (the whole call, placement in the scan's "
+        f"soft tissue included; procedural on one thread{threads}), median (min-max) of "
+        f"{sp['repeats']}; numpy's peak memory (tracemalloc) in one call, torch's not counted:",
+        "",
+        "| engine | size | DDIM steps | seconds per tumour | CPU seconds | numpy peak |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for engine in ("procedural", "diffusion"):
+        if engine not in sp:
+            lines.append(f"| {ARMS[engine]} | | | not measured (`--diffusion-model BUNDLE`) | | |")
+            continue
+        for size, t in sp[engine].items():
+            steps = t.get("steps", "-")
+            if not t["fits"]:
+                lines.append(f"| {ARMS[engine]} | {size} | {steps} | does not fit that scan | | |")
+                continue
+            times = t["seconds"]
+            spread = f"{_sec(t['median_seconds'])} ({min(times):.2f}-{max(times):.2f})"
+            cpu = _sec(t["median_cpu_seconds"]) if "median_cpu_seconds" in t else "n/a"
+            lines.append(
+                f"| {ARMS[engine]} | {size} | {steps} | {spread} | {cpu} | "
+                f"{t['numpy_peak_mb']:.0f} MB |"
+            )
+    after = [f"{sp['rss_mb_after_procedural']:,.0f} MB after procedural"]
+    if "rss_mb_after_diffusion" in sp:
+        after.append(f"{sp['rss_mb_after_diffusion']:,.0f} MB after diffusion")
+    lines += [
+        "",
+        f"Peak RSS of the benchmark process (a high-water mark): {sp['rss_mb_before']:,.0f} MB "
+        f"before the speed runs, {', '.join(after)}.",
+    ]
+    return lines

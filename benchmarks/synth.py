@@ -1,0 +1,392 @@
+"""Tumour synthesis measured (issue 15): how real synthetic tumours look, and what one costs.
+
+    .venv-bench/bin/python benchmarks/synth.py [--cases N] [--seeds 0 1 2] [--diffusion-model B]
+
+Realism. Each sarcoma CT of Dataset101_SarcomaCT holds its real sarcoma (label 1); into the same
+scan's soft tissue (unlabelled voxels whose smoothed HU lies in -20..100, opened: online
+synthesis's HU-window organ, tumorfm.synth.online.hu_window_organ, so outside the real tumour)
+each arm puts one tumour: procedural, diffusion (given a bundle) and a
+naive baseline (procedural's mask filled with one value, the tissue's median - 50 HU: no texture,
+no noise, no soft edge). Each tumour is described by first-order and GLCM features of the HU in
+its mask; a logistic regression tells real from synthetic with a cross-validated AUC (0.5: it
+cannot; issue 15's target: < 0.75), per-feature standardised mean differences and Wasserstein
+distances show where they differ. Volume is reported, never fed to the classifier: size is a
+choice of the synthesis, not a mark of its realism. The whole synthesis is repeated per seed.
+
+Size: the largest class the soft tissue holds (large, else medium, else small). The real sarcomas
+are several cm across (tens to hundreds of ml); "mixed" would draw tiny and small tumours as
+often as big ones, whose statistics differ from a big tumour's by size alone (a few hundred voxels,
+most at the edge), and tiny ones span two or three 3.3 mm slices: no GLCM slice. The closest size
+keeps the comparison on intensity and texture.
+
+Speed: seconds per tumour (the engine's whole call, placement included) on the scan nearest the
+median size that holds a large tumour, median of --repeats; procedural on one thread (the issue:
+"under a second per tumour on one CPU core"), diffusion on torch's threads. Memory: tracemalloc's
+peak in one extra untimed call (numpy arrays, not torch tensors) and the process's peak RSS (a
+high-water mark) before and after. Writes benchmarks/results/synth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from measure import git_state, machine
+from scipy import ndimage, stats
+from seeds import over_seeds
+from skimage.feature import graycomatrix, graycoprops
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from tumorfm.data.io import read_volume
+from tumorfm.errors import TumorFMError
+from tumorfm.synth.online import HU_SMOOTHING_MM, hu_window_organ
+from tumorfm.synth.procedural import synthesise
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = "Dataset101_SarcomaCT"
+SOFT_HU = (-20.0, 100.0)  # the organ: unlabelled soft tissue
+SIZES = ("large", "medium", "small")  # tried in turn: the largest the tissue holds
+NAIVE_SHIFT = -50.0  # the baseline's HU below the tissue's median
+WINDOW, LEVELS = (-200.0, 250.0), 32  # histogram and GLCM quantisation
+ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+MIN_SLICE = 10  # tumour voxels an axial slice needs to count in the GLCM
+FIRST = ("mean", "std", "p10", "p50", "p90", "skewness", "kurtosis", "entropy")
+GLCM = ("contrast", "homogeneity", "energy", "correlation")
+FEATURES = FIRST + tuple(f"glcm_{name}" for name in GLCM)
+TARGET_AUC = 0.75
+
+
+def case_ids(folder: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
+
+
+def load(folder: Path, case: str):
+    """(HU as int16, label, spacing zyx mm, soft-tissue organ mask: online synthesis's own)."""
+    image = read_volume(folder / "imagesTr" / f"{case}_0000.nii.gz")
+    label = read_volume(folder / "labelsTr" / f"{case}.nii.gz").array
+    hu, spacing = image.array, image.geometry.spacing_zyx
+    return hu, label, spacing, hu_window_organ(hu, label == 0, SOFT_HU, spacing)
+
+
+def case_seed(seed: int, index: int) -> int:
+    """Each case its own stream, the same whichever cases run."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def naive(image: np.ndarray, organ: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The baseline: the mask filled with one value below the tissue's median, nothing else."""
+    out = image.copy()
+    out[mask] = round(float(np.median(image[organ])) + NAIVE_SHIFT)
+    return out
+
+
+def features(image: np.ndarray, mask: np.ndarray, spacing) -> dict:
+    """First-order and GLCM features of the HU in `mask`, and its volume (ml)."""
+    hu = image[mask].astype(np.float64)
+    std = float(hu.std())
+    counts, _ = np.histogram(np.clip(hu, *WINDOW), bins=LEVELS, range=WINDOW)
+    p = counts[counts > 0] / hu.size
+    flat = std == 0  # a constant: no asymmetry, no tails (scipy would say NaN)
+    out = dict(zip(("p10", "p50", "p90"), np.percentile(hu, [10, 50, 90]).tolist()))
+    out |= {
+        "mean": float(hu.mean()),
+        "std": std,
+        "skewness": 0.0 if flat else float(stats.skew(hu)),
+        "kurtosis": 0.0 if flat else float(stats.kurtosis(hu)),
+        "entropy": max(0.0, float(-(p * np.log2(p)).sum())),
+    }
+    return out | glcm(image, mask) | {"volume_ml": float(mask.sum() * np.prod(spacing) / 1000)}
+
+
+def glcm(image: np.ndarray, mask: np.ndarray) -> dict:
+    """GLCM properties at 1 voxel in 4 in-plane directions, averaged over directions and over the
+    axial slices of the mask's box with >= MIN_SLICE voxels: HU in 32 levels (1-32), the outside
+    at 0, whose row and column are dropped, so only pairs inside the tumour count."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    inside, hu = mask[box], image[box].astype(np.float64)
+    level = np.floor((hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0]) * LEVELS)
+    quantised = np.where(inside, 1 + np.clip(level, 0, LEVELS - 1), 0).astype(np.uint8)
+    values = []
+    for z in range(quantised.shape[0]):
+        if inside[z].sum() < MIN_SLICE:
+            continue
+        matrix = graycomatrix(quantised[z], [1], ANGLES, levels=LEVELS + 1, symmetric=True)
+        matrix = matrix[1:, 1:]
+        pairs = matrix.sum(axis=(0, 1))[0] > 0  # directions with pairs inside
+        if pairs.any():
+            values.append([graycoprops(matrix[..., pairs], n).mean() for n in GLCM])
+    mean = np.mean(values, axis=0) if values else [math.nan] * len(GLCM)
+    return {f"glcm_{n}": float(v) for n, v in zip(GLCM, mean)}
+
+
+def _largest(image, organ, spacing, seed: int, sizes: tuple):
+    """(size, procedural tumour) of the first of `sizes` the tissue holds, else the error."""
+    for size in sizes:
+        try:
+            return size, synthesise(image, organ, spacing, seed=seed, modality="CT", size=size)
+        except TumorFMError:
+            if size == sizes[-1]:
+                raise
+
+
+def realism_case(folder, case, index, seeds, diffusion) -> dict:
+    """The real tumour's features, and every arm's synthetic tumour's for every seed."""
+    image, label, spacing, organ = load(folder, case)
+    row = {"real": features(image, label == 1, spacing)}
+    row["soft_tissue_ml"] = float(organ.sum() * np.prod(spacing) / 1000)
+    sizes = SIZES
+    for seed in seeds:
+        s = case_seed(seed, index)
+        try:
+            size, made = _largest(image, organ, spacing, s, sizes)
+        except TumorFMError as error:
+            return row | {"skipped": str(error)}
+        row["size"], sizes = size, (size,)  # the same for every seed: it depends on the tissue
+        arms = {"procedural": made.image, "naive": naive(image, organ, made.tumour)}
+        out = {arm: features(im, made.tumour, spacing) for arm, im in arms.items()}
+        if diffusion is not None:
+            other = diffusion(image, organ, spacing, seed=s, modality="CT", size=size)
+            out["diffusion"] = features(other.image, other.tumour, spacing)
+        for arm, feats in out.items():
+            row.setdefault(arm, {})[str(seed)] = feats
+    return row
+
+
+def two_sample(real: np.ndarray, fake: np.ndarray, groups: list[str], seed: int) -> dict:
+    """Out-of-fold AUC of standardised features + logistic regression, stratified folds that keep
+    a scan's real and synthetic tumour together; standardised mean differences (pooled std) and
+    1D Wasserstein distances (features divided by the real tumours' std)."""
+    x, y = np.vstack([real, fake]), np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    folds = min(5, len(real))
+    auc = None
+    if folds >= 2:
+        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        proba = cross_val_predict(model, x, y, groups=groups * 2, cv=cv, method="predict_proba")
+        auc = float(roc_auc_score(y, proba[:, 1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = np.sqrt((real.var(axis=0, ddof=1) + fake.var(axis=0, ddof=1)) / 2)
+        smd = (fake.mean(axis=0) - real.mean(axis=0)) / pooled
+        scale = real.std(axis=0, ddof=1)
+    scale = np.where(scale > 0, scale, np.nan)
+    w = [stats.wasserstein_distance(r / d, f / d) for r, f, d in zip(real.T, fake.T, scale)]
+    smd = np.where(np.isfinite(smd), smd, np.nan)
+    return {
+        "auc": auc,
+        "folds": folds,
+        "cases": len(real),
+        "mean_abs_smd": _nanmean(np.abs(smd)),
+        "mean_wasserstein": _nanmean(w),
+        "smd": dict(zip(FEATURES, map(_finite, smd))),
+        "wasserstein": dict(zip(FEATURES, map(_finite, w))),
+    }
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _nanmean(values) -> float | None:
+    values = [v for v in np.asarray(values, dtype=float) if np.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _usable(feats: dict) -> bool:
+    return all(np.isfinite(feats[f]) for f in FEATURES)
+
+
+def summarise(rows: dict, arm: str, seeds: list[int]) -> dict:
+    """Per seed the two-sample measures over the cases that have both tumours, then over seeds."""
+    per_seed = {}
+    for seed in seeds:
+        pairs = [
+            (case, r["real"], r[arm][str(seed)])
+            for case, r in rows.items()
+            if str(seed) in r.get(arm, {}) and _usable(r["real"]) and _usable(r[arm][str(seed)])
+        ]
+        real = np.array([[p[1][f] for f in FEATURES] for p in pairs])
+        fake = np.array([[p[2][f] for f in FEATURES] for p in pairs])
+        if len(pairs) < 2:
+            per_seed[seed] = {"cases": len(pairs), "auc": None}
+            continue
+        per_seed[seed] = two_sample(real, fake, [p[0] for p in pairs], seed)
+        per_seed[seed]["volume_ml_median"] = statistics.median(p[2]["volume_ml"] for p in pairs)
+    measures = ("auc", "mean_abs_smd", "mean_wasserstein")
+    return {m: over_seeds({s: per_seed[s].get(m) for s in seeds}) for m in measures} | {
+        "per_seed": per_seed
+    }
+
+
+def representative(folder: Path, cases: list[str]) -> tuple[str, tuple]:
+    """The scan nearest the median size whose soft tissue holds a large tumour (or the nearest)."""
+    voxels = {}
+    for case in cases:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(folder / "labelsTr" / f"{case}.nii.gz"))
+        reader.ReadImageInformation()
+        voxels[case] = math.prod(reader.GetSize())
+    middle = statistics.median(voxels.values())
+    order = sorted(cases, key=lambda c: (abs(voxels[c] - middle), c))
+    for case in order:
+        loaded = load(folder, case)
+        image, _, spacing, organ = loaded
+        try:
+            synthesise(image, organ, spacing, seed=0, size="large")  # also a warm-up
+            return case, loaded
+        except TumorFMError:
+            continue
+    return order[0], load(folder, order[0])
+
+
+def rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def timings(engine, loaded, sizes, repeats: int, what: str) -> dict:
+    """Per size: seconds of `repeats` calls (seeds 0..), and numpy's peak in one untimed call."""
+    image, _, spacing, organ = loaded
+    out = {}
+    for size in tqdm(sizes, desc=f"speed {what}", unit="size"):
+        call = dict(modality="CT", size=size)
+        try:
+            tracemalloc.start()
+            engine(image, organ, spacing, seed=repeats, **call)  # untimed: traced, warm
+            peak = tracemalloc.get_traced_memory()[1]
+        except TumorFMError as error:
+            out[size] = {"fits": False, "why": str(error)}
+            continue
+        finally:
+            tracemalloc.stop()
+        seconds, cpu = [], []  # CPU time too: on a busy machine wall time also holds waiting
+        for seed in range(repeats):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            engine(image, organ, spacing, seed=seed, **call)
+            seconds.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
+        out[size] = {
+            "fits": True,
+            "seconds": [round(s, 4) for s in seconds],
+            "median_seconds": statistics.median(seconds),
+            "cpu_seconds": [round(s, 4) for s in cpu],
+            "median_cpu_seconds": statistics.median(cpu),
+            "numpy_peak_mb": round(peak / 2**20, 1),
+        }
+    return out
+
+
+def measure_speed(folder: Path, cases: list[str], repeats: int, engine) -> dict:
+    """Procedural at every size; diffusion (if any) few-step (small) and full schedule (medium)."""
+    case, loaded = representative(folder, cases)
+    speed = {"case": case, "repeats": repeats, "rss_mb_before": rss_mb()}
+    sizes = ["tiny", *SIZES[::-1]]
+    with threadpool_limits(1):  # numpy's BLAS (einsum) on one core
+        speed["procedural"] = timings(synthesise, loaded, sizes, repeats, "procedural")
+    speed["rss_mb_after_procedural"] = rss_mb()
+    if engine is not None:
+        speed["diffusion"] = timings(
+            engine.synthesise, loaded, ["small", "medium"], repeats, "diffusion"
+        )
+        for size, steps in (("small", engine.early_steps), ("medium", engine.steps)):
+            speed["diffusion"][size]["steps"] = steps
+        speed["rss_mb_after_diffusion"] = rss_mb()
+    return speed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--cases", type=int, help="the first N sarcoma scans (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--diffusion-model", type=Path, help="a synthesis bundle (CT)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per size")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synth.json")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    folder = args.data / DATASET
+    all_cases = case_ids(folder)
+    if not all_cases:
+        sys.exit(f"{folder}: no labelled sarcoma scans")
+    cases = all_cases[: args.cases]
+
+    diffusion = engine = threads = None
+    if args.diffusion_model is not None:  # MONAI and torch only then
+        import torch
+
+        from tumorfm.synth.diffusion import DiffusionEngine, load_synth_bundle
+
+        engine = DiffusionEngine(load_synth_bundle(args.diffusion_model, "CT"))
+        diffusion, threads = engine.synthesise, torch.get_num_threads()
+
+    rows = {}
+    for case in tqdm(cases, desc="realism", unit="scan"):
+        index = all_cases.index(case)
+        rows[case] = realism_case(folder, case, index, args.seeds, diffusion)
+    arms = ["procedural", "naive"] + (["diffusion"] if diffusion else [])
+    realism = {arm: summarise(rows, arm, args.seeds) for arm in arms}
+
+    speed = measure_speed(folder, cases, args.repeats, engine)
+    real_ml = [r["real"]["volume_ml"] for r in rows.values()]
+    skipped = {c: r["skipped"] for c, r in rows.items() if "skipped" in r}
+    settings = dict(
+        dataset=DATASET, cases=len(cases), seeds=args.seeds, soft_tissue_hu=SOFT_HU,
+        organ_hu_smoothing_mm=HU_SMOOTHING_MM,
+        sizes_tried=SIZES, naive_shift_hu=NAIVE_SHIFT, window_hu=WINDOW, levels=LEVELS,
+        glcm=f"distance 1, 4 in-plane angles, axial slices with >= {MIN_SLICE} tumour voxels",
+        features=FEATURES, target_auc_below=TARGET_AUC, repeats=args.repeats,
+        classifier="StandardScaler + LogisticRegression, StratifiedGroupKFold(<= 5) by scan",
+        diffusion_model=str(args.diffusion_model) if engine else None, torch_threads=threads,
+        diffusion_config=engine.model.config.to_dict() if engine else None,
+        memory="numpy_peak_mb: tracemalloc peak of one call (numpy arrays, not torch tensors); "
+        "rss_mb: the process's peak RSS (ru_maxrss), a high-water mark")  # fmt: skip
+    result = {
+        "settings": settings,
+        "command": " ".join([".venv-bench/bin/python benchmarks/synth.py", *sys.argv[1:]]),
+        "machine": machine(load_before),
+        **git_state(),
+        "skipped": skipped,
+        "sizes": {s: sum(r.get("size") == s for r in rows.values()) for s in SIZES},
+        "real_volume_ml": dict(
+            median=statistics.median(real_ml), low=min(real_ml), high=max(real_ml)
+        ),
+        "realism": realism,
+        "speed": speed,
+        "per_case": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_clean(result), indent=1))
+    sys.path.insert(0, str(ROOT))  # the README's formatting, as the summary
+    from benchmarks.report_synth import synth_lines
+
+    print("\n" + "\n".join(synth_lines(json.loads(args.out.read_text()))))
+    print(f"wrote {args.out}")
+
+
+def _clean(value):
+    """NaN -> null, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+if __name__ == "__main__":
+    main()
