@@ -116,8 +116,8 @@ class PatchBatches(Dataset):
         annotated = self.annotated[case_index]
         # synthesis draws from a stream of its own: runs without it sample as they always did
         spec = self.synthesis.get(case.properties["dataset"])
-        synth = np.random.default_rng([self.seed, int(step), int(index), SYNTHESIS_STREAM])
-        chosen = spec is not None and synth.random() < spec["probability"]
+        synth = spec and np.random.default_rng([self.seed, int(step), int(index), SYNTHESIS_STREAM])
+        chosen = bool(spec) and synth.random() < spec["probability"]
         organ = spec["organ_value"] if chosen else None  # None for an HU-window organ
         force = index >= self.first_forced or organ is not None
         start, forced_label = self._location(label.shape, case if force else None, rng, organ)

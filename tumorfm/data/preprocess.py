@@ -136,15 +136,20 @@ def fingerprint_and_plan(
     )
 
 
+def ct_normalise(hu: np.ndarray, stats: dict) -> np.ndarray:
+    """nnU-Net's CT scheme: clip to the dataset's foreground 0.5-99.5th percentiles, z-score
+    with its mean and std (tumorfm.synth.online undoes it and applies it again)."""
+    hu = np.clip(hu, stats["percentile_00_5"], stats["percentile_99_5"])
+    return (hu - stats["mean"]) / max(stats["std"], 1e-8)
+
+
 def normalise(image: np.ndarray, mask: np.ndarray, plan: planning.Plan) -> np.ndarray:
     """Per channel by modality: CT clip + dataset z-score; others per-image z-score."""
     out = np.empty_like(image, dtype=np.float32)
     for c, scheme in enumerate(plan.normalization_schemes):
         channel = image[c].astype(np.float32)
         if scheme == "ct":
-            stats = plan.intensity_properties[c]
-            channel = np.clip(channel, stats["percentile_00_5"], stats["percentile_99_5"])
-            out[c] = (channel - stats["mean"]) / max(stats["std"], 1e-8)
+            out[c] = ct_normalise(channel, plan.intensity_properties[c])
         elif plan.use_mask_for_norm[c]:
             inside = channel[mask]
             out[c] = 0.0
@@ -286,4 +291,11 @@ def preprocess_pool(
     return report
 
 
-__all__ = ["PROPERTIES", "class_locations", "normalise", "preprocess_case", "preprocess_pool"]
+__all__ = [
+    "PROPERTIES",
+    "class_locations",
+    "ct_normalise",
+    "normalise",
+    "preprocess_case",
+    "preprocess_pool",
+]

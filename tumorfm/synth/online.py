@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from tumorfm.data.preprocess import ct_normalise
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import engine_function
 
@@ -90,10 +91,7 @@ def insert_tumours(
         )
     except TumorFMError:  # a sliver of organ at the patch's edge: leave the patch as it is
         return image, label, False
-    out = made.image
-    if stats is not None:  # as preprocessing normalised it: clip, then the dataset's z-score
-        out = np.clip(out, stats["percentile_00_5"], stats["percentile_99_5"])
-        out = (out - stats["mean"]) / max(stats["std"], 1e-8)
+    out = made.image if stats is None else ct_normalise(made.image, stats)  # as preprocessing did
     image, label = image.copy(), label.copy()
     image[0] = out.astype(image.dtype)
     label[made.tumour] = spec["tumour_value"]
