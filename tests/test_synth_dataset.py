@@ -90,6 +90,8 @@ def test_bad_requests_write_nothing(tmp_path):
         (["-i", CT, "-l", SEG, "--organ", "200"], "organ mask is empty"),
         (["-i", CT, "-l", SEG, "--organ", "5", "--engine", "gan"], "engine 'gan'"),
         (["-i", CT, "-l", SEG, "--organ", "5", "--size", "huge"], "size 'huge' is unknown"),
+        (["-i", CT, "-l", SEG, "--organ", "5", "--seed", "-1"], "seed -1 must be a non-negative"),
+        (["-i", CT, "-l", SEG, "--organ", "5", "--count", "0"], "count 0 must be a whole number"),
         (["-i", _dataset(tmp_path, [True]), "--organ", "liver", "--tumour", "liver"],
          "tumour class 'liver' is already a label"),
     ]  # fmt: skip

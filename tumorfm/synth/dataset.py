@@ -88,6 +88,10 @@ def synthesise_dataset(
     none can hold a tumour, nothing is written. The diffusion engine needs `model`, a synthesis
     bundle of the scans' modality (`tumorfm synth train`)."""
     make = engine_function(engine, model, source.modality)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TumorFMError(f"seed {seed!r} must be a non-negative integer")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TumorFMError(f"count {count!r} must be a whole number of tumours, 1 or more")
     if out.exists():
         raise TumorFMError(f"{out}: already exists; choose a new output folder")
     value, organ_name = organ_label(organ, source.labels)
