@@ -3,15 +3,17 @@
     .venv-bench/bin/python benchmarks/synth.py [--cases N] [--seeds 0 1 2] [--diffusion-model B]
 
 Realism. Each sarcoma CT of Dataset101_SarcomaCT holds its real sarcoma (label 1); into the same
-scan's soft tissue (unlabelled voxels whose smoothed HU lies in -20..100, opened: online
-synthesis's HU-window organ, tumorfm.synth.online.hu_window_organ, so outside the real tumour)
-each arm puts one tumour: procedural, diffusion (given a bundle) and a
-naive baseline (procedural's mask filled with one value, the tissue's median - 50 HU: no texture,
-no noise, no soft edge). Each tumour is described by first-order and GLCM features of the HU in
-its mask; a logistic regression tells real from synthetic with a cross-validated AUC (0.5: it
-cannot; issue 15's target: < 0.75), per-feature standardised mean differences and Wasserstein
-distances show where they differ. Volume is reported, never fed to the classifier: size is a
-choice of the synthesis, not a mark of its realism. The whole synthesis is repeated per seed.
+scan's soft tissue (unlabelled voxels whose smoothed HU lies in -20..100, opened: online synthesis's
+HU-window organ, tumorfm.synth.online.hu_window_organ, so outside the real tumour) each arm puts one
+tumour: procedural (Hu et al.'s liver-tumour intensities), measured (procedural with the HU shift
+and texture measured on the real sarcomas of the other half of the scans, tumorfm.synth.appearance:
+cross-fitted, so no scan's own tumour sets its synthetic one), diffusion (given a bundle) and a
+naive baseline (procedural's mask filled with one value, the tissue's median - 50 HU: no texture, no
+noise, no soft edge). Each tumour is described by first-order and GLCM features of the HU in its
+mask; a logistic regression tells real from synthetic with a cross-validated AUC (0.5: it cannot;
+issue 15's target: < 0.75), per-feature standardised mean differences and Wasserstein distances show
+where they differ. Volume is reported, never fed to the classifier: size is a choice of the
+synthesis, not a mark of its realism. The whole synthesis is repeated per seed.
 
 Size: the largest class the soft tissue holds (large, else medium, else small). The real sarcomas
 are several cm across (tens to hundreds of ml); "mixed" would draw tiny and small tumours as
@@ -55,6 +57,7 @@ from tqdm import tqdm
 
 from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
+from tumorfm.synth.appearance import ranges, tumour_appearance
 from tumorfm.synth.online import HU_SMOOTHING_MM, hu_window_organ
 from tumorfm.synth.procedural import synthesise
 
@@ -145,8 +148,20 @@ def _largest(image, organ, spacing, seed: int, sizes: tuple):
                 raise
 
 
-def realism_case(folder, case, index, seeds, diffusion) -> dict:
-    """The real tumour's features, and every arm's synthetic tumour's for every seed."""
+def appearances(folder: Path, cases: list[str]) -> dict[str, dict]:
+    """Each real sarcoma's HU shift and texture against its soft tissue."""
+    out = {}
+    for case in tqdm(cases, desc="appearance", unit="scan"):
+        image, label, spacing, organ = load(folder, case)
+        found = tumour_appearance(image, label == 1, organ, spacing)
+        if found is not None:
+            out[case] = {"shift_hu": found[0], "texture_hu": found[1]}
+    return out
+
+
+def realism_case(folder, case, index, seeds, diffusion, look) -> dict:
+    """The real tumour's features, and every arm's synthetic tumour's for every seed; `look`:
+    the measured arm's ranges."""
     image, label, spacing, organ = load(folder, case)
     row = {"real": features(image, label == 1, spacing)}
     row["soft_tissue_ml"] = float(organ.sum() * np.prod(spacing) / 1000)
@@ -160,6 +175,8 @@ def realism_case(folder, case, index, seeds, diffusion) -> dict:
         row["size"], sizes = size, (size,)  # the same for every seed: it depends on the tissue
         arms = {"procedural": made.image, "naive": naive(image, organ, made.tumour)}
         out = {arm: features(im, made.tumour, spacing) for arm, im in arms.items()}
+        other = synthesise(image, organ, spacing, seed=s, size=size, **look)
+        out["measured"] = features(other.image, other.tumour, spacing)
         if diffusion is not None:
             other = diffusion(image, organ, spacing, seed=s, modality="CT", size=size)
             out["diffusion"] = features(other.image, other.tumour, spacing)
@@ -333,11 +350,15 @@ def main() -> None:
         engine = DiffusionEngine(load_synth_bundle(args.diffusion_model, "CT"))
         diffusion, threads = engine.synthesise, torch.get_num_threads()
 
+    looks = appearances(folder, cases)
+    half = {case: i % 2 for i, case in enumerate(cases)}  # two folds: each measured on the other
+    fold_looks = [ranges(v for c, v in looks.items() if half[c] != fold) for fold in (0, 1)]
     rows = {}
     for case in tqdm(cases, desc="realism", unit="scan"):
-        index = all_cases.index(case)
-        rows[case] = realism_case(folder, case, index, args.seeds, diffusion)
-    arms = ["procedural", "naive"] + (["diffusion"] if diffusion else [])
+        index, look = all_cases.index(case), fold_looks[half[case]]
+        rows[case] = realism_case(folder, case, index, args.seeds, diffusion, look)
+        rows[case]["appearance"] = looks.get(case)
+    arms = ["procedural", "measured", "naive"] + (["diffusion"] if diffusion else [])
     realism = {arm: summarise(rows, arm, args.seeds) for arm in arms}
 
     speed = measure_speed(folder, cases, args.repeats, engine)
@@ -346,7 +367,8 @@ def main() -> None:
     settings = dict(
         dataset=DATASET, cases=len(cases), seeds=args.seeds, soft_tissue_hu=SOFT_HU,
         organ_hu_smoothing_mm=HU_SMOOTHING_MM,
-        sizes_tried=SIZES, naive_shift_hu=NAIVE_SHIFT, window_hu=WINDOW, levels=LEVELS,
+        sizes_tried=SIZES, naive_shift_hu=NAIVE_SHIFT, measured_looks=fold_looks,
+        window_hu=WINDOW, levels=LEVELS,
         glcm=f"distance 1, 4 in-plane angles, axial slices with >= {MIN_SLICE} tumour voxels",
         features=FEATURES, target_auc_below=TARGET_AUC, repeats=args.repeats,
         classifier="StandardScaler + LogisticRegression, StratifiedGroupKFold(<= 5) by scan",

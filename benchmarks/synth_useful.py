@@ -5,11 +5,13 @@
 Per seed, two trainings from scratch that differ only in the pool's synthesis block: `real` learns
 from `--train-cases` real sarcoma CTs (drawn with the seed), `real+synthetic` from the same scans
 with procedural tumours put into half of its patches, in the scans' unlabelled soft tissue (HU
--20..100, outside the real tumour) and labelled as sarcoma. Same preset, plan (lowres), patch,
-iterations and seed. Both are scored on the shipped bundle's seven held-out sarcomas (never
-trained on) by `tumorfm predict --no-mirror` and `tumorfm evaluate`, in the scans' own geometry.
-The difference is reported per seed and as mean and spread (benchmarks/seeds.py); the issue's
-target is +0.05 Dice. Results: benchmarks/results/synth_useful.json.
+-20..100, outside the real tumour) and labelled as sarcoma; their HU shift and texture are those
+measured on the seed's training sarcomas (tumorfm.synth.appearance, as `tumorfm synth appearance`
+does), so the synthetic arm learns from the same labels as the real one, no more. Same preset, plan
+(lowres), patch, iterations and seed. Both are scored on the shipped bundle's seven held-out
+sarcomas (never trained on) by `tumorfm predict --no-mirror` and `tumorfm evaluate`, in the scans'
+own geometry. The difference is reported per seed and as mean and spread (benchmarks/seeds.py); the
+issue's target is +0.05 Dice. Results: benchmarks/results/synth_useful.json.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,9 @@ import yaml
 from measure import git_state, machine, run
 from shipped_model import DATASETS, _stats, case_ids, fixed_split, held_out
 
+from tumorfm.synth.appearance import measure
+from tumorfm.synth.dataset import source_of
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASS = "soft_tissue_sarcoma"
@@ -34,13 +40,13 @@ SYNTHESIS = {"organ_hu": [-20, 100], "tumour": CLASS, "probability": 0.5, "size"
 ARMS = {"real": None, "real+synthetic": SYNTHESIS}
 
 
-def pool_file(work: Path, data: Path, arm: str) -> Path:
+def pool_file(work: Path, data: Path, synthesis: dict | None, name: str) -> Path:
     entry = {"name": "sarcoma_ct", "path": str(data / DATASETS["sarcoma_ct"][0]),
              "labels": {1: CLASS}}  # fmt: skip
-    if ARMS[arm]:
-        entry["synthesis"] = ARMS[arm]
-    path = work / f"pool-{arm.replace('+', '-')}.yaml"
-    path.write_text(yaml.safe_dump({"name": f"sarcoma-{arm}", "datasets": [entry]}))
+    if synthesis:
+        entry["synthesis"] = synthesis
+    path = work / f"pool-{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": f"sarcoma-{name}", "datasets": [entry]}))
     return path
 
 
@@ -52,17 +58,27 @@ def split_for(seed: int, data: Path, train_cases: int) -> dict:
     return {"sarcoma_ct": {"train": sorted(train), "val": val}}
 
 
+def look_of(data: Path, train: list[str]) -> dict:
+    """shift_hu and texture_hu ranges of the training cases' real sarcomas."""
+    source = source_of(data / DATASETS["sarcoma_ct"][0], None, "CT")
+    source = replace(source, cases=[c for c in source.cases if c.case_id in train])
+    found = measure(source, "1", organ_hu=SYNTHESIS["organ_hu"], progress=False)
+    return {key: found[key] for key in ("shift_hu", "texture_hu")}
+
+
 def one_run(args, arm: str, seed: int) -> dict:
     work, tumorfm = args.work, str(BIN / "tumorfm")
-    cache, out = work / f"cache-{arm.replace('+', '-')}", work / f"seed{seed}" / arm
     split = split_for(seed, args.data, args.train_cases)
+    synthesis = ARMS[arm] and {**ARMS[arm], **look_of(args.data, split["sarcoma_ct"]["train"])}
+    name = f"synthetic-seed{seed}" if synthesis else "real"  # the look is the seed's
+    cache, out = work / f"cache-{name}", work / f"seed{seed}" / arm
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "split.json").write_text(json.dumps(split, indent=1))
     if not (cache / "pool.json").is_file():
         command = [
             tumorfm,
             "preprocess",
-            str(pool_file(work, args.data, arm)),
+            str(pool_file(work, args.data, synthesis, name)),
             "-o",
             str(cache),
             "--config",
@@ -98,6 +114,7 @@ def one_run(args, arm: str, seed: int) -> dict:
         "hd95_median": _stats([c["hd95"] for c in cases])["median"],
         "train_seconds": train["wall_seconds"],
         "train_cases": split["sarcoma_ct"]["train"],
+        "synthesis": synthesis,
     }
 
 

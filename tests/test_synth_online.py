@@ -107,6 +107,9 @@ def test_pretraining_with_synthesis_runs_and_validates_on_real_patches(cache, tm
         ({"organ": "liver", "tumour": "t", "probability": 0}, "synthesis.probability"),
         ({"organ": "liver", "tumour": "t", "engine": "gan"}, "synthesis.engine"),
         ({"organ": "liver", "tumour": "t", "sise": "small"}, "synthesis.sise"),
+        ({"organ": "liver", "tumour": "t", "shift_hu": [10, -10]}, "shift_hu [10.0, -10.0]"),
+        ({"organ": "liver", "tumour": "t", "texture_hu": [-5, 10]}, "texture_hu [-5.0, 10.0]"),
+        ({"organ": "liver", "tumour": "t", "shift_hu": [".nan", 1]}, "synthesis.shift_hu"),
     ],
 )
 def test_bad_synthesis_blocks(tmp_path, synthesis, problem):

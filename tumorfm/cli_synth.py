@@ -42,18 +42,75 @@ def tumours(
     modality: Annotated[
         str | None, typer.Option(help="CT or MR [default: the dataset's channel, CT for a scan].")
     ] = None,
+    shift_hu: Annotated[
+        str | None,
+        typer.Option(help="LOW,HIGH: tumour mean minus organ median, HU (synth appearance)."),
+    ] = None,
+    texture_hu: Annotated[
+        str | None, typer.Option(help="LOW,HIGH: std of the tumour's texture, HU.")
+    ] = None,
 ) -> None:
     """Put new tumours into an organ; write the scans and label maps as a new dataset."""
     from tumorfm.synth.dataset import source_of, synthesise_dataset
 
     source = source_of(image, labels, modality)
+    look = {
+        "shift_hu": _span("--shift-hu", shift_hu),
+        "texture_hu": _span("--texture-hu", texture_hu),
+    }
     record = synthesise_dataset(
-        source, organ, out, tumour, engine, count, size, seed, mass_effect, model=model
+        source, organ, out, tumour, engine, count, size, seed, mass_effect, model=model, look=look
     )
     made = sum(len(t) for t in record["cases"].values())
     typer.echo(f"{made} {record['settings']['tumour']} in {len(record['cases'])} scans: {out}")
     for case, reason in record["skipped"].items():
         typer.echo(f"skipped {case}: {reason}", err=True)
+
+
+@synth_app.command()
+def appearance(
+    image: Annotated[
+        Path, typer.Option("--image", "-i", help="A labelled CT dataset (nnU-Net v2 raw or MSD).")
+    ],
+    tumour: Annotated[str, typer.Option(help="The tumour's label name (or value).")],
+    organ: Annotated[
+        str | None, typer.Option(help="The tissue it grows in: a label name or value.")
+    ] = None,
+    organ_hu: Annotated[
+        str | None, typer.Option(help="LOW,HIGH: or the unlabelled voxels in this HU window.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the measurements here (JSON).")
+    ] = None,
+) -> None:
+    """Measure how a dataset's real tumours differ from their tissue (mean HU shift, texture),
+    for `synth tumours --shift-hu --texture-hu` and a pool's synthesis block."""
+    from tumorfm.files import write_json
+    from tumorfm.synth.appearance import measure
+    from tumorfm.synth.dataset import source_of
+
+    window = _span("--organ-hu", organ_hu)
+    found = measure(source_of(image, None, None), tumour, organ, window)
+    if out is not None:
+        write_json(out, found)
+    low, high = found["percentiles"]
+    typer.echo(f"{found['tumours']} {tumour} tumours, {low}th-{high}th percentiles:")
+    typer.echo(f"shift_hu: {found['shift_hu']}\ntexture_hu: {found['texture_hu']}")
+
+
+def _span(option: str, text: str | None) -> tuple[float, float] | None:
+    """'LOW,HIGH' as two numbers, or a one-line error naming the option."""
+    from tumorfm.errors import TumorFMError
+
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TumorFMError(f"{option} {text!r}: give two numbers, LOW,HIGH") from None
+    if not (abs(low) < float("inf") and abs(high) < float("inf") and low <= high):
+        raise TumorFMError(f"{option} {text!r}: LOW,HIGH must be finite with LOW <= HIGH")
+    return low, high
 
 
 @synth_app.command()

@@ -63,6 +63,10 @@ class SynthesisEntry(BaseModel):
     size: Literal["tiny", "small", "medium", "large", "mixed"] = "mixed"
     count: int = Field(default=1, ge=1, le=10)  # tumours per synthesised patch
     mass_effect: bool = False
+    # procedural on CT: the tumour's mean minus the organ's median, and the std of its texture,
+    # drawn from these HU ranges (`tumorfm synth appearance` measures them on real tumours)
+    shift_hu: tuple[float, float] | None = None
+    texture_hu: tuple[float, float] | None = None
 
 
 class DatasetEntry(BaseModel):
@@ -119,6 +123,14 @@ class DatasetEntry(BaseModel):
             )
         if spec is not None and (spec.engine == "diffusion") != (spec.model is not None):
             raise ValueError("synthesis: the diffusion engine needs a model, procedural none")
+        for name in ("shift_hu", "texture_hu"):
+            span = spec and getattr(spec, name)
+            if span and not (all(map(math.isfinite, span)) and span[0] <= span[1]):
+                raise ValueError(f"synthesis: {name} {list(span)} must be finite [low, high]")
+            if span and spec.engine != "procedural":
+                raise ValueError(f"synthesis: {name} is for the procedural engine")
+        if spec and spec.texture_hu and spec.texture_hu[0] < 0:
+            raise ValueError(f"synthesis: texture_hu {list(spec.texture_hu)} is a std, >= 0")
         if spec is not None and spec.tumour == spec.organ:
             raise ValueError(f"synthesis: tumour '{spec.tumour}' must differ from its organ")
         return self
@@ -289,11 +301,13 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
     model = entry.synthesis and entry.synthesis.model
     if model and not (model if model.is_absolute() else path.parent / model).is_dir():
         raise TumorFMError(f"{path}: dataset '{entry.name}': synthesis.model {model} not found")
-    if entry.synthesis and entry.synthesis.organ_hu and raw.modalities[0].upper() != "CT":
-        raise TumorFMError(
-            f"{path}: dataset '{entry.name}': synthesis.organ_hu needs CT, the scans are "
-            f"{raw.modalities[0]}"
-        )
+    spec = entry.synthesis
+    for name in ("organ_hu", "shift_hu", "texture_hu"):
+        if spec and getattr(spec, name) and raw.modalities[0].upper() != "CT":
+            raise TumorFMError(
+                f"{path}: dataset '{entry.name}': synthesis.{name} needs CT, the scans are "
+                f"{raw.modalities[0]}"
+            )
 
 
 def _classes_of(entry: DatasetEntry) -> list[str]:

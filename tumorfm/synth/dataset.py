@@ -57,7 +57,7 @@ def source_of(image: Path, labels: Path | None, modality: str | None) -> Source:
     return Source([case], {0: "background"}, (modality or "CT").upper())
 
 
-def organ_label(organ: str, labels: dict[int, str]) -> tuple[int, str]:
+def organ_label(organ: str, labels: dict[int, str], what: str = "organ") -> tuple[int, str]:
     """(value, name) of `organ`: a label name of the dataset, a value, or NAME=VALUE (which
     names the organ of a single scan, whose label map has no names)."""
     by_name = {name: value for value, name in labels.items() if value}
@@ -67,7 +67,7 @@ def organ_label(organ: str, labels: dict[int, str]) -> tuple[int, str]:
     if value.isdigit() and int(value) > 0:
         return int(value), name or labels.get(int(value), "organ")
     known = ", ".join(by_name) or "none (a single scan: give NAME=VALUE, e.g. liver=5)"
-    raise TumorFMError(f"organ '{organ}' is not a label name or value; names: {known}")
+    raise TumorFMError(f"{what} '{organ}' is not a label name or value; names: {known}")
 
 
 def synthesise_dataset(
@@ -82,11 +82,16 @@ def synthesise_dataset(
     mass_effect: bool = False,
     progress: bool = True,
     model: Path | None = None,
+    look: dict | None = None,
 ) -> dict:
     """Write `out` (a new dataset: imagesTr, labelsTr, dataset.json, synthesis.json); returns the
     record. A case whose organ is missing or too small is skipped and named in the record; if
     none can hold a tumour, nothing is written. The diffusion engine needs `model`, a synthesis
-    bundle of the scans' modality (`tumorfm synth train`)."""
+    bundle of the scans' modality (`tumorfm synth train`). `look`: the procedural engine's
+    shift_hu / texture_hu ranges (synth.appearance measures them on real tumours)."""
+    look = {k: v for k, v in (look or {}).items() if v is not None}
+    if look and engine != "procedural":
+        raise TumorFMError(f"{', '.join(look)}: the {engine} engine learns its tumours' look")
     make = engine_function(engine, model, source.modality)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TumorFMError(f"seed {seed!r} must be a non-negative integer")
@@ -100,7 +105,8 @@ def synthesise_dataset(
         raise TumorFMError(f"tumour class '{tumour}' is already a label of the input; name another")
     settings = dict(organ=organ_name, organ_value=value, tumour=tumour, engine=engine,
                     count=count, size=size, seed=seed, mass_effect=mass_effect,
-                    modality=source.modality, model=str(model) if model else None)  # fmt: skip
+                    modality=source.modality, model=str(model) if model else None,
+                    **{k: list(v) for k, v in look.items()})  # fmt: skip
     record = {"tumorfm_version": tumorfm.__version__, "settings": settings, "cases": {}}
     skipped = {}
     with atomic_folder(out) as tmp:
@@ -117,7 +123,8 @@ def synthesise_dataset(
             try:
                 made = make(scan.array, label.array == value, scan.geometry.spacing_zyx,
                                   seed=_case_seed(seed, index), modality=source.modality,
-                                  count=count, size=size, mass_effect=mass_effect)  # fmt: skip
+                                  count=count, size=size, mass_effect=mass_effect,
+                                  **look)  # fmt: skip
             except TumorFMError as error:
                 if len(source.cases) == 1:
                     raise TumorFMError(f"{case.label}: {error}") from None

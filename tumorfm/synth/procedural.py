@@ -91,12 +91,18 @@ def synthesise(
     count: int = 1,
     size: str = "mixed",
     mass_effect: bool = False,
+    shift_hu: tuple[float, float] | None = None,
+    texture_hu: tuple[float, float] | None = None,
 ) -> Synthesised:
     """Insert `count` tumours of `size` into the organ (nonzero voxels of `organ`) of a (Z, Y, X)
     scan; spacing in mm. "mixed" draws a class per tumour among those the organ can hold, and
     radii are capped by the organ's depth: an error only when not even the smallest fits.
-    Integer scans stay integer (rounded); the inputs are not modified."""
+    Integer scans stay integer (rounded); the inputs are not modified. On CT, `shift_hu` (the
+    tumour's mean minus the organ's median) and `texture_hu` (the std of its smooth texture) are
+    drawn from these ranges when given, e.g. as measured on real tumours (synth.appearance);
+    by default from Hu et al.'s hypodense liver-tumour recipe."""
     image, organ, spacing, modality = _check(image, organ, spacing_zyx, seed, modality, count, size)
+    look = _look(shift_hu, texture_hu, modality)
     rng = np.random.default_rng(seed)
     values = image[organ].astype(np.float64)
     if modality == "CT":
@@ -115,7 +121,8 @@ def synthesise(
         inside = np.flatnonzero(room > max(radii))  # a block, then a voxel in it
         pick = np.unravel_index(inside[rng.integers(inside.size)], room.shape)
         centre = tuple(int(o + p * k + rng.integers(k)) for o, p, k in zip(offset, pick, block))
-        shift, voxels = _insert(rng, out, organ, tumour, centre, radii, spacing, stats, mass_effect)
+        shift, voxels = _insert(rng, out, organ, tumour, centre, radii, spacing, stats, look,
+                                mass_effect)  # fmt: skip
         records.append(Tumour(centre, tuple(float(r) for r in radii), name, shift, voxels))
     return Synthesised(out, tumour, records)
 
@@ -152,6 +159,26 @@ def _check(image, organ, spacing_zyx, seed, modality, count, size):
     if not organ.any():
         raise TumorFMError("organ mask is empty: no voxel to put a tumour in")
     return image, organ, spacing, str(modality).upper()
+
+
+def _look(shift_hu, texture_hu, modality) -> dict:
+    """The checked appearance ranges: HU only make sense on CT."""
+    look = {}
+    for name, span in (("shift_hu", shift_hu), ("texture_hu", texture_hu)):
+        if span is None:
+            continue
+        if modality != "CT":
+            raise TumorFMError(f"{name} is in HU: CT only (MR tumours are set from percentiles)")
+        try:
+            low, high = (float(v) for v in span)
+        except (TypeError, ValueError):
+            raise TumorFMError(f"{name} {span!r} must be two numbers, low and high") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise TumorFMError(f"{name} {[low, high]} must be finite with low <= high")
+        if name == "texture_hu" and low < 0:
+            raise TumorFMError(f"texture_hu {[low, high]} is a standard deviation: not negative")
+        look[name] = (low, high)
+    return look
 
 
 def _room(organ: np.ndarray, spacing: np.ndarray, exact: bool):
@@ -204,14 +231,18 @@ def _draw_radii(rng, size, room, organ, spacing) -> tuple[str, np.ndarray]:
     return name, rng.uniform(low, min(high, deepest), size=3)
 
 
-def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, mass_effect):
+def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, look, mass_effect):
     """Build one tumour around `centre` and write it into `out` and `tumour`; returns (intensity
     shift, voxels). Every draw happens whether or not mass_effect is on, so the same seed gives
     the same tumours with and without it."""
     r, sp = np.asarray(radii), spacing
     deform, edge, push = rng.uniform(*DEFORM), rng.uniform(*EDGE_MM), rng.uniform(*MASS)
     texture_mm, texture = rng.uniform(*TEXTURE_MM), rng.uniform(*TEXTURE)
-    shift = _shift(rng, stats)
+    shift = _shift(rng, stats, look.get("shift_hu"))
+    if "texture_hu" in look:  # a scale, drawn log-uniformly, as real tumours' skew to smooth
+        spread = math.exp(rng.uniform(*np.log(np.maximum(look["texture_hu"], 1.0))))
+    else:
+        spread = texture * abs(shift)
     level = stats[0] + shift if len(stats) == 1 else stats[1] + shift
     shape_lo, shape = _shape(rng, organ, centre, r, sp, deform)
 
@@ -236,7 +267,7 @@ def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, mass_effect)
     fine = np.where(organ_box, local - smooth / np.maximum(weight, 1e-6), 0.0)
     noise = _smooth_noise(rng, axes, texture_mm)
     noise = (noise - noise[mask].mean()) / (noise[mask].std() or 1.0)
-    field = texture * abs(shift) * noise + fine
+    field = spread * noise + fine
     target = level + field - field[mask].mean()
 
     push_mm = push * float(r.mean()) if mass_effect else 0.0
@@ -298,10 +329,10 @@ def _shape(rng, organ, centre, r, sp, deform) -> tuple[np.ndarray, np.ndarray]:
     return lo, pieces == pieces[tuple(np.asarray(centre) - lo)]
 
 
-def _shift(rng, stats) -> float:
+def _shift(rng, stats, shift_hu=None) -> float:
     """The tumour's mean minus the organ's median: CT in HU, MR toward a percentile."""
     if len(stats) == 1:
-        return -float(rng.uniform(*CT_SHIFT_HU))
+        return float(rng.uniform(*shift_hu)) if shift_hu else -float(rng.uniform(*CT_SHIFT_HU))
     p5, p50, p95 = stats
     fraction = float(rng.uniform(*MR_SHIFT))
     return fraction * (p95 - p50) if rng.random() < 0.5 else -fraction * (p50 - p5)
