@@ -16,6 +16,7 @@ from tumorfm.data.loader import PatchBatches
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
+from tumorfm.infer.predictor import Predictor
 from tumorfm.train.trainer import make_config, pretrain
 
 PATCH = (16, 48, 48)
@@ -96,6 +97,8 @@ def test_pretraining_with_synthesis_runs_and_validates_on_real_patches(cache, tm
     assert set(row["val_dice"]["abdomen"]) == {"liver"}  # validation: the real label only
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert "liver_tumour" in json.dumps(settings)
+    # what it learnt from synthesis it predicts: the plan's classes include the tumour
+    assert Predictor(tmp_path / "run" / "last").labels == {"liver": 1, "liver_tumour": 2}
 
 
 @pytest.mark.parametrize(

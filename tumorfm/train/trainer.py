@@ -139,6 +139,14 @@ def poly_lr(config: PretrainConfig, epoch: int) -> float:
     return config.lr * (1 - epoch / config.epochs) ** 0.9
 
 
+def learnt_classes(dataset: dict) -> list[str]:
+    """What a dataset taught the network, so what its plan predicts: its labels, and the tumour
+    class it synthesises online (annotated per sample, so not in its `annotated`)."""
+    synthesis = dataset.get("synthesis") or {}
+    tumour = synthesis.get("tumour")
+    return [*dataset["annotated"], *([tumour] if tumour not in (None, *dataset["annotated"]) else [])]
+
+
 def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
     """Organs before the tumours inside them, so a tumour is painted over its organ."""
 
@@ -305,7 +313,7 @@ def pretrain(
             "pool_digest": pool_digest(pool),
             "pool": pool["name"],
             "parents": pool.get("parents", {}),
-            "annotated": {d["name"]: d["annotated"] for d in pool["datasets"]},
+            "annotated": {d["name"]: learnt_classes(d) for d in pool["datasets"]},
         },
     )
     row: dict = {}
