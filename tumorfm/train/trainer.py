@@ -144,7 +144,10 @@ def learnt_classes(dataset: dict) -> list[str]:
     class it synthesises online (annotated per sample, so not in its `annotated`)."""
     synthesis = dataset.get("synthesis") or {}
     tumour = synthesis.get("tumour")
-    return [*dataset["annotated"], *([tumour] if tumour not in (None, *dataset["annotated"]) else [])]
+    return [
+        *dataset["annotated"],
+        *([tumour] if tumour not in (None, *dataset["annotated"]) else []),
+    ]
 
 
 def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
