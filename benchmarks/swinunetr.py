@@ -95,13 +95,15 @@ def train(args) -> None:
 
 def predict(args) -> None:
     info = json.loads((args.run / "settings.json").read_text())
-    predictor = Predictor(args.bundle, PredictOptions(mirror=False, precision="fp32"))
-    if predictor.bundle.classes != info["classes"] or predictor.patch_size != tuple(info["patch"]):
+    options = PredictOptions(mirror=False, precision="fp32")
+    reference = Predictor.from_bundle(args.bundle, options)  # its plan: tumorfm's preprocessing
+    if reference.classes != info["classes"] or reference.patch_size != tuple(info["patch"]):
         raise SystemExit(f"{args.bundle}: classes or patch differ from {args.run}")
     model = network(info["in_channels"], len(info["classes"]), info["feature_size"])
     model.load_state_dict(load_file(str(args.run / "model.safetensors")))
-    model.config = predictor.bundle.model.config  # channels and patch, which the Predictor reads
-    predictor.bundle.model = model.eval()  # tumorfm's pre- and post-processing, this network
+    predictor = Predictor(model, reference.plan, reference.classes, options,
+                          patch_size=reference.patch_size, paint_order=reference.paint_order,
+                          plan_name=reference.plan_name, source=str(args.run))  # fmt: skip
     for _ in predict_iter(args.input, predictor, args.out):
         pass
 

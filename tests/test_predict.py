@@ -81,9 +81,9 @@ def test_prediction_has_the_input_geometry_exactly(bundle, tmp_path, name):
 
 def test_painting_order_resampling_and_crop(bundle, tmp_path):
     """A tumour class painted over its organ; zero voxels outside the crop stay background."""
-    predictor = Predictor(bundle, PredictOptions(plan="ct_site", precision="fp32"))
+    predictor = Predictor.from_bundle(bundle, PredictOptions(plan="ct_site", precision="fp32"))
     with torch.no_grad():  # tumour wins everywhere, kidney nowhere
-        predictor.bundle.model.head.bias.copy_(torch.tensor([5.0, 5.0, -5.0]))
+        predictor.network.head.bias.copy_(torch.tensor([5.0, 5.0, -5.0]))
     image = np.zeros((30, 50, 60), np.float32)
     image[5:25, 10:40, 8:50] = 100.0
     geometry = Geometry(
@@ -99,10 +99,12 @@ def test_painting_order_resampling_and_crop(bundle, tmp_path):
 
 @torch.no_grad()
 def test_mirroring_is_averaged_and_classes_subset(bundle):
-    predictor = Predictor(bundle, PredictOptions(plan="ct_site", classes=["kidney", "liver"]))
+    predictor = Predictor.from_bundle(
+        bundle, PredictOptions(plan="ct_site", classes=["kidney", "liver"])
+    )
     assert predictor.labels == {"liver": 1, "kidney": 3}  # values stay the bundle's
     torch.manual_seed(1)
-    torch.nn.init.normal_(predictor.bundle.model.head.weight)  # outputs that depend on the input
+    torch.nn.init.normal_(predictor.network.head.weight)  # outputs that depend on the input
     batch = torch.randn(2, 1, *PATCH)
     mirrored = predictor._network(batch)
     predictor.options.mirror = False
@@ -197,3 +199,29 @@ def test_dicom_series_folder_is_one_case(bundle, tmp_path):
     assert list(results) == ["series"]
     written = read_volume(tmp_path / "out" / "series.nii.gz")
     assert written.geometry.close_to(read_volume(tmp_path / "series").geometry)
+
+
+class _KidneyEverywhere(torch.nn.Module):
+    """Not a TSFM: any network that maps the plan's channels to one logit per class."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], len(CLASSES), *x.shape[2:]), -5.0)
+        logits[:, CLASSES.index("kidney")] = 5.0
+        return logits
+
+
+def test_a_predictor_built_from_parts_runs_another_network(bundle, tmp_path):
+    plan = Predictor.from_bundle(bundle, PredictOptions(plan="ct_site")).plan
+    options = PredictOptions(fast=True, precision="fp32")
+    predictor = Predictor(_KidneyEverywhere(), plan, CLASSES, options, patch_size=PATCH)
+    image = np.zeros((30, 50, 60), np.float32)
+    image[5:25, 10:40, 8:50] = 100.0
+    geometry = Geometry((60, 50, 30), (1.2, 1.1, 2.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    result = predictor(image, geometry)
+    assert (result.label[image > 0] == 3).all() and (result.label[image == 0] == 0).all()
+    scan = CASES / "totalseg_example_ct_sm.nii.gz"
+    with pytest.raises(TumorFMError, match="a ready Predictor has its own"):
+        predict(scan, predictor, tmp_path / "out", options, progress=False)
+    assert not (tmp_path / "out").exists()
+    written = predict(scan, predictor, tmp_path / "out", progress=False)
+    assert (next(iter(written.values())).label > 0).any()

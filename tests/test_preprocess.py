@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,10 @@ from tumorfm.data.formats import load_channels, load_label, read_dataset
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.data.resample import resample_labels
+from tumorfm.infer.inputs import list_inputs, load_scan
+from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.model import create_model
+from tumorfm.model.bundle import save_bundle
 
 
 def _pool_file(tmp_path, sarcoma=SARCOMA, brain=BRAIN):
@@ -203,3 +208,26 @@ def test_the_command_line_lowres_patch_is_the_planner_default():
     from tumorfm.data.plan import LOWRES_PATCH as PLANNER_DEFAULT
 
     assert LOWRES_PATCH == PLANNER_DEFAULT
+
+
+@pytest.mark.parametrize("dataset, case_id", [("sarcoma", "STS_019"), ("brain", "btp_07_post")])
+def test_prediction_prepares_a_scan_bit_identically_to_training(cache, tmp_path, dataset, case_id):
+    """The network must see at prediction what it saw in training: the same scan read by
+    `predict` (its own reader) and prepared by the Predictor equals the cached training case,
+    bit for bit, and the way back lands on the scan's grid."""
+    out, _ = cache
+    plan = json.loads((out / dataset / "plan.json").read_text())
+    model = create_model("tsfm-tiny", in_channels=1, num_classes=1, patch_size=(16, 32, 32))
+    bundle = save_bundle(tmp_path / "bundle", model, ["tumour"], ["CT"], preset="tsfm-tiny",
+                         plan={"datasets": {dataset: plan}})  # fmt: skip
+    cached = load_case(out / dataset / case_id)
+    scans = list_inputs(Path(cached.properties["source_files"][0]))
+    image, geometry = load_scan(scans[0], 1)
+    predictor = Predictor.from_bundle(bundle, PredictOptions(precision="fp32"))
+    prepared, grid = predictor.prepare(image, case_id, geometry.spacing_zyx)
+    assert prepared.dtype == np.float32 and np.array_equal(prepared, cached.image())
+    assert grid.properties().items() <= cached.properties.items()
+    label, _ = predictor.restore(np.ones((1, *prepared.shape[1:]), np.float32), grid)
+    inside = np.zeros(label.shape, dtype=bool)
+    inside[grid.region] = True  # the non-zero box: all of a sarcoma CT, a brain MR's head
+    assert label.shape == image.shape[1:] and label[inside].all() and not label[~inside].any()

@@ -98,7 +98,10 @@ def test_pretraining_with_synthesis_runs_and_validates_on_real_patches(cache, tm
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert "liver_tumour" in json.dumps(settings)
     # what it learnt from synthesis it predicts: the plan's classes include the tumour
-    assert Predictor(tmp_path / "run" / "last").labels == {"liver": 1, "liver_tumour": 2}
+    assert Predictor.from_bundle(tmp_path / "run" / "last").labels == {
+        "liver": 1,
+        "liver_tumour": 2,
+    }
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ from tumorfm.data.cache import (
     write_case,
 )
 from tumorfm.data.formats import Case, load_channels, load_label
+from tumorfm.data.grid import to_plan_grid
 from tumorfm.data.pool import Pool, PoolDataset
-from tumorfm.data.resample import resample_image, resample_labels
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable, write_json
 
@@ -136,29 +136,6 @@ def fingerprint_and_plan(
     )
 
 
-def ct_normalise(hu: np.ndarray, stats: dict) -> np.ndarray:
-    """nnU-Net's CT scheme: clip to the dataset's foreground 0.5-99.5th percentiles, z-score
-    with its mean and std (tumorfm.synth.online undoes it and applies it again)."""
-    hu = np.clip(hu, stats["percentile_00_5"], stats["percentile_99_5"])
-    return (hu - stats["mean"]) / max(stats["std"], 1e-8)
-
-
-def normalise(image: np.ndarray, mask: np.ndarray, plan: planning.Plan) -> np.ndarray:
-    """Per channel by modality: CT clip + dataset z-score; others per-image z-score."""
-    out = np.empty_like(image, dtype=np.float32)
-    for c, scheme in enumerate(plan.normalization_schemes):
-        channel = image[c].astype(np.float32)
-        if scheme == "ct":
-            out[c] = ct_normalise(channel, plan.intensity_properties[c])
-        elif plan.use_mask_for_norm[c]:
-            inside = channel[mask]
-            out[c] = 0.0
-            out[c][mask] = (inside - inside.mean()) / max(float(inside.std()), 1e-8)
-        else:
-            out[c] = (channel - channel.mean()) / max(float(channel.std()), 1e-8)
-    return out
-
-
 def class_locations(label: np.ndarray, seed: int) -> dict[int, np.ndarray]:
     """Up to LOCATION_SAMPLES voxel indices per label (at least 1% of it), for oversampling."""
     rng = np.random.default_rng(seed)
@@ -186,28 +163,14 @@ def preprocess_case(case: Case, plan: planning.Plan, label_map: dict[int, int]) 
         )
     label = lookup[label.astype(np.int64)]
     spacing = list(reversed(geometry["spacing"]))
-    cropped, cropped_label, bbox = planning.crop_to_nonzero(image, label)
-    mask = cropped_label >= 0  # nnU-Net marks background outside the non-zero region with -1
-    cropped_label = np.maximum(cropped_label, 0).astype(np.int16)
-    normalised = normalise(cropped, mask, plan)
-    target = list(plan.target_spacing_zyx)
-    shape = planning.compute_new_shape(cropped.shape[1:], spacing, target)
-    separate_axis = planning.determine_separate_z(spacing, target)
-    resampled = resample_image(normalised, shape, separate_axis)
-    resampled_label = resample_labels(cropped_label, shape, separate_axis)
+    resampled, resampled_label, grid = to_plan_grid(image, spacing, plan, label)
     seed = int(hashlib.sha256(case.case_id.encode()).hexdigest()[:8], 16)
     properties = {
         "source_files": [str(c.path) for c in case.channels],
         "label_file": str(case.label),
         "channel_indices": [c.index for c in case.channels],
         "original_geometry": geometry,
-        "shape_before_cropping": list(image.shape[1:]),
-        "bbox_used_for_cropping": [list(b) for b in bbox],
-        "shape_after_cropping": list(cropped.shape[1:]),
-        "spacing": spacing,
-        "target_spacing": target,
-        "shape_after_resampling": list(shape),
-        "separate_z_axis": separate_axis,
+        **grid.properties(),
     }
     return resampled, resampled_label, class_locations(resampled_label, seed), properties
 
@@ -294,8 +257,6 @@ def preprocess_pool(
 __all__ = [
     "PROPERTIES",
     "class_locations",
-    "ct_normalise",
-    "normalise",
     "preprocess_case",
     "preprocess_pool",
 ]

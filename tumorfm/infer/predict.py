@@ -60,7 +60,9 @@ def predict_iter(
     progress: bool = True,
 ) -> Iterator[tuple[ScanInput, CasePrediction | TumorFMError]]:
     """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`."""
-    predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, options)
+    if isinstance(bundle, Predictor) and options is not None:
+        raise TumorFMError("options go to Predictor.from_bundle: a ready Predictor has its own")
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
     scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
     report = {

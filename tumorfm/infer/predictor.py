@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tumorfm.data.fingerprint import crop_to_nonzero
+from tumorfm.data.grid import GridMap, to_plan_grid
 from tumorfm.data.io import Geometry
-from tumorfm.data.plan import Plan, compute_new_shape, determine_separate_z
-from tumorfm.data.preprocess import normalise
-from tumorfm.data.resample import resample_image, resample_probabilities
+from tumorfm.data.plan import Plan
 from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
 from tumorfm.model.bundle import CONFIG, load_bundle, read_bundle_config
@@ -102,52 +100,80 @@ def _device(name: str) -> torch.device:
 
 
 class Predictor:
-    """A loaded bundle and the settings to predict with; call it on (C, Z, Y, X) arrays."""
+    """A network, the plan its inputs were prepared with, its classes (one output channel each)
+    and how to predict; call it on (C, Z, Y, X) arrays. `Predictor.from_bundle` for a bundle;
+    the constructor for any network that takes the plan's channels (a benchmark's peer, a
+    promptable network), which then gets tumorfm's pre- and post-processing unchanged."""
 
-    def __init__(self, bundle: str | Path, options: PredictOptions | None = None):
-        self.folder = bundle_folder(bundle)
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        plan: Plan,
+        classes: list[str],
+        options: PredictOptions | None = None,
+        *,
+        patch_size: tuple[int, ...],
+        paint_order: list[str] | None = None,
+        parents: dict[str, str] | None = None,
+        default_classes: list[str] | None = None,
+        plan_name: str = "plan",
+        source: str = "(in memory)",
+        preset: str | None = None,
+    ):
         self.options = options = options or PredictOptions()
-        meta = read_bundle_config(self.folder)
-        self.plan_name, self.plan = choose_plan(meta, options.plan, self.folder)
+        self.plan, self.plan_name, self.classes = plan, plan_name, list(classes)
+        self.source, self.preset = source, preset
         self.device = _device(options.device)
-        self.bundle = load_bundle(self.folder, device=str(self.device))
-        self.patch_size = tuple(self.bundle.model.config.patch_size)
-        classes = self.bundle.classes
-        wanted = options.classes or self.default_classes()
-        unknown = [name for name in wanted if name not in classes]
+        self.network = network.to(self.device).eval()
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.paint_order = list(paint_order or classes)
+        wanted = options.classes or default_classes or self.classes
+        unknown = [name for name in wanted if name not in self.classes]
         if unknown:
             raise TumorFMError(
-                f"class '{unknown[0]}' is not in the bundle; it has {', '.join(classes)}"
+                f"class '{unknown[0]}' is not in the bundle; it has {', '.join(self.classes)}"
             )
-        self.labels = {name: classes.index(name) + 1 for name in classes if name in wanted}
-        self.channels = [classes.index(name) for name in self.labels]
-        self.parents = self.bundle.extra.get("parents", {})
+        self.labels = {
+            name: self.classes.index(name) + 1 for name in self.classes if name in wanted
+        }
+        self.channels = [self.classes.index(name) for name in self.labels]
+        self.parents = parents or {}
         self.lesions = post.lesion_classes(list(self.labels), self.parents)
-        if len(self.plan.normalization_schemes) != self.bundle.model.config.in_channels:
-            raise TumorFMError(
-                f"{self.folder / CONFIG}: plan '{self.plan_name}' normalises "
-                f"{len(self.plan.normalization_schemes)} channel(s), the network takes "
-                f"{self.bundle.model.config.in_channels}"
-            )
         self.autocast, self.precision = autocast(options.precision, self.device)
 
-    def default_classes(self) -> list[str]:
-        """A pool bundle predicts what the chosen plan's dataset annotates (so a CT plan predicts
-        no brain tumour); a bundle without that record predicts every class."""
-        annotated = self.bundle.extra.get("annotated", {}).get(self.plan_name)
-        return (
-            [c for c in self.bundle.classes if c in annotated] if annotated else self.bundle.classes
-        )
+    @classmethod
+    def from_bundle(cls, bundle: str | Path, options: PredictOptions | None = None) -> Predictor:
+        """A bundle (folder or shipped name) with the plan `options.plan` names (or its only
+        one); it predicts what that plan's dataset taught it (so a CT plan, no brain tumour)."""
+        folder = bundle_folder(bundle)
+        options = options or PredictOptions()
+        meta = read_bundle_config(folder)
+        plan_name, plan = choose_plan(meta, options.plan, folder)
+        loaded = load_bundle(folder, device=str(_device(options.device)))
+        channels = loaded.model.config.in_channels
+        if len(plan.normalization_schemes) != channels:
+            raise TumorFMError(
+                f"{folder / CONFIG}: plan '{plan_name}' normalises "
+                f"{len(plan.normalization_schemes)} channel(s), the network takes {channels}"
+            )
+        annotated = loaded.extra.get("annotated", {}).get(plan_name)
+        return cls(
+            loaded.model, plan, loaded.classes, options,
+            patch_size=loaded.model.config.patch_size, paint_order=loaded.paint_order,
+            parents=loaded.extra.get("parents", {}),
+            default_classes=[c for c in loaded.classes if c in annotated] if annotated else None,
+            plan_name=plan_name, source=str(folder), preset=loaded.preset,
+        )  # fmt: skip
 
     @property
     def in_channels(self) -> int:
-        return self.bundle.model.config.in_channels
+        return len(self.plan.normalization_schemes)
 
     def settings(self) -> dict:
         o = self.options
         return {
-            "bundle": str(self.folder),
-            "preset": self.bundle.preset,
+            "bundle": self.source,
+            "preset": self.preset,
             "plan": self.plan_name,
             "patch_size": list(self.patch_size),
             "target_spacing_zyx": list(self.plan.target_spacing_zyx),
@@ -169,7 +195,7 @@ class Predictor:
         total = None
         for axes in flips:
             with self.autocast:
-                logits = self.bundle.model(batch.flip(axes) if axes else batch)
+                logits = self.network(batch.flip(axes) if axes else batch)
             probabilities = torch.sigmoid(logits[:, self.channels].float())
             probabilities = probabilities.flip(axes) if axes else probabilities
             total = probabilities if total is None else total.add_(probabilities)
@@ -193,6 +219,39 @@ class Predictor:
             )
         return probabilities[0].numpy()
 
+    def prepare(self, image: np.ndarray, case_id: str, spacing_zyx) -> tuple[np.ndarray, GridMap]:
+        """(C, Z, Y, X) scan -> the network's input on the plan grid, as training saw it."""
+        if image.shape[0] != self.in_channels:
+            raise TumorFMError(
+                f"{case_id}: {image.shape[0]} channel(s), the model expects {self.in_channels}"
+            )
+        resampled, _, grid = to_plan_grid(
+            image.astype(np.float32, copy=False), spacing_zyx, self.plan
+        )
+        return resampled, grid
+
+    def restore(
+        self, probabilities: np.ndarray, grid: GridMap, keep_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(K, ...) probabilities on the plan grid -> the label map on the scan's grid (and the
+        probabilities there, float16), one class at a time, painted in the bundle's order."""
+        dtype = np.uint8 if max(self.labels.values(), default=0) < 256 else np.uint16
+        cropped_label = np.zeros(grid.shape_after_cropping, dtype=dtype)
+        full = None
+        if keep_probabilities:
+            full = np.zeros((len(self.labels), *grid.shape_before_cropping), np.float16)
+        index = {name: i for i, name in enumerate(self.labels)}
+        for name in self.paint_order:
+            if name not in self.labels:
+                continue
+            back = grid.back(probabilities[index[name]])
+            cropped_label[back >= 0.5] = self.labels[name]
+            if full is not None:
+                full[(index[name], *grid.region)] = back
+        label = np.zeros(grid.shape_before_cropping, dtype=dtype)
+        label[grid.region] = cropped_label
+        return label, full
+
     def __call__(
         self,
         image: np.ndarray,
@@ -205,44 +264,13 @@ class Predictor:
         """Segment one scan: `image` (C, Z, Y, X) or (Z, Y, X) on `geometry`."""
         timer, seconds = time.perf_counter(), {}
         image = image[None] if image.ndim == 3 else image
-        if image.shape[0] != self.in_channels:
-            raise TumorFMError(
-                f"{case_id}: {image.shape[0]} channel(s), the model expects {self.in_channels}"
-            )
         spacing = list(geometry.spatial().spacing_zyx)
-        cropped, mask, bbox = crop_to_nonzero(image.astype(np.float32, copy=False))
-        normalised = normalise(cropped, mask >= 0, self.plan)
-        crop_shape = cropped.shape[1:]
-        del cropped, mask  # only the normalised copy goes on: the peak is the sliding window's
-        target = list(self.plan.target_spacing_zyx)
-        shape = compute_new_shape(crop_shape, spacing, target)
-        separate_axis = determine_separate_z(spacing, target)
-        resampled = resample_image(normalised, shape, separate_axis)
-        del normalised
+        resampled, grid = self.prepare(image, case_id, spacing)
         seconds["preprocess"] = time.perf_counter() - timer
         probabilities = self.sliding_window(resampled, progress)
         seconds["network"] = time.perf_counter() - timer - sum(seconds.values())
         del resampled
-        cropped_label = np.zeros(
-            crop_shape,
-            dtype=np.uint8 if max(self.labels.values(), default=0) < 256 else np.uint16,
-        )
-        full_probabilities = (
-            np.zeros((len(self.labels), *image.shape[1:]), np.float16)
-            if keep_probabilities
-            else None
-        )
-        region = tuple(slice(lo, hi) for lo, hi in bbox)
-        index = {name: i for i, name in enumerate(self.labels)}
-        for name in self.bundle.paint_order:
-            if name not in self.labels:
-                continue
-            back = resample_probabilities(probabilities[index[name]], crop_shape, separate_axis)
-            cropped_label[back >= 0.5] = self.labels[name]
-            if full_probabilities is not None:
-                full_probabilities[(index[name], *region)] = back
-        label = np.zeros(image.shape[1:], dtype=cropped_label.dtype)
-        label[region] = cropped_label
+        label, full_probabilities = self.restore(probabilities, grid, keep_probabilities)
         options = self.options
         if options.min_lesion_ml > 0 or options.largest_component:
             label = post.postprocess(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from tumorfm.data.preprocess import ct_normalise
+from tumorfm.data.grid import ct_normalise
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import engine_function
 
