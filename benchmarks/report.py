@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.report_accuracy import accuracy_table, shipped_table, transfer_table
 from benchmarks.report_format import BENCH, END, README, RESULTS, START, _cpu, _load, _mb, _s
-from benchmarks.report_synth import synth_table
+from benchmarks.report_synth import synth_table, usefulness_table
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -236,6 +236,7 @@ def section(results: Path = RESULTS) -> str:
     lines += transfer_table(results)
     lines += ["", "### Tumour synthesis", ""]
     lines += synth_table(results)
+    lines += ["", *usefulness_table(results)]
     if other := other_lines(results):
         lines += ["", "### Other measurements", "", *other]
     return "\n".join(lines + ["", END])

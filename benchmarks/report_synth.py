@@ -118,3 +118,64 @@ def _speed(r: dict) -> list[str]:
         f"before the speed runs, {', '.join(after)}.",
     ]
     return lines
+
+
+def usefulness_table(results: Path) -> list[str]:
+    """Issue 15's usefulness runs: few real sarcomas with and without online synthetic tumours
+    (synth_useful.json), and label-free phantom livers (synth_labelfree.json)."""
+    lines = []
+    r = _load(results, "synth_useful")
+    if r is None:
+        lines.append(
+            "Real sarcomas with synthetic tumours: not measured yet: "
+            "`.venv/bin/python benchmarks/synth_useful.py`."
+        )
+    else:
+        s = r["settings"]
+        patch, seeds = "x".join(map(str, s["patch"])), ", ".join(map(str, s["seeds"]))
+        lines += [
+            f"Few labels: {s['model']} from scratch on {s['train_cases']} real sarcoma CTs drawn "
+            f"per seed, {s['iterations']} iterations (lowres plan, patch {patch}), with and "
+            f"without procedural tumours (shift and texture measured on the same "
+            f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
+            f"sarcomas, mean +- standard deviation over seeds {seeds}; {_cpu(r)}; "
+            f"`{r['command']}`.",
+            "",
+            "| training data | Dice on held-out sarcomas | median HD95 mm | training time |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in r["rows"]:
+            hd95, seconds = _over_seeds(row["hd95_median"], 1), _s(row["train_seconds"]["mean"])
+            lines.append(f"| {row['arm']} | {_over_seeds(row['dice'])} | {hd95} | {seconds} |")
+        gain, goal = r["gain"], r["target"]
+        verdict = "met" if gain["mean"] is not None and gain["mean"] >= goal else "**missed**"
+        spread = "larger" if gain["beats_spread"] else "not larger"
+        lines += ["", f"Gain {_over_seeds(gain)} Dice (target +{goal:g}: {verdict}; {spread} "
+                  f"than its spread over seeds)."]  # fmt: skip
+    lines.append("")
+    r = _load(results, "synth_labelfree")
+    if r is None:
+        lines.append(
+            "Label-free: not measured yet: `.venv/bin/python benchmarks/synth_labelfree.py`."
+        )
+        return lines
+    s = r["settings"]
+    lines += [
+        f"Label-free (Hu et al.'s claim, on phantoms): {s['model']} from scratch, "
+        f"{s['iterations']} iterations, on PhantomLiver's real tumour labels or on as many healthy "
+        f"PhantomMultiOrgan livers with procedural tumours only (the engine's defaults); scored on "
+        f"{s['held_out']} held-out PhantomLiver scans per seed, seeds "
+        f"{', '.join(map(str, s['seeds']))}; {_cpu(r)}; "
+        f"`{r['command']}`.",
+        "",
+        "| training data | liver-tumour Dice | lesions found | lesion precision | liver Dice |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        found = [_over_seeds(row[k], 2) for k in ("lesion_sensitivity", "lesion_precision")]
+        lines.append(
+            f"| {row['arm']} | {_over_seeds(row['dice'])} | {' | '.join(found)} "
+            f"| {_over_seeds(row['liver_dice'])} |"
+        )
+    lines += ["", f"Synthetic minus real: {_over_seeds(r['synthetic_minus_real'])} Dice."]
+    return lines
