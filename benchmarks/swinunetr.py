@@ -30,6 +30,7 @@ from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.train.loop import Stepper, make_optimizer
 from tumorfm.train.split import read_split
 
 
@@ -57,19 +58,15 @@ def train(args) -> None:
     torch.manual_seed(args.seed)
     model = network(in_channels, len(pool["classes"]), args.feature_size)
     loss_fn = DiceCELoss(sigmoid=True)
-    optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=1e-5)
+    optimizer = make_optimizer(model.parameters(), "adamw", args.lr, 1e-5)
+    stepper = Stepper(
+        model, optimizer, lambda logits, batch: loss_fn(logits, batch["target"].float())
+    )
     loader = iter(make_loader(batches, 0, args.iterations, args.workers))
     started, losses = time.perf_counter(), []
     for step in tqdm(range(args.iterations), desc="train SwinUNETR", unit="it"):
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * (1 - step / args.iterations) ** 0.9
-        batch = next(loader)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(batch["image"]), batch["target"].float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        stepper.set_lr(args.lr * (1 - step / args.iterations) ** 0.9)
+        losses.append(stepper.step(next(loader)))
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(args.out / "model.safetensors"))

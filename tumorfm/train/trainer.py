@@ -18,11 +18,9 @@ import hashlib
 import json
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,16 +31,20 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
 from tumorfm.model import list_models
 from tumorfm.model.adapters import MODES, count_trainable, freeze
-from tumorfm.model.bundle import save_bundle
 from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
-from tumorfm.train.checkpoint import has_state, load_state, restore_rng, save_state
+from tumorfm.train.checkpoint import has_state, load_state, restore_rng
 from tumorfm.train.logs import RunLogs
+from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss
 from tumorfm.train.split import read_split, split_cases
 from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
+
+# a log row's keys in this order (log.jsonl and curves.csv stay as they were)
+ROW_ORDER = ("epoch", "step", "train_loss", "lr", "seconds", "iterations_per_second",
+             "data_wait_share")  # fmt: skip
 
 
 @dataclass
@@ -241,18 +243,9 @@ def pretrain(
         restore_rng(rng)
         start_epoch, best = meta["epoch"] + 1, meta["best"]
     model = dist.wrap(model, processes, config.fsdp)  # before the optimiser: FSDP swaps params
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            config.lr,
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay,
-        )
-    else:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), config.lr, weight_decay=config.weight_decay
-        )
+    optimizer = make_optimizer(
+        model.parameters(), config.optimizer, config.lr, config.weight_decay, config.momentum
+    )
     if optimizer_state is not None:
         dist.load_optimizer_state(model, optimizer, optimizer_state, config.fsdp)
     loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
@@ -319,43 +312,31 @@ def pretrain(
             "annotated": {d["name"]: learnt_classes(d) for d in pool["datasets"]},
         },
     )
+    device = processes.device
+    stepper = Stepper(
+        model,
+        optimizer,
+        lambda logits, batch: (
+            loss_fn(logits, batch["target"].to(device), batch["annotated"].to(device)).loss
+        ),
+        device,
+        autocast,
+        scaler,
+        config.grad_clip,
+    )
     row: dict = {}
     for epoch in range(start_epoch, config.epochs):
         phase = _set_phase(dist.unwrap(model), config, epoch, phase)
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(config, epoch)
-        started, waited, losses = time.perf_counter(), 0.0, []
-        for _ in range(iterations):
-            before = time.perf_counter()
-            batch = next(loader)
-            waited += time.perf_counter() - before
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                logits = model(batch["image"].to(processes.device))
-            logits = [x.float() for x in logits] if isinstance(logits, list) else logits.float()
-            result = loss_fn(
-                logits,
-                batch["target"].to(processes.device),
-                batch["annotated"].to(processes.device),
-            )
-            scaler.scale(result.loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(result.loss.detach()))
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        seconds = time.perf_counter() - started
+        stepper.set_lr(poly_lr(config, epoch))
+        trained = train_epoch(stepper, loader, iterations, bar)
         row = {
             "epoch": epoch,
             "step": (epoch + 1) * iterations,
-            "train_loss": dist.mean_over_processes(float(np.mean(losses)), processes),
+            **trained,
+            "train_loss": dist.mean_over_processes(trained["train_loss"], processes),
             "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(seconds, 3),
-            "iterations_per_second": iterations / seconds,
-            "data_wait_share": waited / seconds,
         }
+        row = {k: row[k] for k in ROW_ORDER}
         improved = False
         if val is not None and ((epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1):
             scores = validate(model, val, config.val_batches, classes, processes, autocast)
@@ -365,18 +346,10 @@ def pretrain(
         weights = dist.full_state_dict(model, config.fsdp)
         optimizer_state = dist.optimizer_state(model, optimizer, config.fsdp)
         if processes.main:
-            model_only = dist.unwrap(model)
-            save_bundle(run / "last", _with(model_only, weights), **bundle_info)
-            if improved:
-                save_bundle(run / "best", _with(model_only, weights), **bundle_info)
-            logs.epoch(row)  # before the state: a kill in between repeats the line, see rewind
-            save_state(
-                run,
-                weights,
-                optimizer_state,
-                {"epoch": epoch, "step": row["step"], "best": best},
-                scaler,
-            )
+            meta = {"epoch": epoch, "step": row["step"], "best": best}
+            state = (weights, optimizer_state, meta, scaler)
+            bundled = _with(dist.unwrap(model), weights)
+            save_epoch(run, bundled, state, row, logs, bundle_info, improved)
         dist.barrier(processes)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
