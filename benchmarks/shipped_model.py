@@ -258,7 +258,8 @@ geometry. Mean +- standard deviation over scans (HD95: median).
 
 def ship(args) -> None:
     sys.path.insert(0, str(ROOT))
-    from tumorfm.model.shipped import export_bundle, models_folder
+    from tumorfm.model.bundle import models_folder
+    from tumorfm.model.shipped import export_bundle
 
     info = json.loads((args.work / "train.json").read_text())
     scores = score(args)

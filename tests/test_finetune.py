@@ -16,7 +16,7 @@ from tumorfm.infer.predictor import PredictOptions
 from tumorfm.model import create_model
 from tumorfm.model.bundle import save_bundle
 from tumorfm.train.finetune import finetune
-from tumorfm.train.study import ARMS, transfer_study
+from tumorfm.workflows.study import ARMS, transfer_study
 
 QUICK = dict(
     iterations_per_epoch=2,

@@ -15,8 +15,8 @@ from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
-from tumorfm.demo import write_pool_file
 from tumorfm.errors import TumorFMError
+from tumorfm.workflows.demo import write_pool_file
 
 LIVER, KIDNEY, MULTI = "phantom_liver", "phantom_kidney", "phantom_multi_organ"
 PATCH = (16, 24, 24)

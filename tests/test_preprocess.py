@@ -204,7 +204,7 @@ def test_a_pool_entry_config_overrides_the_command_line(tmp_path):
 
 
 def test_the_command_line_lowres_patch_is_the_planner_default():
-    from tumorfm.cli import LOWRES_PATCH
+    from tumorfm.cli.app import LOWRES_PATCH
     from tumorfm.data.plan import LOWRES_PATCH as PLANNER_DEFAULT
 
     assert LOWRES_PATCH == PLANNER_DEFAULT

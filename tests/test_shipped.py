@@ -10,8 +10,14 @@ from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.metrics import dice
 from tumorfm.model import create_model
-from tumorfm.model.bundle import load_bundle, save_bundle
-from tumorfm.model.shipped import bundle_folder, export_bundle, list_shipped, models_folder
+from tumorfm.model.bundle import (
+    bundle_folder,
+    list_shipped,
+    load_bundle,
+    models_folder,
+    save_bundle,
+)
+from tumorfm.model.shipped import export_bundle
 
 SHIPPED = "tsfm-real-lowres"
 # below the Dice benchmarks/shipped_model.py measured on STS_019 (0.47, no mirroring), so a broken

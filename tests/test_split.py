@@ -11,10 +11,10 @@ from tumorfm.data.cache import cached_cases
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
-from tumorfm.demo import write_pool_file
 from tumorfm.errors import TumorFMError
 from tumorfm.train.split import read_split, split_cases
 from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.workflows.demo import write_pool_file
 
 
 @pytest.fixture(scope="module")

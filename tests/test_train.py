@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
-from tumorfm.demo import write_pool_file
 from tumorfm.model.bundle import load_bundle
 from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.workflows.demo import write_pool_file
 
 TINY = dict(
     patch_size=(16, 32, 32),

@@ -363,3 +363,23 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
             seen.add(ancestor)
             ancestor = parsed.parents[ancestor]
     return Pool(path, parsed.name, classes, datasets, dict(parsed.parents))
+
+
+def learnt_classes(dataset: dict) -> list[str]:
+    """What a dataset taught the network, so what its plan predicts: its labels, and the tumour
+    class it synthesises online (annotated per sample, so not in its `annotated`)."""
+    synthesis = dataset.get("synthesis") or {}
+    tumour = synthesis.get("tumour")
+    return [
+        *dataset["annotated"],
+        *([tumour] if tumour not in (None, *dataset["annotated"]) else []),
+    ]
+
+
+def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
+    """Organs before the tumours inside them, so a tumour is painted over its organ."""
+
+    def depth(name: str) -> int:
+        return 0 if name not in parents else 1 + depth(parents[name])
+
+    return sorted(classes, key=depth)

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
-from tqdm import tqdm
 
 import tumorfm
 from tumorfm.data import plan as planning
@@ -32,6 +28,7 @@ from tumorfm.data.grid import to_plan_grid
 from tumorfm.data.pool import Pool, PoolDataset
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable, write_json
+from tumorfm.parallel import run_parallel
 
 LOCATION_SAMPLES = 10000  # voxels kept per class for foreground oversampling (nnU-Net's number)
 
@@ -70,37 +67,6 @@ def _fingerprint_one(job) -> planning.CaseFingerprint:
     image, label, geometry = _read_case(case)
     spacing_zyx = list(reversed(geometry["spacing"]))
     return planning.fingerprint_case(image, label, spacing_zyx, num_samples)
-
-
-def run_parallel(function, jobs: list, workers: int, desc: str, progress: bool) -> list:
-    """Map `function` over `jobs` in worker processes; collect every user error, raise them all."""
-    results, errors = [None] * len(jobs), []
-    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=None if progress else True)
-    if workers <= 1:
-        for i, job in enumerate(jobs):
-            try:
-                results[i] = function(job)
-            except TumorFMError as error:
-                errors.append(str(error))
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(function, job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                try:
-                    results[futures[future]] = future.result()
-                except TumorFMError as error:
-                    errors.append(str(error))
-                bar.update()
-    bar.close()
-    if errors:
-        raise TumorFMError("\n".join(sorted(errors)))
-    return results
-
-
-def _init_worker(threads: int) -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def fingerprint_and_plan(

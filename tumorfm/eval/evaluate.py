@@ -24,10 +24,10 @@ from scipy import ndimage
 import tumorfm
 from tumorfm.data.formats import msd_labels, nnunet_labels
 from tumorfm.data.io import VOLUME_SUFFIXES, Geometry, read_volume, volume_suffix
-from tumorfm.data.preprocess import run_parallel
 from tumorfm.errors import TumorFMError
 from tumorfm.eval import metrics
 from tumorfm.files import ensure_writable, read_json_object, write_json, write_text
+from tumorfm.parallel import run_parallel
 
 CSV_COLUMNS = ["case", "class", "pred_value", "gt_value", "dice", "hd95", "nsd", "tolerance_mm"]
 CSV_COLUMNS += ["pred_ml", "gt_ml", *(f.name for f in fields(metrics.LesionCounts))]

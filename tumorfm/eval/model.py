@@ -18,8 +18,7 @@ from tumorfm.files import ensure_writable, write_json
 from tumorfm.infer.inputs import ScanInput
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions
-from tumorfm.model.bundle import read_bundle_config
-from tumorfm.model.shipped import bundle_folder
+from tumorfm.model.bundle import bundle_folder, read_bundle_config
 
 
 def matched_classes(

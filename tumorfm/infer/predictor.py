@@ -25,9 +25,8 @@ from tumorfm.data.io import Geometry
 from tumorfm.data.plan import Plan
 from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
-from tumorfm.model.bundle import CONFIG, load_bundle, read_bundle_config
+from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle_config
 from tumorfm.model.precision import autocast
-from tumorfm.model.shipped import bundle_folder
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
 

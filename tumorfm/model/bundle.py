@@ -25,13 +25,47 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_folder, read_json_object
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import PRESETS
-from tumorfm.model.shipped import bundle_folder
 
 FORMAT = "tumorfm-bundle"
 VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 POSITION_SUFFIX = "bottleneck.position"
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def models_folder() -> Path:
+    """TUMORFM_MODELS, else the `models/` folder beside the installed package."""
+    custom = os.environ.get("TUMORFM_MODELS")
+    return Path(custom) if custom else Path(__file__).resolve().parents[2] / "models"
+
+
+def list_shipped() -> list[str]:
+    """Names of the shipped bundles (folders of models/ holding a config.json)."""
+    root = models_folder()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG).is_file())
+
+
+def bundle_folder(bundle: str | os.PathLike) -> Path:
+    """A bundle folder from a path, or from the name of a shipped bundle.
+
+    A path that exists wins; a bare name (no folder separator) is looked up in models/; anything
+    else gets one line listing the shipped names.
+    """
+    path = Path(bundle)
+    if path.exists():
+        return path
+    name = str(bundle)
+    if os.sep not in name and "/" not in name:
+        if name in list_shipped():
+            return models_folder() / name
+        shipped = ", ".join(list_shipped()) or "none"
+        raise TumorFMError(
+            f"model '{name}': no such bundle folder and no shipped model of that name "
+            f"(shipped: {shipped}; see `tumorfm model list`)"
+        )
+    raise TumorFMError(f"{path}: bundle not found")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Bundles shipped with tumorfm, found by name: `tumorfm predict -m tsfm-real-lowres`.
+"""Bundles shipped with tumorfm: exported for the repository and described by `tumorfm model list`;
+tumorfm.model.bundle.bundle_folder finds them by name (`tumorfm predict -m tsfm-real-lowres`).
 
 They live in the repository's `models/<name>/` (a bundle plus its MODEL_CARD.md), or wherever
 TUMORFM_MODELS points. Their weights may be stored in half precision to keep the repository
@@ -13,46 +14,16 @@ import os
 import shutil
 from pathlib import Path
 
-from tumorfm.errors import TumorFMError
+from tumorfm.model.bundle import (
+    CONFIG,
+    FORMAT,
+    WEIGHTS,
+    bundle_folder,
+    models_folder,
+    read_bundle_config,
+)
 
 CARD = "MODEL_CARD.md"
-
-
-def models_folder() -> Path:
-    """TUMORFM_MODELS, else the `models/` folder beside the installed package."""
-    custom = os.environ.get("TUMORFM_MODELS")
-    return Path(custom) if custom else Path(__file__).resolve().parents[2] / "models"
-
-
-def list_shipped() -> list[str]:
-    """Names of the shipped bundles (folders of models/ holding a config.json)."""
-    from tumorfm.model.bundle import CONFIG  # bundle.py imports this module
-
-    root = models_folder()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / CONFIG).is_file())
-
-
-def bundle_folder(bundle: str | os.PathLike) -> Path:
-    """A bundle folder from a path, or from the name of a shipped bundle.
-
-    A path that exists wins; a bare name (no folder separator) is looked up in models/; anything
-    else gets one line listing the shipped names.
-    """
-    path = Path(bundle)
-    if path.exists():
-        return path
-    name = str(bundle)
-    if os.sep not in name and "/" not in name:
-        if name in list_shipped():
-            return models_folder() / name
-        shipped = ", ".join(list_shipped()) or "none"
-        raise TumorFMError(
-            f"model '{name}': no such bundle folder and no shipped model of that name "
-            f"(shipped: {shipped}; see `tumorfm model list`)"
-        )
-    raise TumorFMError(f"{path}: bundle not found")
 
 
 def export_bundle(
@@ -68,7 +39,6 @@ def export_bundle(
     from safetensors.torch import load_file, save_file
 
     from tumorfm.files import atomic_folder
-    from tumorfm.model.bundle import CONFIG, FORMAT, WEIGHTS, read_bundle_config
 
     source, target = bundle_folder(source), Path(target)
     meta = read_bundle_config(source)
@@ -91,8 +61,6 @@ def export_bundle(
 
 def describe(name: str) -> dict:
     """What `tumorfm model list` shows of a shipped bundle."""
-    from tumorfm.model.bundle import WEIGHTS, read_bundle_config
-
     folder = models_folder() / name
     meta = read_bundle_config(folder)
     plans = (meta.get("plan") or {}).get("datasets") or {}

@@ -21,8 +21,7 @@ from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable
 from tumorfm.model.adapters import MODES
-from tumorfm.model.bundle import read_bundle_config
-from tumorfm.model.shipped import bundle_folder
+from tumorfm.model.bundle import bundle_folder, read_bundle_config
 from tumorfm.train.trainer import make_config, pretrain
 
 ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode

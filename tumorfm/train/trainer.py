@@ -27,6 +27,7 @@ from tqdm import tqdm
 import tumorfm
 from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.loader import PatchBatches, make_loader
+from tumorfm.data.pool import learnt_classes, paint_order
 from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
 from tumorfm.model import list_models
@@ -139,26 +140,6 @@ def _set_phase(model: torch.nn.Module, config: PretrainConfig, epoch: int, phase
 
 def poly_lr(config: PretrainConfig, epoch: int) -> float:
     return config.lr * (1 - epoch / config.epochs) ** 0.9
-
-
-def learnt_classes(dataset: dict) -> list[str]:
-    """What a dataset taught the network, so what its plan predicts: its labels, and the tumour
-    class it synthesises online (annotated per sample, so not in its `annotated`)."""
-    synthesis = dataset.get("synthesis") or {}
-    tumour = synthesis.get("tumour")
-    return [
-        *dataset["annotated"],
-        *([tumour] if tumour not in (None, *dataset["annotated"]) else []),
-    ]
-
-
-def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
-    """Organs before the tumours inside them, so a tumour is painted over its organ."""
-
-    def depth(name: str) -> int:
-        return 0 if name not in parents else 1 + depth(parents[name])
-
-    return sorted(classes, key=depth)
 
 
 def _start(

@@ -13,10 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from tumorfm.errors import TumorFMError
-from tumorfm.model.bundle import POSITION_SUFFIX, WEIGHTS, read_bundle_config
+from tumorfm.model.bundle import POSITION_SUFFIX, WEIGHTS, bundle_folder, read_bundle_config
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import create_model
-from tumorfm.model.shipped import bundle_folder
 
 
 def head_convs(model: TSFM) -> list[str]:

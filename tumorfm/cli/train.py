@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tumorfm.cli import Workers, app
+from tumorfm.cli.app import Workers, app, pairs
 from tumorfm.errors import TumorFMError
 
 
@@ -80,16 +80,6 @@ def _existing(path: Path | None) -> str | None:
     return str(path.resolve()) if path is not None else None
 
 
-def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
-    pairs = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise TumorFMError(f"{option} {item}: expected NAME=VALUE")
-        pairs[name.strip()] = value.strip()
-    return pairs
-
-
 def synthesis_option(text: str | None) -> dict | None:
     """--synth ORGAN:TUMOUR[:ENGINE] as a pool file's synthesis block."""
     if text is None:
@@ -153,7 +143,7 @@ def finetune(
         out,
         epochs=epochs,
         mode=mode,
-        mapping=_pairs(map_, "--map"),
+        mapping=pairs(map_, "--map"),
         new_head=new_head,
         workers=workers,
         profile=profile,
@@ -206,7 +196,7 @@ def transfer_study(
 ) -> None:
     """The paper's transfer study: pretrained vs from scratch at each epoch budget; a
     --reference row scores e.g. nnU-Net v2's predictions of the same held-out cases."""
-    from tumorfm.train.study import transfer_study as run_study
+    from tumorfm.workflows.study import transfer_study as run_study
 
     rows = run_study(
         dataset,
@@ -215,10 +205,10 @@ def transfer_study(
         _budgets(epochs),
         iterations,
         patch,
-        _pairs(map_, "--map"),
+        pairs(map_, "--map"),
         mirror,
         workers,
-        references=_pairs(reference, "--reference"),
+        references=pairs(reference, "--reference"),
         folds=folds,
         profile=profile,
         seed=seed,

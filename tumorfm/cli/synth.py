@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tumorfm.cli import app
+from tumorfm.cli.app import app
 
 synth_app = typer.Typer(help="Synthesise tumours in healthy organs.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tumorfm.cli import Workers, app
-from tumorfm.cli_train import _pairs
+from tumorfm.cli.app import Workers, app, pairs
 from tumorfm.errors import TumorFMError
 
 
@@ -31,7 +30,7 @@ def evaluate_model(
 
     options = PredictOptions(plan=plan, fast=fast)
     result = run_evaluation(
-        bundle, dataset, out, None, _pairs(map_, "--map"), options, workers=workers
+        bundle, dataset, out, None, pairs(map_, "--map"), options, workers=workers
     )
     typer.echo(format_summary(result))
     typer.echo(f"predictions and scores in {out}")

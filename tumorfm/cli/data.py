@@ -1,4 +1,4 @@
-"""The `tumorfm` command: thin sub-commands that parse, call the library and print."""
+"""Commands on data and models: info, check, pool, model, preprocess, phantom, demo."""
 
 from __future__ import annotations
 
@@ -11,23 +11,15 @@ from typing import Annotated
 import typer
 
 import tumorfm
+from tumorfm.cli.app import LOWRES_PATCH, Workers, app
 from tumorfm.errors import TumorFMError
 
-app = typer.Typer(
-    help="tumorfm: 3D tumour segmentation with a foundation model (TSFM).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 model_app = typer.Typer(
     help="Inspect the network presets and the shipped bundles.", no_args_is_help=True
 )
 app.add_typer(model_app, name="model")
-
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
-LOWRES_PATCH = (48, 96, 96)  # tumorfm.data.plan's (not imported here: it loads scipy; tested)
 
 
 def _version(value: bool) -> None:
@@ -126,7 +118,8 @@ def model_list() -> None:
     import torch
 
     from tumorfm.model import create_model, list_models
-    from tumorfm.model.shipped import describe, list_shipped, models_folder
+    from tumorfm.model.bundle import list_shipped, models_folder
+    from tumorfm.model.shipped import describe
 
     typer.echo("presets (build with `pretrain --model NAME`):")
     for name in list_models():
@@ -237,7 +230,7 @@ def demo(
 ) -> None:
     """Run the pipeline on synthetic phantoms: pretrain, fine-tune on a held-out site, predict,
     evaluate, and write an HTML report."""
-    from tumorfm.demo import run_demo
+    from tumorfm.workflows.demo import run_demo
 
     run_demo(
         out,
@@ -249,21 +242,3 @@ def demo(
         finetune_epochs=finetune_epochs,
         patch_size=patch,
     )
-
-
-def _register() -> None:
-    """The other command modules add their commands to `app` when imported."""
-    from tumorfm import cli_infer, cli_synth, cli_train  # noqa: F401
-
-
-def main() -> None:
-    _register()
-    try:
-        app()
-    except TumorFMError as error:
-        for line in str(error).splitlines():
-            typer.echo(f"tumorfm: error: {line}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("tumorfm: interrupted", err=True)
-        sys.exit(130)

@@ -31,7 +31,7 @@ from tumorfm.eval.report import report_from_evaluation
 from tumorfm.files import ensure_writable, write_json
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions
-from tumorfm.model.shipped import list_shipped
+from tumorfm.model.bundle import list_shipped
 from tumorfm.train.trainer import make_config, pretrain
 
 SHIPPED = "tsfm-real-lowres"

@@ -1,0 +1,1 @@
+"""What strings stages together: the demo, the transfer study."""
