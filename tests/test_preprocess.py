@@ -1,5 +1,6 @@
 """`tumorfm preprocess` on real scans: the cache, its properties, reruns, and mapping back."""
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -204,10 +205,11 @@ def test_a_pool_entry_config_overrides_the_command_line(tmp_path):
 
 
 def test_the_command_line_lowres_patch_is_the_planner_default():
-    from tumorfm.cli.app import LOWRES_PATCH
-    from tumorfm.data.plan import LOWRES_PATCH as PLANNER_DEFAULT
+    from tumorfm.cli.data import preprocess
+    from tumorfm.data.plan import LOWRES_PATCH
 
-    assert LOWRES_PATCH == PLANNER_DEFAULT
+    default = inspect.signature(preprocess).parameters["patch"].default
+    assert default == LOWRES_PATCH == (48, 96, 96)
 
 
 @pytest.mark.parametrize("dataset, case_id", [("sarcoma", "STS_019"), ("brain", "btp_07_post")])

@@ -17,7 +17,6 @@ app = typer.Typer(
 )
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
-LOWRES_PATCH = (48, 96, 96)  # tumorfm.data.plan's (not imported here: it loads scipy; tested)
 
 
 def pairs(items: list[str] | None, option: str) -> dict[str, str]:

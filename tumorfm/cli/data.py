@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 import tumorfm
-from tumorfm.cli.app import LOWRES_PATCH, Workers, app
+from tumorfm.cli.app import Workers, app
+from tumorfm.defaults import CPU_PATCH, DEMO_PATCH
 from tumorfm.errors import TumorFMError
 
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
@@ -178,7 +179,7 @@ def preprocess(
     patch: Annotated[
         tuple[int, int, int],
         typer.Option(min=1, help="lowres: the patch z y x that should hold most of a case."),
-    ] = LOWRES_PATCH,
+    ] = CPU_PATCH,
 ) -> None:
     """Fingerprint, plan, crop, normalise and resample every case of a pool into a cache."""
     from tumorfm.data.pool import load_pool
@@ -226,7 +227,7 @@ def demo(
     epochs: Annotated[int, typer.Option(min=1, help="Pretraining epochs.")] = 6,
     finetune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 40,
-    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = (32, 64, 64),
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = DEMO_PATCH,
 ) -> None:
     """Run the pipeline on synthetic phantoms: pretrain, fine-tune on a held-out site, predict,
     evaluate, and write an HTML report."""

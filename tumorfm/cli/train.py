@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from tumorfm.cli.app import Workers, app, pairs
+from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
 
 
@@ -178,7 +179,7 @@ def transfer_study(
         list[str], typer.Option(help="Epoch budgets: --epochs 10,20,50,100 or repeated.")
     ] = ["10,20,50,100"],  # noqa: B006 (typer reads the default, never mutates it)
     iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 50,
-    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = (48, 96, 96),
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch z y x.")] = CPU_PATCH,
     map_: Annotated[
         list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
     ] = None,

@@ -24,6 +24,7 @@ from tumorfm.data.fingerprint import (  # noqa: F401  (re-exported: the planner'
     nonzero_mask,
     samples_per_case,
 )
+from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
 
 ANISO_THRESHOLD = 3.0  # spacing ratio above which an axis counts as low-resolution
@@ -44,7 +45,7 @@ MAX_DATASET_COVERED = 0.05  # one batch may not see more than 5% of the dataset'
 # quarter of the median case; a CPU patch is several times smaller, so tumorfm fixes the patch and
 # coarsens until one patch holds most of the median case (the fraction along each axis, multiplied).
 CONFIGS = ("fullres", "lowres")
-LOWRES_PATCH = (48, 96, 96)
+LOWRES_PATCH = CPU_PATCH
 LOWRES_COVERAGE = 0.75
 SPACING_STEP = 1.03  # nnU-Net's spacing_increase_factor
 

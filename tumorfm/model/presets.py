@@ -62,8 +62,6 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-PAPER_PATCH = (112, 160, 192)
-
 
 def list_models() -> list[str]:
     return list(PRESETS)

@@ -28,6 +28,7 @@ import tumorfm
 from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.data.pool import learnt_classes, paint_order
+from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH
 from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
 from tumorfm.model import list_models
@@ -51,7 +52,7 @@ ROW_ORDER = ("epoch", "step", "train_loss", "lr", "seconds", "iterations_per_sec
 @dataclass
 class PretrainConfig:
     model: str = "tsfm-1.6b"
-    patch_size: tuple[int, int, int] = (112, 160, 192)
+    patch_size: tuple[int, int, int] = PAPER_PATCH
     batch_size: int = 2  # global, split across processes
     epochs: int = 1000
     iterations_per_epoch: int = 250
@@ -99,7 +100,7 @@ PROFILES = {
     # a short schedule: nnU-Net's initial lr (1e-2) instead of the paper's 1e-3 for 250k steps
     "cpu": dict(
         model="tsfm-tiny",
-        patch_size=(48, 64, 64),
+        patch_size=CPU_PROFILE_PATCH,
         epochs=10,
         iterations_per_epoch=20,
         lr=1e-2,

@@ -25,6 +25,7 @@ from tumorfm.data.check import check_dataset
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
+from tumorfm.defaults import DEMO_PATCH
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.evaluate import evaluate, format_summary
 from tumorfm.eval.report import report_from_evaluation
@@ -91,7 +92,7 @@ def run_demo(
     epochs: int = 6,
     iterations: int = 40,
     finetune_epochs: int = 8,
-    patch_size: tuple[int, int, int] = (32, 64, 64),
+    patch_size: tuple[int, int, int] = DEMO_PATCH,
 ) -> dict:
     started = time.perf_counter()
     out = ensure_writable(Path(out))

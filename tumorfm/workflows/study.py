@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from tumorfm.data.formats import read_dataset
+from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.evaluate import evaluate
 from tumorfm.eval.model import evaluate_model
@@ -106,7 +107,7 @@ def transfer_study(
     out: str | Path,
     budgets: list[int] = (10, 20, 50, 100),
     iterations_per_epoch: int = 50,
-    patch_size: tuple[int, int, int] = (48, 96, 96),
+    patch_size: tuple[int, int, int] = CPU_PATCH,
     mapping: dict[str, str] | None = None,
     mirror: bool = False,
     workers: int = 2,
