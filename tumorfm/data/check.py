@@ -53,15 +53,33 @@ def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geome
         elif not reference.close_to(geometry, GEOMETRY_TOLERANCE):
             problems.append(
                 f"{path}: geometry differs from the case's first channel "
-                f"({_describe(geometry)} vs {_describe(reference)})"
+                f"({_difference(geometry, reference)})"
             )
     return reference
 
 
-def _describe(geometry: Geometry) -> str:
-    spacing = "x".join(f"{s:.4g}" for s in geometry.spacing)
-    origin = ",".join(f"{o:.4g}" for o in geometry.origin)
-    return f"size {geometry.size}, spacing {spacing}, origin ({origin})"
+def _difference(geometry: Geometry, reference: Geometry) -> str:
+    """What differs, each field as `this vs reference`: only those that do."""
+    tolerance = GEOMETRY_TOLERANCE
+    fields = {
+        "size": (geometry.size, reference.size, geometry.size != reference.size),
+        "spacing": (geometry.spacing, reference.spacing, not np.allclose(
+            geometry.spacing, reference.spacing, rtol=tolerance, atol=tolerance)),
+        "origin": (geometry.origin, reference.origin, not np.allclose(
+            geometry.origin, reference.origin, rtol=tolerance, atol=1e-3)),
+        "direction": (geometry.direction, reference.direction, not np.allclose(
+            geometry.direction, reference.direction, atol=tolerance)),
+    }  # fmt: skip
+    shown = [
+        f"{name} {_numbers(this)} vs {_numbers(other)}"
+        for name, (this, other, differs) in fields.items()
+        if differs
+    ]
+    return "; ".join(shown)
+
+
+def _numbers(values) -> str:
+    return "(" + ",".join(f"{v:.4g}" for v in values) + ")"
 
 
 def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[str]:
@@ -89,7 +107,7 @@ def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[st
     if reference is not None and not reference.close_to(volume.geometry, GEOMETRY_TOLERANCE):
         problems.append(
             f"{case.label}: geometry differs from its image "
-            f"({_describe(volume.geometry)} vs {_describe(reference)})"
+            f"({_difference(volume.geometry, reference)})"
         )
     return problems
 

@@ -44,6 +44,14 @@ class RawDataset:
     labels: dict[int, str]  # label value -> name, background (0) included
     cases: list[Case]
     problems: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # problems no command may go past
+
+    def usable(self) -> RawDataset:
+        """Itself, or the first problem no command may go past, as a one-line error."""
+        if self.refused:
+            more = f" (and {len(self.refused) - 1} more)" if len(self.refused) > 1 else ""
+            raise TumorFMError(f"{self.refused[0]}{more}")
+        return self
 
     @property
     def labelled_cases(self) -> list[Case]:
@@ -160,6 +168,12 @@ def _msd_case_id(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix else path.name
 
 
+def unsafe_case_id(case_id: str) -> bool:
+    """A case id becomes a folder name (the cache, predictions): '', '.', '..', a hidden name or
+    a path separator would write somewhere else."""
+    return not case_id or case_id.startswith(".") or "/" in case_id or "\\" in case_id
+
+
 def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
     modalities = _channel_map(meta, "modality", json_path)
     labels = msd_labels(meta, json_path)
@@ -167,6 +181,7 @@ def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
     if not isinstance(training, list):
         raise TumorFMError(f"{json_path}: 'training' must be a list of {{image, label}} entries")
     problems: list[str] = []
+    refused: list[str] = []
     cases = []
     listed_images, listed_labels = set(), set()
     for number, entry in enumerate(training):
@@ -186,7 +201,14 @@ def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
             if image.is_file()
             else ()
         )
-        cases.append(Case(_msd_case_id(image), channels, label if label.is_file() else None))
+        case_id = _msd_case_id(image)
+        if unsafe_case_id(case_id):
+            refused.append(
+                f"{json_path}: training[{number}] image {entry['image']!r} gives case id "
+                f"{case_id!r}, which cannot name a folder; rename the file"
+            )
+            continue
+        cases.append(Case(case_id, channels, label if label.is_file() else None))
     for duplicate in _duplicates([case.case_id for case in cases]):
         problems.append(f"{json_path}: case id '{duplicate}' appears more than once in 'training'")
     for path in _volume_files(root / "imagesTr", ""):
@@ -198,7 +220,7 @@ def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
     if not cases:
         problems.append(f"{json_path}: 'training' lists no cases")
     name = str(meta.get("name") or root.name)
-    return RawDataset(root, name, "msd", modalities, labels, cases, problems)
+    return RawDataset(root, name, "msd", modalities, labels, cases, problems + refused, refused)
 
 
 def read_dataset(path: str | Path) -> RawDataset:

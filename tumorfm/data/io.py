@@ -181,12 +181,48 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise TumorFMError(_explain_read_failure(path, error)) from None
 
 
+SPACING_MM = (0.01, 100.0)  # a voxel side outside this is a broken header, not a scan
+
+
+def _nifti_pixdim_problem(path: Path) -> str | None:
+    """ITK reads a NIfTI pixdim of 0 (or negative) as 1 mm without a word: read the header."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
+        return None
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as file:
+            header = file.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None  # read_image says what is wrong with the file
+    if len(header) < 348:
+        return None
+    order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    dims = struct.unpack(f"{order}8h", header[40:56])
+    pixdim = struct.unpack(f"{order}8f", header[76:108])
+    for axis in range(1, min(int(dims[0]), 3) + 1):
+        if not np.isfinite(pixdim[axis]) or pixdim[axis] <= 0:
+            return f"pixdim[{axis}] is {pixdim[axis]}: the voxel spacing is unknown"
+    return None
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a volume into (array, geometry). Vector pixels become a leading channel axis.
 
-    Voxels must be finite: a NaN or Inf would silently poison normalisation and training.
+    Voxels must be finite: a NaN or Inf would silently poison normalisation and training. The
+    spacing must be a voxel size a scanner makes (SPACING_MM): a 0.001 mm or 1e6 mm header would
+    ask for a resampled volume of a few voxels or of many gigabytes.
     """
+    problem = _nifti_pixdim_problem(Path(path))
+    if problem:
+        raise TumorFMError(f"{path}: {problem}")
     image = read_image(path)
+    spacing = image.GetSpacing()[:3]
+    low, high = SPACING_MM
+    if not all(low <= s <= high for s in spacing):  # NaN fails too
+        shown = ", ".join(f"{s:g}" for s in spacing)
+        raise TumorFMError(
+            f"{path}: voxel spacing ({shown}) mm is outside {low:g}-{high:g} mm; fix the header"
+        )
     array = sitk.GetArrayFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)

@@ -44,6 +44,15 @@ def list_inputs(path: str | Path) -> list[ScanInput]:
     files = [p for p in files if not p.name.startswith(".")]
     if not files:  # no volume files: a DICOM series, read by SimpleITK
         return [ScanInput(path.name, [path])]
+    stems: dict[str, list[Path]] = {}
+    for file in files:
+        stems.setdefault(_stem(file), []).append(file)
+    clash = next((same for same in stems.values() if len(same) > 1), None)
+    if clash:
+        names = " and ".join(p.name for p in clash)
+        raise TumorFMError(
+            f"{path}: {names} are one case name in two files; keep one (or rename the other)"
+        )
     groups: dict[str, list[Path]] = {}
     matches = [CHANNEL_SUFFIX.match(_stem(p)) for p in files]
     if all(matches):

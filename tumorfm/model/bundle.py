@@ -179,6 +179,10 @@ def _check_tensors(path: Path, model: TSFM, tensors: dict[str, torch.Tensor]) ->
                 f"{path}: tensor '{key}' has shape {tuple(value.shape)}, the "
                 f"config expects {tuple(want)}"
             )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TumorFMError(
+                f"{path}: tensor '{key}' holds NaN or infinite values (a training that diverged?)"
+            )
 
 
 def load_bundle(

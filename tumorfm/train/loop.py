@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import save_bundle
 from tumorfm.train.checkpoint import save_state
 from tumorfm.train.logs import RunLogs
@@ -47,13 +48,24 @@ class Stepper:
             outputs = self.model(batch["image"].to(self.device))
         outputs = [x.float() for x in outputs] if isinstance(outputs, list) else outputs.float()
         loss = self.loss(outputs, batch)
+        if not torch.isfinite(loss):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TumorFMError(
+                f"the loss is {float(loss)} at learning rate {lr:g}: training diverged (try a "
+                "lower --lr, or --precision fp32); the last epoch's saved state is intact"
+            )
         scaler = self.scaler
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if not torch.isfinite(norm) and not (scaler is not None and scaler.is_enabled()):
+            raise TumorFMError(  # fp16's scaler skips such a step; any other would write NaN
+                f"the gradient norm is {float(norm)}: training diverged (try a lower --lr); the "
+                "last epoch's saved state is intact"
+            )
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()

@@ -92,7 +92,22 @@ class PretrainConfig:
             raise TumorFMError(f"precision '{self.precision}': choose auto, bf16, fp16 or fp32")
         if self.mode not in MODES:
             raise TumorFMError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
+        for name in ("lr", "momentum", "weight_decay", "grad_clip", "val_fraction"):
+            value = getattr(self, name)
+            low_ok = value > 0 if name in ("lr", "grad_clip") else value >= 0
+            if not (math.isfinite(value) and low_ok and (name != "momentum" or value < 1)):
+                raise TumorFMError(f"{name} {value}: {_RANGES[name]}")
+        if min(self.patch_size) < 8 or len(self.patch_size) != 3:
+            raise TumorFMError(f"patch {self.patch_size}: three sizes (z y x), each at least 8")
 
+
+_RANGES = {
+    "lr": "the learning rate must be a positive finite number",
+    "momentum": "must be finite, at least 0 and below 1",
+    "weight_decay": "must be finite and not negative",
+    "grad_clip": "the gradient norm clip must be a positive finite number",
+    "val_fraction": "must be finite and not negative",
+}
 
 # The paper's recipe, and one that finishes in minutes on a 2-core CPU.
 PROFILES = {

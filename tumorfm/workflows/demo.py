@@ -185,7 +185,7 @@ def run_demo(
 
 def segment_real_scans(out: Path) -> dict:
     """The shipped model on the real scans of tests/data, scored against their labels."""
-    data = Path(__file__).resolve().parents[1] / "tests" / "data"
+    data = Path(__file__).resolve().parents[2] / "tests" / "data"
     if SHIPPED not in list_shipped() or not data.is_dir():
         print(f"7/7 skipped: no shipped model {SHIPPED} or no {data} (an installed copy)")
         return {}
