@@ -225,3 +225,29 @@ def test_a_predictor_built_from_parts_runs_another_network(bundle, tmp_path):
     assert not (tmp_path / "out").exists()
     written = predict(scan, predictor, tmp_path / "out", progress=False)
     assert (next(iter(written.values())).label > 0).any()
+
+
+def test_a_folder_holding_an_earlier_run_is_refused_replaced_or_continued(bundle, tmp_path):
+    """predict.json always tells what the folder holds: runs never mix (issue 17)."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", scans / "a.nii.gz")
+    args = ["-i", scans, "-o", out, "-m", bundle, "--plan", "ct_site", "--fast"]
+    assert run_cli("predict", *args).returncode == 0
+    first = (out / "a.nii.gz").read_bytes()
+    shutil.copy(CASES / "totalseg_example_ct_sm.nii.gz", scans / "b.nii.gz")
+    assert_one_line_error(run_cli("predict", *args), "holds an earlier prediction run")
+    assert (out / "a.nii.gz").read_bytes() == first and not (out / "b.nii.gz").exists()
+    # --continue keeps the finished case and segments the one it lacks
+    result = run_cli("predict", *args, "--continue")
+    assert result.returncode == 0, result.stderr
+    assert "b: " in result.stdout and "a: " not in result.stdout and "1 kept" in result.stdout
+    assert set(json.loads((out / "predict.json").read_text())["cases"]) == {"a", "b"}
+    # other options cannot continue a run; --overwrite replaces it, its old maps included
+    changed = run_cli("predict", *args, "--continue", "--min-lesion-ml", "1")
+    assert_one_line_error(changed, "another model, plan or options")
+    (scans / "a.nii.gz").unlink()
+    assert run_cli("predict", *args, "--overwrite").returncode == 0
+    assert not (out / "a.nii.gz").exists() and (out / "b.nii.gz").exists()
+    assert set(json.loads((out / "predict.json").read_text())["cases"]) == {"b"}
+    assert_one_line_error(run_cli("predict", *args, "--overwrite", "--continue"), "choose one")

@@ -67,6 +67,13 @@ def predict(
     windows: Annotated[
         int, typer.Option(min=1, help="Windows per network call (more may pay on a GPU).")
     ] = 1,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier run's results in the output folder.")
+    ] = False,
+    continue_: Annotated[
+        bool,
+        typer.Option("--continue", help="Keep an earlier run's finished cases; add the rest."),
+    ] = False,
 ) -> None:
     """Segment scans with a model bundle: label maps in each scan's own geometry."""
     from tumorfm.infer.predict import predict_iter
@@ -84,9 +91,12 @@ def predict(
         min_lesion_ml=min_lesion_ml,
         largest_component=largest_component,
     )
+    if overwrite and continue_:
+        raise TumorFMError("--overwrite and --continue: choose one")
+    existing = "overwrite" if overwrite else "continue" if continue_ else "refuse"
     failed, done = [], 0
     for scan, result in predict_iter(
-        input, bundle, out, options, save_probabilities, statistics, progress=True
+        input, bundle, out, options, save_probabilities, statistics, True, existing
     ):
         if isinstance(result, TumorFMError):
             failed.append(scan.case_id)
@@ -100,7 +110,19 @@ def predict(
             f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "
             f"({', '.join(failed)}); the others are written to {out}"
         )
-    typer.echo(f"{done} label map(s) in {out}")
+    kept = f" ({continued} kept from the earlier run)" if (continued := _kept(out, done)) else ""
+    typer.echo(f"{done} label map(s) in {out}{kept}")
+
+
+def _kept(out: Path, done: int) -> int:
+    """Cases the run's record holds beyond those segmented now: kept by --continue."""
+    record = out / "predict.json"
+    if not record.is_file():
+        return 0
+    import json
+
+    cases = json.loads(record.read_text()).get("cases", {})
+    return sum(1 for entry in cases.values() if entry.get("files")) - done
 
 
 @app.command()

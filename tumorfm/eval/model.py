@@ -70,7 +70,9 @@ def evaluate_model(
     predictions = out / "predictions"
     failed = [
         f"{scan.case_id}: {result}"
-        for scan, result in predict_iter(scans, bundle, predictions, options, progress=progress)
+        for scan, result in predict_iter(
+            scans, bundle, predictions, options, progress=progress, existing="overwrite"
+        )  # its own subfolder, remade on every run
         if isinstance(result, TumorFMError)
     ]
     if failed:

@@ -8,6 +8,7 @@ other tools read the names) and `predict.json` (settings, timings and every case
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from tqdm import tqdm
 import tumorfm
 from tumorfm.data.io import volume_suffix, write_volume
 from tumorfm.errors import TumorFMError
-from tumorfm.files import atomic_file, ensure_writable, write_json
+from tumorfm.files import atomic_file, ensure_writable, read_json_object, write_json
 from tumorfm.infer.inputs import ScanInput, list_inputs, load_scan
 from tumorfm.infer.predictor import CasePrediction, PredictOptions, Predictor
 
@@ -30,6 +31,42 @@ def _targets(scans: list[ScanInput], out: Path) -> tuple[Path, dict[str, Path]]:
         return ensure_writable(out.parent), {scans[0].case_id: out}
     folder = ensure_writable(out)
     return folder, {scan.case_id: folder / f"{scan.case_id}.nii.gz" for scan in scans}
+
+
+EXISTING = ("refuse", "overwrite", "continue")  # what to do with an earlier run in the folder
+
+
+def _earlier_cases(folder: Path, existing: str, settings: dict) -> dict[str, dict]:
+    """The finished cases of an earlier run in `folder` that this run keeps (`continue`), after
+    refusing to mix runs (`refuse`) or removing the earlier run's own files (`overwrite`)."""
+    record = folder / "predict.json"
+    if existing not in EXISTING:
+        raise TumorFMError(f"existing '{existing}': choose {', '.join(EXISTING)}")
+    if not record.is_file():
+        return {}
+    if existing == "refuse":
+        raise TumorFMError(
+            f"{folder}: holds an earlier prediction run (predict.json); --overwrite replaces it, "
+            "--continue adds the cases it lacks"
+        )
+    earlier = read_json_object(record, "the record of a prediction run")
+    cases = earlier.get("cases") if isinstance(earlier.get("cases"), dict) else {}
+    if existing == "overwrite":
+        for entry in cases.values():
+            for file in (entry.get("files") or {}).values():
+                if Path(file).parent.resolve() == folder.resolve():  # its own files only
+                    Path(file).unlink(missing_ok=True)
+        return {}
+    if earlier.get("settings") != json.loads(json.dumps(settings)):
+        raise TumorFMError(
+            f"{record}: the earlier run used another model, plan or options; --continue needs "
+            "the same (or --overwrite)"
+        )
+    return {
+        case: entry
+        for case, entry in cases.items()
+        if entry.get("files") and all(Path(f).is_file() for f in entry["files"].values())
+    }
 
 
 def write_prediction(result: CasePrediction, label_path: Path) -> dict[str, str]:
@@ -58,24 +95,36 @@ def predict_iter(
     save_probabilities: bool = False,
     statistics: bool = False,
     progress: bool = True,
+    existing: str = "refuse",
 ) -> Iterator[tuple[ScanInput, CasePrediction | TumorFMError]]:
-    """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`."""
+    """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`.
+    An output folder holding an earlier run is refused, replaced (`existing="overwrite"`) or
+    completed (`"continue"`: its finished cases are kept and not yielded), so predict.json
+    always tells what the folder holds."""
     if isinstance(bundle, Predictor) and options is not None:
         raise TumorFMError("options go to Predictor.from_bundle: a ready Predictor has its own")
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
     scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
+    outputs = {"probabilities": save_probabilities, "statistics": statistics}
+    settings = {**predictor.settings(), "options": asdict(predictor.options), "outputs": outputs}
     report = {
         "tumorfm_version": tumorfm.__version__,
         "input": str(inputs) if not isinstance(inputs, list) else f"{len(inputs)} scans",
-        "settings": {**predictor.settings(), "options": asdict(predictor.options)},
+        "settings": settings,
         "cases": {},
     }
+    kept = {}
+    if folder is not None and not (len(scans) == 1 and volume_suffix(Path(out))):  # a folder
+        kept = _earlier_cases(folder, existing, settings)
     if folder is not None:
         labels = {"background": 0, **predictor.labels}
         write_json(folder / "dataset.json", {"labels": labels, "file_ending": ".nii.gz"})
     started = time.perf_counter()
     for scan in tqdm(scans, desc="predict", unit="scan", disable=None if progress else True):
+        if scan.case_id in kept:
+            report["cases"][scan.case_id] = kept[scan.case_id]
+            continue
         try:
             image, geometry = load_scan(scan, predictor.in_channels)
             result = predictor(
@@ -99,6 +148,9 @@ def predict_iter(
             report["seconds"] = round(time.perf_counter() - started, 2)
             write_json(folder / "predict.json", report)
         yield scan, result
+    if folder is not None:  # also when every case was kept
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(folder / "predict.json", report)
 
 
 def predict(
