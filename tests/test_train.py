@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +224,55 @@ def test_existing_run_is_never_overwritten(cache, tmp_path):
     (other / "pool.json").write_text(json.dumps(pool))
     assert_one_line_error(run_cli("pretrain", other, "--resume", run), "another pool")
     assert (run / "log.jsonl").read_text() == before
+
+
+@pytest.fixture(scope="module")
+def finished_run(cache, tmp_path_factory):
+    """A run of two epochs stopped after the first, to damage copies of."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    config = make_config("cpu", epochs=2, **TINY)
+    pretrain(cache, run, config, progress=False, stop_after_epoch=0)
+    return run
+
+
+RUN_FILES = ["settings.json", "split.json", "state/state.json", "state/model.safetensors",
+             "state/optimizer.safetensors", "state/rng.safetensors"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_every_file_of_a_run_truncated_in_turn_gives_one_line_on_resume(
+    finished_run, tmp_path, name
+):
+    """Fault injection (issue 17): a truncated file of the run folder is named, never a
+    traceback, and the damaged run is left as it was."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    damaged = run / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    before = damaged.read_bytes()
+    result = run_cli("pretrain", "--resume", run)
+    assert_one_line_error(result, name.split("/")[-1])
+    assert damaged.read_bytes() == before
+
+
+def test_a_half_written_log_line_is_dropped_on_resume(finished_run, tmp_path):
+    """What a kill during the append leaves: the resumed run goes on and its log parses."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    with open(run / "log.jsonl", "a") as stream:
+        stream.write('{"epoch": 1, "step": 6, "train_lo')
+    row = pretrain(resume=run, progress=False)
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert row["epoch"] == 1 and [x["epoch"] for x in lines] == [0, 1]
+
+
+def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps({"config": {}, "pool_digest": "x"}))
+    (run / "split.json").write_text("{}")
+    row = pretrain(cache, run, make_config("cpu", epochs=1, **TINY), progress=False)
+    assert row["epoch"] == 0 and json.loads((run / "settings.json").read_text())["config"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text('{"something": "else"}')
+    result = run_cli("pretrain", cache, "-o", other, *CLI_TINY)
+    assert_one_line_error(result, "holds another settings.json")

@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_folder, previous
 
 STATE = "state"
@@ -78,16 +80,29 @@ def load_state(run: Path) -> tuple[dict, dict, dict, dict]:
     folder = run / STATE
     if not (folder / "state.json").is_file():  # killed between the two renames
         folder = previous(run / STATE)
-    meta = json.loads((folder / "state.json").read_text())
-    model = load_file(str(folder / "model.safetensors"))
-    buffers = load_file(str(folder / "optimizer.safetensors"))
-    optimizer_meta = meta.pop("optimizer")
-    state: dict[int | str, dict] = {}
-    for key, value in [*buffers.items(), *optimizer_meta["scalars"].items()]:
-        parameter, name = key.split(SEPARATOR, 1)
-        state.setdefault(_key(parameter), {})[name] = value
-    optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
-    return meta, model, optimizer_state, load_file(str(folder / "rng.safetensors"))
+    reading = folder / "state.json"
+    try:
+        meta = json.loads(reading.read_text())
+        reading = folder / "model.safetensors"
+        model = load_file(str(reading))
+        reading = folder / "optimizer.safetensors"
+        buffers = load_file(str(reading))
+        reading = folder / "state.json"
+        optimizer_meta = meta.pop("optimizer")
+        state: dict[int | str, dict] = {}
+        for key, value in [*buffers.items(), *optimizer_meta["scalars"].items()]:
+            parameter, name = key.split(SEPARATOR, 1)
+            state.setdefault(_key(parameter), {})[name] = value
+        optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
+        reading = folder / "rng.safetensors"
+        rng = load_file(str(reading))
+        meta["epoch"], meta["best"]  # noqa: B018  (present, or the state is not one we wrote)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+        raise TumorFMError(
+            f"{reading}: damaged ({type(error).__name__}: {error}); this run cannot resume "
+            "from it: start a new run"
+        ) from None
+    return meta, model, optimizer_state, rng
 
 
 def restore_rng(rng: dict) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 from pathlib import Path
+
+from tumorfm.files import write_text
 
 
 class RunLogs:
@@ -25,12 +29,12 @@ class RunLogs:
             path = self.run / name
             if not path.is_file():
                 continue
-            lines = path.read_text().splitlines(keepends=True)
+            lines = path.read_text(errors="replace").splitlines(keepends=True)
             if name == "log.jsonl":
-                kept = [x for x in lines if json.loads(x)["epoch"] <= last_epoch]
+                kept = [x for x in lines if _epoch_of_line(x) <= last_epoch]
             else:
-                kept = lines[:1] + [x for x in lines[1:] if int(x.split(",")[0]) <= last_epoch]
-            path.write_text("".join(kept))
+                kept = lines[:1] + [x for x in lines[1:] if _epoch_of_row(x) <= last_epoch]
+            write_text(path, "".join(kept))
 
     def epoch(self, row: dict) -> None:
         if not self.enabled:
@@ -47,11 +51,27 @@ class RunLogs:
         path = self.run / "curves.csv"
         existing = list(csv.DictReader(path.open())) if path.is_file() else []
         columns = list(dict.fromkeys([c for r in existing for c in r] + list(flat)))
-        with open(path, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, columns)
-            writer.writeheader()
-            writer.writerows(existing + [flat])
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, columns)
+        writer.writeheader()
+        writer.writerows(existing + [flat])
+        write_text(path, table.getvalue())  # atomic: a kill leaves the old curves or the new
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _epoch_of_line(line: str) -> float:
+    """A log line's epoch; a half-written line (a kill during the append) is dropped."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _epoch_of_row(line: str) -> float:
+    try:
+        return int(line.split(",")[0])
+    except ValueError:
+        return math.inf

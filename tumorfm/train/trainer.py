@@ -30,7 +30,7 @@ from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.data.pool import learnt_classes, paint_order
 from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH
 from tumorfm.errors import TumorFMError
-from tumorfm.files import write_json
+from tumorfm.files import read_json_object, write_json
 from tumorfm.model import list_models
 from tumorfm.model.adapters import MODES, count_trainable, freeze
 from tumorfm.model.precision import autocast as mixed_precision
@@ -167,23 +167,35 @@ def _start(
         settings_file = run / "settings.json"
         if not settings_file.is_file() or not has_state(run):
             raise TumorFMError(f"{run}: not a resumable tumorfm run (no settings.json and state/)")
-        settings = json.loads(settings_file.read_text())
-        config = PretrainConfig(**settings["config"])
-        cache = Path(cache or settings["cache"])
+        settings = read_json_object(settings_file, "the settings of the run to resume")
+        try:
+            config = PretrainConfig(**settings["config"])
+            cache, digest = Path(cache or settings["cache"]), settings["pool_digest"]
+        except (KeyError, TypeError) as error:
+            raise TumorFMError(f"{settings_file}: damaged or not a tumorfm run ({error})") from None
         pool = read_pool(cache)
-        if pool_digest(pool) != settings["pool_digest"]:
+        if pool_digest(pool) != digest:
             raise TumorFMError(
                 f"{run}: this run was trained on another pool than the cache "
                 f"{cache}; resume it with the cache it started from"
             )
-        return run, cache, config, pool, json.loads((run / "split.json").read_text())
+        return run, cache, config, pool, read_json_object(run / "split.json", "the run's split")
     if cache is None or out is None:
         raise TumorFMError("give a CACHE and --out RUN, or --resume RUN")
     run, cache = Path(out), Path(cache)
-    if (run / "settings.json").exists() or has_state(run):
+    if has_state(run):
         raise TumorFMError(
             f"{run}: already holds a run; continue it with --resume {run} or choose another --out"
         )
+    if (run / "settings.json").is_file():  # a run that ended before its first epoch, or not ours
+        try:
+            ours = "pool_digest" in json.loads((run / "settings.json").read_text())
+        except (ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise TumorFMError(f"{run}: holds another settings.json; choose another --out")
+        for leftover in ("settings.json", "split.json", "log.jsonl", "curves.csv"):
+            (run / leftover).unlink(missing_ok=True)
     pool, config = read_pool(cache), config or PretrainConfig()
     return run, cache, config, pool, _split(cache, pool, config)
 
