@@ -276,3 +276,11 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(cache, tm
     (other / "settings.json").write_text('{"something": "else"}')
     result = run_cli("pretrain", cache, "-o", other, *CLI_TINY)
     assert_one_line_error(result, "holds another settings.json")
+
+
+def test_the_paper_recipe_on_a_machine_it_cannot_fit_is_refused_before_it_starts(cache, tmp_path):
+    """No --profile: tsfm-1.6b at 112x160x192 would grow until the machine swaps (issue 17)."""
+    run = tmp_path / "run"
+    result = run_cli("pretrain", cache, "-o", run, "--device", "cpu")
+    assert_one_line_error(result, "tsfm-1.6b at patch 112x160x192", "GiB", "--profile cpu")
+    assert not (run / "settings.json").exists()

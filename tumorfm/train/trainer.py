@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -216,6 +217,9 @@ def pretrain(
     classes, regions = pool["classes"], pool["class_regions"]
     train_cases, train_weights = split_part(cache, pool, split, "train")
     val_cases, val_weights = split_part(cache, pool, split, "val")
+    in_channels = train_cases[0].image().shape[0]
+    if config.init_from is None:  # a bundle's architecture is its own: not estimated here
+        _check_memory(config, in_channels, len(classes), processes)
     common = dict(
         classes=classes,
         class_regions=regions,
@@ -233,7 +237,6 @@ def pretrain(
         if val_cases
         else None
     )
-    in_channels = train_cases[0].image().shape[0]
     torch.manual_seed(config.seed)
     model, init = build_model(config, in_channels, classes)
     model = model.to(processes.device)
@@ -366,6 +369,41 @@ def pretrain(
     logs.close()
     dist.teardown(processes)
     return row
+
+
+def _check_memory(config: PretrainConfig, in_channels: int, classes: int, processes) -> None:
+    """Refuse a run that cannot fit before allocating it (the paper's recipe on a laptop grows
+    until the machine swaps): weights, gradients and optimiser state in float32, plus the
+    activations autograd keeps, counted on the meta device (tumorfm.model.summary)."""
+    from tumorfm.model import preset_config
+    from tumorfm.model.summary import summarize
+
+    network = preset_config(config.model, in_channels, classes, config.patch_size)
+    summary = summarize(network)
+    per_sample = summary["activation_bytes_checkpointed" if config.checkpointing else
+                         "activation_bytes"]  # fmt: skip
+    states = 3 if config.optimizer == "sgd" else 4  # weights, gradients, momentum (+ AdamW's 2nd)
+    batch = max(1, config.batch_size // processes.world_size)
+    need = summary["parameters"]["total"] * 4 * states + per_sample * batch
+    have = _device_memory(processes.device)
+    if have and need > 0.9 * have:
+        raise TumorFMError(
+            f"{config.model} at patch {'x'.join(map(str, config.patch_size))}, batch {batch} "
+            f"needs about {need / 2**30:,.0f} GiB, {processes.device} has {have / 2**30:,.0f}: "
+            "use --profile cpu, or a smaller --model, --patch or --batch (or --checkpointing)"
+        )
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of the device (RAM for the CPU), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
 
 
 def _with(model: torch.nn.Module, weights: dict) -> torch.nn.Module:
