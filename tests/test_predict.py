@@ -251,3 +251,16 @@ def test_a_folder_holding_an_earlier_run_is_refused_replaced_or_continued(bundle
     assert not (out / "a.nii.gz").exists() and (out / "b.nii.gz").exists()
     assert set(json.loads((out / "predict.json").read_text())["cases"]) == {"b"}
     assert_one_line_error(run_cli("predict", *args, "--overwrite", "--continue"), "choose one")
+
+
+def test_fast_stays_seamless_and_never_overrides_an_explicit_overlap():
+    """--fast drops mirroring and lowers the overlap, but windows still overlap (Gaussian
+    blending, no tile seams), and an overlap the user gave is kept (issue 18)."""
+    assert (PredictOptions().overlap, PredictOptions().mirror) == (0.5, True)
+    fast = PredictOptions(fast=True)
+    assert fast.mirror is False and 0 < fast.overlap < 0.5
+    assert PredictOptions(fast=True, overlap=0.1).overlap == 0.1
+    assert PredictOptions(fast=True, overlap=0.0).overlap == 0.0
+    assert PredictOptions().device == "auto"
+    with pytest.raises(TumorFMError, match="overlap nan"):
+        PredictOptions(overlap=float("nan"))

@@ -20,7 +20,9 @@ def evaluate_model(
     map_: Annotated[
         list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
     ] = None,
-    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
+    fast: Annotated[
+        bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
+    ] = False,
     workers: Workers = 1,
 ) -> None:
     """Zero-shot evaluation: predict a labelled dataset with no tuning and score it."""
@@ -47,9 +49,13 @@ def predict(
     classes: Annotated[
         list[str] | None, typer.Option("--classes", help="Keep these classes (repeatable).")
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    overlap: Annotated[
+        float | None, typer.Option(help="Sliding-window overlap [default: 0.5, 0.25 with --fast].")
+    ] = None,
     mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
-    fast: Annotated[bool, typer.Option(help="No mirroring, windows without overlap.")] = False,
+    fast: Annotated[
+        bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
+    ] = False,
     save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
         False
     ),
@@ -62,7 +68,9 @@ def predict(
     largest_component: Annotated[
         bool, typer.Option(help="Keep only each organ's largest component.")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (cuda, else mps, else cpu), cpu, cuda or mps.")
+    ] = ("auto"),
     precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
     windows: Annotated[
         int, typer.Option(min=1, help="Windows per network call (more may pay on a GPU).")

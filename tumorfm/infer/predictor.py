@@ -29,27 +29,33 @@ from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle
 from tumorfm.model.precision import autocast
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
+OVERLAP = 0.5  # nnU-Net's
+FAST_OVERLAP = 0.25  # still blended: windows of overlap 0 would leave seams between tiles
 
 
 @dataclass
 class PredictOptions:
-    """How to predict; `fast` = one pass, no mirroring, windows that just tile the scan."""
+    """How to predict. `fast`: no mirroring and a smaller overlap, still Gaussian-blended so
+    that no tile seam shows (nnU-Net's --disable_tta, plus fewer windows); an overlap given
+    explicitly is always kept."""
 
     plan: str | None = None  # which of the bundle's dataset plans (needed if it has several)
     classes: list[str] | None = None  # keep a subset of the bundle's classes
-    overlap: float = 0.5
+    overlap: float | None = None  # None: OVERLAP, or FAST_OVERLAP with `fast`
     mirror: bool = True
     fast: bool = False
     windows_per_batch: int = 1  # on a CPU, batching windows is no faster and holds more
-    device: str = "cpu"
+    device: str = "auto"  # cuda, else mps, else cpu
     precision: str = "auto"
     min_lesion_ml: float = 0.0
     largest_component: bool = False
 
     def __post_init__(self):
         if self.fast:
-            self.mirror, self.overlap = False, 0.0
-        if not 0.0 <= self.overlap < 1.0:
+            self.mirror = False
+        if self.overlap is None:
+            self.overlap = FAST_OVERLAP if self.fast else OVERLAP
+        if not 0.0 <= self.overlap < 1.0:  # NaN fails too
             raise TumorFMError(f"overlap {self.overlap}: must be at least 0 and below 1")
 
 
@@ -85,6 +91,11 @@ def choose_plan(meta: dict, name: str | None, folder: Path) -> tuple[str, Plan]:
 
 
 def _device(name: str) -> torch.device:
+    if name == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        name = (
+            "cuda" if torch.cuda.is_available() else "mps" if mps and mps.is_available() else "cpu"
+        )
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
@@ -92,7 +103,7 @@ def _device(name: str) -> torch.device:
     }
     kind = name.split(":")[0]
     if kind not in available:
-        raise TumorFMError(f"device '{name}': choose cpu, cuda or mps")
+        raise TumorFMError(f"device '{name}': choose auto, cpu, cuda or mps")
     if not available[kind]:
         raise TumorFMError(f"device '{name}' is not available on this machine")
     return torch.device(name)
