@@ -271,3 +271,31 @@ def test_cli_report_with_pictures(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "ev" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(CASES) and "case_003" in page
+
+
+def test_map_pairs_classes_named_differently_and_chill_scores_a_subset(folders):
+    """Issue 18: `brain_tumour` vs `tumour` is paired with --map (and the refusal says so);
+    predictions for some of the cases are scored with --chill, saying how many."""
+    pred, gt = folders
+    by_value = evaluate(pred, gt, progress=False)
+    labels = {"background": 0, "liver": 1, "tumour": 2}
+    (gt.parent / "dataset.json").write_text(json.dumps({"labels": labels}))
+    renamed = {"background": 0, "organ": 1, "lesion": 2}
+    (pred / "dataset.json").write_text(json.dumps({"labels": renamed}))
+    refused = run_cli("evaluate", pred, gt)
+    assert_one_line_error(refused, "no common class", "organ, lesion", "--map PRED_CLASS=GT_CLASS")
+    mapped = evaluate(pred, gt, mapping={"organ": "liver", "lesion": "tumour"}, progress=False)
+    assert [c["name"] for c in mapped["settings"]["classes"]] == ["liver", "tumour"]
+    assert mapped["aggregates"]["tumour"]["dice"] == by_value["aggregates"]["2"]["dice"]
+    typo = run_cli("evaluate", pred, gt, "--map", "lesoin=tumour")
+    assert_one_line_error(typo, "--map lesoin=tumour", "prediction has no class 'lesoin'")
+    (pred / "case_002.nii.gz").unlink()
+    chill = run_cli(
+        "evaluate", pred, gt, "--map", "organ=liver", "--map", "lesion=tumour", "--chill"
+    )
+    assert chill.returncode == 0, chill.stderr
+    assert "scoring 3 of 4 ground-truth cases" in chill.stderr
+    metrics = json.loads((pred / "evaluation" / "metrics.json").read_text())
+    assert [c["case"] for c in metrics["cases"]] == ["case_001", "case_003", "case_004"]
+    assert metrics["settings"]["chill"] and metrics["settings"]["cases_scored"] == 3
+    assert_one_line_error(run_cli("evaluate", pred, gt, "--map", "organ=liver"), "--chill")

@@ -154,6 +154,13 @@ def evaluate(
         Path | None, typer.Option(help="The scans (file or folder): also write report.html.")
     ] = None,
     modality: Annotated[str, typer.Option(help="Picture window: CT, or anything else.")] = "CT",
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="PRED_CLASS=GT_CLASS where the names differ (repeatable)."),
+    ] = None,
+    chill: Annotated[
+        bool, typer.Option(help="Score only the ground-truth cases that have a prediction.")
+    ] = False,
 ) -> None:
     """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
     from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
@@ -161,7 +168,10 @@ def evaluate(
 
     out = out or default_output(pred)
     tolerances = parse_tolerances(tolerance or [])
-    result = run_evaluate(pred, gt, out, labels, tolerances, default_tolerance, workers)
+    result = run_evaluate(
+        pred, gt, out, labels, tolerances, default_tolerance, workers,
+        mapping=pairs(map_, "--map"), chill=chill,
+    )  # fmt: skip
     typer.echo(format_summary(result))
     typer.echo(f"metrics.json, metrics.csv and summary.md written to {out}")
     if images is not None:

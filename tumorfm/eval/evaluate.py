@@ -67,10 +67,10 @@ def _listing(names: list[str]) -> str:
 
 
 def match_cases(
-    pred: Path, gt: Path, only: list[str] | None = None
+    pred: Path, gt: Path, only: list[str] | None = None, chill: bool = False
 ) -> list[tuple[str, Path, Path]]:
     """(case, pred file, gt file) for every gt case (or those in `only`); a gt case without
-    prediction is an error."""
+    prediction is an error, or left out with `chill` (nnU-Net's --chill), saying how many."""
     for path in (pred, gt):
         if not path.exists():
             raise TumorFMError(f"{path}: no such file or folder")
@@ -85,8 +85,20 @@ def match_cases(
             raise TumorFMError(f"{gt}: no ground truth for case(s) {_listing(unknown)}")
         gts = {name: gts[name] for name in only}
     missing = sorted(set(gts) - set(preds))
+    if missing and not chill:
+        raise TumorFMError(
+            f"{pred}: no prediction for ground-truth case(s) {_listing(missing)} "
+            "(--chill scores the cases that have one)"
+        )
     if missing:
-        raise TumorFMError(f"{pred}: no prediction for ground-truth case(s) {_listing(missing)}")
+        if len(missing) == len(gts):
+            raise TumorFMError(f"{pred}: no prediction for any ground-truth case of {gt}")
+        print(
+            f"tumorfm: scoring {len(gts) - len(missing)} of {len(gts)} ground-truth cases "
+            f"(--chill: {len(missing)} without prediction)",
+            file=sys.stderr,
+        )
+        gts = {name: path for name, path in gts.items() if name not in missing}
     extra = sorted(set(preds) - set(gts))
     if extra:
         print(
@@ -125,7 +137,12 @@ def resolve_classes(
             if v and n in pred_value
         ]
         if not known:
-            raise TumorFMError(f"{where}: the two dataset.json files name no common class")
+            raise TumorFMError(
+                f"{where}: the two dataset.json files name no common class (prediction: "
+                f"{', '.join(pred_value)}; ground truth: "
+                f"{', '.join(n for v, n in sorted(gt_names.items()) if v)}); "
+                "pair them with --map PRED_CLASS=GT_CLASS"
+            )
     elif labels:  # by value, named where a dataset.json names the value
         table = (pred_names or {}) | (gt_names or {})
         values = sorted(set(table) | {int(x) for x in map(str, labels) if x.isdigit()})
@@ -139,6 +156,27 @@ def resolve_classes(
         hint = f"named classes: {names}" if names else "no dataset.json names any; give values"
         raise TumorFMError(f"{where}: no class {', '.join(unknown)} to score ({hint})")
     return list(dict.fromkeys(by_key[str(x)] for x in labels)) if labels else known
+
+
+def _mapped(
+    pred_names: dict[int, str] | None, gt_names: dict[int, str] | None, mapping: dict, where: str
+) -> dict[int, str] | None:
+    """The prediction's class names with `mapping` (PRED_CLASS -> GT_CLASS) applied."""
+    if not mapping:
+        return pred_names
+    if not pred_names or not gt_names:
+        raise TumorFMError(f"{where}: --map needs a dataset.json naming the classes on both sides")
+    for name, other in mapping.items():
+        for side, wanted, known in (
+            ("prediction", name, pred_names),
+            ("ground truth", other, gt_names),
+        ):
+            if wanted not in known.values():
+                names = ", ".join(n for v, n in sorted(known.items()) if v)
+                raise TumorFMError(
+                    f"--map {name}={other}: the {side} has no class '{wanted}' ({names})"
+                )
+    return {value: mapping.get(name, name) for value, name in pred_names.items()}
 
 
 def parse_tolerances(items: list[str]) -> dict[str, float]:
@@ -309,6 +347,8 @@ def evaluate(
     connectivity: int = 26,
     min_lesion_ml: float = 0.0,
     cases: list[str] | None = None,
+    mapping: dict[str, str] | None = None,
+    chill: bool = False,
 ) -> dict:
     """Score `pred` against `gt`; write metrics.json, metrics.csv and summary.md into `out`.
 
@@ -317,10 +357,11 @@ def evaluate(
     """
     pred, gt = Path(pred), Path(gt)
     tolerances = dict(tolerances or {})
-    jobs = match_cases(pred, gt, cases)
+    jobs = match_cases(pred, gt, cases, chill)
     pred_json, pred_names = label_names(pred)
     gt_json, gt_names = label_names(gt, parents=1)
     where = f"{pred_json or pred}, {gt_json or gt}"
+    pred_names = _mapped(pred_names, gt_names, mapping or {}, where)
     classes = resolve_classes(pred_names, gt_names, labels, where)
     if classes is not None:
         _check_tolerances(tolerances, classes)
@@ -350,6 +391,9 @@ def evaluate(
         "pred": str(pred),
         "gt": str(gt),
         "matching": "name" if pred_names and gt_names else "value",
+        "class_map": dict(mapping or {}),
+        "cases_scored": len(cases),
+        "chill": chill,
         "label_files": [str(path) if path else None for path in (pred_json, gt_json)],
         "classes": [asdict(c) | {"tolerance_mm": tolerance_of[c.name]} for c in classes],
         "default_tolerance_mm": default_tolerance_mm,
