@@ -129,3 +129,19 @@ def test_check_names_the_direction_when_only_the_direction_differs(tmp_path, sar
     line = next(x for x in result.stdout.splitlines() if "STS_019.nii.gz" in x)
     assert "direction (1,0,0,0,-1,0,0,0,-1) vs" in line
     assert "size" not in line and "spacing" not in line and "origin" not in line
+
+
+def test_check_warns_of_a_misspelt_dataset_json_key_and_an_empty_label_map(sarcoma):
+    meta = json.loads((sarcoma / "dataset.json").read_text())
+    meta["lables"] = meta["labels"]
+    (sarcoma / "dataset.json").write_text(json.dumps(meta))
+    label = sarcoma / "labelsTr" / "STS_025.nii.gz"
+    image = sitk.ReadImage(str(label))
+    empty = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(image)))
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(label))
+    result = run_cli("check", sarcoma)
+    assert result.returncode == 0, result.stdout  # warnings, not problems
+    assert "unknown key 'lables' (did you mean 'labels'?)" in result.stdout
+    assert "STS_025.nii.gz: label map is empty" in result.stdout
+    assert "no problems found (2 warning(s))" in result.stdout

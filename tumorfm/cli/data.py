@@ -69,15 +69,17 @@ def check(
     workers: Workers = 1,
 ) -> None:
     """Report every problem of a dataset, one line each; exit 1 if there is any."""
-    from tumorfm.data.check import check_dataset
+    from tumorfm.data.check import WARNING, check_dataset
 
-    problems = check_dataset(dataset, workers=workers, progress=True)
-    for problem in problems:
-        typer.echo(problem)
+    found = check_dataset(dataset, workers=workers, progress=True)
+    for line in found:
+        typer.echo(line)
+    problems = [line for line in found if not line.startswith(WARNING)]
+    warned = f" ({len(found) - len(problems)} warning(s))" if len(found) > len(problems) else ""
     if problems:
-        typer.echo(f"{dataset}: {len(problems)} problem(s)", err=True)
+        typer.echo(f"{dataset}: {len(problems)} problem(s){warned}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{dataset}: no problems found")
+    typer.echo(f"{dataset}: no problems found{warned}")
 
 
 @pool_app.command("show")

@@ -3,6 +3,8 @@ reports all problems instead of stopping at the first)."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -98,6 +100,8 @@ def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[st
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
         problems.append(f"{case.label}: label map holds non-integer values")
         return problems
+    if not array.any():
+        problems.append(f"{WARNING}{case.label}: label map is empty (no foreground at all)")
     undeclared = sorted(set(np.unique(array).astype(int).tolist()) - set(labels))
     if undeclared:
         problems.append(
@@ -117,12 +121,14 @@ def _check_one(args) -> list[str]:
 
 
 def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) -> list[str]:
-    """Every problem found in the dataset at `path`, one line each; an empty list means clean."""
+    """Every problem found in the dataset at `path`, one line each; an empty list means clean.
+    Lines starting with WARNING are worth a look but not wrong (an empty label map, a key
+    dataset.json does not define)."""
     try:
         dataset: RawDataset = read_dataset(path)
     except TumorFMError as error:
         return [str(error)]
-    problems = list(dataset.problems)
+    problems = list(dataset.problems) + _unknown_keys(Path(path) / "dataset.json", dataset)
     jobs = [
         (case, len(dataset.modalities), dataset.labels)
         for case in dataset.cases
@@ -145,3 +151,25 @@ def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) ->
             bar.update()
     bar.close()
     return problems
+
+
+WARNING = "warning: "
+KNOWN_KEYS = {  # what nnU-Net v2 and the MSD define, and the descriptive keys both use
+    "nnunet": {"channel_names", "labels", "numTraining", "file_ending", "regions_class_order",
+               "overwrite_image_reader_writer", "dataset"},
+    "msd": {"modality", "labels", "numTraining", "numTest", "training", "test"},
+}  # fmt: skip
+DESCRIPTIVE = {"name", "description", "reference", "licence", "license", "release",
+               "tensorImageSize", "converted_by", "citation"}  # fmt: skip
+
+
+def _unknown_keys(json_path: Path, dataset: RawDataset) -> list[str]:
+    """dataset.json keys its layout does not define: a typo like 'lables' passes silently."""
+    meta = json.loads(json_path.read_text())
+    known = KNOWN_KEYS[dataset.layout] | DESCRIPTIVE
+    found = []
+    for key in sorted(set(meta) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        found.append(f"{WARNING}{json_path}: unknown key '{key}'{hint}")
+    return found
