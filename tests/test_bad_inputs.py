@@ -145,3 +145,34 @@ def test_check_warns_of_a_misspelt_dataset_json_key_and_an_empty_label_map(sarco
     assert "unknown key 'lables' (did you mean 'labels'?)" in result.stdout
     assert "STS_025.nii.gz: label map is empty" in result.stdout
     assert "no problems found (2 warning(s))" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (b"name: x\nname: y\ndatasets: []\n", "key 'name' given twice (line 2)"),
+        (b"\xff\xfe\x00name", "not a text file (not UTF-8)"),
+        (b"name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_a_pool_file_that_is_not_clean_yaml_is_refused(tmp_path, text, problem):
+    pool = tmp_path / "pool.yaml"
+    pool.write_bytes(text)
+    result = run_cli("preprocess", pool, "-o", tmp_path / "cache")
+    assert_one_line_error(result, str(pool), problem)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["predict", "-i", CT, "-o", "OUT", "-m", SHIPPED, "--plan", "sarcoma_ct",
+          "--precision", "fp8"], "precision 'fp8': choose auto"),
+        (["model", "summary", "tsfm-tiny", "--patch", "0", "0", "0"], "each axis at least 8"),
+    ],
+)  # fmt: skip
+def test_names_and_sizes_out_of_their_set_are_refused(tmp_path, args, problem):
+    out = tmp_path / "out"
+    result = run_cli(*[out if a == "OUT" else a for a in args])
+    assert_one_line_error(result, problem)
+    assert not any(out.glob("*.nii.gz"))

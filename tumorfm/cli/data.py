@@ -12,7 +12,7 @@ import typer
 
 import tumorfm
 from tumorfm.cli.app import Workers, app
-from tumorfm.defaults import CPU_PATCH, DEMO_PATCH
+from tumorfm.defaults import CPU_PATCH, DEMO_PATCH, PAPER_PATCH
 from tumorfm.errors import TumorFMError
 
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
@@ -150,11 +150,7 @@ def model_list() -> None:
 @model_app.command("summary")
 def model_summary(
     name: Annotated[str, typer.Argument(help="Preset name (see `tumorfm model list`).")],
-    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch size z y x.")] = (
-        112,
-        160,
-        192,
-    ),
+    patch: Annotated[tuple[int, int, int], typer.Option(help="Patch size z y x.")] = PAPER_PATCH,
     in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 1,
     classes: Annotated[int, typer.Option(min=1, help="Output classes.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -166,6 +162,8 @@ def model_summary(
 
     if name not in list_models():
         raise TumorFMError(f"unknown model '{name}'; choose one of {', '.join(list_models())}")
+    if min(patch) < 8:
+        raise TumorFMError(f"--patch {' '.join(map(str, patch))}: each axis at least 8 voxels")
     summary = summarize(preset_config(name, in_channels, classes, patch))
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(name, summary))
 

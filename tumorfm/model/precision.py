@@ -6,11 +6,15 @@ from contextlib import nullcontext
 
 import torch
 
+from tumorfm.errors import TumorFMError
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on a device with bf16 arithmetic (CUDA Ampere+, AVX512-BF16/AMX CPUs)."""
+    if precision not in PRECISIONS:
+        raise TumorFMError(f"precision '{precision}': choose {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
