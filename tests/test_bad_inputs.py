@@ -176,3 +176,11 @@ def test_names_and_sizes_out_of_their_set_are_refused(tmp_path, args, problem):
     result = run_cli(*[out if a == "OUT" else a for a in args])
     assert_one_line_error(result, problem)
     assert not any(out.glob("*.nii.gz"))
+
+
+def test_evaluate_refuses_a_requested_class_no_label_map_holds(tmp_path):
+    """Scored as two empty masks it would get Dice 1, silently (issue 17)."""
+    seg = CASES / "totalseg_example_seg.nii.gz"
+    result = run_cli("evaluate", seg, seg, "--labels", "999", "-o", tmp_path / "ev")
+    assert_one_line_error(result, "--labels 999: no label map holds this class")
+    assert not (tmp_path / "ev").exists()

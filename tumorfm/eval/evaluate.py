@@ -250,9 +250,10 @@ def _score_case(options: dict, job: tuple[str, Path, Path]) -> dict:
         for v in range(1, max(len(pred_boxes), len(gt_boxes)) + 1)
         if _box(pred_boxes, v) or _box(gt_boxes, v)
     ]
-    scores = {}
+    scores, present = {}, []
     for spec in classes:
         boxes = [b for b in (_box(pred_boxes, spec.pred_value), _box(gt_boxes, spec.gt_value)) if b]
+        present += [spec.name] if boxes else []
         # the union of the two bounding boxes holds both masks: cropping to it changes no metric
         box = tuple(slice(min(s.start for s in a), max(s.stop for s in a)) for a in zip(*boxes))
         p, g = (pred[box] == spec.pred_value, gt[box] == spec.gt_value) if boxes else (EMPTY, EMPTY)
@@ -264,6 +265,7 @@ def _score_case(options: dict, job: tuple[str, Path, Path]) -> dict:
         "gt": str(gt_file),
         "spacing_zyx": [float(s) for s in spacing],
         "classes": [asdict(spec) for spec in classes],  # dropped once every case is in
+        "present": present,  # so is this: the classes either map holds
         "scores": scores,
     }
 
@@ -380,6 +382,10 @@ def evaluate(
             raise TumorFMError(f"{where}: nothing to score: every label map is empty")
         _check_tolerances(tolerances, classes)
     tolerance_of = {c.name: tolerances.get(c.name, default_tolerance_mm) for c in classes}
+    present = {name for case in cases for name in case.pop("present")}
+    absent = [c.name for c in classes if c.name not in present]
+    if labels and absent:  # asked for by the user, and in no map: scored as "both empty" = 1
+        raise TumorFMError(f"--labels {', '.join(absent)}: no label map holds this class")
     for case in cases:
         del case["classes"]
         scores = case["scores"]  # a class neither mask holds is scored as two empty masks
