@@ -162,7 +162,7 @@ def main() -> None:
         "per_seed": rows,
         "gain": gain,
         "target": 0.05,
-        "command": " ".join(sys.argv),
+        "command": " ".join([".venv/bin/python benchmarks/synth_useful.py", *sys.argv[1:]]),
         "machine": machine(load),
         **git_state(),
     }
