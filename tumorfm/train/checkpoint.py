@@ -96,7 +96,6 @@ def load_state(run: Path) -> tuple[dict, dict, dict, dict]:
         optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
         reading = folder / "rng.safetensors"
         rng = load_file(str(reading))
-        meta["epoch"], meta["best"]  # noqa: B018  (present, or the state is not one we wrote)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
         raise TumorFMError(
             f"{reading}: damaged ({type(error).__name__}: {error}); this run cannot resume "
