@@ -62,22 +62,10 @@ def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geome
 
 def _difference(geometry: Geometry, reference: Geometry) -> str:
     """What differs, each field as `this vs reference`: only those that do."""
-    tolerance = GEOMETRY_TOLERANCE
-    fields = {
-        "size": (geometry.size, reference.size, geometry.size != reference.size),
-        "spacing": (geometry.spacing, reference.spacing, not np.allclose(
-            geometry.spacing, reference.spacing, rtol=tolerance, atol=tolerance)),
-        "origin": (geometry.origin, reference.origin, not np.allclose(
-            geometry.origin, reference.origin, rtol=tolerance, atol=1e-3)),
-        "direction": (geometry.direction, reference.direction, not np.allclose(
-            geometry.direction, reference.direction, atol=tolerance)),
-    }  # fmt: skip
-    shown = [
-        f"{name} {_numbers(this)} vs {_numbers(other)}"
-        for name, (this, other, differs) in fields.items()
-        if differs
-    ]
-    return "; ".join(shown)
+    return "; ".join(
+        f"{name} {_numbers(getattr(geometry, name))} vs {_numbers(getattr(reference, name))}"
+        for name in geometry.differences(reference, GEOMETRY_TOLERANCE)
+    )
 
 
 def _numbers(values) -> str:
@@ -125,7 +113,7 @@ def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) ->
     Lines starting with WARNING are worth a look but not wrong (an empty label map, a key
     dataset.json does not define)."""
     try:
-        dataset: RawDataset = read_dataset(path)
+        dataset: RawDataset = read_dataset(path, refuse=False)
     except TumorFMError as error:
         return [str(error)]
     problems = list(dataset.problems) + _unknown_keys(Path(path) / "dataset.json", dataset)

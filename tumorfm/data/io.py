@@ -64,13 +64,21 @@ class Geometry:
 
     def close_to(self, other: Geometry, tolerance: float = 1e-4) -> bool:
         """Same grid within a relative tolerance on spacing, origin (in mm) and direction."""
+        return not self.differences(other, tolerance)
+
+    def differences(self, other: Geometry, tolerance: float = 1e-4) -> list[str]:
+        """The fields (size, spacing, origin, direction) in which `other` is another grid."""
         if self.size != other.size:
-            return False
-        return (
-            np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=tolerance)
-            and np.allclose(self.origin, other.origin, rtol=tolerance, atol=1e-3)
-            and np.allclose(self.direction, other.direction, atol=tolerance)
-        )
+            return ["size"]  # the others may not even have the same length
+        return [
+            name
+            for name, rtol, atol in (
+                ("spacing", tolerance, tolerance),
+                ("origin", tolerance, 1e-3),
+                ("direction", 0.0, tolerance),
+            )
+            if not np.allclose(getattr(self, name), getattr(other, name), rtol=rtol, atol=atol)
+        ]
 
 
 @dataclass
