@@ -46,13 +46,6 @@ class RawDataset:
     problems: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # problems no command may go past
 
-    def usable(self) -> RawDataset:
-        """Itself, or the first problem no command may go past, as a one-line error."""
-        if self.refused:
-            more = f" (and {len(self.refused) - 1} more)" if len(self.refused) > 1 else ""
-            raise TumorFMError(f"{self.refused[0]}{more}")
-        return self
-
     @property
     def labelled_cases(self) -> list[Case]:
         return [case for case in self.cases if case.label is not None and case.channels]
@@ -223,9 +216,18 @@ def _read_msd(root: Path, meta: dict, json_path: Path) -> RawDataset:
     return RawDataset(root, name, "msd", modalities, labels, cases, problems + refused, refused)
 
 
-def read_dataset(path: str | Path) -> RawDataset:
-    """List a dataset folder in either layout (told apart by its dataset.json keys)."""
-    root = Path(path)
+def read_dataset(path: str | Path, refuse: bool = True) -> RawDataset:
+    """List a dataset folder in either layout (told apart by its dataset.json keys). A problem
+    no command may go past (RawDataset.refused) is a one-line error, unless `refuse` is False
+    (`check`, which lists every problem)."""
+    raw = _read_layout(Path(path))
+    if refuse and raw.refused:
+        more = f" (and {len(raw.refused) - 1} more)" if len(raw.refused) > 1 else ""
+        raise TumorFMError(f"{raw.refused[0]}{more}")
+    return raw
+
+
+def _read_layout(root: Path) -> RawDataset:
     if not root.is_dir():
         raise TumorFMError(f"{root}: dataset folder not found")
     json_path = root / "dataset.json"

@@ -291,7 +291,6 @@ def _parse(path: Path) -> PoolFile:
 
 
 def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> None:
-    raw.usable()
     declared = {value for value in raw.labels if value != 0}
     unmapped = sorted(declared - set(entry.labels))
     if unmapped:

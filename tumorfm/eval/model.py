@@ -51,7 +51,7 @@ def evaluate_model(
     """Predict the dataset's labelled cases (or `cases`) with `bundle` and score them."""
     bundle, dataset = bundle_folder(bundle), Path(dataset)
     out = ensure_writable(Path(out))
-    raw = read_dataset(dataset).usable()
+    raw = read_dataset(dataset)
     meta = read_bundle_config(bundle)
     labelled = {case.case_id: case for case in raw.labelled_cases}
     unknown = sorted(set(cases or []) - set(labelled))

@@ -21,7 +21,7 @@ def dataset_crops(
     label name in each dataset.json) in every labelled case; one modality across datasets."""
     jobs, modalities = [], set()
     for folder in datasets:
-        dataset = read_dataset(folder).usable()
+        dataset = read_dataset(folder)
         values = [v for v, name in dataset.labels.items() if name == tumour and v]
         if not values:
             names = ", ".join(n for v, n in dataset.labels.items() if v)

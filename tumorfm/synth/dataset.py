@@ -38,7 +38,7 @@ def source_of(image: Path, labels: Path | None, modality: str | None) -> Source:
     if image.is_dir():
         if labels is not None:
             raise TumorFMError(f"{labels}: -l/--labels is for a single scan; {image} is a dataset")
-        dataset = read_dataset(image).usable()
+        dataset = read_dataset(image)
         if len(dataset.modalities) != 1:
             raise TumorFMError(
                 f"{image}: {len(dataset.modalities)} channels ({', '.join(dataset.modalities)}); "

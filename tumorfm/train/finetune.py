@@ -32,7 +32,7 @@ def dataset_classes(
 ) -> dict[int, str]:
     """Label value -> class name for the dataset: its own names, renamed by `mapping`; at least
     one must be a class of the bundle unless `new_head` says all heads start fresh."""
-    raw = read_dataset(dataset).usable()
+    raw = read_dataset(dataset)
     if not raw.labelled_cases:
         raise TumorFMError(f"{dataset}: no labelled case to fine-tune on")
     known = set(raw.labels.values()) | {class_name(n) for n in raw.labels.values()}
