@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ from tqdm import tqdm
 
 from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
-from tumorfm.synth.appearance import ranges, tumour_appearance
+from tumorfm.synth.appearance import measure, ranges
+from tumorfm.synth.dataset import source_of
 from tumorfm.synth.online import HU_SMOOTHING_MM, hu_window_organ
 from tumorfm.synth.procedural import synthesise
 
@@ -149,14 +151,10 @@ def _largest(image, organ, spacing, seed: int, sizes: tuple):
 
 
 def appearances(folder: Path, cases: list[str]) -> dict[str, dict]:
-    """Each real sarcoma's HU shift and texture against its soft tissue."""
-    out = {}
-    for case in tqdm(cases, desc="appearance", unit="scan"):
-        image, label, spacing, organ = load(folder, case)
-        found = tumour_appearance(image, label == 1, organ, spacing)
-        if found is not None:
-            out[case] = {"shift_hu": found[0], "texture_hu": found[1]}
-    return out
+    """Each real sarcoma's HU shift and texture against its soft tissue (`synth appearance`)."""
+    source = source_of(folder, None, "CT")
+    source = replace(source, cases=[c for c in source.cases if c.case_id in cases])
+    return measure(source, "1", organ_hu=SOFT_HU)["cases"]
 
 
 def realism_case(folder, case, index, seeds, diffusion, look) -> dict:
