@@ -17,6 +17,9 @@ app = typer.Typer(
 )
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+Fast = Annotated[
+    bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
+]
 
 
 def pairs(items: list[str] | None, option: str) -> dict[str, str]:

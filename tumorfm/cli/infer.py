@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tumorfm.cli.app import Workers, app, pairs
+from tumorfm.cli.app import Fast, Workers, app, pairs
 from tumorfm.errors import TumorFMError
 
 
@@ -20,9 +21,7 @@ def evaluate_model(
     map_: Annotated[
         list[str] | None, typer.Option("--map", help="NAME=BUNDLE_CLASS (repeatable).")
     ] = None,
-    fast: Annotated[
-        bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
-    ] = False,
+    fast: Fast = False,
     workers: Workers = 1,
 ) -> None:
     """Zero-shot evaluation: predict a labelled dataset with no tuning and score it."""
@@ -53,9 +52,7 @@ def predict(
         float | None, typer.Option(help="Sliding-window overlap [default: 0.5, 0.25 with --fast].")
     ] = None,
     mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
-    fast: Annotated[
-        bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
-    ] = False,
+    fast: Fast = False,
     save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
         False
     ),
@@ -127,8 +124,6 @@ def _kept(out: Path, done: int) -> int:
     record = out / "predict.json"
     if not record.is_file():
         return 0
-    import json
-
     cases = json.loads(record.read_text()).get("cases", {})
     return sum(1 for entry in cases.values() if entry.get("files")) - done
 

@@ -25,9 +25,14 @@ from tumorfm.infer.inputs import ScanInput, list_inputs, load_scan
 from tumorfm.infer.predictor import CasePrediction, PredictOptions, Predictor
 
 
+def _names_a_file(scans: list[ScanInput], out: Path) -> bool:
+    """OUT may name the label-map file of a single scan, else it is a folder."""
+    return len(scans) == 1 and volume_suffix(out) is not None
+
+
 def _targets(scans: list[ScanInput], out: Path) -> tuple[Path, dict[str, Path]]:
-    """Output folder and label-map path per case; OUT may name the file for a single scan."""
-    if len(scans) == 1 and volume_suffix(out) is not None:
+    """Output folder and label-map path per case."""
+    if _names_a_file(scans, out):
         return ensure_writable(out.parent), {scans[0].case_id: out}
     folder = ensure_writable(out)
     return folder, {scan.case_id: folder / f"{scan.case_id}.nii.gz" for scan in scans}
@@ -115,7 +120,7 @@ def predict_iter(
         "cases": {},
     }
     kept = {}
-    if folder is not None and not (len(scans) == 1 and volume_suffix(Path(out))):  # a folder
+    if folder is not None and not _names_a_file(scans, Path(out)):
         kept = _earlier_cases(folder, existing, settings)
     if folder is not None:
         labels = {"background": 0, **predictor.labels}

@@ -45,10 +45,6 @@ from tumorfm.train.split import read_split, split_cases
 from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
 
-# a log row's keys in this order (log.jsonl and curves.csv stay as they were)
-ROW_ORDER = ("epoch", "step", "train_loss", "lr", "seconds", "iterations_per_second",
-             "data_wait_share")  # fmt: skip
-
 
 @dataclass
 class PretrainConfig:
@@ -341,14 +337,14 @@ def pretrain(
         phase = _set_phase(dist.unwrap(model), config, epoch, phase)
         stepper.set_lr(poly_lr(config, epoch))
         trained = train_epoch(stepper, loader, iterations, bar)
+        loss = dist.mean_over_processes(trained.pop("train_loss"), processes)
         row = {
             "epoch": epoch,
             "step": (epoch + 1) * iterations,
-            **trained,
-            "train_loss": dist.mean_over_processes(trained["train_loss"], processes),
+            "train_loss": loss,
             "lr": optimizer.param_groups[0]["lr"],
+            **trained,  # seconds, iterations per second, data wait share
         }
-        row = {k: row[k] for k in ROW_ORDER}
         improved = False
         if val is not None and ((epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1):
             scores = validate(model, val, config.val_batches, classes, processes, autocast)
