@@ -11,11 +11,11 @@ from conftest import CASES, assert_one_line_error, run_cli
 
 from tumorfm.data.fingerprint import DatasetFingerprint
 from tumorfm.data.io import Geometry, read_volume
-from tumorfm.data.plan import plan_dataset
+from tumorfm.data.plan import Plan, plan_dataset
 from tumorfm.errors import TumorFMError
 from tumorfm.infer.postprocess import max_diameter_mm, postprocess, statistics
 from tumorfm.infer.predict import predict
-from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.infer.predictor import PredictOptions, Predictor, window_count
 from tumorfm.model import create_model
 from tumorfm.model.bundle import save_bundle
 
@@ -264,3 +264,32 @@ def test_fast_stays_seamless_and_never_overrides_an_explicit_overlap():
     assert PredictOptions().device == "auto"
     with pytest.raises(TumorFMError, match="overlap nan"):
         PredictOptions(overlap=float("nan"))
+
+
+class _Counting(_KidneyEverywhere):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += x.shape[0]
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("shape,overlap", [((16, 32, 32), 0.5), ((40, 70, 33), 0.5),
+                                           ((10, 100, 31), 0.25), ((17, 33, 65), 0.0)])  # fmt: skip
+def test_the_window_bar_counts_every_window_monai_visits(shape, overlap, capsys):
+    options = PredictOptions(mirror=False, overlap=overlap, precision="fp32")
+    network = _Counting()
+    _Counting.calls = 0
+    plan = Plan.from_dict(_plan("CT"))
+    predictor = Predictor(network, plan, CLASSES, options, patch_size=PATCH)
+    predictor.sliding_window(np.zeros((1, *shape), np.float32), progress="case")
+    assert _Counting.calls == window_count(shape, PATCH, overlap) > 0
+    assert "\r" not in capsys.readouterr().err  # not a terminal: no bar in a log
+
+
+def test_predict_writes_no_progress_bars_into_a_redirected_log(bundle, tmp_path):
+    scan = CASES / "totalseg_example_ct_sm.nii.gz"
+    result = run_cli("predict", "-i", scan, "-o", tmp_path / "out", "-m", bundle, "--plan",
+                     "ct_site", "--fast")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr + result.stdout and "window" not in result.stderr

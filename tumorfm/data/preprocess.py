@@ -25,6 +25,7 @@ from tumorfm.data.cache import (
 )
 from tumorfm.data.formats import Case, load_channels, load_label
 from tumorfm.data.grid import to_plan_grid
+from tumorfm.data.orient import Orientation
 from tumorfm.data.pool import Pool, PoolDataset
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable, write_json
@@ -42,7 +43,9 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_case(case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
+def _read_case(case: Case) -> tuple[np.ndarray, np.ndarray, list[float], dict]:
+    """The case's image and label map as axial stacks (tumorfm.data.orient), their spacing
+    (z, y, x) and the stored geometry."""
     image, geometry = load_channels(case)
     label, label_geometry = load_label(case)
     if not geometry.close_to(label_geometry):
@@ -50,22 +53,25 @@ def _read_case(case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
             f"{case.label}: geometry differs from its image {case.channels[0].path}"
             f" (run `tumorfm check` on the dataset)"
         )
+    orientation = Orientation.of(geometry)
+    stored = {
+        "size": list(geometry.size),
+        "spacing": list(geometry.spacing),
+        "origin": list(geometry.origin),
+        "direction": list(geometry.direction),
+        "orientation": orientation.stored,
+    }
     return (
-        image,
-        label,
-        {
-            "size": list(geometry.size),
-            "spacing": list(geometry.spacing),
-            "origin": list(geometry.origin),
-            "direction": list(geometry.direction),
-        },
+        orientation.to_axial(image),
+        orientation.to_axial(label),
+        orientation.spacing_zyx(geometry),
+        stored,
     )
 
 
 def _fingerprint_one(job) -> planning.CaseFingerprint:
     case, num_samples = job
-    image, label, geometry = _read_case(case)
-    spacing_zyx = list(reversed(geometry["spacing"]))
+    image, label, spacing_zyx, _ = _read_case(case)
     return planning.fingerprint_case(image, label, spacing_zyx, num_samples)
 
 
@@ -117,7 +123,7 @@ def class_locations(label: np.ndarray, seed: int) -> dict[int, np.ndarray]:
 
 def preprocess_case(case: Case, plan: planning.Plan, label_map: dict[int, int]) -> tuple:
     """One case through crop -> normalise -> resample; returns arrays and the properties."""
-    image, label, geometry = _read_case(case)
+    image, label, spacing, geometry = _read_case(case)
     lookup = np.zeros(max(int(label.max()), max(label_map)) + 1, dtype=np.int16)
     for local, global_value in label_map.items():
         lookup[local] = global_value
@@ -128,7 +134,6 @@ def preprocess_case(case: Case, plan: planning.Plan, label_map: dict[int, int]) 
             f"the pool's label map {sorted(label_map)}"
         )
     label = lookup[label.astype(np.int64)]
-    spacing = list(reversed(geometry["spacing"]))
     resampled, resampled_label, grid = to_plan_grid(image, spacing, plan, label)
     seed = int(hashlib.sha256(case.case_id.encode()).hexdigest()[:8], 16)
     properties = {

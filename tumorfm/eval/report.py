@@ -101,7 +101,7 @@ def overlay(
 def display_flips(direction: Sequence[float] | None) -> tuple[bool, bool]:
     """(flip rows, flip columns) that bring an axial slice to radiological display, from an ITK
     direction (9 numbers, row-major): flip an index axis whose main component is negative.
-    Axes are not permuted: the array's first axis is taken as the slice axis."""
+    Axes are not permuted: give an axial stack (tumorfm.data.orient), whose first axis is z."""
     if direction is None:
         return False, False
     matrix = np.asarray(direction, np.float64).reshape(3, 3)
@@ -271,6 +271,7 @@ def report_from_evaluation(
     """The HTML report of a `tumorfm.eval.evaluate` result: its table per class, and for each
     case the scan (from the folder `images`), ground truth and prediction on one slice."""
     from tumorfm.data.io import read_volume  # here: the picture helpers above need no I/O
+    from tumorfm.data.orient import Orientation
     from tumorfm.infer.inputs import list_inputs
 
     classes = result["settings"]["classes"]
@@ -294,9 +295,12 @@ def report_from_evaluation(
             k = {c["name"]: i + 1 for i, c in enumerate(classes)}
             gt = _value_map(gt, {c["gt_value"]: k[c["name"]] for c in classes})
             pred = _value_map(pred, {c["pred_value"]: k[c["name"]] for c in classes})
-            spacing = scan.geometry.spatial().spacing_zyx
-            direction = scan.geometry.spatial().direction
-            picture = case_figure(image, gt, pred, spacing, colours, modality, direction)
+            axial = Orientation.of(scan.geometry)  # a sagittal scan is drawn axial too
+            image, gt, pred = (axial.to_axial(a) for a in (image, gt, pred))
+            geometry = axial.geometry(scan.geometry)
+            picture = case_figure(
+                image, gt, pred, geometry.spacing_zyx, colours, modality, geometry.direction
+            )
             dice = ", ".join(f"{n} {s['dice']:.3f}" for n, s in case["scores"].items())
             yield {
                 "case_id": case["case"],

@@ -1,7 +1,9 @@
 """From a scan to a label map in the scan's own geometry.
 
-The case goes through the bundle's plan exactly as in training (crop to non-zero, normalise,
-resample to the target spacing), then the network slides over it in windows weighted by a Gaussian
+A scan stored sagittally or coronally is taken as its axial stack (tumorfm.data.orient, as in
+preprocessing) and the label map goes back to the stored order. The case goes through the
+bundle's plan exactly as in training (crop to non-zero, normalise, resample to the target
+spacing), then the network slides over it in windows weighted by a Gaussian
 (MONAI's sliding_window_inference, one window per forward by default: on a CPU, batches of windows
 measured no faster and held more activations), optionally averaged over the 8 mirrorings. Each
 class's sigmoid probability is resampled back to the cropped grid one class at a time (memory stays
@@ -13,15 +15,18 @@ and direction.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tumorfm.data.grid import GridMap, to_plan_grid
 from tumorfm.data.io import Geometry
+from tumorfm.data.orient import Orientation
 from tumorfm.data.plan import Plan
 from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
@@ -88,6 +93,17 @@ def choose_plan(meta: dict, name: str | None, folder: Path) -> tuple[str, Plan]:
         return name, Plan.from_dict(plans[name])
     except TypeError as error:
         raise TumorFMError(f"{folder / CONFIG}: plan '{name}' is invalid ({error})") from None
+
+
+def window_count(shape, patch, overlap: float) -> int:
+    """How many windows MONAI's sliding window visits: per axis, steps of patch * (1 - overlap)
+    over the scan padded to at least the patch."""
+    count = 1
+    for size, roi in zip(shape, patch):
+        size = max(int(size), int(roi))
+        step = roi if size == roi else max(int(roi * (1 - overlap)), 1)
+        count *= math.ceil((size - roi) / step) + 1
+    return count
 
 
 def _device(name: str) -> torch.device:
@@ -211,22 +227,31 @@ class Predictor:
             total = probabilities if total is None else total.add_(probabilities)
         return total / len(flips)
 
-    def sliding_window(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(C, Z, Y, X) preprocessed image -> (K, Z, Y, X) float32 probabilities."""
+    def sliding_window(self, image: np.ndarray, progress: str | None = None) -> np.ndarray:
+        """(C, Z, Y, X) preprocessed image -> (K, Z, Y, X) float32 probabilities. `progress`:
+        the label of a bar counting windows, drawn on a terminal only (never into a log)."""
         from monai.inferers import sliding_window_inference  # MONAI is slow to import
 
-        with torch.inference_mode():
-            probabilities = sliding_window_inference(
-                torch.from_numpy(image)[None].to(self.device),
-                self.patch_size,
-                self.options.windows_per_batch,
-                self._network,
-                overlap=self.options.overlap,
-                mode="gaussian",
-                sigma_scale=0.125,  # nnU-Net's Gaussian: sigma = patch / 8
-                device="cpu",
-                progress=progress,
-            )
+        windows = window_count(image.shape[1:], self.patch_size, self.options.overlap)
+        hidden = None if progress else True  # None: tqdm draws only on a terminal
+        with tqdm(total=windows, desc=progress, unit="window", leave=False, disable=hidden) as bar:
+
+            def counted(batch: torch.Tensor) -> torch.Tensor:
+                probabilities = self._network(batch)
+                bar.update(batch.shape[0])
+                return probabilities
+
+            with torch.inference_mode():
+                probabilities = sliding_window_inference(
+                    torch.from_numpy(image)[None].to(self.device),
+                    self.patch_size,
+                    self.options.windows_per_batch,
+                    counted,
+                    overlap=self.options.overlap,
+                    mode="gaussian",
+                    sigma_scale=0.125,  # nnU-Net's Gaussian: sigma = patch / 8
+                    device="cpu",
+                )
         return probabilities[0].numpy()
 
     def prepare(self, image: np.ndarray, case_id: str, spacing_zyx) -> tuple[np.ndarray, GridMap]:
@@ -271,13 +296,15 @@ class Predictor:
         statistics: bool = False,
         progress: bool = False,
     ) -> CasePrediction:
-        """Segment one scan: `image` (C, Z, Y, X) or (Z, Y, X) on `geometry`."""
+        """Segment one scan: `image` (C, Z, Y, X) or (Z, Y, X) on `geometry`, stored in any
+        axis order (the network and the statistics see it axial, tumorfm.data.orient)."""
         timer, seconds = time.perf_counter(), {}
-        image = image[None] if image.ndim == 3 else image
-        spacing = list(geometry.spatial().spacing_zyx)
+        orientation = Orientation.of(geometry)
+        image = orientation.to_axial(image[None] if image.ndim == 3 else image)
+        spacing = orientation.spacing_zyx(geometry)
         resampled, grid = self.prepare(image, case_id, spacing)
         seconds["preprocess"] = time.perf_counter() - timer
-        probabilities = self.sliding_window(resampled, progress)
+        probabilities = self.sliding_window(resampled, case_id if progress else None)
         seconds["network"] = time.perf_counter() - timer - sum(seconds.values())
         del resampled
         label, full_probabilities = self.restore(probabilities, grid, keep_probabilities)
@@ -294,6 +321,9 @@ class Predictor:
             )
         seconds["export"] = time.perf_counter() - timer - sum(seconds.values())
         stats = post.statistics(label, self.labels, spacing, self.lesions) if statistics else None
+        label = np.ascontiguousarray(orientation.back(label))
+        if full_probabilities is not None:
+            full_probabilities = np.ascontiguousarray(orientation.back(full_probabilities))
         seconds = {k: round(v, 3) for k, v in seconds.items()}
         return CasePrediction(
             case_id, label, geometry.spatial(), self.labels, full_probabilities, stats, seconds
