@@ -1,7 +1,10 @@
 # Two commands a newcomer types: `make demo` and `make test`.
-# Each creates .venv when missing: torch (CPU wheel) first, so pip never pulls a CUDA build.
+# Each creates .venv when missing, torch first. On Linux, PyPI's torch is the CUDA build:
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU wheel from PyTorch's
+# index instead. Unset, pip's own configuration decides (a local wheel in find-links, say).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 
@@ -10,7 +13,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.done: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 

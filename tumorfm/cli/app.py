@@ -6,10 +6,38 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from tumorfm.errors import TumorFMError
 
+
+class _PlainHelp(TyperGroup):
+    """The app's command group: help texts are plain text. Rich reads `[word...]` as a style tag
+    and drops it (help="Output folder [default: PRED/evaluation]." printed "Output folder ."), so
+    every help string of every command is escaped here, once, when the command line is built."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        _escape_help(self)
+
+
+def _escape_help(command) -> None:
+    """Escape the help of `command`, its options and arguments, then of its sub-commands."""
+    from rich.markup import escape
+
+    # without rich, click prints help as plain text: brackets need no escape there
+    if getattr(command, "rich_markup_mode", None) == "rich" and not hasattr(command, "_escaped"):
+        command._escaped = True
+        command.help = command.help and escape(command.help)
+        for param in command.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_help(sub)
+
+
 app = typer.Typer(
+    cls=_PlainHelp,
     help="tumorfm: 3D tumour segmentation with a foundation model (TSFM).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -197,7 +197,7 @@ def preprocess(
             f"{name}: {row['written']} written, {row['skipped']} up to date; "
             f"{row['configuration']}, spacing {spacing} mm, patch {patch_text}"
         )
-    typer.echo(f"cache {out} ready in {report['seconds']:.1f} s")
+    typer.echo(f"preprocessed into {out} in {report['seconds']:.1f} s")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from tumorfm.errors import TumorFMError
 
 @app.command()
 def pretrain(
+    ctx: typer.Context,
     cache: Annotated[Path | None, typer.Argument(help="Cache from `tumorfm preprocess`.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run exactly.")] = None,
@@ -48,7 +50,9 @@ def pretrain(
     from tumorfm.train.trainer import pretrain as run_pretrain
 
     config = None
-    if resume is None:
+    if resume is not None:
+        _refuse_changes_on_resume(ctx, resume)
+    else:
         config = make_config(
             profile,
             model=model,
@@ -70,8 +74,60 @@ def pretrain(
             fold=fold,
         )
     row = run_pretrain(cache, out, config, resume)
-    if row and os.environ.get("RANK", "0") == "0":
-        typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+    if os.environ.get("RANK", "0") == "0":
+        message = _pretrained(Path(resume or out), row)
+        if message:
+            typer.echo(message)
+
+
+def _refuse_changes_on_resume(ctx: typer.Context, resume: Path) -> None:
+    """--resume continues a run with the settings it started with (the poly lr follows its
+    --epochs, the batches its seed and patch): an option given beside it would be ignored."""
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name not in ("resume", "cache")
+        and getattr(ctx.get_parameter_source(param.name), "name", "DEFAULT")
+        not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if given:
+        raise TumorFMError(
+            f"{' '.join(given)}: cannot be changed on resume; --resume {resume} continues the run "
+            f"exactly as {resume / 'settings.json'} says (to train further, start a new run with "
+            f"--init-from {resume / 'last'})"
+        )
+
+
+def _pretrained(run: Path, row: dict) -> str:
+    """The end of `pretrain`, in plain words: the epochs done, the validation pseudo-Dice and the
+    bundles (RUN/log.jsonl keeps the full rows)."""
+    rows = []
+    if (run / "log.jsonl").is_file():
+        for line in (run / "log.jsonl").read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a half-written line of a killed run
+    row = row or (rows[-1] if rows else {})
+    if "epoch" not in row:
+        return ""
+    try:
+        epochs = f" of {json.loads((run / 'settings.json').read_text())['config']['epochs']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        epochs = ""
+    text = f"{run}: epoch {row['epoch'] + 1}{epochs} done, train loss {row['train_loss']:.4f}"
+    scored = [r for r in rows if math.isfinite(r.get("val_mean_dice", math.nan))]
+    if scored:
+        best = max(scored, key=lambda r: r["val_mean_dice"])  # the first best, as the trainer's
+        text += (
+            f"; validation pseudo-Dice (mean over classes) {scored[-1]['val_mean_dice']:.3f} at "
+            f"epoch {scored[-1]['epoch'] + 1}, best {best['val_mean_dice']:.3f} at epoch "
+            f"{best['epoch'] + 1} (per class in {run / 'curves.csv'})"
+        )
+    if (run / "best" / "config.json").is_file():
+        return f"{text}. Bundles: {run / 'best'} (best validation) and {run / 'last'}."
+    why = "" if scored else " (no validation score, so no best bundle)"
+    return f"{text}. Bundle: {run / 'last'}{why}."
 
 
 def _existing(path: Path | None) -> str | None:
