@@ -4,7 +4,8 @@ from conftest import assert_one_line_error, run_cli
 import tumorfm
 
 COMMANDS = ["info", "check", "pool", "pool show", "preprocess", "pretrain", "phantom", "predict"]
-COMMANDS += ["evaluate", "demo", "model list", "model summary"]
+COMMANDS += ["evaluate", "demo", "model list", "model summary", "statistics", "finetune"]
+COMMANDS += ["transfer-study", "evaluate-model", "synth tumours", "synth appearance"]
 
 
 def test_version():
@@ -27,7 +28,15 @@ def test_every_command_has_help(command):
 
 def test_unknown_option_is_a_usage_error():
     result = run_cli("preprocess", "--frobnicate")
-    assert result.returncode == 2 and "No such option" in result.stderr
+    assert result.returncode == 2
+    assert_one_line_error(result, "No such option: --frobnicate", "tumorfm preprocess --help")
+
+
+def test_a_number_out_of_range_is_one_line_naming_the_option():
+    """Usage errors are one line like every other error, not a Rich panel."""
+    result = run_cli("predict", "-i", "x", "-o", "y", "-m", "m", "--min-lesion-ml", "nan")
+    assert_one_line_error(result, "--min-lesion-ml")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_phantom_into_unwritable_folder(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from conftest import BRAIN, SARCOMA, assert_one_line_error, run_cli
 from safetensors.torch import load_file
 
-from tumorfm.data.pool import class_name
+from tumorfm.data.classes import class_name
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.model import evaluate_model
 from tumorfm.infer.predict import predict

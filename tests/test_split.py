@@ -61,7 +61,8 @@ def test_tumorfm_split_json_names_its_datasets(cache, tmp_path):
 @pytest.mark.parametrize(
     "content, fragment",
     [
-        ("{not json", "not a readable JSON split file"),
+        ("{not json", "not valid JSON"),
+        ('{"train": ["a"], "train": ["b"], "val": []}', "key 'train' appears twice"),
         ('[{"train": ["x"], "val": []}]', "fold 3 asked, the file has 1"),
         ('{"train": ["no_such_case"], "val": []}', "case 'no_such_case' is not in the cache"),
         ('{"nowhere": {"train": [], "val": []}}', "dataset 'nowhere' is not in the pool"),

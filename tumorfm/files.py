@@ -46,14 +46,32 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2))
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are unique: json keeps the last of two silently."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key '{key}' appears twice")
+        seen[key] = value
+    return seen
+
+
+def read_json(path: Path) -> object:
+    """The JSON in `path`, or one line saying why not (unreadable, not UTF-8, not JSON, a key
+    given twice in one object)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except OSError as error:
+        raise TumorFMError(f"{path}: cannot read ({error.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
+
+
 def read_json_object(path: Path, needed_for: str) -> dict:
     """A JSON object from `path`, or one line saying why not (`needed_for` explains the file)."""
     if not path.is_file():
         raise TumorFMError(f"{path}: missing; {needed_for}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TumorFMError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise TumorFMError(f"{path}: expected a JSON object at the top level")
     return data

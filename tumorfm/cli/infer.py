@@ -1,4 +1,5 @@
-"""`tumorfm predict`, `evaluate` and `evaluate-model`: from scans to label maps and scores."""
+"""`tumorfm predict`, `statistics`, `evaluate` and `evaluate-model`: from scans to label maps,
+measurements and scores."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ import typer
 
 from tumorfm.cli.app import Fast, Workers, app, pairs
 from tumorfm.errors import TumorFMError
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    """A comma-separated option as a list of names, or a one-line error naming the option."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise TumorFMError(f"{option} '{text}': expected names separated by commas")
+    return names
 
 
 @app.command("evaluate-model")
@@ -57,8 +68,17 @@ def predict(
         False
     ),
     statistics: Annotated[
-        bool, typer.Option(help="Also write CASE_statistics.json (ml, lesions, diameter).")
+        bool,
+        typer.Option(help="Also write CASE_statistics.json (ml, lesions, diameters, intensity)."),
     ] = False,
+    lesion_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--lesion-classes",
+            help="Classes --statistics counts and measures as lesions, comma-separated "
+            "[default: the bundle's tumour classes].",
+        ),
+    ] = None,
     min_lesion_ml: Annotated[
         float, typer.Option(min=0, help="Drop lesions smaller than this (ml).")
     ] = 0.0,
@@ -100,8 +120,9 @@ def predict(
         raise TumorFMError("--overwrite and --continue: choose one")
     existing = "overwrite" if overwrite else "continue" if continue_ else "refuse"
     failed, done = [], 0
+    lesions = _names(lesion_classes, "--lesion-classes")
     for scan, result in predict_iter(
-        input, bundle, out, options, save_probabilities, statistics, True, existing
+        input, bundle, out, options, save_probabilities, statistics, True, existing, lesions
     ):
         if isinstance(result, TumorFMError):
             failed.append(scan.case_id)
@@ -126,6 +147,48 @@ def _kept(out: Path, done: int) -> int:
         return 0
     cases = json.loads(record.read_text()).get("cases", {})
     return sum(1 for entry in cases.values() if entry.get("files")) - done
+
+
+@app.command("statistics")
+def statistics_command(
+    label_map: Annotated[Path, typer.Argument(help="Label map (NIfTI, NRRD, MHA/MHD).")],
+    image: Annotated[
+        Path | None,
+        typer.Option(help="The scan it was drawn on: mean and std intensity per structure too."),
+    ] = None,
+    lesion_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--lesion-classes",
+            help="Classes to count and measure as lesions, comma-separated [default: by name].",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="dataset.json naming the label values [default: the one beside LABEL_MAP or a "
+            "folder above; else class_1, class_2, ... by value]."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="JSON file [default: LABEL_MAP_statistics.json beside it]."
+        ),
+    ] = None,
+) -> None:
+    """Volumes, lesion counts, diameters (3D and RECIST axial) and intensities of a label map."""
+    from tumorfm.files import ensure_writable, write_json
+    from tumorfm.infer.postprocess import format_statistics, label_map_statistics
+
+    lesions = _names(lesion_classes, "--lesion-classes")
+    stats = label_map_statistics(label_map, image, lesions, labels)
+    if out is None or out.is_dir():
+        out = (out or label_map.parent) / f"{stats['case']}_statistics.json"
+    ensure_writable(out.parent)
+    write_json(out, stats)
+    typer.echo(format_statistics(stats))
+    typer.echo(f"statistics written to {out}")
 
 
 @app.command()

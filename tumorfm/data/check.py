@@ -116,7 +116,7 @@ def check_dataset(path: str | Path, workers: int = 1, progress: bool = False) ->
         dataset: RawDataset = read_dataset(path, refuse=False)
     except TumorFMError as error:
         return [str(error)]
-    problems = list(dataset.problems) + _unknown_keys(Path(path) / "dataset.json", dataset)
+    problems = list(dataset.problems) + _dataset_json_warnings(Path(path) / "dataset.json", dataset)
     jobs = [
         (case, len(dataset.modalities), dataset.labels)
         for case in dataset.cases
@@ -151,11 +151,16 @@ DESCRIPTIVE = {"name", "description", "reference", "licence", "license", "releas
                "tensorImageSize", "converted_by", "citation"}  # fmt: skip
 
 
-def _unknown_keys(json_path: Path, dataset: RawDataset) -> list[str]:
-    """dataset.json keys its layout does not define: a typo like 'lables' passes silently."""
+def _dataset_json_warnings(json_path: Path, dataset: RawDataset) -> list[str]:
+    """dataset.json keys its layout does not define (a typo like 'lables' passes silently), and
+    a numTraining that is not the number of labelled cases (nnU-Net v2 relies on it)."""
     meta = json.loads(json_path.read_text())
-    known = KNOWN_KEYS[dataset.layout] | DESCRIPTIVE
     found = []
+    declared, counted = meta.get("numTraining"), len(dataset.labelled_cases)
+    if declared is not None and declared != counted:
+        found.append(f"{WARNING}{json_path}: numTraining is {declared!r}, the folder holds "
+                     f"{counted} labelled case(s)")  # fmt: skip
+    known = KNOWN_KEYS[dataset.layout] | DESCRIPTIVE
     for key in sorted(set(meta) - known):
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -9,7 +9,6 @@ proportional to 1/sqrt(n) of its dataset so that small datasets are not drowned 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,26 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from tumorfm.data.classes import CLASS_NAME, lesion_classes
 from tumorfm.data.formats import RawDataset, read_dataset
 from tumorfm.errors import TumorFMError
-
-CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def class_name(label: str) -> str:
-    """A dataset's label name as a pool class name: lower snake_case ('Liver tumor' -> ...)."""
-    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-    return name if re.match(r"^[a-z]", name or "") else f"class_{name}"
-
-
-def rename_labels(labels: dict[int, str], mapping: dict[str, str]) -> dict[int, str]:
-    """Label value -> class name (background left out): the label's own name in snake_case, or
-    what `mapping` renames it to (keyed by the label's own or snake_case name)."""
-    return {
-        value: class_name(mapping.get(name, mapping.get(class_name(name), name)))
-        for value, name in labels.items()
-        if value
-    }
 
 
 class SynthesisEntry(BaseModel):
@@ -145,6 +127,9 @@ class PoolFile(BaseModel):
     # child -> parent: a child's voxels also belong to its parent (a liver tumour is liver), so
     # the parent's target is the region parent + children, as multi-organ datasets draw organs
     parents: dict[str, str] = Field(default_factory=dict)
+    # the tumour classes, which bundles record as lesion classes (counted and measured by
+    # `predict --statistics`); default: see lesion_classes
+    lesions: list[str] | None = None
     datasets: list[DatasetEntry] = Field(min_length=1)
 
 
@@ -179,6 +164,7 @@ class Pool:
     classes: list[str]
     datasets: list[PoolDataset]
     parents: dict[str, str] = field(default_factory=dict)
+    lesions: list[str] = field(default_factory=list)
 
     def class_regions(self) -> list[list[int]]:
         """Per global class, the global label values that make up its target region."""
@@ -222,6 +208,7 @@ class Pool:
             "name": self.name,
             "classes": self.classes,
             "parents": self.parents,
+            "lesions": self.lesions,
             "class_regions": self.class_regions(),
             "datasets": [
                 {
@@ -381,24 +368,11 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
                 raise TumorFMError(f"{path}: parents: '{child}' is its own ancestor")
             seen.add(ancestor)
             ancestor = parsed.parents[ancestor]
-    return Pool(path, parsed.name, classes, datasets, dict(parsed.parents))
-
-
-def learnt_classes(dataset: dict) -> list[str]:
-    """What a dataset taught the network, so what its plan predicts: its labels, and the tumour
-    class it synthesises online (annotated per sample, so not in its `annotated`)."""
-    synthesis = dataset.get("synthesis") or {}
-    tumour = synthesis.get("tumour")
-    return [
-        *dataset["annotated"],
-        *([tumour] if tumour not in (None, *dataset["annotated"]) else []),
-    ]
-
-
-def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
-    """Organs before the tumours inside them, so a tumour is painted over its organ."""
-
-    def depth(name: str) -> int:
-        return 0 if name not in parents else 1 + depth(parents[name])
-
-    return sorted(classes, key=depth)
+    stray = [n for n in parsed.lesions or [] if n not in classes]
+    if stray:
+        raise TumorFMError(f"{path}: lesions: '{stray[0]}' is not a global class")
+    lesions = parsed.lesions
+    if lesions is None:
+        synthesised = [e.synthesis.tumour for e in parsed.datasets if e.synthesis]
+        lesions = lesion_classes(classes, parsed.parents, synthesised)
+    return Pool(path, parsed.name, classes, datasets, dict(parsed.parents), list(lesions))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from tumorfm.data.classes import class_name
 from tumorfm.data.formats import read_dataset
-from tumorfm.data.pool import class_name
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.evaluate import evaluate
 from tumorfm.files import ensure_writable, write_json

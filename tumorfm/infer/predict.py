@@ -4,6 +4,8 @@ One case at a time, each written as soon as it is done, so a folder of any size 
 memory of its largest scan; a bad scan is reported and skipped, the others are still written.
 Beside the label maps: `dataset.json` (label values, nnU-Net style, so `tumorfm evaluate` and
 other tools read the names) and `predict.json` (settings, timings and every case's outcome).
+With statistics, CASE_statistics.json: volumes, and for the lesion classes (those the bundle
+records, or the user names) counts and diameters (tumorfm.infer.postprocess); intensities too.
 """
 
 from __future__ import annotations
@@ -101,14 +103,18 @@ def predict_iter(
     statistics: bool = False,
     progress: bool = True,
     existing: str = "refuse",
+    lesion_classes: list[str] | None = None,
 ) -> Iterator[tuple[ScanInput, CasePrediction | TumorFMError]]:
     """Yield (scan, prediction or the error that stopped it) case by case, writing to `out`.
     An output folder holding an earlier run is refused, replaced (`existing="overwrite"`) or
     completed (`"continue"`: its finished cases are kept and not yielded), so predict.json
-    always tells what the folder holds."""
+    always tells what the folder holds. `lesion_classes` overrides the bundle's record of which
+    classes are lesions (Predictor.lesion_classes)."""
     if isinstance(bundle, Predictor) and options is not None:
         raise TumorFMError("options go to Predictor.from_bundle: a ready Predictor has its own")
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
+    if lesion_classes is not None:
+        predictor.lesions = predictor.lesion_classes(lesion_classes)
     scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
     outputs = {"probabilities": save_probabilities, "statistics": statistics}
@@ -166,13 +172,15 @@ def predict(
     save_probabilities: bool = False,
     statistics: bool = False,
     progress: bool = True,
+    lesion_classes: list[str] | None = None,
 ) -> dict[str, CasePrediction]:
     """Segment a scan, a folder of scans or a DICOM series; returns the arrays per case (and
     writes them to `out` if given). The first bad scan raises; the command line skips it."""
     results = {}
     for scan, result in predict_iter(
-        inputs, bundle, out, options, save_probabilities, statistics, progress
-    ):
+        inputs, bundle, out, options, save_probabilities, statistics, progress,
+        lesion_classes=lesion_classes,
+    ):  # fmt: skip
         if isinstance(result, TumorFMError):
             raise result
         results[scan.case_id] = result

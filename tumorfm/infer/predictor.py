@@ -145,6 +145,7 @@ class Predictor:
         plan_name: str = "plan",
         source: str = "(in memory)",
         preset: str | None = None,
+        lesions: list[str] | None = None,
     ):
         self.options = options = options or PredictOptions()
         self.plan, self.plan_name, self.classes = plan, plan_name, list(classes)
@@ -164,8 +165,22 @@ class Predictor:
         }
         self.channels = [self.classes.index(name) for name in self.labels]
         self.parents = parents or {}
-        self.lesions = post.lesion_classes(list(self.labels), self.parents)
+        self.lesions = self.lesion_classes(lesions)
         self.autocast, self.precision = autocast(options.precision, self.device)
+
+    def lesion_classes(self, names: list[str] | None) -> set[str]:
+        """The classes counted and measured as lesions: `names` (the bundle's record, or the
+        user's `--lesion-classes`), else, for a bundle made before they were recorded, those the
+        names say (tumorfm.data.classes.named_as_lesion)."""
+        if names is None:
+            return post.lesion_classes(list(self.labels), self.parents)
+        unknown = [name for name in names if name not in self.classes]
+        if unknown:
+            raise TumorFMError(
+                f"lesion class '{unknown[0]}' is not a class of the bundle "
+                f"({', '.join(self.classes)})"
+            )
+        return set(names) & set(self.labels)
 
     @classmethod
     def from_bundle(cls, bundle: str | Path, options: PredictOptions | None = None) -> Predictor:
@@ -189,6 +204,7 @@ class Predictor:
             parents=loaded.extra.get("parents", {}),
             default_classes=[c for c in loaded.classes if c in annotated] if annotated else None,
             plan_name=plan_name, source=str(folder), preset=loaded.preset,
+            lesions=loaded.lesions,
         )  # fmt: skip
 
     @property
@@ -209,6 +225,7 @@ class Predictor:
             "device": str(self.device),
             "precision": self.precision,
             "labels": self.labels,
+            "lesion_classes": sorted(self.lesions),
             "min_lesion_ml": o.min_lesion_ml,
             "largest_component": o.largest_component,
         }
@@ -320,7 +337,10 @@ class Predictor:
                 options.largest_component,
             )
         seconds["export"] = time.perf_counter() - timer - sum(seconds.values())
-        stats = post.statistics(label, self.labels, spacing, self.lesions) if statistics else None
+        stats = None
+        if statistics:  # on the axial stack: RECIST's diameters are axial
+            scan = image[0] if len(image) == 1 else image
+            stats = post.statistics(label, self.labels, spacing, self.lesions, scan)
         label = np.ascontiguousarray(orientation.back(label))
         if full_probabilities is not None:
             full_probabilities = np.ascontiguousarray(orientation.back(full_probabilities))

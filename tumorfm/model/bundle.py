@@ -3,7 +3,7 @@
     BUNDLE/model.safetensors   the weights (safetensors: loading never unpickles anything)
     BUNDLE/config.json         preset and overrides, the full network config, input channels and
                                their modalities, global classes and their paint order, the
-                               preprocessing plan
+                               lesion classes, the preprocessing plan
 
 A pickle checkpoint (.pt/.pth/.ckpt) is refused, and so is a bundle whose tensors do not match its
 config (missing, unexpected or of another shape); only the position embedding may differ in grid,
@@ -30,6 +30,7 @@ FORMAT = "tumorfm-bundle"
 VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 POSITION_SUFFIX = "bottleneck.position"
+LESIONS = "lesion_classes"  # config.json key; absent in bundles made before it was recorded
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -77,6 +78,9 @@ class Bundle:
     preset: str | None = None
     plan: dict | None = None
     extra: dict = field(default_factory=dict)
+    # classes whose components are separate lesions (counted, measured); None: a bundle made
+    # before they were recorded, whose users fall back to the names (tumorfm.data.pool)
+    lesions: list[str] | None = None
 
 
 def _overrides(preset: str | None, config: TSFMConfig) -> dict:
@@ -101,8 +105,10 @@ def save_bundle(
     plan: dict | None = None,
     paint_order: list[str] | None = None,
     extra: dict | None = None,
+    lesions: list[str] | None = None,
 ) -> Path:
-    """Write a bundle atomically: a temporary folder beside `folder`, then a rename."""
+    """Write a bundle atomically: a temporary folder beside `folder`, then a rename. `lesions`:
+    the tumour classes of the pool or dataset it learnt from (None: not recorded)."""
     folder = Path(folder)
     config = model.config
     if len(classes) != config.num_classes:
@@ -112,6 +118,8 @@ def save_bundle(
     paint_order = list(paint_order or classes)
     if sorted(paint_order) != sorted(classes):
         raise ValueError("paint_order must list every class exactly once")
+    if lesions is not None and not set(lesions) <= set(classes):
+        raise ValueError(f"lesion classes {sorted(set(lesions) - set(classes))} are not classes")
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -122,6 +130,7 @@ def save_bundle(
         "modalities": list(modalities),
         "classes": list(classes),
         "paint_order": paint_order,
+        **({LESIONS: list(lesions)} if lesions is not None else {}),
         "plan": plan,
         "extra": extra or {},
     }
@@ -156,6 +165,11 @@ def read_bundle_config(folder: str | os.PathLike) -> dict:
             f"{path}: bundle version {meta['version']} is newer than this "
             f"tumorfm reads ({VERSION}); upgrade tumorfm"
         )
+    lesions, classes = meta.get(LESIONS), meta.get("classes") or []
+    if lesions is not None and not (
+        isinstance(lesions, list) and all(isinstance(n, str) and n in classes for n in lesions)
+    ):
+        raise TumorFMError(f"{path}: {LESIONS} must list classes of the bundle, got {lesions!r}")
     return meta
 
 
@@ -232,4 +246,5 @@ def load_bundle(
         meta.get("preset"),
         meta.get("plan"),
         meta.get("extra", {}),
+        meta.get(LESIONS),
     )

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from tumorfm.data.classes import class_name, lesion_classes, rename_labels
 from tumorfm.data.formats import read_dataset
-from tumorfm.data.pool import class_name, load_pool, rename_labels
+from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable
 from tumorfm.model.adapters import MODES
-from tumorfm.model.bundle import bundle_folder, read_bundle_config
+from tumorfm.model.bundle import LESIONS, bundle_folder, read_bundle_config
 from tumorfm.train.trainer import make_config, pretrain
 
 ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode
@@ -93,8 +94,13 @@ def finetune(
         raise TumorFMError(f"{out}: already holds a run; choose another --out")
     ensure_writable(out)
     name = class_name(read_dataset(dataset).name)
+    tumour = (synthesis or {}).get("tumour")
+    classes = list(dict.fromkeys([*labels.values(), *([tumour] if tumour else [])]))
     pool = {
         "name": f"finetune-{name}",
+        # its tumour classes: those the bundle records as such, the one it synthesises, and
+        # those whose name says so
+        "lesions": lesion_classes(classes, {}, [*(meta.get(LESIONS) or []), tumour]),
         "datasets": [
             {
                 "name": name,

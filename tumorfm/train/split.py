@@ -9,13 +9,13 @@ fine-tuning alike. Datasets of which the file lists no case keep the automatic h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tumorfm.data.cache import cached_cases
 from tumorfm.errors import TumorFMError
+from tumorfm.files import read_json
 
 
 def split_cases(
@@ -57,10 +57,7 @@ def _case_ids(cache: Path, pool: dict) -> dict[str, list[str]]:
 
 def _parts(path: Path, fold: int) -> dict[str | None, dict[str, set[str]]]:
     """The file as {dataset name or None (any dataset): {"train": ids, "val": ids}}."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TumorFMError(f"{path}: not a readable JSON split file ({error})") from None
+    data = read_json(path)
     if isinstance(data, list):  # nnU-Net's splits_final.json
         if not 0 <= fold < len(data):
             raise TumorFMError(f"{path}: fold {fold} asked, the file has {len(data)} fold(s)")

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 import tumorfm
 from tumorfm.data.cache import read_pool, split_part
+from tumorfm.data.classes import learnt_classes, paint_order
 from tumorfm.data.loader import PatchBatches, make_loader
-from tumorfm.data.pool import learnt_classes, paint_order
 from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH
 from tumorfm.errors import TumorFMError
 from tumorfm.files import read_json_object, write_json
@@ -307,6 +307,7 @@ def pretrain(
         modalities=modalities,
         preset=config.model,
         paint_order=paint_order(classes, pool.get("parents", {})),
+        lesions=pool.get("lesions"),  # the pool's tumour classes (absent in an older cache)
         plan={
             "datasets": {
                 d["name"]: json.loads((cache / d["name"] / "plan.json").read_text())
