@@ -131,9 +131,10 @@ def test_check_names_the_direction_when_only_the_direction_differs(tmp_path, sar
     assert "size" not in line and "spacing" not in line and "origin" not in line
 
 
-def test_check_warns_of_a_misspelt_dataset_json_key_and_an_empty_label_map(sarcoma):
+def test_check_warns_of_a_misspelt_key_a_wrong_count_and_an_empty_label_map(sarcoma):
     meta = json.loads((sarcoma / "dataset.json").read_text())
     meta["lables"] = meta["labels"]
+    meta["numTraining"] = 5  # the folder holds 3
     (sarcoma / "dataset.json").write_text(json.dumps(meta))
     label = sarcoma / "labelsTr" / "STS_025.nii.gz"
     image = sitk.ReadImage(str(label))
@@ -144,7 +145,8 @@ def test_check_warns_of_a_misspelt_dataset_json_key_and_an_empty_label_map(sarco
     assert result.returncode == 0, result.stdout  # warnings, not problems
     assert "unknown key 'lables' (did you mean 'labels'?)" in result.stdout
     assert "STS_025.nii.gz: label map is empty" in result.stdout
-    assert "no problems found (2 warning(s))" in result.stdout
+    assert "numTraining is 5, the folder holds 3 labelled case(s)" in result.stdout
+    assert "no problems found (3 warning(s))" in result.stdout
 
 
 @pytest.mark.parametrize(

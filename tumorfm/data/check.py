@@ -157,7 +157,7 @@ def _dataset_json_warnings(json_path: Path, dataset: RawDataset) -> list[str]:
     meta = json.loads(json_path.read_text())
     found = []
     declared, counted = meta.get("numTraining"), len(dataset.labelled_cases)
-    if declared is not None and declared != counted:
+    if declared is not None and declared != counted and not dataset.problems:  # else said above
         found.append(f"{WARNING}{json_path}: numTraining is {declared!r}, the folder holds "
                      f"{counted} labelled case(s)")  # fmt: skip
     known = KNOWN_KEYS[dataset.layout] | DESCRIPTIVE

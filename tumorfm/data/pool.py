@@ -298,7 +298,8 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
             f"given, the dataset has {len(raw.modalities)} channel(s)"
         )
     if not raw.labelled_cases:
-        raise TumorFMError(f"{path}: dataset '{entry.name}': no labelled case in {raw.root}")
+        why = f" ({raw.problems[0]})" if raw.problems else ""
+        raise TumorFMError(f"{path}: dataset '{entry.name}': no labelled case in {raw.root}{why}")
     if entry.synthesis and len(raw.modalities) != 1:
         raise TumorFMError(
             f"{path}: dataset '{entry.name}': synthesis handles single-channel scans, the "

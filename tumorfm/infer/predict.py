@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tumorfm
-from tumorfm.data.io import volume_suffix, write_volume
+from tumorfm.data.io import VOLUME_SUFFIXES, volume_suffix, write_volume
 from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_file, ensure_writable, read_json_object, write_json
 from tumorfm.infer.inputs import ScanInput, list_inputs, load_scan
@@ -32,10 +32,21 @@ def _names_a_file(scans: list[ScanInput], out: Path) -> bool:
     return len(scans) == 1 and volume_suffix(out) is not None
 
 
+NOT_FOLDERS = (".txt", ".json", ".csv", ".png", ".jpg", ".npy", ".npz", ".gz", ".zip", ".dcm")
+
+
 def _targets(scans: list[ScanInput], out: Path) -> tuple[Path, dict[str, Path]]:
-    """Output folder and label-map path per case."""
+    """Output folder and label-map path per case. OUT names a folder unless it is a volume file
+    name for a single scan; a file name of another kind (out.txt) is refused, not made a folder."""
     if _names_a_file(scans, out):
         return ensure_writable(out.parent), {scans[0].case_id: out}
+    if not out.is_dir() and (volume_suffix(out) or out.suffix.lower() in NOT_FOLDERS):
+        if volume_suffix(out):
+            raise TumorFMError(f"{out}: one label map's name for {len(scans)} scans; give a folder")
+        raise TumorFMError(
+            f"{out}: a {out.suffix} file's name; give a folder, or for a single scan a label map "
+            f"({', '.join(VOLUME_SUFFIXES)})"
+        )
     folder = ensure_writable(out)
     return folder, {scan.case_id: folder / f"{scan.case_id}.nii.gz" for scan in scans}
 

@@ -165,7 +165,12 @@ def read_bundle_config(folder: str | os.PathLike) -> dict:
             f"{path}: bundle version {meta['version']} is newer than this "
             f"tumorfm reads ({VERSION}); upgrade tumorfm"
         )
-    lesions, classes = meta.get(LESIONS), meta.get("classes") or []
+    for key, kind in (("model", dict), ("classes", list), ("modalities", list)):
+        if not isinstance(meta.get(key), kind) or not meta[key]:
+            raise TumorFMError(
+                f"{path}: '{key}' is missing or empty; the bundle is damaged, copy it again"
+            )
+    lesions, classes = meta.get(LESIONS), meta["classes"]
     if lesions is not None and not (
         isinstance(lesions, list) and all(isinstance(n, str) and n in classes for n in lesions)
     ):

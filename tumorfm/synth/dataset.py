@@ -97,6 +97,8 @@ def synthesise_dataset(
         raise TumorFMError(f"seed {seed!r} must be a non-negative integer")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise TumorFMError(f"count {count!r} must be a whole number of tumours, 1 or more")
+    if size != "mixed" and size not in SIZES:  # said once, not once per skipped case
+        raise TumorFMError(f"size {size!r} is unknown: use one of {', '.join([*SIZES, 'mixed'])}")
     if out.exists():
         raise TumorFMError(f"{out}: already exists; choose a new output folder")
     value, organ_name = organ_label(organ, source.labels)

@@ -17,6 +17,7 @@ import yaml
 
 from tumorfm.data.classes import class_name, lesion_classes, rename_labels
 from tumorfm.data.formats import read_dataset
+from tumorfm.data.plan import CONFIGS
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
@@ -92,6 +93,23 @@ def finetune(
     labels = dataset_classes(dataset, meta["classes"], mapping or {}, new_head or from_scratch)
     if (out / "settings.json").exists():
         raise TumorFMError(f"{out}: already holds a run; choose another --out")
+    plan_config = plan_config or bundle_configuration(meta)
+    if plan_config not in CONFIGS:
+        raise TumorFMError(f"configuration '{plan_config}': choose {' or '.join(CONFIGS)}")
+    if plan_config == "lowres" and not settings.get("patch_size"):  # the patch it is sized for
+        settings["patch_size"] = tuple(meta["model"]["patch_size"])
+    profile = settings.pop("profile", "cpu")
+    config = make_config(  # before anything is written: a bad setting leaves no folder behind
+        profile,
+        model=meta.get("preset") or "tsfm-tiny",
+        epochs=epochs,
+        mode=mode,
+        init_from=str(bundle),
+        init_weights=not from_scratch,  # from scratch: the bundle's architecture, fresh weights
+        adaptation=ADAPTATION.get(mode, {}),
+        workers=min(workers, 2),
+        **settings,
+    )
     ensure_writable(out)
     name = class_name(read_dataset(dataset).name)
     tumour = (synthesis or {}).get("tumour")
@@ -113,28 +131,12 @@ def finetune(
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
     cache = Path(cache) if cache else out / "cache"
-    plan_config = plan_config or bundle_configuration(meta)
-    if plan_config == "lowres" and not settings.get("patch_size"):  # the patch it is sized for
-        settings["patch_size"] = tuple(meta["model"]["patch_size"])
-    profile = settings.pop("profile", "cpu")
-    patch = settings.get("patch_size") or make_config(profile).patch_size
     preprocess_pool(
         load_pool(pool_file),
         cache,
         workers=workers,
         progress=progress,
         config=plan_config,
-        lowres_patch=tuple(patch),
-    )
-    config = make_config(
-        profile,
-        model=meta.get("preset") or "tsfm-tiny",
-        epochs=epochs,
-        mode=mode,
-        init_from=str(bundle),
-        init_weights=not from_scratch,  # from scratch: the bundle's architecture, fresh weights
-        adaptation=ADAPTATION.get(mode, {}),
-        workers=min(workers, 2),
-        **settings,
+        lowres_patch=tuple(config.patch_size),
     )
     return pretrain(cache, out, config, progress=progress)
