@@ -99,6 +99,13 @@ def predict(
         bool,
         typer.Option("--continue", help="Keep an earlier run's finished cases; add the rest."),
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="Also write report.html: each scan and its prediction on a few axial slices, "
+            "with the statistics (implies --statistics)."
+        ),
+    ] = False,
 ) -> None:
     """Segment scans with a model bundle: label maps in each scan's own geometry."""
     from tumorfm.infer.predict import predict_iter
@@ -121,6 +128,7 @@ def predict(
     existing = "overwrite" if overwrite else "continue" if continue_ else "refuse"
     failed, done = [], 0
     lesions = _names(lesion_classes, "--lesion-classes")
+    statistics = statistics or report
     for scan, result in predict_iter(
         input, bundle, out, options, save_probabilities, statistics, True, existing, lesions
     ):
@@ -131,6 +139,11 @@ def predict(
         done += 1
         total = sum(result.seconds.values())
         typer.echo(f"{scan.case_id}: {total:.1f} s")
+    if report:
+        from tumorfm.eval.report_predict import report_from_prediction
+
+        folder = out if (out / "predict.json").is_file() else out.parent  # OUT may be a file
+        typer.echo(f"report: {report_from_prediction(folder)}")
     if failed:
         raise TumorFMError(
             f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "

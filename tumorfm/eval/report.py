@@ -129,13 +129,15 @@ def case_figure(
     colours: Sequence[RGB],
     modality: str = "CT",
     direction: Sequence[float] | None = None,
+    index: int | None = None,
 ) -> np.ndarray:
-    """One row of panels on the picked slice: scan | ground truth | prediction (scan |
-    prediction without gt). Arrays are (z, y, x): give one channel of a multi-channel image.
-    Pass the ITK `direction` (Geometry.direction) to get radiological orientation.
+    """One row of panels on slice `index` (default: pick_slice's): scan | ground truth |
+    prediction (scan | prediction without gt). Arrays are (z, y, x): give one channel of a
+    multi-channel image. Pass the ITK `direction` (Geometry.direction) to get radiological
+    orientation.
 
     The slice is upsampled before the labels are drawn, so contours stay 1 pixel thin."""
-    index = pick_slice(gt3d, pred3d, image3d)
+    index = pick_slice(gt3d, pred3d, image3d) if index is None else index
     flip_rows, flip_cols = display_flips(direction)
     grid = _square_pixels(image3d.shape[1:], spacing_zyx[1:])
 
@@ -182,8 +184,24 @@ th { background: #eee; } td.num { text-align: right; font-variant-numeric: tabul
 .swatch { display: inline-block; width: 1em; height: 1em; margin: 0 0.3em 0 1em;
           vertical-align: middle; border: 1px solid #555; }
 img { max-width: 100%; image-rendering: pixelated; } .notes li { color: #555; }
-.entry { white-space: nowrap; }
+.entry { white-space: nowrap; } .failed { color: #b00; }
+figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+figcaption { color: #555; }
 """
+
+
+def _table_html(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """A table: a header row, then cells as _cell formats them (numbers right-aligned)."""
+    parts = ["<table>"]
+    parts.append(
+        "<tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
+    )
+    for row in rows:
+        cells = (_cell(value) for value in row)
+        tds = (f'<td class="num">{t}</td>' if numeric else f"<td>{t}</td>" for t, numeric in cells)
+        parts.append("<tr>" + "".join(tds) + "</tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
 
 
 def _summary_html(title, summary_rows, header, notes, legend) -> str:
@@ -196,15 +214,7 @@ def _summary_html(title, summary_rows, header, notes, legend) -> str:
     if notes:
         items = "\n".join(f"<li>{html.escape(str(note))}</li>" for note in notes)
         parts.append(f'<ul class="notes">\n{items}\n</ul>')
-    parts.append("<table>")
-    parts.append(
-        "<tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
-    )
-    for row in summary_rows:
-        cells = (_cell(value) for value in row)
-        tds = (f'<td class="num">{t}</td>' if numeric else f"<td>{t}</td>" for t, numeric in cells)
-        parts.append("<tr>" + "".join(tds) + "</tr>")
-    parts.append("</table>")
+    parts.append(_table_html(header, summary_rows))
     if legend:
         swatches = "".join(
             f'<span class="entry"><span class="swatch" style="background: '
@@ -213,6 +223,36 @@ def _summary_html(title, summary_rows, header, notes, legend) -> str:
         )
         parts.append(f'<p class="legend">{swatches}</p>')
     return "\n".join(parts) + "\n"
+
+
+def _png_base64(rgb: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+def _case_html(case: dict) -> str:
+    """One case: its heading, then either one picture under its caption (the evaluation
+    report), or what failed, a caption, a table and captioned figures, each optional."""
+    case_id = html.escape(str(case["case_id"]))
+    parts = [f"<h2>{case_id}</h2>\n"]
+    if "picture" in case:
+        caption = html.escape(str(case.get("caption", "")))
+        alt = f"{case_id}: one axial slice, scan and segmentation overlays"
+        src = f"data:image/png;base64,{_png_base64(case['picture'])}"
+        return "".join([*parts, f"<p>{caption}</p>\n", f'<img src="{src}" alt="{alt}">\n'])
+    if case.get("failed"):
+        parts.append(f'<p class="failed">{html.escape(str(case["failed"]))}</p>\n')
+    if case.get("caption"):
+        parts.append(f"<p>{html.escape(str(case['caption']))}</p>\n")
+    if case.get("table"):
+        parts.append(_table_html(*case["table"]) + "\n")
+    for figure in case.get("figures", ()):
+        src = f"data:image/png;base64,{_png_base64(figure['picture'])}"
+        alt = html.escape(f"{case['case_id']}: {figure.get('alt', figure['caption'])}")
+        caption = html.escape(str(figure["caption"]))
+        parts.append(
+            f'<figure><img src="{src}" alt="{alt}"><figcaption>{caption}</figcaption></figure>\n'
+        )
+    return "".join(parts)
 
 
 def write_report(
@@ -226,9 +266,10 @@ def write_report(
 ) -> Path:
     """One HTML file with everything inside (pictures as base64 PNG, no scripts, no links).
 
-    Cases ({"case_id", "picture", "caption"}) are encoded one at a time straight into a
-    temporary file beside `path`, which then replaces it: memory stays small with many cases,
-    and a failure leaves the old report as it was.
+    Cases ({"case_id", "picture", "caption"}, or {"case_id", and any of "failed", "caption",
+    "table": (header, rows), "figures": [{"picture", "caption", "alt"}]}) are encoded one at a
+    time straight into a temporary file beside `path`, which then replaces it: memory stays
+    small with many cases, and a failure leaves the old report as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,12 +278,7 @@ def write_report(
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(_summary_html(title, summary_rows, header, notes, legend))
             for case in cases:
-                case_id = html.escape(str(case["case_id"]))
-                caption = html.escape(str(case.get("caption", "")))
-                picture = base64.b64encode(png_bytes(case["picture"])).decode("ascii")
-                out.write(f"<h2>{case_id}</h2>\n<p>{caption}</p>\n")
-                alt = f"{case_id}: one axial slice, scan and segmentation overlays"
-                out.write(f'<img src="data:image/png;base64,{picture}" alt="{alt}">\n')
+                out.write(_case_html(case))
             out.write("</body>\n</html>\n")
         make_public(tmp)  # mkstemp makes it private; a report is meant to be read
         os.replace(tmp, path)
