@@ -4,9 +4,10 @@
     .venv-bench/bin/python -m benchmarks         # every benchmark
     .venv-bench/bin/python -m benchmarks --only transfer accuracy --budget 0.5
 
-Each one's minutes go to results/runs.json. On 2 cores of an Intel Xeon with AVX-512 bf16 the
-speed benchmarks took 34 min, transfer 23, accuracy 41 at --budget 0.5 (its default budget 1
-trains twice as long), pretrain_real_mini about 20.
+Each runs as `python -m benchmarks.NAME` from the repository root; its minutes go to
+results/runs.json. On 2 cores of an Intel Xeon with AVX-512 bf16 the speed benchmarks took 34 min,
+transfer 23, accuracy 41 at --budget 0.5 (its default budget 1 trains twice as long),
+pretrain_real_mini about 20.
 
 Benchmarks run strictly in sequence: on a small machine two PyTorch processes at once slow each
 other several-fold (their OpenMP threads fight for the cores), which would corrupt every timing.
@@ -15,16 +16,15 @@ Each writes benchmarks/results/<name>.json; a failed one is reported and the oth
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import report
+from . import report
+from .common import RESULTS, ROOT, parser_for
 
-HERE = Path(__file__).resolve().parent
 # name -> arguments beyond the script's defaults (none: the defaults are what the README shows)
 BENCHMARKS = {
     "phantom": [],
@@ -42,25 +42,26 @@ BENCHMARKS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run just these")
     parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[])
-    parser.add_argument("--budget", type=float, help="accuracy.py: scales every training budget")
+    parser.add_argument("--budget", type=float, help="accuracy: scales every training budget")
     parser.add_argument("--data", type=Path, help="../shared/data elsewhere (real-data runs)")
     args = parser.parse_args()
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
     outcomes = {}
     for name in names:
-        command = [sys.executable, str(HERE / f"{name}.py"), *BENCHMARKS[name]]
+        module = f"benchmarks.{name}"
+        command = [sys.executable, "-m", module, *BENCHMARKS[name]]
         if name == "accuracy" and args.budget is not None:
             command += ["--budget", str(args.budget)]
         if name in ("transfer", "accuracy", "synth", "synth_useful") and args.data is not None:
             command += ["--data", str(args.data)]
         print(f"\n=== {name}: {' '.join(command)}", flush=True)
         started = time.perf_counter()
-        code = subprocess.call(command, cwd=HERE.parent)
+        code = subprocess.call(command, cwd=ROOT)
         outcomes[name] = {
-            "command": " ".join([".venv-bench/bin/python", f"benchmarks/{name}.py", *command[2:]]),
+            "command": " ".join([".venv-bench/bin/python", "-m", module, *command[3:]]),
             "exit_code": code,
             "minutes": round((time.perf_counter() - started) / 60, 1),
         }
@@ -69,7 +70,7 @@ def main() -> None:
             f"{outcomes[name]['minutes']} min",
             flush=True,
         )
-    runs = HERE / "results" / "runs.json"
+    runs = RESULTS / "runs.json"
     former = json.loads(runs.read_text()) if runs.is_file() else {}
     runs.write_text(json.dumps({**former, **outcomes}, indent=1) + "\n")
     report.README.write_text(report.render(report.README.read_text()))

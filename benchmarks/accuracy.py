@@ -25,13 +25,12 @@ tree) of each training and prediction. `--full` is for a GPU: 250 iterations per
 paper's budgets (`--device cuda --patch 64 160 192` for nnU-Net's own sarcoma patch).
 
 Run from the repository root in the benchmark environment (~2 h with the defaults on 2 CPUs):
-    make bench-env && .venv-bench/bin/python benchmarks/accuracy.py [--budget 0.5]
+    make bench-env && .venv-bench/bin/python -m benchmarks.accuracy [--budget 0.5]
 Writes benchmarks/results/accuracy.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -42,10 +41,23 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import seeds
 import yaml
-from measure import git_state, machine, run
-from nnunet_peer import (
+
+from . import seeds
+from .common import (
+    BIN,
+    DATA,
+    add_timeout,
+    add_tumorfm,
+    add_work_and_out,
+    case_ids,
+    command_line,
+    parser_for,
+    require_nnunet,
+    require_tumorfm,
+)
+from .measure import git_state, machine, run
+from .nnunet_peer import (
     PLANS,
     TRAINER,
     bench_plans,
@@ -54,19 +66,12 @@ from nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
-from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
+from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --map
     "sarcoma_ct": ("Dataset101_SarcomaCT", 101, "sarcoma", []),
     "brain_mr": ("Task102_BrainTumour", 102, "brain_tumour", ["--map", "tumour=brain_tumour"]),
 }
-
-
-def case_ids(folder: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
 
 
 def fixed_split(name: str, ids: list[str]) -> dict:
@@ -193,7 +198,7 @@ def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> d
 def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed) -> dict:
     out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    script = [sys.executable, HERE / "swinunetr.py"]
+    script = [sys.executable, "-m", "benchmarks.swinunetr"]
     tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     if not (tumorfm_run / "last").is_dir():
         sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
@@ -266,8 +271,8 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--budget", type=float, default=1.0, help="scales every training budget")
     parser.add_argument("--iterations", type=int, default=400, help="per dataset, every model")
     parser.add_argument("--pretrain-iterations", type=int, default=800)
@@ -291,18 +296,16 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fresh", action="store_true", help="pretrain again")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds, per short command")
-    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "accuracy")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "accuracy.json")
+    add_timeout(parser, 3600, "short command")
+    add_tumorfm(parser)
+    add_work_and_out(parser, "accuracy")
     args = parser.parse_args()
     if args.full:
         args.per_epoch, args.iterations, args.pretrain_iterations = 250, 250 * 100, 250 * 1000
         args.config = "fullres"  # a GPU patch holds the case at full resolution
-    if "nnunet" in args.models and not (BIN / "nnUNetv2_train").exists():
-        sys.exit("nnU-Net v2 is not in this environment: run `make bench-env`, use .venv-bench")
-    if not args.tumorfm.exists():
-        sys.exit(f"{args.tumorfm}: no tumorfm in the product environment; run `make test` first")
+    if "nnunet" in args.models:
+        require_nnunet()
+    require_tumorfm(args.tumorfm)
     args.models = [m for m in ("tumorfm", "nnunet", "swinunetr") if m in args.models]
     for folder, *_ in DATASETS.values():
         if not (args.data / folder / "dataset.json").is_file():
@@ -322,7 +325,7 @@ def main() -> None:
         """After every model, so a failure later keeps what was measured ("complete": false)."""
         result = {
             "benchmark": "accuracy",
-            "command": " ".join([".venv-bench/bin/python benchmarks/accuracy.py", *sys.argv[1:]]),
+            "command": command_line("accuracy"),
             "complete": complete,
             "machine": machine(load_before),
             "versions": {

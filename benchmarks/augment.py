@@ -16,12 +16,11 @@ It also asks pip, in the product environment, what installing each library would
 
 Run from the repository root with the product environment; the libraries go into an overlay
 environment (benchmarks/work/augment-env, which sees .venv's packages), never into .venv itself:
-    .venv/bin/python benchmarks/augment.py
+    .venv/bin/python -m benchmarks.augment
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,18 +33,22 @@ import venv
 from pathlib import Path
 
 import numpy as np
-from measure import machine
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tumorfm itself, also from the overlay environment
-OVERLAY = ROOT / "benchmarks" / "work" / "augment-env"
-REAL_CACHE = ROOT / "benchmarks" / "work" / "preprocess" / "tumorfm_cache"
+from .common import RESULTS, ROOT, WORK, parser_for
+from .measure import machine
+
+OVERLAY = WORK / "augment-env"
+REAL_CACHE = WORK / "preprocess" / "tumorfm_cache"
 LIBRARIES = {"monai": "monai", "batchgeneratorsv2": "batchgeneratorsv2"}  # pip name: import name
 PATCHES = [(64, 64, 64), (96, 160, 160)]
 
 
 def in_overlay(product_python: str) -> None:
-    """Re-run this script inside the overlay environment (made on first use) when needed."""
+    """Re-run this module inside the overlay environment (made on first use) when needed.
+
+    The overlay sees the product environment's site-packages through a .pth line, which does not
+    run the .pth files there (tumorfm's editable install among them): it imports tumorfm, like this
+    package, from the repository root, the working directory `python -m` puts on sys.path."""
     try:
         import batchgeneratorsv2  # noqa: F401
         import monai  # noqa: F401
@@ -59,8 +62,8 @@ def in_overlay(product_python: str) -> None:
         site = next(OVERLAY.glob("lib/python*/site-packages"))
         (site / "product-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         subprocess.run([python, "-m", "pip", "install", "-q", *LIBRARIES], check=True)
-    argv = [str(python), __file__, *sys.argv[1:], "--product-python", product_python]
-    os.execv(python, argv)
+    argv = [str(python), "-m", "benchmarks.augment", *sys.argv[1:]]
+    os.execv(python, [*argv, "--product-python", product_python])
 
 
 CLOSURE = r"""
@@ -243,10 +246,10 @@ def time_it(run, inputs, warmup: int = 2) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--product-python", default=str(ROOT / ".venv" / "bin" / "python"))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/augment.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "augment.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
     in_overlay(args.product_python)

@@ -1,7 +1,9 @@
 """Measuring a command as a user runs it: wall time, CPU time, peak memory of its process tree,
 how busy other processes kept the machine, and which machine and commit a result comes from.
 
-Shared by every side-by-side benchmark, so the peer and tumorfm are measured the same way.
+Shared by every side-by-side benchmark, so the peer and tumorfm are measured the same way: one run
+at a time, again when other processes disturbed it (`undisturbed`), and what its results file
+records about where it ran (`provenance`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import ROOT, command_line
 
 
 def _children() -> dict[int, list[int]]:
@@ -125,6 +128,48 @@ def wait_until_idle(limit: float, threshold: float = 0.1) -> float | None:
         time.sleep(10)
 
 
+def add_disturbance_options(parser, runs: str) -> None:
+    """--wait-idle, --max-disturbance and --retries, for `undisturbed`; `runs`: what is measured."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=600,
+        help=f"before each {runs}, wait at most this many seconds for other work on the machine "
+        "to finish (0: do not wait)",
+    )
+    parser.add_argument(
+        "--max-disturbance",
+        type=float,
+        default=0.1,
+        help=f"a {runs} during which other processes took more than this share of the CPUs is "
+        "repeated (up to --retries times) and flagged if it stays disturbed",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=1, help="repeats of a disturbed run; then it is flagged"
+    )
+
+
+def undisturbed(
+    attempt: Callable[[float | None], dict], args, discarded: Callable[[dict], dict]
+) -> tuple[dict, float | None, list[dict]]:
+    """`attempt(idle)` after waiting for idle CPUs (`idle`: their busy share then), again while
+    other processes took more than args.max_disturbance of the CPUs during it, at most
+    args.retries times. Returns the last run, its `idle`, and `discarded(run)` of each other."""
+    dropped: list[dict] = []
+    while True:
+        idle = wait_until_idle(args.wait_idle)
+        measured = attempt(idle)
+        share = measured["other_processes_cpu_share"]
+        if share <= args.max_disturbance or len(dropped) == args.retries:
+            return measured, idle, dropped
+        print(
+            f"  other processes took {share:.0%} of the CPUs, more than "
+            f"{args.max_disturbance:.0%}: discarded, running it again",
+            flush=True,
+        )
+        dropped.append(discarded(measured))
+
+
 def _own_cpu_seconds() -> float:
     """CPU seconds of this process and of every descendant it has reaped."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -201,4 +246,14 @@ def git_state() -> dict:
     return {
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty_tumorfm": bool(git("status", "--porcelain", "--", "tumorfm")),
+    }
+
+
+def provenance(name: str, environment: str, load_before: tuple[float, ...]) -> dict:
+    """What a results file records about its run: the command (common.command_line), the machine
+    and the commit."""
+    return {
+        "command": command_line(name, environment),
+        "machine": machine(load_before),
+        **git_state(),
     }

@@ -12,7 +12,7 @@ subprocess. Last, multiply-adds per second (FlopCounterMode) against a plain Con
 this machine, the practical limit.
 
 Run from the repository root in the benchmark environment (it holds both networks):
-    make bench-env && .venv-bench/bin/python benchmarks/model.py
+    make bench-env && .venv-bench/bin/python -m benchmarks.model
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from measure import machine
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import RESULTS, ROOT, parser_for
+from .measure import machine
+
 TSFM, RESENC = "tsfm-small", "resenc"
 LABELS = {TSFM: TSFM, RESENC: "ResEnc U-Net"}
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEnc{M,L,XL}
@@ -129,8 +130,9 @@ def peak_child(args) -> None:
 
 
 def peak_memory(name: str, widths) -> dict:
-    command = [sys.executable, __file__, *sys.argv[1:], "--_peak", name]
-    result = subprocess.run(command + ["--_widths", *map(str, widths or [])], capture_output=True)
+    command = [sys.executable, "-m", "benchmarks.model", *sys.argv[1:], "--_peak", name]
+    command += ["--_widths", *map(str, widths or [])]
+    result = subprocess.run(command, capture_output=True, cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"peak-memory run of {name} failed:\n{result.stderr.decode()[-2000:]}")
     return {k: round(v, 1) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
@@ -146,7 +148,7 @@ def spread(seconds: list[float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -246,7 +248,7 @@ def main() -> None:
         },
         "macs_counted": "FlopCounterMode, FLOPs / 2: convs and linear layers (not CPU attention)",
     }
-    out = ROOT / "benchmarks" / "results" / "model.json"
+    out = RESULTS / "model.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 

@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from measure import run
+from .common import BIN
+from .measure import run
 
 PLANS = "nnUNetPlans_bench"
 TRAINER = "nnUNetTrainerTrainBench"
@@ -281,7 +282,7 @@ def write_bench_plans(
     path.write_text(json.dumps(plans, indent=2))
     data = folder / plans["configurations"]["3d_fullres"]["data_identifier"]
     if spacing is not None and (stale or not data.is_dir()):
-        command = [str(Path(sys.executable).parent / "nnUNetv2_preprocess"), "-d", str(dataset_id),
+        command = [str(BIN / "nnUNetv2_preprocess"), "-d", str(dataset_id),
                    "-plans_name", PLANS, "-c", "3d_fullres", "-np", str(workers)]  # fmt: skip
         run(command, env, log, timeout, "nnU-Net preprocess (tumorfm's lowres spacing)")
     return stale
@@ -294,7 +295,6 @@ def raw_and_planned(source: Path, dataset_id: int, work: Path, env: dict, timeou
     for sub in (raw, pre, work / "nnUNet_results"):
         sub.mkdir(parents=True, exist_ok=True)
     name = f"Dataset{dataset_id}_" + source.name.split("_", 1)[1]
-    binaries = Path(sys.executable).parent
     if not (raw / name / "dataset.json").is_file():
         shutil.rmtree(raw / name, ignore_errors=True)  # a half-finished conversion
         if source.name.startswith("Dataset"):
@@ -306,11 +306,11 @@ def raw_and_planned(source: Path, dataset_id: int, work: Path, env: dict, timeou
             (shadow / "imagesTs").mkdir(parents=True)
             for item in ("dataset.json", "imagesTr", "labelsTr"):
                 (shadow / item).symlink_to((source / item).resolve())
-            command = [str(binaries / "nnUNetv2_convert_MSD_dataset"), "-i", str(shadow),
+            command = [str(BIN / "nnUNetv2_convert_MSD_dataset"), "-i", str(shadow),
                        "-overwrite_id", str(dataset_id), "-np", "2"]  # fmt: skip
             run(command, env, work / f"convert-{name}.log", timeout, "nnU-Net convert MSD")
     if not (pre / name / "nnUNetPlans.json").is_file():
-        command = [str(binaries / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c",
+        command = [str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c",
                    "3d_fullres", "-np", "2", "--no_pbar"]  # fmt: skip
         run(command, env, work / f"preprocess-{name}.log", timeout * 2, "nnU-Net preprocess")
     return pre / name

@@ -1,6 +1,6 @@
 """How long one synthetic phantom case takes to generate (target: a 96^3 case well under 1 s).
 
-.venv/bin/python benchmarks/phantom.py
+.venv/bin/python -m benchmarks.phantom
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
-
-from measure import machine
 
 from tumorfm.data.phantom import DEFAULT_SITES, make_case
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import RESULTS
+from .measure import machine
 
 
 def main(repeats: int = 10, shape: tuple[int, int, int] = (96, 96, 96)) -> None:
@@ -41,7 +39,7 @@ def main(repeats: int = 10, shape: tuple[int, int, int] = (96, 96, 96)) -> None:
         "target_seconds_per_case": 1.0,
         "worst_seconds": max(max(v) for v in seconds.values()),
     }
-    out = ROOT / "benchmarks" / "results" / "phantom.json"
+    out = RESULTS / "phantom.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"worst case {result['worst_seconds']:.2f} s (target < 1 s); written to {out}")

@@ -36,13 +36,12 @@ The ratios tumorfm/nnU-Net are compared with the targets at the same mirroring s
 <= 0.25, peak memory <= 0.5.
 
 Run from the repository root in the benchmark environment (~32 min with the defaults):
-    .venv-bench/bin/python benchmarks/predict.py            # -> benchmarks/results/predict.json
-    .venv-bench/bin/python benchmarks/predict.py --quick    # smoke test: crops, no mirroring
+    .venv-bench/bin/python -m benchmarks.predict            # -> benchmarks/results/predict.json
+    .venv-bench/bin/python -m benchmarks.predict --quick    # smoke test: crops, no mirroring
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -55,12 +54,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from measure import WAITED, git_state, machine, run, wait_until_idle
-from nnunet_peer import PLANS, bench_plans, gmacs
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-LUNG = ROOT.parent / "shared" / "data" / "cases" / "lung1_image.nrrd"
+from .common import BIN, DATA, RESULTS, WORK, add_timeout, parser_for, require_nnunet
+from .measure import WAITED, add_disturbance_options, git_state, machine, run, undisturbed
+from .nnunet_peer import PLANS, bench_plans, gmacs
+
+LUNG = DATA / "cases" / "lung1_image.nrrd"
 DATASET_ID, DATASET = 990, "Dataset990_PredictBench"
 TSFM = "tsfm-small"
 SYNTHETIC_SPACING_XYZ = (0.78, 0.78, 2.5)
@@ -257,17 +256,14 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
         if tool.startswith("tumorfm_windows"):  # another number of windows per network call
             command += ["--windows", tool.removeprefix("tumorfm_windows")]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    discarded = []
-    for attempt in range(args.retries + 1):
+
+    def attempt(idle: float | None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
-        idle = wait_until_idle(args.wait_idle)
         # PSS every 2 s instead of 5: these runs are shorter than training
-        r = run(command, env, work / f"{name}.log", args.timeout, name, pss_interval=2.0)
-        share = r["other_processes_cpu_share"]
-        if share <= args.max_disturbance or attempt == args.retries:
-            break
-        print(f"  {r['wall_seconds']:.1f} s, but other processes took {share:.0%}: again")
-        discarded.append({k: r[k] for k in ("wall_seconds", "other_processes_cpu_share")})
+        return run(command, env, work / f"{name}.log", args.timeout, name, pss_interval=2.0)
+
+    kept = ("wall_seconds", "other_processes_cpu_share")
+    r, idle, discarded = undisturbed(attempt, args, lambda r: {k: r[k] for k in kept})
     r["discarded_attempts"] = discarded
     r["peak_mb"] = max(r["peak_tree_pss_mb"], r["peak_main_process_rss_mb"])
     r["cpu_busy_share_before_start"] = idle
@@ -324,28 +320,25 @@ def print_table(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     add = parser.add_argument
     add("--spacing", type=float, nargs=3, default=[4.0, 2.0, 2.0], help="target, mm (z y x)")
     add("--patch", type=int, nargs=3, default=[48, 128, 128], help="z y x")
     add("--threads", type=int, default=os.cpu_count())
     add("--windows-trial", type=int, nargs="*", default=[1], help="windows per call, also timed")
     add("--quick", action="store_true", help="smoke test: crops, no mirroring")
-    add("--timeout", type=float, default=3600, help="seconds, per command")
-    add("--wait-idle", type=float, default=600, help="max seconds to wait for idle CPUs per run")
-    add("--max-disturbance", type=float, default=0.1, help="repeat runs others disturbed more")
-    add("--retries", type=int, default=1, help="repeats of a disturbed run; then it is flagged")
+    add_timeout(parser, 3600)
+    add_disturbance_options(parser, "prediction")
     add("--tumorfm-python", type=Path, default=Path(sys.executable))
-    add("--work", type=Path, default=ROOT / "benchmarks" / "work" / "predict")
+    add("--work", type=Path, default=WORK / "predict")
     add("--out", type=Path, default=None, help="default: benchmarks/results/predict.json")
     args = parser.parse_args()
-    if not (BIN / "nnUNetv2_predict").exists():
-        sys.exit("nnU-Net v2 is not in this environment: use .venv-bench/bin/python")
+    require_nnunet("nnUNetv2_predict")
     check = [str(args.tumorfm_python), "-c", "import monai, tumorfm"]
     if subprocess.run(check, capture_output=True).returncode != 0:
         sys.exit(f"{args.tumorfm_python} cannot import monai and tumorfm (pip install monai)")
     work = args.work.resolve()
-    results = ROOT / "benchmarks" / "results" / "predict.json"
+    results = RESULTS / "predict.json"
     out_json = args.out or (work / "predict_quick.json" if args.quick else results)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.update({k: v for k, v in nnunet_env(work, args.threads).items() if "nnUNet" in k})

@@ -6,12 +6,11 @@ the medians, the spread and the ratio are printed, and whether the plans agree (
 patch and batch size exactly; CT foreground intensity statistics within 1%).
 
 Run from the repository root in the benchmark environment (it holds both tools):
-    make bench-env && .venv-bench/bin/python benchmarks/preprocess.py
+    make bench-env && .venv-bench/bin/python -m benchmarks.preprocess
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,11 +21,11 @@ import time
 from pathlib import Path
 
 import yaml
-from measure import machine
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "Dataset101_SarcomaCT"
-BIN = Path(sys.executable).parent
+from .common import BIN, DATA, RESULTS, WORK, parser_for, require_nnunet
+from .measure import machine
+from .nnunet_peer import nnunet_env
+
 TARGET_SPEEDUP = 3.0
 
 
@@ -47,13 +46,7 @@ def run_nnunet(data: Path, work: Path, workers: int) -> tuple[float, dict, dict]
     link = raw / "Dataset101_SarcomaCT"
     if not link.exists():
         link.symlink_to(data.resolve())
-    env = {
-        **os.environ,
-        "nnUNet_raw": str(raw),
-        "nnUNet_preprocessed": str(pre),
-        "nnUNet_results": str(res),
-        "nnUNet_n_proc_DA": str(workers),
-    }
+    env = nnunet_env(work, workers)
     seconds = timed(
         [
             str(BIN / "nnUNetv2_plan_and_preprocess"),
@@ -130,18 +123,14 @@ def compare(nn_plans: dict, nn_fp: dict, plan: dict, fp: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA / "Dataset101_SarcomaCT")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "preprocess")
+    parser.add_argument("--work", type=Path, default=WORK / "preprocess")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    if not (BIN / "nnUNetv2_plan_and_preprocess").exists():
-        sys.exit(
-            "nnU-Net v2 is not in this environment: run `make bench-env` and use "
-            ".venv-bench/bin/python"
-        )
+    require_nnunet("nnUNetv2_plan_and_preprocess")
     args.work.mkdir(parents=True, exist_ok=True)
     times = {"nnunet": [], "tumorfm": []}
     for repeat in range(args.repeats):  # interleaved, so drift in machine load hits both
@@ -181,7 +170,7 @@ def main() -> None:
         "plan_agreement": agreement,
         "plans_agree": all(row["agree"] for row in agreement.values()),
     }
-    out = ROOT / "benchmarks" / "results" / "preprocess.json"
+    out = RESULTS / "preprocess.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(

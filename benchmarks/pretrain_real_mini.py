@@ -2,7 +2,7 @@
 the phantom sites) for about 30 minutes of CPU, and report the validation pseudo-Dice curve per
 dataset and class.
 
-    .venv-bench/bin/python benchmarks/pretrain_real_mini.py      # phantoms, preprocess, pretrain
+    .venv-bench/bin/python -m benchmarks.pretrain_real_mini      # phantoms, preprocess, pretrain
 
 tumorfm runs from the product environment (`--tumorfm`, default .venv/bin/tumorfm).
 
@@ -11,7 +11,6 @@ Writes benchmarks/results/pretrain_real_mini.json (settings, the curve, the run 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -19,9 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from measure import machine
-
-ROOT = Path(__file__).resolve().parents[1]
+from .common import RESULTS, ROOT, WORK, add_tumorfm, parser_for
+from .measure import machine
 
 
 def run(command: list[str]) -> None:
@@ -30,14 +28,14 @@ def run(command: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "real-mini")
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--work", type=Path, default=WORK / "real-mini")
     parser.add_argument("--model", default="tsfm-small")
     parser.add_argument("--patch", type=int, nargs=3, default=(48, 96, 96))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--val-every", type=int, default=2)
-    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
+    add_tumorfm(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()
     if not (ROOT / "phantoms" / "Dataset901_PhantomLiver").is_dir():
@@ -100,7 +98,7 @@ def main() -> None:
         "iterations_per_second": [r["iterations_per_second"] for r in log],
         "curve": curve,
     }
-    path = ROOT / "benchmarks" / "results" / "pretrain_real_mini.json"
+    path = RESULTS / "pretrain_real_mini.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     print(f"\n{args.model} on real-mini, {minutes:.0f} min; validation pseudo-Dice:")
     for point in curve:

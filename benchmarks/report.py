@@ -10,13 +10,13 @@ lower is better for tumorfm), each beside its target.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.report_accuracy import accuracy_table, shipped_table, transfer_table
-from benchmarks.report_format import BENCH, END, README, RESULTS, START, _cpu, _load, _mb, _s
-from benchmarks.report_synth import synth_table, usefulness_table
+from .common import parser_for
+from .report_accuracy import accuracy_table, shipped_table, transfer_table
+from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
+from .report_synth import synth_table, usefulness_table
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -43,7 +43,7 @@ def preprocess_rows(r: dict) -> list[dict]:
     what += f"(plans agree: {'yes' if r['plans_agree'] else 'no'})"
     ours, theirs = _spread(t, r["seconds"]["tumorfm"]), _spread(n, r["seconds"]["nnunet"])
     speedup = 1 / r["target_speedup"]
-    return [_row(what, ours, theirs, t / n, speedup, _cpu(r), f"{BENCH}/preprocess.py")]
+    return [_row(what, ours, theirs, t / n, speedup, _cpu(r), f"{BENCH}.preprocess")]
 
 
 def model_rows(r: dict) -> list[dict]:
@@ -60,7 +60,7 @@ def model_rows(r: dict) -> list[dict]:
             t["median_seconds"] / n["median_seconds"],
             None,
             _cpu(r),
-            f"{BENCH}/model.py",
+            f"{BENCH}.model",
         )
     ]
     rows.append(
@@ -96,7 +96,7 @@ def train_rows(r: dict) -> list[dict]:
                 t["seconds_per_iteration"] / peer["seconds_per_iteration"],
                 1 / r["target_ratio"],
                 _cpu(r),
-                f"{BENCH}/train.py" if not rows else "same",
+                f"{BENCH}.train" if not rows else "same",
             )
         )
     t = runs["tumorfm"]
@@ -126,7 +126,7 @@ def predict_rows(r: dict) -> list[dict]:
         what += f"tumorfm {t['precision']}"
         if "windows_per_call" in t:  # older files: 4 windows per network call throughout
             what += f", {t['windows_per_call']} window{'s' * (t['windows_per_call'] > 1)} per call"
-        command = f"{BENCH}/predict.py" if not rows else "same"
+        command = f"{BENCH}.predict" if not rows else "same"
         rows.append(
             _row(
                 what,
@@ -169,7 +169,7 @@ def speed_table(results: Path) -> list[str]:
     for name, rows_of in SPEED.items():
         result = _load(results, name)
         if result is None:
-            lines.append(f"| {name}: not measured | | | | | | | `{BENCH}/{name}.py` |")
+            lines.append(f"| {name}: not measured | | | | | | | `{BENCH}.{name}` |")
             continue
         for x in rows_of(result):
             ratio = "" if x["ratio"] is None else f"{x['ratio']:.2f}"
@@ -183,7 +183,8 @@ def speed_table(results: Path) -> list[str]:
         "",
         "Repeats: preprocessing and the training step are medians with their range; a training "
         "iteration is the mean over the last epoch (earlier ones warm up); a prediction is one run "
-        "per row, made again when other processes disturbed it (predict.py --max-disturbance).",
+        "per row, made again when other processes disturbed it (benchmarks.predict "
+        "--max-disturbance).",
     ]
     return lines
 
@@ -196,7 +197,7 @@ def other_lines(results: Path) -> list[str]:
         lines.append(
             f"- One {shape} phantom case: {phantom['worst_seconds'] * 1000:.0f} ms, worst of "
             f"{phantom['repeats']} per site (target < {phantom['target_seconds_per_case']:.0f} s); "
-            f"`.venv/bin/python benchmarks/phantom.py`."
+            f"`{PRODUCT}.phantom`."
         )
     if augment := _load(results, "augment"):
         ratios = ", ".join(
@@ -206,7 +207,7 @@ def other_lines(results: Path) -> list[str]:
         lines.append(
             f"- Augmentation, every transform on, MONAI's time over batchgeneratorsv2's (the "
             f"library tumorfm uses), median of {augment['samples']}: {ratios}; "
-            f"`{BENCH}/augment.py`."
+            f"`{BENCH}.augment`."
         )
     if mini := _load(results, "pretrain_real_mini"):
         s, last = mini["settings"], mini["curve"][-1]
@@ -219,8 +220,7 @@ def other_lines(results: Path) -> list[str]:
         lines.append(
             f"- Pretraining {s['model']} on the real-mini pool, {last['step']} iterations of "
             f"{'x'.join(map(str, s['patch']))} ({mini['minutes']} min): validation pseudo-Dice "
-            f"{', '.join(found)}; every other class 0. `.venv-bench/bin/python "
-            f"benchmarks/pretrain_real_mini.py`."
+            f"{', '.join(found)}; every other class 0. `{BENCH}.pretrain_real_mini`."
         )
     return lines
 
@@ -252,7 +252,7 @@ def render(readme: str, results: Path = RESULTS) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--readme", type=Path, default=README)

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report_format import BENCH, _cpu, _load, _mb, _num, _s
+from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _mb, _num, _s
 
 
 def accuracy_table(results: Path) -> list[str]:
     r = _load(results, "accuracy")
     if r is None:
-        return [f"Not measured yet: `{BENCH}/accuracy.py`."]
+        return [f"Not measured yet: `{BENCH}.accuracy`."]
     if "seeds" in r["settings"]:
         return accuracy_seeds_table(r)
     s, pre = r["settings"], r.get("pretrain")
     lines = [
         f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, the same iterations per "
         f"dataset for every model (budget x{s['budget']}), fixed splits, no mirroring; "
-        f"{_cpu(r)}; `{r['command']}`.",
+        f"{_cpu(r)}; `{_command(r)}`.",
         "",
         "| dataset | model | parameters | iterations | Dice | HD95 mm (median) | NSD | train "
         "| train peak | predict | predict peak |",
@@ -49,7 +49,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     lines = [
         f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['config']} plan, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
-        f"{len(s['seeds'])} seeds per model, no mirroring; {_cpu(r)}; `{r['command']}`. Mean +- "
+        f"{len(s['seeds'])} seeds per model, no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- "
         f"standard deviation over seeds.",
         "",
         "| dataset | model | parameters | iterations | Dice | HD95 mm | NSD | train | predict |",
@@ -88,10 +88,10 @@ def _transfer_arm(row: dict, model: str, nnunet: dict | None, nnunet_name: str) 
 def _transfer_command(r: dict) -> str:
     """The command that wrote the file (older files: rebuilt from their settings)."""
     if "command" in r:
-        return r["command"]
+        return _command(r)
     s = r["settings"]
     return (
-        f"{BENCH}/transfer.py --model {s['model']} --patch {' '.join(map(str, s['patch']))} "
+        f"{BENCH}.transfer --model {s['model']} --patch {' '.join(map(str, s['patch']))} "
         f"--iterations {s['iterations']} --budgets {' '.join(map(str, s['budgets']))} "
         f"--factor {s['factor']} --pretrain-epochs {s['pretrain_epochs']}"
     )
@@ -148,7 +148,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
 def transfer_table(results: Path) -> list[str]:
     r = _load(results, "transfer")
     if r is None:
-        return [f"Not measured yet: `{BENCH}/transfer.py`."]
+        return [f"Not measured yet: `{BENCH}.transfer`."]
     if "seeds" in r["settings"]:
         return transfer_seeds_table(r)
     s, t = r["settings"], r["targets"]
@@ -186,10 +186,10 @@ def transfer_table(results: Path) -> list[str]:
 
 
 def shipped_table(results: Path) -> list[str]:
-    """The shipped bundle's held-out scores (benchmarks/shipped_model.py writes them)."""
+    """The shipped bundle's held-out scores (benchmarks.shipped_model writes them)."""
     r = _load(results, "shipped_model")
     if r is None:
-        return ["Not measured yet: `.venv/bin/python benchmarks/shipped_model.py ship`."]
+        return [f"Not measured yet: `{PRODUCT}.shipped_model ship`."]
     t = r["train"]
     mirrored = all(s.get("mirror", True) for s in r["scores"].values())
     how = "mirroring, overlap 0.5: its defaults" if mirrored else "without mirroring"
@@ -199,7 +199,7 @@ def shipped_table(results: Path) -> list[str]:
         f"iterations of {'x'.join(map(str, t['patch']))} on configs/pools/real.yaml's real scans "
         f"({r['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(r)}); held-out scans segmented "
         f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
-        f"deviation over scans. `.venv/bin/python benchmarks/shipped_model.py train` then `ship`.",
+        f"deviation over scans. `{PRODUCT}.shipped_model train` then `ship`.",
         "",
         "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -219,7 +219,7 @@ def shipped_against_nnunet(results: Path, shipped: dict) -> list[str]:
     if r is None:
         return [
             "Against nnU-Net v2 trained on the same split for the same wall-clock time: not "
-            "measured yet (`.venv-bench/bin/python benchmarks/shipped_nnunet.py`)."
+            f"measured yet (`{BENCH}.shipped_nnunet`)."
         ]
     if (
         r["tumorfm"]["bundle"] != shipped["name"]

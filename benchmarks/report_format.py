@@ -4,6 +4,7 @@ a time, a size and a number are written."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,12 +12,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 START = "<!-- results: written by `python -m benchmarks.report` from benchmarks/results -->"
 END = "<!-- /results -->"
-BENCH = ".venv-bench/bin/python benchmarks"
+BENCH = ".venv-bench/bin/python -m benchmarks"  # + ".NAME": a benchmark, peers' environment
+PRODUCT = ".venv/bin/python -m benchmarks"  # + ".NAME": one the product environment runs
 
 
 def _load(results: Path, name: str) -> dict | None:
     path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _command(result: dict) -> str:
+    """The command a results file records, as a module of this package (`-m benchmarks.NAME`),
+    also where an older file recorded the script (`benchmarks/NAME.py`)."""
+    return re.sub(r"\bbenchmarks/(\w+)\.py\b", r"-m benchmarks.\1", result["command"])
 
 
 def _cpu(result: dict) -> str:

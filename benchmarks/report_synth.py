@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report_accuracy import _over_seeds
-from benchmarks.report_format import BENCH, _cpu, _load, _num, _s
+from .report_accuracy import _over_seeds
+from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _num, _s
 
 ARMS = {
     "procedural": "procedural, Hu et al.'s liver-tumour intensities",
@@ -18,11 +18,11 @@ ARMS = {
 
 def synth_table(results: Path) -> list[str]:
     r = _load(results, "synth")
-    return [f"Not measured yet: `{BENCH}/synth.py`."] if r is None else synth_lines(r)
+    return [f"Not measured yet: `{BENCH}.synth`."] if r is None else synth_lines(r)
 
 
 def synth_lines(r: dict) -> list[str]:
-    """The tables of one synth.json (benchmarks/synth.py prints them too)."""
+    """The tables of one synth.json (benchmarks.synth prints them too)."""
     s, realism = r["settings"], r["realism"]
     low, high = s["soft_tissue_hu"]
     sizes = ", ".join(f"{n} {size}" for size, n in r["sizes"].items() if n) or "none"
@@ -39,7 +39,7 @@ def synth_lines(r: dict) -> list[str]:
         f"telling real from synthetic, cross-validated by scan (0.5: indistinguishable); mean "
         f"absolute standardised mean difference and mean Wasserstein distance (in real-tumour "
         f"standard deviations) over the features. Mean +- standard deviation over "
-        f"{len(s['seeds'])} seed(s); {_cpu(r)}; `{r['command']}`.",
+        f"{len(s['seeds'])} seed(s); {_cpu(r)}; `{_command(r)}`.",
         "",
         "| tumours | AUC real vs synthetic | mean abs SMD | mean Wasserstein | median volume ml |",
         "|---|---:|---:|---:|---:|",
@@ -127,8 +127,7 @@ def usefulness_table(results: Path) -> list[str]:
     r = _load(results, "synth_useful")
     if r is None:
         lines.append(
-            "Real sarcomas with synthetic tumours: not measured yet: "
-            "`.venv/bin/python benchmarks/synth_useful.py`."
+            f"Real sarcomas with synthetic tumours: not measured yet: `{PRODUCT}.synth_useful`."
         )
     else:
         s = r["settings"]
@@ -144,7 +143,7 @@ def usefulness_table(results: Path) -> list[str]:
             f"without procedural tumours (shift and texture measured on the same "
             f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
             f"sarcomas, {seeds}; {_cpu(r)}; "
-            f"`{r['command']}`.",
+            f"`{_command(r)}`.",
             "",
             "| training data | Dice on held-out sarcomas | median HD95 mm | epochs' wall time |",
             "|---|---:|---:|---:|",
@@ -160,9 +159,7 @@ def usefulness_table(results: Path) -> list[str]:
     lines.append("")
     r = _load(results, "synth_labelfree")
     if r is None:
-        lines.append(
-            "Label-free: not measured yet: `.venv/bin/python benchmarks/synth_labelfree.py`."
-        )
+        lines.append(f"Label-free: not measured yet: `{PRODUCT}.synth_labelfree`.")
         return lines
     s = r["settings"]
     lines += [
@@ -171,7 +168,7 @@ def usefulness_table(results: Path) -> list[str]:
         f"PhantomMultiOrgan livers with procedural tumours only (the engine's defaults); scored on "
         f"{s['held_out']} held-out PhantomLiver scans per seed, seeds "
         f"{', '.join(map(str, s['seeds']))}; {_cpu(r)}; "
-        f"`{r['command']}`.",
+        f"`{_command(r)}`.",
         "",
         "| training data | liver-tumour Dice | lesions found | lesion precision | liver Dice |",
         "|---|---:|---:|---:|---:|",

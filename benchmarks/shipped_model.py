@@ -1,7 +1,7 @@
 """The shipped bundle, models/tsfm-real-lowres: how it is trained, scored and written.
 
-    python benchmarks/shipped_model.py train   # split, lowres preprocessing, pretraining (~100 min)
-    python benchmarks/shipped_model.py ship    # held-out scores, models/<name>/ with its card
+    .venv/bin/python -m benchmarks.shipped_model train  # split, preprocess, pretrain (~100 min)
+    .venv/bin/python -m benchmarks.shipped_model ship   # held-out scores, models/<name>/, its card
 
 Pool: the real scans of ../shared/data alone (configs/pools/real.yaml: sarcoma CT, glioblastoma
 MR). The phantom sites stay out: they would take a third of the samples, and a shipped "liver"
@@ -16,19 +16,17 @@ benchmarks/results/shipped_model.json and the model card.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-from measure import git_state, machine, run
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
+from .measure import git_state, machine, run
+
 NAME = "tsfm-real-lowres"
 POOL = ROOT / "configs" / "pools" / "real.yaml"
 DATASETS = {  # pool name -> folder under --data, layout suffix of its images, tests/data cases
@@ -38,10 +36,6 @@ DATASETS = {  # pool name -> folder under --data, layout suffix of its images, t
 SARCOMA_EXTRA = 4  # held-out sarcomas beyond tests/data's three: 7 of 36
 # chosen on two short runs at equal wall time (see the model card); a CPU-sized patch
 TRAIN = dict(model="tsfm-compact", patch=(48, 96, 96), batch=2, epochs=36, iterations=50, val=4)
-
-
-def case_ids(folder: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
 
 
 def fixed_split(data: Path) -> dict:
@@ -163,7 +157,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     )
     held = "\n".join(f"- {name}: {', '.join(s['held_out'])}" for name, s in scores.items())
     minutes = commands["pretrain"]["wall_seconds"] / 60
-    trials = json.loads((ROOT / "benchmarks" / "results" / "shipped_model_trials.json").read_text())
+    trials = json.loads((RESULTS / "shipped_model_trials.json").read_text())
     trial_rows = "\n".join(
         f"| {m} | {r['iterations']} | {r['train_seconds'] / 60:.0f} min | "
         f"{r['sarcoma']['dice_mean']:.3f} +- {r['sarcoma']['dice_std']:.3f} | "
@@ -219,7 +213,7 @@ repository root:
 ```
 
 {info.get("note", "")}
-(`python benchmarks/shipped_model.py train` runs both with the split above; `... ship` scores the
+(`python -m benchmarks.shipped_model train` runs both with the split above; `... ship` scores the
 held-out scans and writes this folder.) {t["epochs"]} epochs x {t["iterations"]} iterations, batch
 {t["batch"]}, SGD Nesterov 0.99, lr 1e-2 poly, the partial-label loss, deep supervision, nnU-Net's
 augmentation. The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
@@ -257,7 +251,6 @@ geometry. Mean +- standard deviation over scans (HD95: median).
 
 
 def ship(args) -> None:
-    sys.path.insert(0, str(ROOT))
     from tumorfm.model.bundle import models_folder
     from tumorfm.model.shipped import export_bundle
 
@@ -279,7 +272,7 @@ def ship(args) -> None:
     export_bundle(bundle, target, half=True, extra=extra)
     size = (target / "model.safetensors").stat().st_size / 1e6
     (target / "MODEL_CARD.md").write_text(card(info, scores, size))
-    results = ROOT / "benchmarks" / "results" / "shipped_model.json"
+    results = RESULTS / "shipped_model.json"
     results.write_text(
         json.dumps(
             {"name": NAME, **info, "scores": scores, "megabytes": size, "git": git_state()},
@@ -292,10 +285,10 @@ def ship(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("step", choices=("train", "ship"))
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "shipped")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=WORK / "shipped")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()

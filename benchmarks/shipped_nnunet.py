@@ -1,6 +1,6 @@
 """The shipped bundle against nnU-Net v2 trained on its split for the same wall-clock time.
 
-    .venv-bench/bin/python benchmarks/shipped_nnunet.py   # after shipped_model.py train and ship
+    .venv-bench/bin/python -m benchmarks.shipped_nnunet   # after shipped_model train and ship
 
 nnU-Net v2 trains on the bundle's sarcoma training scans (the split of benchmarks/work/shipped), at
 the bundle's lowres spacing, patch and batch, with a PlainConvUNet of the bundle's parameter count,
@@ -14,17 +14,16 @@ Results: benchmarks/results/shipped_nnunet.json (the README's shipped-model tabl
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from accuracy import held_out_folders
-from measure import git_state, machine, run
-from nnunet_peer import (
+from .accuracy import held_out_folders
+from .common import BIN, DATA, RESULTS, add_timeout, add_work_and_out, parser_for, require_nnunet
+from .measure import provenance, run
+from .nnunet_peer import (
     PLANS,
     TRAINER,
     bench_plans,
@@ -33,13 +32,10 @@ from nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
-from shipped_model import DATASETS, _stats
-from support import parameter_count
+from .shipped_model import DATASETS, _stats
+from .support import parameter_count
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 DATASET, DATASET_ID = "sarcoma_ct", 101
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def train_and_predict(args, info: dict, budget: float, images: Path, mirror: bool) -> dict:
@@ -126,17 +122,15 @@ def scored(predictions: Path, labels: Path, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "shipped")
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--budget", type=float, help="seconds (default: the bundle's pretraining)")
     parser.add_argument("--iterations", type=int, help="per epoch (default: the bundle's)")
     parser.add_argument("--val-iterations", type=int, default=5, help="nnU-Net's, per epoch")
-    parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "shipped_nnunet.json")
+    add_timeout(parser, 3600.0)
+    add_work_and_out(parser, "shipped_nnunet", work="shipped")
     args = parser.parse_args()
-    if not (BIN / "nnUNetv2_train").exists():
-        sys.exit("no nnU-Net v2 here: run with .venv-bench/bin/python (make bench-env)")
+    require_nnunet()
     info = json.loads((args.work / "train.json").read_text())
     bundle = json.loads((RESULTS / "shipped_model.json").read_text())
     budget = args.budget or info["pretrain"]["wall_seconds"]
@@ -162,9 +156,7 @@ def main() -> None:
             for case, dice in nnunet["per_case_dice"].items()
         },
         "nnunetv2": version("nnunetv2"),
-        "command": " ".join(sys.argv),
-        "machine": machine(load),
-        **git_state(),
+        **provenance("shipped_nnunet", ".venv-bench", load),
     }
     args.out.write_text(json.dumps(result, indent=1))
     print(

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 import SimpleITK as sitk
-from measure import run
+
+from .measure import run
 
 PARENTS = {"liver_tumour": "liver", "pancreas_tumour": "pancreas"}  # the phantoms' tumours
 SINGLES = {  # case -> (dataset folder, modality, class name of label 1)

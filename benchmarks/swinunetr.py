@@ -1,8 +1,8 @@
 """MONAI's SwinUNETR as a peer: trained and run on exactly tumorfm's data, so only the network and
 its recipe differ (used by benchmarks/accuracy.py; runs in .venv-bench, which has MONAI).
 
-    swinunetr.py train CACHE --split SPLIT -o RUN --iterations N --patch Z Y X
-    swinunetr.py predict RUN --bundle TUMORFM_BUNDLE -i IMAGES -o PREDICTIONS
+    python -m benchmarks.swinunetr train CACHE --split SPLIT -o RUN --iterations N --patch Z Y X
+    python -m benchmarks.swinunetr predict RUN --bundle TUMORFM_BUNDLE -i IMAGES -o PREDICTIONS
 
 Training draws the patches tumorfm's trainer draws (the same cache from `tumorfm finetune`, the
 same split, 1/3 foreground oversampling and nnU-Net's augmentation through tumorfm's loader) and
@@ -15,7 +15,6 @@ geometry) with the network swapped, so pre- and post-processing are identical to
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
 from tumorfm.train.loop import Stepper, make_optimizer
 from tumorfm.train.split import read_split
+
+from .common import parser_for
 
 
 def network(in_channels: int, classes: int, feature_size: int) -> SwinUNETR:
@@ -106,7 +107,7 @@ def predict(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("train")
     fit.add_argument("cache", type=Path)

@@ -1,6 +1,6 @@
 """Tumour synthesis measured (issue 15): how real synthetic tumours look, and what one costs.
 
-    .venv-bench/bin/python benchmarks/synth.py [--cases N] [--seeds 0 1 2] [--diffusion-model B]
+    .venv-bench/bin/python -m benchmarks.synth [--cases N] [--seeds 0 1 2] [--diffusion-model B]
 
 Realism. Each sarcoma CT of Dataset101_SarcomaCT holds its real sarcoma (label 1); into the same
 scan's soft tissue (unlabelled voxels whose smoothed HU lies in -20..100, opened: online synthesis's
@@ -30,7 +30,6 @@ high-water mark) before and after. Writes benchmarks/results/synth.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,9 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from measure import git_state, machine
 from scipy import ndimage, stats
-from seeds import over_seeds
 from skimage.feature import graycomatrix, graycoprops
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -63,7 +60,11 @@ from tumorfm.synth.dataset import source_of
 from tumorfm.synth.online import HU_SMOOTHING_MM, hu_window_organ
 from tumorfm.synth.procedural import synthesise
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import DATA, RESULTS, case_ids, parser_for
+from .measure import provenance
+from .report_synth import synth_lines
+from .seeds import over_seeds
+
 DATASET = "Dataset101_SarcomaCT"
 SOFT_HU = (-20.0, 100.0)  # the organ: unlabelled soft tissue
 SIZES = ("large", "medium", "small")  # tried in turn: the largest the tissue holds
@@ -75,10 +76,6 @@ FIRST = ("mean", "std", "p10", "p50", "p90", "skewness", "kurtosis", "entropy")
 GLCM = ("contrast", "homogeneity", "energy", "correlation")
 FEATURES = FIRST + tuple(f"glcm_{name}" for name in GLCM)
 TARGET_AUC = 0.75
-
-
-def case_ids(folder: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
 
 
 def load(folder: Path, case: str):
@@ -324,13 +321,13 @@ def measure_speed(folder: Path, cases: list[str], repeats: int, engine) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--cases", type=int, help="the first N sarcoma scans (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--diffusion-model", type=Path, help="a synthesis bundle (CT)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per size")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synth.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "synth.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
     folder = args.data / DATASET
@@ -376,9 +373,7 @@ def main() -> None:
         "rss_mb: the process's peak RSS (ru_maxrss), a high-water mark")  # fmt: skip
     result = {
         "settings": settings,
-        "command": " ".join([".venv-bench/bin/python benchmarks/synth.py", *sys.argv[1:]]),
-        "machine": machine(load_before),
-        **git_state(),
+        **provenance("synth", ".venv-bench", load_before),
         "skipped": skipped,
         "sizes": {s: sum(r.get("size") == s for r in rows.values()) for s in SIZES},
         "real_volume_ml": dict(
@@ -390,10 +385,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_clean(result), indent=1))
-    sys.path.insert(0, str(ROOT))  # the README's formatting, as the summary
-    from benchmarks.report_synth import synth_lines
-
-    print("\n" + "\n".join(synth_lines(json.loads(args.out.read_text()))))
+    summary = synth_lines(json.loads(args.out.read_text()))  # the README's formatting
+    print("\n" + "\n".join(summary))
     print(f"wrote {args.out}")
 
 

@@ -1,6 +1,6 @@
 """Label-free: do synthetic tumours in healthy livers replace real tumour labels? (issue 15, (a))
 
-    .venv/bin/python benchmarks/synth_labelfree.py [--seeds 0 1 2]
+    .venv/bin/python -m benchmarks.synth_labelfree [--seeds 0 1 2]
 
 Hu et al.'s claim (CVPR 2023), on data whose truth we know: CT phantoms (tumorfm.data.phantom).
 PhantomLiver's scans hold liver tumours, labelled; PhantomMultiOrgan's livers are healthy. Per
@@ -18,22 +18,20 @@ lesion sensitivity and precision. Results: benchmarks/results/synth_labelfree.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-import seeds
 import yaml
-from measure import git_state, machine, run
 
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from . import seeds
+from .common import BIN, add_work_and_out, parser_for
+from .measure import provenance, run
+
 SITES = {site.name: site for site in DEFAULT_SITES}
 LIVER, HEALTHY = SITES["PhantomLiver"], SITES["PhantomMultiOrgan"]
 TUMOUR = "liver_tumour"
@@ -124,8 +122,8 @@ def held_out(work: Path, cases: list[str], out: Path) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "labelfree")
+    parser = parser_for(__spec__.name, __doc__)
+    add_work_and_out(parser, "synth_labelfree", work="labelfree")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cases", type=int, default=24, help="phantom scans per site")
     parser.add_argument("--held-out", type=int, default=8, help="PhantomLiver scans scored")
@@ -133,9 +131,6 @@ def main() -> None:
     parser.add_argument("--per-epoch", type=int, default=50)
     parser.add_argument("--model", default="tsfm-tiny")
     parser.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "synth_labelfree.json"
-    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
@@ -152,9 +147,7 @@ def main() -> None:
         "synthetic_minus_real": seeds.paired_difference(
             rows, {"arm": "synthetic only"}, {"arm": "real tumours"}, "dice"
         ),
-        "command": " ".join([".venv/bin/python benchmarks/synth_labelfree.py", *sys.argv[1:]]),
-        "machine": machine(load),
-        **git_state(),
+        **provenance("synth_labelfree", ".venv", load),
     }
     args.out.write_text(json.dumps(result, indent=1))
     for row in result["rows"]:

@@ -1,6 +1,6 @@
 """Does online tumour synthesis help a segmenter that has few labelled scans? (issue 15, (b))
 
-    .venv/bin/python benchmarks/synth_useful.py [--seeds 0 1 2] [--train-cases 8]
+    .venv/bin/python -m benchmarks.synth_useful [--seeds 0 1 2] [--train-cases 8]
 
 Per seed, two trainings from scratch that differ only in the pool's synthesis block: `real` learns
 from `--train-cases` real sarcoma CTs (drawn with the seed), `real+synthetic` from the same scans
@@ -16,25 +16,23 @@ issue's target is +0.05 Dice. Results: benchmarks/results/synth_useful.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import seeds
 import yaml
-from measure import git_state, machine, run
-from shipped_model import DATASETS, _stats, case_ids, fixed_split, held_out
 
 from tumorfm.synth.appearance import measure
 from tumorfm.synth.dataset import source_of
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from . import seeds
+from .common import BIN, DATA, add_work_and_out, case_ids, parser_for
+from .measure import provenance, run
+from .shipped_model import DATASETS, _stats, fixed_split, held_out
+
 CLASS = "soft_tissue_sarcoma"
 SYNTHESIS = {"organ_hu": [-20, 100], "tumour": CLASS, "probability": 0.5, "size": "mixed"}
 ARMS = {"real": None, "real+synthetic": SYNTHESIS}
@@ -136,18 +134,15 @@ def _row(arm: str, out: Path, predictions: Path, split: dict, synthesis: dict | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "synth")
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
+    add_work_and_out(parser, "synth_useful", work="synth")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-cases", type=int, default=8, help="real scans each model sees")
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--per-epoch", type=int, default=50)
     parser.add_argument("--model", default="tsfm-tiny")
     parser.add_argument("--patch", type=int, nargs=3, default=[48, 96, 96])
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "synth_useful.json"
-    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
@@ -162,9 +157,7 @@ def main() -> None:
         "per_seed": rows,
         "gain": gain,
         "target": 0.05,
-        "command": " ".join([".venv/bin/python benchmarks/synth_useful.py", *sys.argv[1:]]),
-        "machine": machine(load),
-        **git_state(),
+        **provenance("synth_useful", ".venv", load),
     }
     args.out.write_text(json.dumps(result, indent=1))
     for row in result["rows"]:

@@ -34,12 +34,11 @@ disturbed by more than `--max-disturbance` (`--retries` times) and flags it if i
 
 Run from the repository root in the benchmark environment (it holds nnU-Net; tumorfm trains in the
 product environment .venv):
-    make bench-env && .venv-bench/bin/python benchmarks/train.py
+    make bench-env && .venv-bench/bin/python -m benchmarks.train
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -48,12 +47,32 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from measure import WAITED, git_state, machine, run, wait_until_idle
-from nnunet_peer import (
+
+from .common import (
+    BIN,
+    DATA,
+    add_timeout,
+    add_tumorfm,
+    add_work_and_out,
+    parser_for,
+    require_nnunet,
+    require_tumorfm,
+)
+from .measure import (
+    WAITED,
+    add_disturbance_options,
+    git_state,
+    machine,
+    run,
+    undisturbed,
+    wait_until_idle,
+)
+from .nnunet_peer import (
     PLANS,
     TRAINER,
     bench_plans,
@@ -63,9 +82,6 @@ from nnunet_peer import (
     nnunet_env,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "Dataset101_SarcomaCT"
-BIN = Path(sys.executable).parent
 DATASET = "Dataset101_SarcomaCT"
 TSFM = "tsfm-small"
 TUMORFM_VAL_BATCHES = 20  # PretrainConfig.val_batches of the paper profile (no CLI option)
@@ -227,8 +243,8 @@ def product_versions(tumorfm: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA / DATASET)
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20, help="per epoch")
@@ -240,36 +256,15 @@ def main() -> None:
         help="nnU-Net's validation batches per epoch (tumorfm's are fixed at 20)",
     )
     parser.add_argument("--workers", type=int, default=2, help="preprocessing and loader workers")
-    parser.add_argument("--timeout", type=float, default=1500, help="seconds, per command")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=600,
-        help="before each training run, wait at most this many seconds for other work on the "
-        "machine to finish (0: do not wait)",
-    )
-    parser.add_argument(
-        "--max-disturbance",
-        type=float,
-        default=0.1,
-        help="a training run during which other processes took more than this share of the "
-        "CPUs is repeated (up to --retries times) and flagged if it stays disturbed",
-    )
-    parser.add_argument("--retries", type=int, default=1)
-    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "train")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    add_timeout(parser, 1500)
+    add_disturbance_options(parser, "training run")
+    add_tumorfm(parser)
+    add_work_and_out(parser, "train")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first is warm-up")
-    for tool in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train"):
-        if not (BIN / tool).exists():
-            sys.exit(
-                "nnU-Net v2 is not in this environment: run `make bench-env` and use "
-                ".venv-bench/bin/python"
-            )
-    if not args.tumorfm.exists():
-        sys.exit(f"{args.tumorfm}: no tumorfm in the product environment; run `make test` first")
+    require_nnunet("nnUNetv2_plan_and_preprocess", "nnUNetv2_train")
+    require_tumorfm(args.tumorfm)
     if not (args.data / "dataset.json").is_file():
         sys.exit(f"{args.data}: not an nnU-Net raw dataset (no dataset.json)")
     started = time.perf_counter()
@@ -317,25 +312,25 @@ def main() -> None:
         "tumorfm": (lambda: train_tumorfm(args, work, args.tumorfm, None), ours),
         "tumorfm_fp32": (lambda: train_tumorfm(args, work, args.tumorfm, "fp32"), ours),
     }
+
+    def attempt(train, network: dict, idle: float | None) -> dict:
+        r = train()
+        r["cpu_busy_share_before_start"] = idle
+        r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
+        print(
+            f"  {r['iterations_per_second']:.4f} it/s ({r['precision']}); other processes "
+            f"took {r['other_processes_cpu_share']:.0%} of the CPUs meanwhile",
+            flush=True,
+        )
+        return r
+
+    def without_epochs(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "epochs"}
+
     runs = {}
     for name, (train, network) in plan.items():
-        discarded = []
-        for attempt in range(args.retries + 1):
-            idle = wait_until_idle(args.wait_idle)
-            r = train()
-            r["cpu_busy_share_before_start"] = idle
-            r["gmacs_per_second"] = network["forward_backward_gmacs"] * r["iterations_per_second"]
-            share = r["other_processes_cpu_share"]
-            print(
-                f"  {r['iterations_per_second']:.4f} it/s ({r['precision']}); other processes "
-                f"took {share:.0%} of the CPUs meanwhile",
-                flush=True,
-            )
-            if share <= args.max_disturbance or attempt == args.retries:
-                break
-            print(f"  more than {args.max_disturbance:.0%}: discarded, running it again")
-            discarded.append({k: v for k, v in r.items() if k != "epochs"})
-        r["disturbed"] = share > args.max_disturbance
+        r, _, discarded = undisturbed(partial(attempt, train, network), args, without_epochs)
+        r["disturbed"] = r["other_processes_cpu_share"] > args.max_disturbance
         r["discarded_attempts"] = discarded
         runs[name] = r
 

@@ -28,13 +28,12 @@ GPU (`--device cuda`).
 Run from the repository root in the benchmark environment (hours with the defaults on 2 CPUs;
 finished runs and nnU-Net folds are reused, so it can be run a seed at a time and again with
 every seed to aggregate):
-    make bench-env && .venv-bench/bin/python benchmarks/transfer.py
+    make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -43,11 +42,23 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import seeds
 import SimpleITK as sitk
 import yaml
-from measure import git_state, machine, run
-from nnunet_peer import (
+
+from . import seeds
+from .common import (
+    BIN,
+    DATA,
+    add_timeout,
+    add_tumorfm,
+    add_work_and_out,
+    command_line,
+    parser_for,
+    require_nnunet,
+    require_tumorfm,
+)
+from .measure import git_state, machine, run
+from .nnunet_peer import (
     PLANS,
     TRAINER,
     bench_plans,
@@ -56,11 +67,8 @@ from nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
-from support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
+from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-BIN = Path(sys.executable).parent
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
 
 
@@ -208,7 +216,7 @@ def _fmt(value) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--data", type=Path, default=DATA, help="../shared/data")
     parser.add_argument("--model", default="tsfm-tiny")
     add_plan_and_seeds(parser, "one study per seed: its split and initialisation")
@@ -226,21 +234,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every model)")
     parser.add_argument("--fresh", action="store_true", help="retrain what a former run left")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds, per short command")
-    parser.add_argument("--tumorfm", type=Path, default=ROOT / ".venv" / "bin" / "tumorfm")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "transfer")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json"
-    )
+    add_timeout(parser, 1800, "short command")
+    add_tumorfm(parser)
+    add_work_and_out(parser, "transfer")
     args = parser.parse_args()
     if args.full:
         args.patch, args.iterations, args.budgets, args.pretrain_epochs = None, 250, [50, 100], 1000
         args.factor = 20  # nnU-Net's 1000 epochs vs 50 (5%) and 100 (10%)
         args.config = "fullres"  # a GPU patch holds the case at full resolution
-    if not args.skip_nnunet and not (BIN / "nnUNetv2_train").exists():
-        sys.exit("nnU-Net v2 is not in this environment: run `make bench-env`, use .venv-bench")
-    if not args.tumorfm.exists():
-        sys.exit(f"{args.tumorfm}: no tumorfm in the product environment; run `make test` first")
+    if not args.skip_nnunet:
+        require_nnunet()
+    require_tumorfm(args.tumorfm)
     if not (args.data / SARCOMA / "dataset.json").is_file():
         sys.exit(f"{args.data / SARCOMA}: the sarcoma CT set is missing")
     if args.patch is None:  # --full: nnU-Net's own patch for every model
@@ -290,7 +294,7 @@ def main() -> None:
             targets["meets_nnunet_with_10pct"] = versus["mean"] is not None and versus["mean"] >= 0
     result = {
         "benchmark": "transfer",
-        "command": " ".join([".venv-bench/bin/python benchmarks/transfer.py", *sys.argv[1:]]),
+        "command": command_line("transfer"),
         "machine": machine(load_before),
         "versions": {
             "torch_bench_env": version("torch"),

@@ -186,3 +186,13 @@ def test_evaluate_refuses_a_requested_class_no_label_map_holds(tmp_path):
     result = run_cli("evaluate", seg, seg, "--labels", "999", "-o", tmp_path / "ev")
     assert_one_line_error(result, "--labels 999: no label map holds this class")
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_misspelt_training_setting_is_refused_naming_the_closest():
+    """finetune and the transfer study hand settings down by name to make_config."""
+    from tumorfm.errors import TumorFMError
+    from tumorfm.train.config import make_config
+
+    with pytest.raises(TumorFMError, match="did you mean 'iterations_per_epoch'"):
+        make_config("cpu", iteration_per_epoch=3)
+    assert make_config("cpu", iterations_per_epoch=3).iterations_per_epoch == 3

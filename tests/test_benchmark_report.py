@@ -2,15 +2,14 @@
 (no figure typed by hand), and a benchmark that has not run shows as not measured."""
 
 import json
+import re
 import shutil
-import sys
 from pathlib import Path
 
+from benchmarks import report
+from benchmarks.seeds import merge, paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks/ is a package beside tumorfm, not installed
-sys.path.insert(0, str(ROOT / "benchmarks"))  # its scripts import each other by name
-from benchmarks import report  # noqa: E402
-from benchmarks.seeds import merge, paired_difference  # noqa: E402
 
 
 def test_readme_results_section_matches_the_results_files():
@@ -31,7 +30,7 @@ def test_ratios_are_computed_from_the_files_and_missing_benchmarks_say_so(tmp_pa
     row = next(line for line in section.splitlines() if line.startswith("| preprocess"))
     assert "| 2.00 |" in row and "**no**" in row
     assert "| train: not measured |" in section
-    assert "Not measured yet: `.venv-bench/bin/python benchmarks/accuracy.py`" in section
+    assert "Not measured yet: `.venv-bench/bin/python -m benchmarks.accuracy`" in section
 
 
 def test_render_replaces_only_the_section(tmp_path):
@@ -152,3 +151,12 @@ def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
     comparison["budget_seconds"] += 60  # the bundle was trained again since
     (results / "shipped_nnunet.json").write_text(json.dumps(comparison))
     assert "earlier training of the bundle" in "\n".join(shipped_table(results))
+
+
+def test_commands_show_as_modules_also_where_a_results_file_recorded_the_script(tmp_path):
+    assert not re.search(r"benchmarks/\w+\.py", report.section())  # `python -m benchmarks.NAME`
+    result = {"settings": {"patch": [48, 96, 96], "batch": 2, "budget": 0.5}, "rows": [],
+              "command": ".venv-bench/bin/python benchmarks/accuracy.py --budget 0.5"}  # fmt: skip
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "`.venv-bench/bin/python -m benchmarks.accuracy --budget 0.5`" in text

@@ -1,11 +1,21 @@
 import pytest
+import typer
 from conftest import assert_one_line_error, run_cli
 
 import tumorfm
+from tumorfm.cli import app
 
-COMMANDS = ["info", "check", "pool", "pool show", "preprocess", "pretrain", "phantom", "predict"]
-COMMANDS += ["evaluate", "demo", "model list", "model summary", "statistics", "finetune"]
-COMMANDS += ["transfer-study", "evaluate-model", "synth tumours", "synth appearance"]
+
+def _commands(command=None, path=()) -> list[str]:
+    """Every command and sub-command the app registers, e.g. 'model summary'."""
+    command = command or typer.main.get_command(app)
+    found = [" ".join(path)] if path else []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _commands(sub, (*path, name))
+    return found
+
+
+COMMANDS = _commands()
 
 
 def test_version():

@@ -210,7 +210,7 @@ def test_report_lists_the_failed_case_and_the_statistics(run):
     cells = page.cases["STS_019"]["cells"]
     assert cells[0] == NAME and cells[1] == f"{row['volume_ml']:.3f}"
     assert cells[2] == str(row["lesions"]) and cells[7] == str(row["axial_slice"])
-    assert "RECIST longest axial mm" in path.read_text()
+    assert "RECIST longest axial mm" in path.read_text(encoding="utf-8")
     recist = [f for f in page.cases["STS_019"]["figures"] if "RECIST slice" in f["caption"]]
     assert all(slice_number(f["caption"])[0] == row["axial_slice"] for f in recist)
 

@@ -12,8 +12,9 @@ from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
+from tumorfm.train.config import make_config
 from tumorfm.train.split import read_split, split_cases
-from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.train.trainer import pretrain
 from tumorfm.workflows.demo import write_pool_file
 
 

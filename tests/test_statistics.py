@@ -24,8 +24,9 @@ from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions, Predictor
 from tumorfm.model import create_model
 from tumorfm.model.bundle import read_bundle_config, save_bundle
+from tumorfm.train.config import make_config
 from tumorfm.train.finetune import finetune
-from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.train.trainer import pretrain
 from tumorfm.workflows.demo import write_pool_file
 
 TINY = dict(patch_size=(16, 32, 32), batch_size=2, iterations_per_epoch=1, val_every=1,

@@ -17,7 +17,8 @@ from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.infer.predictor import Predictor
-from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.train.config import make_config
+from tumorfm.train.trainer import pretrain
 
 PATCH = (16, 48, 48)
 

@@ -46,7 +46,7 @@ def pretrain(
     fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
 ) -> None:
     """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
-    from tumorfm.train.trainer import make_config
+    from tumorfm.train.config import make_config
     from tumorfm.train.trainer import pretrain as run_pretrain
 
     config = None

@@ -106,7 +106,8 @@ def window_count(shape, patch, overlap: float) -> int:
     return count
 
 
-def _device(name: str) -> torch.device:
+def choose_device(name: str) -> torch.device:
+    """auto: cuda, else mps, else cpu; a named device must exist here."""
     if name == "auto":
         mps = getattr(torch.backends, "mps", None)
         name = (
@@ -150,7 +151,7 @@ class Predictor:
         self.options = options = options or PredictOptions()
         self.plan, self.plan_name, self.classes = plan, plan_name, list(classes)
         self.source, self.preset = source, preset
-        self.device = _device(options.device)
+        self.device = choose_device(options.device)
         self.network = network.to(self.device).eval()
         self.patch_size = tuple(int(p) for p in patch_size)
         self.paint_order = list(paint_order or classes)
@@ -190,7 +191,7 @@ class Predictor:
         options = options or PredictOptions()
         meta = read_bundle_config(folder)
         plan_name, plan = choose_plan(meta, options.plan, folder)
-        loaded = load_bundle(folder, device=str(_device(options.device)))
+        loaded = load_bundle(folder, device=str(choose_device(options.device)))
         channels = loaded.model.config.in_channels
         if len(plan.normalization_schemes) != channels:
             raise TumorFMError(

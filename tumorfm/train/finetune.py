@@ -24,7 +24,8 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import ensure_writable
 from tumorfm.model.adapters import MODES
 from tumorfm.model.bundle import LESIONS, bundle_folder, read_bundle_config
-from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.train.config import make_config
+from tumorfm.train.trainer import pretrain
 
 ADAPTATION = {"adapter": {"adapter_dim": 32}, "lora": {"lora_rank": 8}}  # module sizes per mode
 

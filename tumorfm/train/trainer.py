@@ -19,7 +19,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -29,105 +29,20 @@ import tumorfm
 from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.classes import learnt_classes, paint_order
 from tumorfm.data.loader import PatchBatches, make_loader
-from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH
 from tumorfm.errors import TumorFMError
 from tumorfm.files import read_json_object, write_json
-from tumorfm.model import list_models
-from tumorfm.model.adapters import MODES, count_trainable, freeze
+from tumorfm.model.adapters import count_trainable, freeze
 from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng
+from tumorfm.train.config import PretrainConfig
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss
 from tumorfm.train.split import read_split, split_cases
 from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
-
-
-@dataclass
-class PretrainConfig:
-    model: str = "tsfm-1.6b"
-    patch_size: tuple[int, int, int] = PAPER_PATCH
-    batch_size: int = 2  # global, split across processes
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    optimizer: str = "sgd"  # or "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.99
-    weight_decay: float = 1e-3
-    grad_clip: float = 12.0
-    precision: str = "auto"  # auto (bf16 where the device has it), bf16, fp16, fp32
-    deep_supervision: bool = True
-    val_every: int = 10  # epochs
-    val_fraction: float = 0.2  # of each dataset's cases, at least one when it has two
-    folds: int = 0  # > 1: cross-validation, fold `fold` of `folds` held out (val_fraction unused)
-    fold: int = 0  # of `folds`, or of a split file's list of folds
-    split_file: str | None = None  # fixed train / val cases (nnU-Net's splits_final.json too)
-    val_batches: int = 20
-    seed: int = 0
-    workers: int = 2
-    checkpointing: bool = False
-    fsdp: bool = False
-    device: str = "auto"
-    init_from: str | None = None  # a bundle to start from (transfer), else a fresh preset
-    init_weights: bool = True  # False: init_from's architecture with fresh weights (baseline)
-    mode: str = "full"  # which parameters train: full, decoder, head, adapter, lora
-    warmup_epochs: int = 0  # first train only the heads (MultiTalent's transfer), then `mode`
-    adaptation: dict = field(default_factory=dict)  # adapter_dim / lora_rank for the network
-
-    def __post_init__(self):
-        self.patch_size = tuple(int(p) for p in self.patch_size)
-        if self.model not in list_models():
-            raise TumorFMError(
-                f"unknown model '{self.model}'; choose one of {', '.join(list_models())}"
-            )
-        if self.optimizer not in ("sgd", "adamw"):
-            raise TumorFMError(f"optimizer '{self.optimizer}': choose sgd or adamw")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise TumorFMError(f"precision '{self.precision}': choose auto, bf16, fp16 or fp32")
-        if self.mode not in MODES:
-            raise TumorFMError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
-        for name in ("lr", "momentum", "weight_decay", "grad_clip", "val_fraction"):
-            value = getattr(self, name)
-            low_ok = value > 0 if name in ("lr", "grad_clip") else value >= 0
-            if not (math.isfinite(value) and low_ok and (name != "momentum" or value < 1)):
-                raise TumorFMError(f"{name} {value}: {_RANGES[name]}")
-        if min(self.patch_size) < 8 or len(self.patch_size) != 3:
-            raise TumorFMError(f"patch {self.patch_size}: three sizes (z y x), each at least 8")
-
-
-_RANGES = {
-    "lr": "the learning rate must be a positive finite number",
-    "momentum": "must be finite, at least 0 and below 1",
-    "weight_decay": "must be finite and not negative",
-    "grad_clip": "the gradient norm clip must be a positive finite number",
-    "val_fraction": "must be finite and not negative",
-}
-
-# The paper's recipe, and one that finishes in minutes on a 2-core CPU.
-PROFILES = {
-    "paper": {},
-    # a short schedule: nnU-Net's initial lr (1e-2) instead of the paper's 1e-3 for 250k steps
-    "cpu": dict(
-        model="tsfm-tiny",
-        patch_size=CPU_PROFILE_PATCH,
-        epochs=10,
-        iterations_per_epoch=20,
-        lr=1e-2,
-        val_every=2,
-        val_batches=4,
-    ),
-}
-
-
-def make_config(profile: str = "paper", **changes) -> PretrainConfig:
-    if profile not in PROFILES:
-        raise TumorFMError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
-    return PretrainConfig(
-        **{**PROFILES[profile], **{k: v for k, v in changes.items() if v is not None}}
-    )
 
 
 def pool_digest(pool: dict) -> str:

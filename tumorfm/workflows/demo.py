@@ -33,7 +33,8 @@ from tumorfm.files import ensure_writable, write_json
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions
 from tumorfm.model.bundle import list_shipped
-from tumorfm.train.trainer import make_config, pretrain
+from tumorfm.train.config import make_config
+from tumorfm.train.trainer import pretrain
 
 SHIPPED = "tsfm-real-lowres"
 REAL_SCANS = {  # the shipped model's plan -> a folder of real scans with labels (tests/data)

@@ -1,0 +1,68 @@
+"""What the benchmark scripts share besides measuring (measure.py): where things live, the options
+and checks they repeat, and the command line a results file records.
+
+Every benchmark is a module of this package, run from the repository root:
+`.venv-bench/bin/python -m benchmarks.NAME` (the peers' environment), or `.venv/bin/python -m
+benchmarks.NAME` for those that need only the product environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"  # the real scans beside the repository
+WORK = ROOT / "benchmarks" / "work"  # what the benchmarks write on the way (not in git)
+RESULTS = ROOT / "benchmarks" / "results"  # what the README's results section is written from
+BIN = Path(sys.executable).parent  # this environment's commands: nnUNetv2_*, tumorfm
+PRODUCT_TUMORFM = ROOT / ".venv" / "bin" / "tumorfm"
+
+
+def case_ids(folder: Path) -> list[str]:
+    """The labelled cases of an nnU-Net raw dataset."""
+    return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
+
+
+def command_line(name: str, environment: str = ".venv-bench") -> str:
+    """This run's command as typed at the repository root: `ENV/bin/python -m benchmarks.NAME`
+    and its arguments."""
+    return " ".join([f"{environment}/bin/python", "-m", f"benchmarks.{name}", *sys.argv[1:]])
+
+
+def parser_for(module: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser (`module`: its __spec__.name): its usage as it runs, `python -m
+    benchmarks.NAME`, and its docstring's first line."""
+    prog = f"python -m {module.removesuffix('.__main__')}"
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+
+
+def add_work_and_out(parser, name: str, work: str | None = None) -> None:
+    """--work (benchmarks/work/WORK, by default WORK = NAME) and --out (results/NAME.json)."""
+    parser.add_argument("--work", type=Path, default=WORK / (work or name))
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.json")
+
+
+def add_timeout(parser, default: float, per: str = "command") -> None:
+    parser.add_argument("--timeout", type=float, default=default, help=f"seconds, per {per}")
+
+
+def add_tumorfm(parser) -> None:
+    """--tumorfm: the product environment's command (the peers' environment runs the peers)."""
+    parser.add_argument("--tumorfm", type=Path, default=PRODUCT_TUMORFM)
+
+
+def require_tumorfm(tumorfm: Path) -> None:
+    if not tumorfm.exists():
+        sys.exit(f"{tumorfm}: no tumorfm in the product environment; run `make test` first")
+
+
+def require_nnunet(*tools: str) -> None:
+    """Exit unless this environment has nnU-Net v2's commands (.venv-bench has them)."""
+    for tool in tools or ("nnUNetv2_train",):
+        if not (BIN / tool).exists():
+            sys.exit(
+                "nnU-Net v2 is not in this environment: run `make bench-env` and use "
+                ".venv-bench/bin/python"
+            )
