@@ -190,8 +190,13 @@ def finetune(
             "on CT: unlabelled tissue in that window), in half the samples."
         ),
     ] = None,
+    promptable: Annotated[
+        bool,
+        typer.Option(help="Learn from simulated clicks and boxes: a bundle for `refine`."),
+    ] = False,
 ) -> None:
-    """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`."""
+    """Fine-tune a pretrained bundle on a new dataset; the result is a bundle for `predict`
+    (or, with --promptable, for `refine`)."""
     from tumorfm.train.finetune import finetune as run_finetune
 
     row = run_finetune(
@@ -214,6 +219,7 @@ def finetune(
         fold=fold,
         plan_config=config,
         synthesis=synthesis_option(synth),
+        promptable=promptable or None,
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
     typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")

@@ -43,6 +43,7 @@ class PretrainConfig:
     mode: str = "full"  # which parameters train: full, decoder, head, adapter, lora
     warmup_epochs: int = 0  # first train only the heads (MultiTalent's transfer), then `mode`
     adaptation: dict = field(default_factory=dict)  # adapter_dim / lora_rank for the network
+    promptable: bool = False  # learn from simulated clicks and boxes (tumorfm.interactive)
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)

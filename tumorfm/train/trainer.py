@@ -31,6 +31,8 @@ from tumorfm.data.classes import learnt_classes, paint_order
 from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.errors import TumorFMError
 from tumorfm.files import read_json_object, write_json
+from tumorfm.interactive.prompts import PROMPT_CHANNELS
+from tumorfm.interactive.training import PromptedBatches, Prompter, prompted_classes
 from tumorfm.model.adapters import count_trainable, freeze
 from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.synth.online import online_specs
@@ -128,9 +130,12 @@ def pretrain(
     classes, regions = pool["classes"], pool["class_regions"]
     train_cases, train_weights = split_part(cache, pool, split, "train")
     val_cases, val_weights = split_part(cache, pool, split, "val")
-    in_channels = train_cases[0].image().shape[0]
+    scan_channels = train_cases[0].image().shape[0]
+    in_channels, out_classes = scan_channels, classes  # the network's
+    if config.promptable:  # the scan's channels, then the prompts'; one prompted object
+        in_channels, out_classes = scan_channels + len(PROMPT_CHANNELS), prompted_classes(classes)
     if config.init_from is None:  # a bundle's architecture is its own: not estimated here
-        _check_memory(config, in_channels, len(classes), processes)
+        _check_memory(config, in_channels, len(out_classes), processes)
     common = dict(
         classes=classes,
         class_regions=regions,
@@ -149,7 +154,7 @@ def pretrain(
         else None
     )
     torch.manual_seed(config.seed)
-    model, init = build_model(config, in_channels, classes)
+    model, init = build_model(config, in_channels, out_classes)
     model = model.to(processes.device)
     outputs = len(model.aux_heads) + 1
     start_epoch, best, optimizer_state = 0, -math.inf, None
@@ -190,7 +195,7 @@ def pretrain(
                 "world_size": processes.world_size,
                 "precision": precision,
                 "in_channels": in_channels,
-                "classes": classes,
+                "classes": out_classes,
                 "init": init,
                 "trainable_parameters": trainable,
                 "parameters": total,
@@ -216,13 +221,14 @@ def pretrain(
         desc=f"pretrain {config.model}",
         disable=None if progress and processes.main else True,
     )
-    modalities = train_cases[0].properties.get("modalities", ["unknown"] * in_channels)
+    modalities = train_cases[0].properties.get("modalities", ["unknown"] * scan_channels)
+    lesions = pool.get("lesions")  # the pool's tumour classes (absent in an older cache)
     bundle_info = dict(
-        classes=classes,
-        modalities=modalities,
+        classes=out_classes,
+        modalities=modalities + (list(PROMPT_CHANNELS) if config.promptable else []),
         preset=config.model,
-        paint_order=paint_order(classes, pool.get("parents", {})),
-        lesions=pool.get("lesions"),  # the pool's tumour classes (absent in an older cache)
+        paint_order=paint_order(out_classes, pool.get("parents", {})),
+        lesions=None if lesions is None else [c for c in lesions if c in out_classes],
         plan={
             "datasets": {
                 d["name"]: json.loads((cache / d["name"] / "plan.json").read_text())
@@ -234,8 +240,21 @@ def pretrain(
             "pool": pool["name"],
             "parents": pool.get("parents", {}),
             "annotated": {d["name"]: learnt_classes(d) for d in pool["datasets"]},
+            **(
+                {"prompt_channels": list(PROMPT_CHANNELS), "prompt_classes": classes}
+                if config.promptable
+                else {}
+            ),
         },
     )
+    if config.promptable:  # prompts come from the network's own answers: in this process
+        spacings = {
+            name: tuple(plan["target_spacing_zyx"])
+            for name, plan in bundle_info["plan"]["datasets"].items()
+        }
+        prompter = Prompter(model, autocast, processes.device, spacings, config.seed)
+        loader = prompter.stream(loader, start_epoch * iterations)
+        val = val and PromptedBatches(val, prompter)
     device = processes.device
     stepper = Stepper(
         model,
@@ -263,7 +282,7 @@ def pretrain(
         }
         improved = False
         if val is not None and ((epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1):
-            scores = validate(model, val, config.val_batches, classes, processes, autocast)
+            scores = validate(model, val, config.val_batches, out_classes, processes, autocast)
             row.update(val_dice=scores["dice"], val_mean_dice=scores["mean_dice"])
             improved = scores["mean_dice"] > best
             best = max(best, scores["mean_dice"])

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tumorfm.errors import TumorFMError
+from tumorfm.interactive.prompts import PROMPT_CHANNELS
 from tumorfm.model.bundle import POSITION_SUFFIX, WEIGHTS, bundle_folder, read_bundle_config
 from tumorfm.model.network import TSFM, TSFMConfig
 from tumorfm.model.presets import create_model
@@ -51,7 +52,8 @@ def build_model(config, in_channels: int, classes: list[str]) -> tuple[TSFM, dic
         raise TumorFMError(f"{config.init_from}: cannot build its network ({error})") from None
     if not config.init_weights:
         return model, None
-    return model, initialise_from(model, config.init_from, classes)
+    prompts = len(PROMPT_CHANNELS) if config.promptable else 0
+    return model, initialise_from(model, config.init_from, classes, prompts)
 
 
 def _first_conv(old: torch.Tensor, channels: int) -> torch.Tensor:
@@ -61,8 +63,10 @@ def _first_conv(old: torch.Tensor, channels: int) -> torch.Tensor:
     return old.sum(1, keepdim=True).repeat(1, channels, 1, 1, 1) / channels
 
 
-def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict:
-    """Load the bundle's weights into `model` (whose output channels are `classes`)."""
+def initialise_from(model: TSFM, bundle: str | Path, classes: list[str], prompts: int = 0) -> dict:
+    """Load the bundle's weights into `model` (whose output channels are `classes`). The last
+    `prompts` input channels (a promptable network's) start at zero: with no prompt the network
+    answers exactly as the bundle did."""
     folder = bundle_folder(bundle)
     meta = read_bundle_config(folder)
     try:
@@ -90,6 +94,11 @@ def initialise_from(model: TSFM, bundle: str | Path, classes: list[str]) -> dict
             loaded[key] = new
         elif old.shape == value.shape or key.endswith(POSITION_SUFFIX):
             loaded[key] = old
+        elif key == "stem.weight" and prompts and old.shape[1] + prompts == value.shape[1]:
+            loaded[key] = torch.cat(
+                [old, old.new_zeros((old.shape[0], prompts, *old.shape[2:]))], 1
+            )
+            notes.append(f"input channels {old.shape[1]} + {prompts} prompt channels at zero")
         elif key == "stem.weight" and old.shape[0] == value.shape[0]:
             loaded[key] = _first_conv(old, value.shape[1])
             notes.append(f"input channels {old.shape[1]} -> {value.shape[1]}")
