@@ -4,7 +4,8 @@
 
 1. `tumorfm finetune --promptable` from the shipped bundle (tsfm-real-lowres) on the sarcoma
    scans it was trained on (its fixed split, benchmarks/shipped_model.py), so the seven held-out
-   sarcomas stay unseen; kept when it has finished (delete WORK/run to train again).
+   sarcomas stay unseen; kept when it has finished, resumed when it stopped part-way (delete
+   WORK/run to train again).
 2. Each held-out scan is segmented by a simulated reader (tumorfm.interactive.simulate): a first
    prompt (one click inside the tumour, or its jittered bounding box), then corrective clicks,
    each at the centre of the largest error, up to --clicks. Three segmenters answer the same
@@ -46,15 +47,22 @@ ERASE_MM = 10.0  # a negative click erases a ball this wide from the classic bas
 
 
 def train(args) -> None:
-    """The promptable bundle, fine-tuned from the shipped one on its own training scans."""
-    folder = args.data / DATASETS["sarcoma_ct"][0]
-    if (args.work / "run" / "last" / "config.json").is_file():
+    """The promptable bundle, fine-tuned from the shipped one on its own training scans; a run
+    stopped part-way (a session's end) is resumed exactly, a finished one kept."""
+    folder, out = args.data / DATASETS["sarcoma_ct"][0], args.work / "run"
+    log = out / "log.jsonl"
+    done = sum(1 for line in log.read_text().splitlines() if line) if log.is_file() else 0
+    if done >= args.epochs:
+        return
+    if (out / "state").is_dir():
+        command = [str(BIN / "tumorfm"), "pretrain", "--resume", str(out)]
+        run(command, dict(os.environ), args.work / "resume.log", 12 * 3600, "resume")
         return
     split = fixed_split(args.data)["sarcoma_ct"]
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "split.json").write_text(json.dumps(split))
-    command = [str(BIN / "tumorfm"), "finetune", str(folder), "--from", SHIPPED, "-o",
-               str(args.work / "run"), "--promptable", "--map", "sarcoma=soft_tissue_sarcoma",
+    command = [str(BIN / "tumorfm"), "finetune", str(folder), "--from", SHIPPED, "-o", str(out),
+               "--promptable", "--map", "sarcoma=soft_tissue_sarcoma",
                "--split", str(args.work / "split.json"), "--epochs", str(args.epochs),
                "--iterations", str(args.iterations), "--seed", str(args.seed),
                "--workers", "2"]  # fmt: skip
