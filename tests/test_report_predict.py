@@ -13,9 +13,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import SARCOMA, run_cli
 
+from tumorfm.data.classes import class_colours
 from tumorfm.data.io import Geometry, read_volume, write_volume
 from tumorfm.data.orient import Orientation
-from tumorfm.eval.report import GAP, class_colours
+from tumorfm.eval.report import GAP
 from tumorfm.eval.report_predict import (
     bar_length_mm,
     pick_slices,

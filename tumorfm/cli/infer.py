@@ -106,10 +106,21 @@ def predict(
             "with the statistics (implies --statistics)."
         ),
     ] = False,
+    output_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output-type",
+            help="nifti (always written), dicom-seg or rtstruct (repeatable; DICOM input only): "
+            "CASE_seg.dcm, CASE_rtstruct.dcm made from the label map.",
+        ),
+    ] = None,
 ) -> None:
     """Segment scans with a model bundle: label maps in each scan's own geometry."""
+    from tumorfm.infer.dicom_out import check_output_types
     from tumorfm.infer.predict import predict_iter
     from tumorfm.infer.predictor import PredictOptions
+
+    dicom_types = check_output_types(output_type, input)  # refused before anything is predicted
 
     options = PredictOptions(
         plan=plan,
@@ -144,6 +155,12 @@ def predict(
 
         folder = out if (out / "predict.json").is_file() else out.parent  # OUT may be a file
         typer.echo(f"report: {report_from_prediction(folder)}")
+    if dicom_types:
+        from tumorfm.infer.dicom_out import write_dicom_outputs
+
+        folder = out if (out / "predict.json").is_file() else out.parent  # OUT may be a file
+        for case, files in write_dicom_outputs(folder, dicom_types).items():
+            typer.echo(f"{case}: {', '.join(files.values())}")
     if failed:
         raise TumorFMError(
             f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "

@@ -1,6 +1,6 @@
 """Class names: how a dataset's label becomes a pool class, which classes are lesions (counted
-and measured by `predict --statistics`), the order classes are painted and what a dataset taught.
-"""
+and measured by `predict --statistics`), the order classes are painted, what a dataset taught,
+and the colour each label value is drawn in (reports, plots, DICOM-SEG)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,19 @@ def paint_order(classes: list[str], parents: dict[str, str]) -> list[str]:
         return 0 if name not in parents else 1 + depth(parents[name])
 
     return sorted(classes, key=depth)
+
+
+RGB = tuple[int, int, int]
+
+# Okabe-Ito without its black (colour-blind safe), then Tableau 10 without its grey: 16 colours.
+PALETTE: tuple[RGB, ...] = (
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
+    (0, 114, 178), (213, 94, 0), (204, 121, 167),
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+def class_colours(n: int) -> list[RGB]:
+    """Colours for labels 1..n (colours[k - 1] paints label k); the palette cycles after 16."""
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]

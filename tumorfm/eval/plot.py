@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import math
 
-from tumorfm.eval.report import class_colours
+from tumorfm.data.classes import class_colours
 
 WIDTH, HEIGHT, MARGIN = 560, 360, 56
 

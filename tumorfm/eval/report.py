@@ -21,24 +21,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from tumorfm.data.classes import RGB, class_colours
 from tumorfm.files import make_public
 
-RGB = tuple[int, int, int]
-
-# Okabe-Ito without its black (colour-blind safe), then Tableau 10 without its grey: 16 colours.
-PALETTE: tuple[RGB, ...] = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-    (0, 114, 178), (213, 94, 0), (204, 121, 167),
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
 GAP = 4  # white pixels between panels
 MIN_HEIGHT = 256  # panels are upsampled to at least this many pixels
-
-
-def class_colours(n: int) -> list[RGB]:
-    """Colours for labels 1..n (colours[k - 1] paints label k); the palette cycles after 16."""
-    return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
 def window(image2d: np.ndarray, modality: str = "CT") -> np.ndarray:

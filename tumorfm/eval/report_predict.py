@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorfm.data.classes import RGB, class_colours
 from tumorfm.errors import TumorFMError
-from tumorfm.eval.report import GAP, RGB, case_figure, class_colours, write_report
+from tumorfm.eval.report import GAP, case_figure, write_report
 from tumorfm.files import read_json_object
 
 SLICES = 3  # pictures per case
