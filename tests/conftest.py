@@ -1,5 +1,7 @@
 """Shared fixtures: the real scans copied into tests/data (see tests/data/README.md)."""
 
+import contextlib
+import locale
 import os
 import shutil
 import subprocess
@@ -51,3 +53,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+@contextlib.contextmanager
+def locale_kept():
+    """SimpleITK's DICOM writer (GDCM) sets the C locale to "C" and leaves it so: every later
+    text file read without an encoding in that test process would then decode as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CASES, assert_one_line_error, run_cli
+from conftest import CASES, assert_one_line_error, locale_kept, run_cli
 from pydicom.sr.codedict import codes
 
 from tumorfm.data.classes import class_colours
@@ -56,7 +56,8 @@ def _write_ct_series(volume, folder):
         ]:
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"im{depth - z:03d}.dcm"))
-        writer.Execute(slice_)
+        with locale_kept():
+            writer.Execute(slice_)
 
 
 def _plan() -> dict:

@@ -126,7 +126,7 @@ def test_outputs_are_written_and_agree(folders, tmp_path):
     assert stored["cases"][3]["scores"]["2"]["hd95"] is None  # NaN is null in JSON
     assert stored["aggregates"]["2"]["dice"]["mean"] == result["aggregates"]["2"]["dice"]["mean"]
     assert stored["settings"]["conventions"] == metrics.CONVENTIONS
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     mean, std = (result["aggregates"]["1"]["dice"][k] for k in ("mean", "std"))
     assert f"| 1 | 4 | {mean:.3f} ± {std:.3f} |" in summary
     assert "0.667 (2/3)" in summary and "at 2 mm" in summary
@@ -269,7 +269,7 @@ def test_cli_report_with_pictures(folders, tmp_path):
         write_volume(scan, GEOMETRY, images / f"{case}_0000.nii.gz")
     result = run_cli("evaluate", pred, gt, "-o", tmp_path / "ev", "--images", images)
     assert result.returncode == 0, result.stderr
-    page = (tmp_path / "ev" / "report.html").read_text()
+    page = (tmp_path / "ev" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(CASES) and "case_003" in page
 
 

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import CASES, run_cli
+from conftest import CASES, locale_kept, run_cli
 
 from tumorfm.data.io import Geometry, read_volume, write_volume
 from tumorfm.errors import TumorFMError
@@ -76,7 +76,8 @@ def _write_dicom_series(volume, folder):
         ]:
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(slice_)
+        with locale_kept():
+            writer.Execute(slice_)
 
 
 def test_dicom_series_folder(tmp_path):
