@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 DATA = Path(__file__).parent / "data"
@@ -64,3 +66,38 @@ def locale_kept():
         yield
     finally:
         locale.setlocale(locale.LC_ALL, saved)
+
+
+def write_dicom_series(volume, folder: Path, modality: str = "CT") -> None:
+    """A real scan written as a DICOM series, one file per slice, the way scanners store it. File
+    names run against the slice order, so only sorting by geometry (as SimpleITK does) gets it
+    right."""
+    folder.mkdir()
+    image = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array.astype(np.int16)))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = image.GetDirection()
+    orientation = "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7])))
+    uid = "1.2.826.0.1.3680043.2.1125.1.54321"
+    depth = image.GetDepth()
+    for z in range(depth):
+        slice_ = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        for tag, value in [
+            ("0008|0060", modality),
+            ("0010|0020", "TUMORFM-TEST"),
+            ("0020|000e", uid),
+            ("0020|000d", uid + ".9"),
+            ("0020|0052", uid + ".8"),  # frame of reference
+            ("0020|0011", "3"),
+            ("0008|0018", f"{uid}.{z + 1}"),
+            ("0020|0037", orientation),
+            ("0020|0032", "\\".join(map(str, position))),
+            ("0020|0013", str(z + 1)),
+            ("0018|0050", str(image.GetSpacing()[2])),
+            ("0028|0030", f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}"),
+        ]:
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"im{depth - z:03d}.dcm"))
+        with locale_kept():
+            writer.Execute(slice_)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CASES, assert_one_line_error, locale_kept, run_cli
+from conftest import CASES, assert_one_line_error, run_cli, write_dicom_series
 from pydicom.sr.codedict import codes
 
 from tumorfm.data.classes import class_colours
@@ -24,40 +24,6 @@ from tumorfm.model.bundle import save_bundle
 CLASSES = ["liver", "liver_tumour", "kidney", "vessel"]
 PATCH = (16, 32, 32)
 CT = CASES / "totalseg_example_ct_sm.nii.gz"
-
-
-def _write_ct_series(volume, folder):
-    """A real CT written as a CT Image Storage series, one file per slice. File names run
-    against the slice order, so only sorting by geometry (as SimpleITK does) gets it right."""
-    folder.mkdir()
-    image = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array.astype(np.int16)))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    orientation = "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7])))
-    uid = "1.2.826.0.1.3680043.2.1125.1.54321"
-    depth = image.GetDepth()
-    for z in range(depth):
-        slice_ = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in [
-            ("0008|0060", "CT"),
-            ("0010|0020", "TUMORFM-TEST"),
-            ("0020|000e", uid),
-            ("0020|000d", uid + ".9"),
-            ("0020|0052", uid + ".8"),  # frame of reference
-            ("0020|0011", "3"),
-            ("0008|0018", f"{uid}.{z + 1}"),
-            ("0020|0037", orientation),
-            ("0020|0032", "\\".join(map(str, position))),
-            ("0020|0013", str(z + 1)),
-            ("0018|0050", str(image.GetSpacing()[2])),
-            ("0028|0030", f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}"),
-        ]:
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"im{depth - z:03d}.dcm"))
-        with locale_kept():
-            writer.Execute(slice_)
 
 
 def _plan() -> dict:
@@ -89,7 +55,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dicom") / "ct_series"
-    _write_ct_series(read_volume(CT), folder)
+    write_dicom_series(read_volume(CT), folder)
     return folder
 
 

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import CASES, locale_kept, run_cli
+from conftest import CASES, run_cli, write_dicom_series
 
 from tumorfm.data.io import Geometry, read_volume, write_volume
 from tumorfm.errors import TumorFMError
@@ -45,47 +45,12 @@ def test_label_written_with_reference_geometry(tmp_path):
     np.testing.assert_array_equal(again.array, label)
 
 
-def _write_dicom_series(volume, folder):
-    """A real scan written as a DICOM series, one file per slice, the way scanners store it."""
-    folder.mkdir()
-    image = sitk.GetImageFromArray(volume.array.astype(np.int16))
-    volume.geometry.apply_to(image)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = image.GetDirection()
-    orientation = "\\".join(
-        map(
-            str,
-            (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]),
-        )
-    )
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.12345"
-    for z in range(image.GetDepth()):
-        slice_ = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in [
-            ("0008|0060", "MR"),
-            ("0020|000e", series_uid),
-            ("0020|000d", series_uid + ".9"),
-            ("0008|0018", f"{series_uid}.{z + 1}"),
-            ("0020|0037", orientation),
-            ("0020|0032", "\\".join(map(str, position))),
-            ("0020|0013", str(z + 1)),
-            ("0018|0050", str(image.GetSpacing()[2])),
-            ("0028|0030", f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}"),
-        ]:
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        with locale_kept():
-            writer.Execute(slice_)
-
-
 def test_dicom_series_folder(tmp_path):
     """Same voxels at the same physical points. brain1's direction is left-handed, which DICOM
     cannot store, so the series comes back with its slice axis reversed: compare in patient
     space."""
     volume = read_volume(CASES / "brain1_image.nrrd")
-    _write_dicom_series(volume, tmp_path / "series")
+    write_dicom_series(volume, tmp_path / "series", modality="MR")
     again = read_volume(tmp_path / "series")
     np.testing.assert_allclose(again.geometry.spacing, volume.geometry.spacing, rtol=1e-4)
     reference = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array))

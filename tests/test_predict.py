@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CASES, assert_one_line_error, run_cli
+from conftest import CASES, assert_one_line_error, run_cli, write_dicom_series
 
 from tumorfm.data.fingerprint import DatasetFingerprint
 from tumorfm.data.io import Geometry, read_volume
@@ -191,9 +191,7 @@ def test_bad_input_is_one_line(bundle, tmp_path):
 
 
 def test_dicom_series_folder_is_one_case(bundle, tmp_path):
-    from test_io import _write_dicom_series
-
-    _write_dicom_series(read_volume(CASES / "totalseg_example_ct_sm.nii.gz"), tmp_path / "series")
+    write_dicom_series(read_volume(CASES / "totalseg_example_ct_sm.nii.gz"), tmp_path / "series")
     options = PredictOptions(plan="ct_site", fast=True, precision="fp32")
     results = predict(tmp_path / "series", bundle, tmp_path / "out", options, progress=False)
     assert list(results) == ["series"]

@@ -103,18 +103,14 @@ def _plain(values) -> list:
     return [int(v) if float(v).is_integer() else float(v) for v in values]
 
 
-def _size(shape) -> str:
-    return " x ".join(str(int(n)) for n in shape)
-
-
 def _to_voxels(prompt, shape, geometry, world: bool) -> dict:
     """A parsed prompt in the scan's voxel indices (checked to lie in the scan): a point's
     continuous `zyx`, a box's inclusive first and last voxels and its half-open Box bounds."""
-    from tumorfm.interactive import from_world
+    from tumorfm.interactive.prompts import from_world, shape_text
 
     option, text, numbers, positive = prompt
     entry = {"option": option, "given": text, "positive": positive}
-    outside = f"{option} {text}: outside the scan (size {_size(shape)} voxels, z, y, x)"
+    outside = f"{option} {text}: outside the scan (size {shape_text(shape)} voxels, z, y, x)"
     try:
         if world:
             mm = [numbers[i : i + 3] for i in range(0, len(numbers), 3)]
@@ -177,6 +173,7 @@ def _read_mask(path: Path, label: int | None, geometry, scan: Path):
     import numpy as np
 
     from tumorfm.data.io import read_volume
+    from tumorfm.interactive.prompts import shape_text
 
     volume = read_volume(path)
     if volume.array.ndim != 3:
@@ -184,7 +181,7 @@ def _read_mask(path: Path, label: int | None, geometry, scan: Path):
     differ = geometry.differences(volume.geometry)
     if differ:
         shown = (
-            f" ({_size(volume.geometry.size)} against {_size(geometry.size)}, x, y, z)"
+            f" ({shape_text(volume.geometry.size)} against {shape_text(geometry.size)}, x, y, z)"
             if differ == ["size"]
             else ""
         )

@@ -40,7 +40,8 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def _size(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape as the errors print it: 47 x 134 x 136."""
     return " x ".join(str(int(s)) for s in shape)
 
 
@@ -84,7 +85,7 @@ class Point:
     def check(self, shape_zyx: Sequence[int]) -> Point:
         """The point itself, or a one-line error if it lies outside a volume of `shape_zyx`."""
         if not all(-0.5 <= v < n - 0.5 for v, n in zip(self.zyx, shape_zyx)):
-            raise TumorFMError(f"{self.name}: outside the scan (size {_size(shape_zyx)})")
+            raise TumorFMError(f"{self.name}: outside the scan (size {shape_text(shape_zyx)})")
         return self
 
 
@@ -116,7 +117,7 @@ class Box:
     def check(self, shape_zyx: Sequence[int]) -> Box:
         """The box itself, or a one-line error if it leaves a volume of `shape_zyx`."""
         if not all(0 <= a and b <= n for a, b, n in zip(self.lo_zyx, self.hi_zyx, shape_zyx)):
-            raise TumorFMError(f"{self.name}: outside the scan (size {_size(shape_zyx)})")
+            raise TumorFMError(f"{self.name}: outside the scan (size {shape_text(shape_zyx)})")
         return self
 
 
@@ -138,7 +139,7 @@ def from_world(points_mm, geometry: Geometry) -> list[tuple[float, float, float]
         if not all(-0.5 <= v < n - 0.5 for v, n in zip(zyx, shape)):
             raise TumorFMError(
                 f"world point {_fmt(xyz)} mm: outside the scan (voxel {_fmt(np.round(zyx, 1))}, "
-                f"size {_size(shape)})"
+                f"size {shape_text(shape)})"
             )
         indices.append(zyx)
     return indices

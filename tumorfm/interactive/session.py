@@ -37,8 +37,8 @@ from tumorfm.interactive.prompts import (
     PROMPT_CHANNELS,
     Box,
     Point,
-    _size,
     encode,
+    shape_text,
 )
 from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle_config
 from tumorfm.model.precision import autocast
@@ -167,7 +167,9 @@ class Session:
         image = image[None] if image.ndim == 3 else image
         shape = tuple(reversed(geometry.spatial().size))
         if image.ndim != 4 or image.shape[1:] != shape:
-            raise TumorFMError(f"image of shape {image.shape}: its geometry has {_size(shape)}")
+            raise TumorFMError(
+                f"image of shape {image.shape}: its geometry has {shape_text(shape)}"
+            )
         channels = len(self.plan.normalization_schemes)
         if image.shape[0] != channels:
             raise TumorFMError(
@@ -194,7 +196,9 @@ class Session:
         self._need_image()
         mask = np.asarray(mask)
         if mask.shape != self._shape:
-            raise TumorFMError(f"mask of shape {mask.shape}: the scan has {_size(self._shape)}")
+            raise TumorFMError(
+                f"mask of shape {mask.shape}: the scan has {shape_text(self._shape)}"
+            )
         self.reset()
         grid = self._map.grid
         cropped = self._map.orientation.to_axial(mask)[grid.region].astype(np.float32)
