@@ -101,13 +101,9 @@ def _refuse_changes_on_resume(ctx: typer.Context, resume: Path) -> None:
 def _pretrained(run: Path, row: dict) -> str:
     """The end of `pretrain`, in plain words: the epochs done, the validation pseudo-Dice and the
     bundles (RUN/log.jsonl keeps the full rows)."""
-    rows = []
-    if (run / "log.jsonl").is_file():
-        for line in (run / "log.jsonl").read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a half-written line of a killed run
+    from tumorfm.train.logs import read_rows
+
+    rows = read_rows(run)
     row = row or (rows[-1] if rows else {})
     if "epoch" not in row:
         return ""

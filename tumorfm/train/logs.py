@@ -62,6 +62,16 @@ class RunLogs:
             self.writer.close()
 
 
+def read_rows(run: Path) -> list[dict]:
+    """The run's log rows, one per epoch; a half-written last line (a kill during the append)
+    is left out."""
+    path = run / "log.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [json.loads(line) for line in lines if _epoch_of_line(line) != math.inf]
+
+
 def _epoch_of_line(line: str) -> float:
     """A log line's epoch; a half-written line (a kill during the append) is dropped."""
     try:
