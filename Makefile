@@ -7,6 +7,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
+NIIVUE := tumorfm/viewer/static/niivue.umd.js
 
 .PHONY: demo test lint bench-env bench clean
 
@@ -17,10 +18,14 @@ $(VENV)/.done: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-demo: $(VENV)/.done
+# The viewer's one script, NiiVue, pinned and hash-checked: fetched once from the npm registry
+$(NIIVUE): tumorfm/viewer/assets.py | $(VENV)/.done
+	$(PY) -m tumorfm.viewer.assets
+
+demo: $(VENV)/.done $(NIIVUE)
 	$(VENV)/bin/tumorfm demo
 
-test: $(VENV)/.done
+test: $(VENV)/.done $(NIIVUE)
 	$(PY) -m pytest -q -n 2 tests
 
 lint: $(VENV)/.done

@@ -38,6 +38,7 @@ BENCHMARKS = {
     "pretrain_real_mini": [],
     "synth": [],
     "synth_useful": [],
+    "viewer": [],
 }
 
 

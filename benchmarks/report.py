@@ -209,6 +209,16 @@ def other_lines(results: Path) -> list[str]:
             f"library tumorfm uses), median of {augment['samples']}: {ratios}; "
             f"`{BENCH}.augment`."
         )
+    if viewer := _load(results, "viewer"):
+        shape = "x".join(map(str, viewer["shape"]))
+        first, opened = viewer["first_picture_s"], viewer["open_s"]
+        lines.append(
+            f"- Viewer, a {shape} CT with its label map: {first['median']:.1f} s "
+            f"({first['min']:.1f}-{first['max']:.1f}, {len(viewer['rows'])} runs) from "
+            f"`tumorfm view` to the drawn page in headless Chromium (software WebGL: no GPU); "
+            f"the exported page {viewer['page_mb']} MB ({viewer['page_note'] or 'full size'}), "
+            f"drawn {opened['median']:.1f} s after opening; `{PRODUCT}.viewer`."
+        )
     if mini := _load(results, "pretrain_real_mini"):
         s, last = mini["settings"], mini["curve"][-1]
         found = [

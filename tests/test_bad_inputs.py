@@ -127,7 +127,7 @@ def test_check_names_the_direction_when_only_the_direction_differs(tmp_path, sar
     result = run_cli("check", sarcoma)
     assert result.returncode == 1
     line = next(x for x in result.stdout.splitlines() if "STS_019.nii.gz" in x)
-    assert "direction (1,0,0,0,-1,0,0,0,-1) vs" in line
+    assert "direction (1, 0, 0, 0, -1, 0, 0, 0, -1) vs" in line
     assert "size" not in line and "spacing" not in line and "origin" not in line
 
 

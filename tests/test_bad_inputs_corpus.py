@@ -169,6 +169,19 @@ KINDS = {
     "statistics: scan on another grid": (
         lambda t: ["statistics", LABEL, "--image", _label_like(t, "x.nii.gz", _respaced) /
                    "x.nii.gz", "-o", t / "s.json"], "grid differs"),
+    "view: label map on another grid": (
+        lambda t: ["view", SCAN, _label_like(t, "x.nii.gz", _respaced) / "x.nii.gz",
+                   "--export", t / "v.html"], "not on the scan's grid"),
+    "view: label map of fractions": (
+        lambda t: ["view", SCAN, _label_like(t, "x.nii.gz", _halved) / "x.nii.gz",
+                   "--export", t / "v.html"], "non-integer"),
+    "view: export into a folder that cannot be made": (
+        lambda t: ["view", SCAN, LABEL, "--export", _file(t, "a.txt", b"x") / "v.html"],
+        "cannot write output here"),
+    "view: export onto a folder": (
+        lambda t: ["view", SCAN, LABEL, "--export", _empty(t)], "a folder; give the page's"),
+    "view: port out of range": (
+        lambda t: ["view", SCAN, "--port", "70000", "--no-browser"], "--port 70000"),
     "pretrain: folder that is no cache": (
         lambda t: ["pretrain", _empty(t), "-o", t / "run", "--profile", "cpu"],
         "not a tumorfm cache"),

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tumorfm.cli import data, infer, interactive, synth, train  # noqa: F401  (they register their commands)
+from tumorfm.cli import data, infer, interactive, synth, train, view  # noqa: F401  (commands)
 from tumorfm.cli.app import app
 from tumorfm.errors import TumorFMError
 

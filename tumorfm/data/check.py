@@ -55,21 +55,9 @@ def _check_channels(case: Case, num_channels: int, problems: list[str]) -> Geome
         elif not reference.close_to(geometry, GEOMETRY_TOLERANCE):
             problems.append(
                 f"{path}: geometry differs from the case's first channel "
-                f"({_difference(geometry, reference)})"
+                f"({geometry.difference_text(reference, GEOMETRY_TOLERANCE)})"
             )
     return reference
-
-
-def _difference(geometry: Geometry, reference: Geometry) -> str:
-    """What differs, each field as `this vs reference`: only those that do."""
-    return "; ".join(
-        f"{name} {_numbers(getattr(geometry, name))} vs {_numbers(getattr(reference, name))}"
-        for name in geometry.differences(reference, GEOMETRY_TOLERANCE)
-    )
-
-
-def _numbers(values) -> str:
-    return "(" + ",".join(f"{v:.4g}" for v in values) + ")"
 
 
 def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[str]:
@@ -99,7 +87,7 @@ def check_case(case: Case, num_channels: int, labels: dict[int, str]) -> list[st
     if reference is not None and not reference.close_to(volume.geometry, GEOMETRY_TOLERANCE):
         problems.append(
             f"{case.label}: geometry differs from its image "
-            f"({_difference(volume.geometry, reference)})"
+            f"({volume.geometry.difference_text(reference, GEOMETRY_TOLERANCE)})"
         )
     return problems
 

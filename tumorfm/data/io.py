@@ -80,6 +80,20 @@ class Geometry:
             if not np.allclose(getattr(self, name), getattr(other, name), rtol=rtol, atol=atol)
         ]
 
+    def difference_text(self, other: Geometry, tolerance: float = 1e-4) -> str:
+        """What differs, each field as `this vs other`, for an error line."""
+
+        def numbers(values) -> str:
+            return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+        return (
+            "; ".join(
+                f"{name} {numbers(getattr(self, name))} vs {numbers(getattr(other, name))}"
+                for name in self.differences(other, tolerance)
+            )
+            or "grid"
+        )
+
 
 @dataclass
 class Volume:

@@ -214,19 +214,6 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, volume.geometry
 
 
-def _show(values: tuple) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
-
-
-def _geometry_difference(pred: Geometry, gt: Geometry) -> str:
-    """The fields that differ, for the error line (those that made Geometry.close_to fail)."""
-    parts = [
-        f"{field} {_show(getattr(pred, field))} vs {_show(getattr(gt, field))}"
-        for field in pred.differences(gt)
-    ]
-    return "; ".join(parts) or "grid"
-
-
 def _box(boxes: list, value: int) -> tuple[slice, ...] | None:
     return boxes[value - 1] if 0 < value <= len(boxes) else None
 
@@ -237,7 +224,7 @@ def _score_case(options: dict, job: tuple[str, Path, Path]) -> dict:
     pred, pred_geometry = _read_label_map(pred_file)
     gt, gt_geometry = _read_label_map(gt_file)
     if not pred_geometry.close_to(gt_geometry):
-        difference = _geometry_difference(pred_geometry, gt_geometry)
+        difference = pred_geometry.difference_text(gt_geometry)
         raise TumorFMError(
             f"{pred_file}: geometry differs from the ground truth {gt_file} ({difference})"
         )

@@ -177,7 +177,7 @@ figcaption { color: #555; }
 """
 
 
-def _table_html(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+def table_html(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
     """A table: a header row, then cells as _cell formats them (numbers right-aligned)."""
     parts = ["<table>"]
     parts.append(
@@ -201,7 +201,7 @@ def _summary_html(title, summary_rows, header, notes, legend) -> str:
     if notes:
         items = "\n".join(f"<li>{html.escape(str(note))}</li>" for note in notes)
         parts.append(f'<ul class="notes">\n{items}\n</ul>')
-    parts.append(_table_html(header, summary_rows))
+    parts.append(table_html(header, summary_rows))
     if legend:
         swatches = "".join(
             f'<span class="entry"><span class="swatch" style="background: '
@@ -231,7 +231,7 @@ def _case_html(case: dict) -> str:
     if case.get("caption"):
         parts.append(f"<p>{html.escape(str(case['caption']))}</p>\n")
     if case.get("table"):
-        parts.append(_table_html(*case["table"]) + "\n")
+        parts.append(table_html(*case["table"]) + "\n")
     for figure in case.get("figures", ()):
         src = f"data:image/png;base64,{_png_base64(figure['picture'])}"
         alt = html.escape(f"{case['case_id']}: {figure.get('alt', figure['caption'])}")

@@ -1,0 +1,86 @@
+"""The viewer's page: viewer.html filled with the layers, served or exported as one file.
+
+Served, the page fetches NiiVue and each volume from the server (`niivue.umd.js`,
+`volumes/N.nii.gz`, relative to the token's path). Exported, the same page carries all of it
+inline (the script, the volumes as base64), so it opens from disk with no server, e.g. beside a
+prediction's report; scans larger than EXPORT_VOXELS are shrunk for it and the page says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from tumorfm.files import atomic_file
+from tumorfm.viewer import assets
+from tumorfm.viewer.layers import Layer, Scene, read_scene
+
+TEMPLATE = Path(__file__).with_name("viewer.html")
+EXPORT_VOXELS = 16_000_000  # per volume in an exported page: 512x512x61, about 20 MB of base64
+OPACITY = 0.5  # label maps over the scan
+VIEW = 3  # NiiVue's slice type: 3 planes (axial, coronal, sagittal) and the 3D render
+
+
+def _tables(layers: list[Layer]) -> str:
+    from tumorfm.eval.report import table_html
+    from tumorfm.eval.report_predict import STATISTICS_HEADER, statistics_rows
+
+    parts = []
+    for layer in layers:
+        if layer.statistics:
+            parts.append(f"<h2>{html.escape(layer.name)}: statistics</h2>")
+            parts.append(table_html(STATISTICS_HEADER, statistics_rows(layer.statistics)))
+    return "\n".join(parts)
+
+
+def page(scene: Scene, title: str, embed: bool) -> str:
+    """The page's HTML; `embed` puts the script and volumes inside it."""
+    config = {
+        "view": VIEW,
+        "opacity": OPACITY,
+        "note": scene.note,
+        "centre": scene.centre,
+        "grid": scene.grid_config(),
+        "layers": [
+            {
+                "name": layer.name,
+                "url": f"volumes/{index}.nii.gz",
+                "classes": layer.classes,
+                "window": layer.window,
+                **({"base64": base64.b64encode(layer.nifti).decode()} if embed else {}),
+            }
+            for index, layer in enumerate(scene.layers)
+        ],
+    }
+    if embed:  # nothing in NiiVue's bundle closes a script element; keep it so
+        code = assets.script().decode("utf-8").replace("</script", "<\\/script")
+        script = f"<script>{code}</script>"
+    else:
+        script = '<script src="niivue.umd.js"></script>'
+    text = json.dumps(config).replace("</", "<\\/")
+    filled = TEMPLATE.read_text(encoding="utf-8")
+    for key, value in (
+        ("__TITLE__", html.escape(title)),
+        ("__TABLES__", _tables(scene.layers)),
+        ("__CONFIG__", text),
+    ):
+        filled = filled.replace(key, value)
+    return filled.replace("__SCRIPT__", script)  # last: the script's text is not searched
+
+
+def export_page(
+    scan: str | Path,
+    label_maps: list[str | Path],
+    path: str | Path,
+    title: str | None = None,
+    max_voxels: int = EXPORT_VOXELS,
+) -> Path:
+    """Write a self-contained viewer page of `scan` and its `label_maps` to `path`."""
+    scene = read_scene(scan, label_maps, max_voxels)
+    text = page(scene, title or Path(scan).name, embed=True)
+    path = Path(path)
+    with atomic_file(path, suffix=".html") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

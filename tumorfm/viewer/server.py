@@ -1,0 +1,112 @@
+"""The viewer's server: the page, NiiVue and the given volumes, to this machine only.
+
+As Jupyter does: it listens on 127.0.0.1 alone, every path starts with a random token (a web page
+from elsewhere cannot guess it), and a request that names another host (DNS rebinding) or comes
+from another address is refused. It serves exactly the page, the script and one volume per file
+it was given, from memory: no path reaches the file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import secrets
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tumorfm.errors import TumorFMError
+from tumorfm.viewer import assets
+from tumorfm.viewer.layers import Scene
+from tumorfm.viewer.page import page
+
+HOST = "127.0.0.1"
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def is_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class Viewer:
+    """A running viewer of one scene: `url` opens it; `serve()` blocks, `start()` returns."""
+
+    def __init__(self, scene: Scene, title: str, port: int = 0):
+        self.token = secrets.token_urlsafe(24)
+        prefix = f"/{self.token}/"
+        self.files = {
+            prefix: ("text/html; charset=utf-8", page(scene, title, embed=False).encode()),
+            f"{prefix}niivue.umd.js": ("text/javascript; charset=utf-8", assets.script()),
+        }
+        for index, layer in enumerate(scene.layers):
+            self.files[f"{prefix}volumes/{index}.nii.gz"] = (
+                "application/octet-stream",
+                layer.nifti,
+            )
+        try:
+            self.server = ThreadingHTTPServer((HOST, port), self._handler())
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise TumorFMError(
+                    f"--port {port}: in use by another program; pick another"
+                ) from None
+            raise TumorFMError(f"--port {port}: cannot listen on it ({error.strerror})") from None
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://{HOST}:{self.port}{prefix}"
+        self.thread: threading.Thread | None = None
+
+    def _handler(self):
+        viewer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, kind, body = viewer.answer(self.path, self.client_address[0], self.headers)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, format, *args):  # quiet: the terminal shows the URL only
+                pass
+
+        return Handler
+
+    def answer(self, path: str, client: str, headers) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of `path` from `client`."""
+        host = (headers.get("Host") or "").rsplit(":", 1)[0]
+        if not is_local(client) or host not in LOCAL_NAMES:
+            return HTTPStatus.FORBIDDEN, "text/plain", b"this viewer answers this machine only\n"
+        path = path.split("?", 1)[0]
+        if not path.startswith(f"/{self.token}/"):
+            return HTTPStatus.FORBIDDEN, "text/plain", b"wrong or missing token\n"
+        if path not in self.files:
+            return HTTPStatus.NOT_FOUND, "text/plain", b"not one of the viewer's files\n"
+        kind, body = self.files[path]
+        return HTTPStatus.OK, kind, body
+
+    def start(self) -> Viewer:
+        """Serve in a background thread (tests, notebooks)."""
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def serve(self) -> None:
+        """Serve until interrupted."""
+        try:
+            self.server.serve_forever()
+        finally:
+            self.server.server_close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
