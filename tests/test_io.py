@@ -1,10 +1,11 @@
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import CASES, run_cli, write_dicom_series
+from conftest import CASES, SARCOMA, assert_one_line_error, locale_kept, run_cli, write_dicom_series
 
 from tumorfm.data.io import Geometry, read_volume, write_volume
 from tumorfm.errors import TumorFMError
@@ -57,6 +58,52 @@ def test_dicom_series_folder(tmp_path):
     moved = again.geometry.apply_to(sitk.GetImageFromArray(again.array))
     aligned = sitk.Resample(moved, reference, sitk.Transform(), sitk.sitkNearestNeighbor, -1)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(aligned), volume.array)
+
+
+def _series(tmp_path, name: str = "series") -> Path:
+    """STS_025 (47 slices, 3.27 mm apart) as a DICOM series, file imNNN.dcm holding slice 48-NNN."""
+    volume = read_volume(SARCOMA / "imagesTr" / "STS_025_0000.nii.gz")
+    write_dicom_series(volume, tmp_path / name)
+    return tmp_path / name
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """ITK reads it with a warning, spacing the slices evenly: every slice past the gap would
+    sit 3 mm from where it was scanned. (A scan read through view, predict, refine... alike.)"""
+    folder = _series(tmp_path)
+    (folder / "im020.dcm").unlink()
+    result = run_cli("view", folder, "--export", tmp_path / "page.html")
+    assert_one_line_error(result, "slice positions jump by 6.54 mm", "missing slices")
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_dicom_series_with_a_slice_twice_is_refused(tmp_path):
+    folder = _series(tmp_path)
+    image = sitk.ReadImage(str(folder / "im020.dcm"))
+    image.SetMetaData("0008|0018", "1.2.826.0.1.3680043.2.1125.1.54321.999")  # another instance
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "im020b.dcm"))
+    with locale_kept():
+        writer.Execute(image)
+    with pytest.raises(TumorFMError, match="two slices at one position"):
+        read_volume(folder)
+
+
+def test_folder_with_two_dicom_series_is_refused(tmp_path):
+    folder = _series(tmp_path)
+    other = _series(tmp_path, "other")
+    for path in other.iterdir():  # the same slices under another series UID
+        image = sitk.ReadImage(str(path))
+        image.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.777")
+        image.SetMetaData("0008|0018", image.GetMetaData("0008|0018") + ".7")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"b{path.name}"))
+        with locale_kept():
+            writer.Execute(image)
+    with pytest.raises(TumorFMError, match="holds 2 DICOM series; put one series per folder"):
+        read_volume(folder)
 
 
 def test_write_needs_matching_geometry(tmp_path):

@@ -114,8 +114,38 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise TumorFMError(f"{folder}: holds {len(series)} DICOM series; put one series per folder")
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_slice_positions(folder, files)
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
+    """Refuse a series with missing or repeated slices. ITK reads one with a warning and spreads
+    the slices evenly, so every voxel beyond a gap would sit at the wrong place in the patient."""
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    header = sitk.ImageFileReader()
+    for name in files:
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        if not header.HasMetaDataKey("0020|0032"):
+            return  # no positions to check (ITK falls back to the file order)
+        if normal is None and header.HasMetaDataKey("0020|0037"):
+            row_col = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+            normal = np.cross(row_col[:3], row_col[3:])
+        positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+    along = np.asarray(positions) @ (normal if normal is not None else np.array([0, 0, 1.0]))
+    steps = np.abs(np.diff(along))
+    typical = float(np.median(steps))
+    odd = np.flatnonzero((steps > 1.5 * typical) | (steps < 0.5 * typical))
+    if typical > 0 and len(odd):
+        i = int(odd[0])
+        what = "a gap (missing slices?)" if steps[i] > typical else "two slices at one position"
+        raise TumorFMError(
+            f"{folder}: slice positions jump by {steps[i]:.3g} mm between {Path(files[i]).name} "
+            f"and {Path(files[i + 1]).name} where the series steps {typical:.3g} mm: {what}"
+        )
 
 
 NIFTI_FLOATS = {16: np.float32, 64: np.float64}  # NIfTI datatype code -> dtype
