@@ -271,6 +271,12 @@ def test_cli_report_with_pictures(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "ev" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(CASES) and "case_003" in page
+    for case in CASES:  # each case links to its viewer page: ground truth and prediction on it
+        assert f'<a href="viewer/{case}.html">open in the viewer</a>' in page
+        viewer = (tmp_path / "ev" / "viewer" / f"{case}.html").read_text(encoding="utf-8")
+        assert '"name": "ground truth"' in viewer and '"name": "prediction"' in viewer
+    assert (tmp_path / "ev" / "viewer" / "niivue.umd.js").is_file()  # one copy, beside them
+    assert (tmp_path / "ev" / "viewer" / "LICENSE.niivue").is_file()
 
 
 def test_map_pairs_classes_named_differently_and_chill_scores_a_subset(folders):

@@ -200,6 +200,19 @@ def test_report_has_one_figure_per_slice_through_the_lesion(run, tmp_path):
         assert f"z = {slice_number(figure['caption'])[0]}" in figure["alt"]
 
 
+def test_report_links_each_segmented_case_to_its_viewer_page_drawn_in_chromium(run, tmp_path):
+    from tumorfm.viewer.browser import page_text
+
+    folder, path = run
+    text = path.read_text(encoding="utf-8")
+    assert text.count("open in the viewer") == 1  # STS_019; the broken case has none
+    viewer = folder / "viewer" / "STS_019.html"
+    assert '<a href="viewer/STS_019.html">' in text and viewer.is_file()
+    assert '<script src="niivue.umd.js"></script>' in viewer.read_text(encoding="utf-8")
+    dom = page_text(viewer.as_uri())
+    assert 'data-drawn="yes"' in dom and "STS_019" in dom
+
+
 def test_report_lists_the_failed_case_and_the_statistics(run):
     _, path = run
     page = read_page(path)

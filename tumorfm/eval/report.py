@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorfm.data.classes import RGB, class_colours
+from tumorfm.errors import TumorFMError
 from tumorfm.files import make_public
 
 GAP = 4  # white pixels between panels
@@ -221,6 +222,11 @@ def _case_html(case: dict) -> str:
     report), or what failed, a caption, a table and captioned figures, each optional."""
     case_id = html.escape(str(case["case_id"]))
     parts = [f"<h2>{case_id}</h2>\n"]
+    if case.get("viewer"):
+        parts.append(f'<p><a href="{html.escape(case["viewer"])}">open in the viewer</a> (every '
+                     "slice, three planes and 3D, each class on and off)</p>\n")  # fmt: skip
+    elif case.get("viewer_failed"):
+        parts.append(f"<p>{html.escape(case['viewer_failed'])}</p>\n")
     if "picture" in case:
         caption = html.escape(str(case.get("caption", "")))
         alt = f"{case_id}: one axial slice, scan and segmentation overlays"
@@ -251,7 +257,8 @@ def write_report(
     notes: Sequence[str] | None = None,
     legend: Sequence[tuple[str, RGB]] | None = None,
 ) -> Path:
-    """One HTML file with everything inside (pictures as base64 PNG, no scripts, no links).
+    """One HTML file with everything inside (pictures as base64 PNG, no scripts); a case may
+    link to its viewer page ("viewer": a path relative to the report, tumorfm.viewer).
 
     Cases ({"case_id", "picture", "caption"}, or {"case_id", and any of "failed", "caption",
     "table": (header, rows), "figures": [{"picture", "caption", "alt"}]}) are encoded one at a
@@ -283,6 +290,20 @@ def _value_map(label: np.ndarray, values: dict[int, int]) -> np.ndarray:
     return lookup[label]
 
 
+def viewer_link(section: dict, folder: Path, scan, label_maps, names=None) -> None:
+    """Add the case's viewer page (written into FOLDER/viewer) to its report `section`, or
+    the one line saying why there is none (NiiVue not installed, a scan of several channels)."""
+    from tumorfm.viewer.page import write_case_page
+
+    try:
+        section["viewer"] = write_case_page(folder, section["case_id"], scan, label_maps, names)
+    except TumorFMError as error:
+        section["viewer_failed"] = f"no viewer page: {error}"
+
+
+NAMES = ["ground truth", "prediction"]  # the label maps of an evaluation's viewer pages
+
+
 def report_from_evaluation(
     result: dict,
     images: str | os.PathLike,
@@ -297,6 +318,7 @@ def report_from_evaluation(
     from tumorfm.data.orient import Orientation
     from tumorfm.infer.inputs import list_inputs
 
+    path = Path(path)
     classes = result["settings"]["classes"]
     colours = class_colours(len(classes))
     scans = {scan.case_id: scan.files[0] for scan in list_inputs(images)}
@@ -325,11 +347,14 @@ def report_from_evaluation(
                 image, gt, pred, geometry.spacing_zyx, colours, modality, geometry.direction
             )
             dice = ", ".join(f"{n} {s['dice']:.3f}" for n, s in case["scores"].items())
-            yield {
+            section = {
                 "case_id": case["case"],
                 "picture": picture,
                 "caption": f"Dice: {dice}. Left to right: scan, ground truth, prediction.",
             }
+            labels = [case["gt"], case["pred"]]
+            viewer_link(section, path.parent, scans[case["case"]], labels, NAMES)
+            yield section
 
     legend = [(c["name"], colours[i]) for i, c in enumerate(classes)]
     return write_report(path, title, rows, header, pictures(), notes, legend)

@@ -18,7 +18,7 @@ import numpy as np
 
 from tumorfm.data.classes import RGB, class_colours
 from tumorfm.errors import TumorFMError
-from tumorfm.eval.report import GAP, case_figure, write_report
+from tumorfm.eval.report import GAP, case_figure, viewer_link, write_report
 from tumorfm.files import read_json_object
 
 SLICES = 3  # pictures per case
@@ -170,8 +170,9 @@ def _caption(figure: dict, depth: int, stats: dict | None, lesion_names: list[st
     return " \u00b7 ".join(parts)
 
 
-def _pictures(case_id, entry, labels, lesion_names, colours, modality, stats) -> dict:
-    """A segmented case's section: statistics table and figures (or why it is not drawn)."""
+def _pictures(case_id, entry, labels, lesion_names, colours, modality, stats, folder) -> dict:
+    """A segmented case's section: statistics table, figures (or why it is not drawn) and its
+    viewer page."""
     from tumorfm.data.io import read_volume
     from tumorfm.data.orient import Orientation
 
@@ -201,6 +202,7 @@ def _pictures(case_id, entry, labels, lesion_names, colours, modality, stats) ->
         }
         for figure in figures
     ]
+    viewer_link(section, folder, entry["input"][0], [entry["files"]["label"]])
     return section
 
 
@@ -221,6 +223,8 @@ def report_from_prediction(
     colours = class_colours(max(labels.values(), default=1))
     modality = modality or report_modality(settings)
     statistics = {case: _case_statistics(entry) for case, entry in cases.items()}
+    path = Path(path or folder / "report.html")
+    pages = path.parent
 
     header = ["case", "outcome", *(f"{name} ml" for name in labels)]
     header += [f"{name} lesions" for name in lesion_names]
@@ -239,7 +243,7 @@ def report_from_prediction(
                 yield {"case_id": case, "failed": f"failed: {entry['error']}"}
             else:
                 yield _pictures(
-                    case, entry, labels, lesion_names, colours, modality, statistics[case]
+                    case, entry, labels, lesion_names, colours, modality, statistics[case], pages
                 )
 
     window = (
@@ -259,6 +263,4 @@ def report_from_prediction(
     ]
     legend = [(name, colours[value - 1]) for name, value in labels.items()]
     title = title or f"tumorfm prediction of {record.get('input', folder)}"
-    return write_report(
-        path or folder / "report.html", title, rows, header, sections(), notes, legend
-    )
+    return write_report(path, title, rows, header, sections(), notes, legend)

@@ -109,11 +109,14 @@ def shrink_factors(size: tuple[int, ...], max_voxels: int) -> list[int]:
 
 
 def read_scene(
-    scan: str | Path, label_maps: list[str | Path], max_voxels: int | None = None
+    scan: str | Path,
+    label_maps: list[str | Path],
+    max_voxels: int | None = None,
+    names: list[str] | None = None,
 ) -> Scene:
     """The scan and its label maps, shrunk to `max_voxels` each if given (the scan by averaging,
     the labels by the voxel at each new centre). A label map on another grid than the scan,
-    or not one, is refused."""
+    or not one, is refused. `names` replaces the label maps' file names on the page."""
     scan = Path(scan)
     volume = read_volume(scan)
     if volume.array.ndim != 3:
@@ -132,9 +135,10 @@ def read_scene(
         )
     scan_layer = Layer(_name(scan), _nifti(image), window=_window(volume.array))
     scene = Scene([scan_layer], volume.geometry, note)
-    for path in map(Path, label_maps):
+    for index, path in enumerate(map(Path, label_maps)):
         labels = read_volume(path)
         layer, shown = _label_layer(path, labels.array, labels.geometry, volume.geometry, image)
+        layer.name = names[index] if names else layer.name
         scene.layers.append(layer)
         found = np.argwhere(shown > 0) if scene.centre is None else []
         if len(found):  # the labelled voxel nearest their median: on a lesion, even of two

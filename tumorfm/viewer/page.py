@@ -2,8 +2,9 @@
 
 Served, the page fetches NiiVue and each volume from the server (`niivue.umd.js`,
 `volumes/N.nii.gz`, relative to the token's path). Exported, the same page carries all of it
-inline (the script, the volumes as base64), so it opens from disk with no server, e.g. beside a
-prediction's report; scans larger than EXPORT_VOXELS are shrunk for it and the page says so.
+inline (the script, the volumes as base64), so it opens from disk with no server; the pages a
+report links to (write_case_page) share one NiiVue beside them instead. Scans larger than
+EXPORT_VOXELS are shrunk for a page on disk, and the page says so.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 from tumorfm.files import atomic_file
 from tumorfm.viewer import assets
@@ -35,8 +38,9 @@ def _tables(layers: list[Layer]) -> str:
     return "\n".join(parts)
 
 
-def page(scene: Scene, title: str, embed: bool) -> str:
-    """The page's HTML; `embed` puts the script and volumes inside it."""
+def page(scene: Scene, title: str, embed: bool, script_inside: bool | None = None) -> str:
+    """The page's HTML; `embed` puts the volumes inside it, and the script unless
+    `script_inside` is False (pages sharing one copy of NiiVue beside them)."""
     config = {
         "view": VIEW,
         "opacity": OPACITY,
@@ -54,7 +58,8 @@ def page(scene: Scene, title: str, embed: bool) -> str:
             for index, layer in enumerate(scene.layers)
         ],
     }
-    if embed:  # nothing in NiiVue's bundle closes a script element; keep it so
+    inline = embed if script_inside is None else script_inside
+    if inline:  # nothing in NiiVue's bundle closes a script element; keep it so
         code = assets.script().decode("utf-8").replace("</script", "<\\/script")
         script = f"<script>{code}</script>"
     else:
@@ -84,3 +89,25 @@ def export_page(
     with atomic_file(path, suffix=".html") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def write_case_page(
+    folder: str | Path,
+    name: str,
+    scan: str | Path,
+    label_maps: list[str | Path],
+    names: list[str] | None = None,
+) -> str:
+    """Write FOLDER/viewer/NAME.html, a case's page with its volumes inside and the NiiVue
+    bundle (copied once, with its licence) beside it; return its link relative to FOLDER."""
+    pages = Path(folder) / "viewer"
+    pages.mkdir(parents=True, exist_ok=True)
+    assets.script()  # a one-line error when NiiVue is not installed
+    for source in (assets.SCRIPT, assets.LICENCE):
+        if not (pages / source.name).is_file():
+            with atomic_file(pages / source.name) as tmp:
+                shutil.copyfile(source, tmp)
+    scene = read_scene(scan, label_maps, EXPORT_VOXELS, names)
+    with atomic_file(pages / f"{name}.html", suffix=".html") as tmp:
+        tmp.write_text(page(scene, name, embed=True, script_inside=False), encoding="utf-8")
+    return f"viewer/{quote(name)}.html"
