@@ -39,6 +39,7 @@ BENCHMARKS = {
     "synth": [],
     "synth_useful": [],
     "viewer": [],
+    "distill": [],
 }
 
 

@@ -3,6 +3,7 @@ Command modules import from here only, never from each other."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,6 +46,12 @@ app = typer.Typer(
 )
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+# the training options pretrain, finetune and distill share
+Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
+SplitFile = Annotated[
+    Path | None, typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json.")
+]
+Fold = Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")]
 Fast = Annotated[
     bool, typer.Option(help="No mirroring, overlap 0.25 (still blended: no tile seams).")
 ]

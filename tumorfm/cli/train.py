@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from tumorfm.cli.app import Workers, app, pairs
+from tumorfm.cli.app import Fold, Precision, SplitFile, Workers, app, pairs
 from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
 
@@ -29,7 +29,7 @@ def pretrain(
     patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    precision: Precision = None,
     val_every: Annotated[int | None, typer.Option(min=1, help="Validate every k epochs.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Loader worker processes.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -39,11 +39,8 @@ def pretrain(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from this bundle's weights (head by class name).")
     ] = None,
-    split: Annotated[
-        Path | None,
-        typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json."),
-    ] = None,
-    fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
+    split: SplitFile = None,
+    fold: Fold = None,
 ) -> None:
     """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
     from tumorfm.train.config import make_config
@@ -150,6 +147,21 @@ def synthesis_option(text: str | None) -> dict | None:
     return {"organ_hu": [low, high], **spec}
 
 
+def _run_settings(workers, profile, iterations, patch, lr, seed, precision, split, fold) -> dict:
+    """The options finetune and distill share, as their functions take them."""
+    return dict(
+        workers=workers,
+        profile=profile,
+        iterations_per_epoch=iterations,
+        patch_size=patch,
+        lr=lr,
+        seed=seed,
+        precision=precision,
+        split_file=_existing(split),
+        fold=fold,
+    )
+
+
 @app.command()
 def finetune(
     dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
@@ -168,13 +180,10 @@ def finetune(
     new_head: Annotated[bool, typer.Option(help="Allow heads that all start fresh.")] = False,
     profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
     seed: Annotated[int | None, typer.Option()] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    precision: Precision = None,
     workers: Workers = 2,
-    split: Annotated[
-        Path | None,
-        typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json."),
-    ] = None,
-    fold: Annotated[int | None, typer.Option(min=0, help="Fold of the split file's list.")] = None,
+    split: SplitFile = None,
+    fold: Fold = None,
     config: Annotated[
         str | None,
         typer.Option(help="fullres or lowres plan for the dataset (default: as the bundle's)."),
@@ -203,19 +212,55 @@ def finetune(
         mode=mode,
         mapping=pairs(map_, "--map"),
         new_head=new_head,
-        workers=workers,
-        profile=profile,
-        iterations_per_epoch=iterations,
-        patch_size=patch,
-        lr=lr,
         warmup_epochs=warmup_epochs,
-        seed=seed,
-        precision=precision,
-        split_file=_existing(split),
-        fold=fold,
         plan_config=config,
+        **_run_settings(workers, profile, iterations, patch, lr, seed, precision, split, fold),
         synthesis=synthesis_option(synth),
         promptable=promptable or None,
+    )
+    typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
+    typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")
+
+
+@app.command()
+def distill(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net v2 raw or MSD dataset folder.")],
+    teacher: Annotated[Path, typer.Option(help="The bundle that teaches (a big model).")],
+    student: Annotated[str, typer.Option(help="The student's preset (`tumorfm model list`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    temperature: Annotated[float, typer.Option(help="Softens both sigmoids (> 0).")] = 2.0,
+    alpha: Annotated[
+        float, typer.Option(help="Weight of the teacher's term, 0 to 1; the labels get the rest.")
+    ] = 0.5,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
+    patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Rename a class to a teacher class, NAME=TEACHER_CLASS."),
+    ] = None,
+    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
+    seed: Annotated[int | None, typer.Option()] = None,
+    precision: Precision = None,
+    workers: Workers = 2,
+    split: SplitFile = None,
+    fold: Fold = None,
+) -> None:
+    """Train a small, fast student preset from scratch on a dataset, taught by a big bundle
+    (its softened outputs mixed with the labels); the result is a bundle for `predict`."""
+    from tumorfm.train.distill import distill as run_distill
+
+    row = run_distill(
+        dataset,
+        teacher,
+        student,
+        out,
+        temperature=temperature,
+        alpha=alpha,
+        epochs=epochs,
+        mapping=pairs(map_, "--map"),
+        **_run_settings(workers, profile, iterations, patch, lr, seed, precision, split, fold),
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))
     typer.echo(f"bundles: {out / 'best'} and {out / 'last'}")

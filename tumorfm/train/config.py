@@ -44,6 +44,9 @@ class PretrainConfig:
     warmup_epochs: int = 0  # first train only the heads (MultiTalent's transfer), then `mode`
     adaptation: dict = field(default_factory=dict)  # adapter_dim / lora_rank for the network
     promptable: bool = False  # learn from simulated clicks and boxes (tumorfm.interactive)
+    teacher: str | None = None  # a bundle whose outputs the network also learns (distillation)
+    kd_temperature: float = 2.0  # softens the teacher's and the student's sigmoids
+    kd_alpha: float = 0.5  # weight of the teacher's term; 1 - kd_alpha: the labels'
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -62,6 +65,12 @@ class PretrainConfig:
             low_ok = value > 0 if name in ("lr", "grad_clip") else value >= 0
             if not (math.isfinite(value) and low_ok and (name != "momentum" or value < 1)):
                 raise TumorFMError(f"{name} {value}: {_RANGES[name]}")
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
+            raise TumorFMError(f"temperature {self.kd_temperature}: must be a positive number")
+        if not (math.isfinite(self.kd_alpha) and 0 <= self.kd_alpha <= 1):
+            raise TumorFMError(f"alpha {self.kd_alpha}: the teacher's weight goes from 0 to 1")
+        if self.teacher and self.promptable:
+            raise TumorFMError("distillation trains automatic segmenters: drop --promptable")
         if min(self.patch_size) < 8 or len(self.patch_size) != 3:
             raise TumorFMError(f"patch {self.patch_size}: three sizes (z y x), each at least 8")
 

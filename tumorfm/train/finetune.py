@@ -62,6 +62,65 @@ def bundle_configuration(meta: dict) -> str:
     return "lowres" if lowres else "fullres"
 
 
+def new_run_plan(out: Path, meta: dict, plan_config: str | None, settings: dict) -> str:
+    """The plan configuration of a new run from bundle `meta` (default: as the bundle was
+    planned; lowres at the bundle's patch unless `settings` give one), or a one-line refusal."""
+    if (out / "settings.json").exists():
+        raise TumorFMError(f"{out}: already holds a run; choose another --out")
+    plan_config = plan_config or bundle_configuration(meta)
+    if plan_config not in CONFIGS:
+        raise TumorFMError(f"configuration '{plan_config}': choose {' or '.join(CONFIGS)}")
+    if plan_config == "lowres" and not settings.get("patch_size"):  # the patch it is sized for
+        settings["patch_size"] = tuple(meta["model"]["patch_size"])
+    return plan_config
+
+
+def prepare_cache(
+    dataset: Path,
+    out: Path,
+    labels: dict[int, str],
+    meta: dict,
+    plan_config: str,
+    config,
+    synthesis: dict | None = None,
+    cache: str | Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """The dataset as a one-dataset pool (OUT/pool.yaml), preprocessed into `cache` (default
+    OUT/cache) with the plan `plan_config`; lesion classes from the bundle's record `meta`."""
+    ensure_writable(out)
+    name = class_name(read_dataset(dataset).name)
+    tumour = (synthesis or {}).get("tumour")
+    classes = list(dict.fromkeys([*labels.values(), *([tumour] if tumour else [])]))
+    pool = {
+        "name": f"finetune-{name}",
+        # its tumour classes: those the bundle records as such, the one it synthesises, and
+        # those whose name says so
+        "lesions": lesion_classes(classes, {}, [*(meta.get(LESIONS) or []), tumour]),
+        "datasets": [
+            {
+                "name": name,
+                "path": str(dataset.resolve()),
+                "labels": labels,
+                **({"synthesis": synthesis} if synthesis else {}),
+            }
+        ],
+    }
+    pool_file = out / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
+    cache = Path(cache) if cache else out / "cache"
+    preprocess_pool(
+        load_pool(pool_file),
+        cache,
+        workers=workers,
+        progress=progress,
+        config=plan_config,
+        lowres_patch=tuple(config.patch_size),
+    )
+    return cache
+
+
 def finetune(
     dataset: str | Path,
     bundle: str | Path,
@@ -92,13 +151,7 @@ def finetune(
     dataset, bundle, out = Path(dataset), bundle_folder(bundle), Path(out)
     meta = read_bundle_config(bundle)
     labels = dataset_classes(dataset, meta["classes"], mapping or {}, new_head or from_scratch)
-    if (out / "settings.json").exists():
-        raise TumorFMError(f"{out}: already holds a run; choose another --out")
-    plan_config = plan_config or bundle_configuration(meta)
-    if plan_config not in CONFIGS:
-        raise TumorFMError(f"configuration '{plan_config}': choose {' or '.join(CONFIGS)}")
-    if plan_config == "lowres" and not settings.get("patch_size"):  # the patch it is sized for
-        settings["patch_size"] = tuple(meta["model"]["patch_size"])
+    plan_config = new_run_plan(out, meta, plan_config, settings)
     profile = settings.pop("profile", "cpu")
     config = make_config(  # before anything is written: a bad setting leaves no folder behind
         profile,
@@ -111,33 +164,7 @@ def finetune(
         workers=min(workers, 2),
         **settings,
     )
-    ensure_writable(out)
-    name = class_name(read_dataset(dataset).name)
-    tumour = (synthesis or {}).get("tumour")
-    classes = list(dict.fromkeys([*labels.values(), *([tumour] if tumour else [])]))
-    pool = {
-        "name": f"finetune-{name}",
-        # its tumour classes: those the bundle records as such, the one it synthesises, and
-        # those whose name says so
-        "lesions": lesion_classes(classes, {}, [*(meta.get(LESIONS) or []), tumour]),
-        "datasets": [
-            {
-                "name": name,
-                "path": str(dataset.resolve()),
-                "labels": labels,
-                **({"synthesis": synthesis} if synthesis else {}),
-            }
-        ],
-    }
-    pool_file = out / "pool.yaml"
-    pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
-    cache = Path(cache) if cache else out / "cache"
-    preprocess_pool(
-        load_pool(pool_file),
-        cache,
-        workers=workers,
-        progress=progress,
-        config=plan_config,
-        lowres_patch=tuple(config.patch_size),
+    cache = prepare_cache(
+        dataset, out, labels, meta, plan_config, config, synthesis, cache, workers, progress
     )
     return pretrain(cache, out, config, progress=progress)

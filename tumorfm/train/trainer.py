@@ -39,6 +39,7 @@ from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng
 from tumorfm.train.config import PretrainConfig
+from tumorfm.train.distill import Teacher, distilled
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss
@@ -256,12 +257,25 @@ def pretrain(
         loader = prompter.stream(loader, start_epoch * iterations)
         val = val and PromptedBatches(val, prompter)
     device = processes.device
+
+    def loss(logits, batch: dict) -> torch.Tensor:
+        return loss_fn(logits, batch["target"].to(device), batch["annotated"].to(device)).loss
+
+    if config.teacher:  # distillation (tumorfm.train.distill): the teacher's outputs too
+        teacher = Teacher(
+            config.teacher, out_classes, in_channels, config.patch_size, device, autocast
+        )
+        loss = distilled(loss, teacher, config.kd_temperature, config.kd_alpha)
+        bundle_info["extra"]["teacher"] = {
+            "bundle": config.teacher,
+            "parameters": teacher.parameters,
+            "temperature": config.kd_temperature,
+            "alpha": config.kd_alpha,
+        }
     stepper = Stepper(
         model,
         optimizer,
-        lambda logits, batch: (
-            loss_fn(logits, batch["target"].to(device), batch["annotated"].to(device)).loss
-        ),
+        loss,
         device,
         autocast,
         scaler,

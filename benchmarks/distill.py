@@ -1,0 +1,163 @@
+"""Does distillation give a small, fast student that keeps what the shipped model knows? (issue 20)
+
+    .venv/bin/python -m benchmarks.distill [--seeds 0 1 2] [--student tsfm-tiny]
+
+Teacher: the shipped bundle (tsfm-real-lowres, tsfm-compact). Per seed, two students of the same
+preset train from scratch on the sarcoma CTs the teacher trained on (its fixed split, so its
+seven held-out sarcomas stay unseen by all three), with the same plan, patch, iterations and seed,
+both through `tumorfm distill`: `labels` with --alpha 0 (the labels alone; the teacher is not
+run) and `distilled` with --alpha and --temperature. Each model then segments the held-out scans
+with `tumorfm predict --fast` (no mirroring; wall time and peak memory of the process tree,
+benchmarks/measure.py) and `tumorfm evaluate` scores them in their own geometry (Dice, HD95).
+Targets (issue 20): the distilled student keeps >= 95% of the teacher's Dice at <= 1/4 of its
+prediction time, and beats the same student trained on the labels alone (paired over seeds,
+benchmarks/seeds.py). A finished arm is kept when the benchmark is run again; an interrupted
+one restarts. Results: benchmarks/results/distill.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+from tumorfm.model.bundle import WEIGHTS, bundle_folder, read_bundle_config
+
+from . import seeds
+from .common import BIN, DATA, add_work_and_out, parser_for
+from .measure import provenance, run
+from .shipped_model import DATASETS, _stats, fixed_split, held_out
+
+TEACHER = "tsfm-real-lowres"
+CLASS = "soft_tissue_sarcoma"
+
+
+def score(args, bundle: Path, folder: Path, name: str, plan: list[str] = ()) -> dict:
+    """Predict the held-out sarcomas with `bundle` into `folder` and score them (`plan`: the
+    options that pick the bundle's sarcoma plan when it has several)."""
+    tumorfm = str(BIN / "tumorfm")
+    split = fixed_split(args.data)
+    images, labels = held_out(args.data, split, "sarcoma_ct", args.work / "held-out")
+    (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, CLASS: 1}}))
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [tumorfm, "predict", "-i", str(images), "-o", str(folder), "-m", str(bundle),
+               *plan, "--fast"]  # fmt: skip
+    timing = run(command, dict(os.environ), folder.parent / f"{name}-predict.log", 3600, name, 1.0)
+    command = [tumorfm, "evaluate", str(folder), str(labels)]
+    run(command, dict(os.environ), folder.parent / f"{name}-evaluate.log", 3600, f"{name} score")
+    metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
+    cases = [row["scores"][CLASS] for row in metrics["cases"]]
+    record = {
+        "dice": _stats([c["dice"] for c in cases])["mean"],
+        "dice_over_cases": _stats([c["dice"] for c in cases]),
+        "hd95_median": _stats([c["hd95"] for c in cases])["median"],
+        "predict_seconds_per_scan": timing["wall_seconds"] / len(cases),
+        "predict_peak_mb": timing.get("peak_tree_pss_mb"),
+        "parameters": _count_bundle(bundle),
+    }
+    (folder.parent / f"{name}-score.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _count_bundle(bundle: Path) -> int:
+    """Parameters of a bundle's network, from its weights' header (no network is built)."""
+    from safetensors import safe_open
+
+    with safe_open(str(bundle / WEIGHTS), "pt") as weights:
+        return sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+
+
+def student(args, arm: str, seed: int) -> dict:
+    """Train (unless finished) and score one student."""
+    out = args.work / f"seed{seed}" / arm
+    scored = out.parent / f"{arm}-score.json"
+    epochs = args.iterations // args.per_epoch
+    log = out / "log.jsonl"
+    done = log.is_file() and sum(1 for x in log.read_text().splitlines() if x.strip()) >= epochs
+    if not (done and scored.is_file()):
+        if not done:
+            shutil.rmtree(out, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            split = fixed_split(args.data)["sarcoma_ct"]  # one dataset: train and val alone
+            (out.parent / "split.json").write_text(json.dumps(split, indent=1))
+            alpha = 0.0 if arm == "labels" else args.alpha
+            command = [str(BIN / "tumorfm"), "distill", str(args.data / DATASETS["sarcoma_ct"][0]),
+                       "--teacher", TEACHER, "--student", args.student, "-o", str(out),
+                       "--map", f"sarcoma={CLASS}", "--alpha", str(alpha),
+                       "--temperature", str(args.temperature), "--epochs", str(epochs),
+                       "--iterations", str(args.per_epoch), "--seed", str(seed),
+                       "--split", str(out.parent / "split.json")]  # fmt: skip
+            run(command, dict(os.environ), out.parent / f"{arm}.log", 6 * 3600, f"{arm} {seed}")
+        score(args, out / "last", out.parent / f"{arm}-held-out", arm)
+    row = json.loads(scored.read_text())
+    epochs_run = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    return {"arm": arm, **row, "train_seconds": round(sum(e["seconds"] for e in epochs_run), 1)}
+
+
+def main() -> None:
+    parser = parser_for(__spec__.name, __doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
+    add_work_and_out(parser, "distill")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student", default="tsfm-tiny")
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--per-epoch", type=int, default=50)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    teacher_file = args.work / "teacher-score.json"
+    teacher = (
+        json.loads(teacher_file.read_text())
+        if teacher_file.is_file()
+        else score(
+            args,
+            bundle_folder(TEACHER),
+            args.work / "teacher-held-out",
+            "teacher",
+            ["--plan", "sarcoma_ct"],
+        )  # fmt: skip
+    )
+    rows = {
+        seed: [student(args, arm, seed) for arm in ("labels", "distilled")] for seed in args.seeds
+    }
+    fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds"]
+    merged = seeds.merge(rows, ("arm",), fields)
+    distilled = next(r for r in merged if r["arm"] == "distilled")
+    result = {
+        "what": "Dice on 7 held-out real sarcomas: the shipped teacher, a student trained on "
+        "labels alone and the same student distilled from the teacher",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "teacher": {
+            "bundle": TEACHER,
+            "preset": read_bundle_config(bundle_folder(TEACHER))["preset"],
+            **teacher,
+        },  # fmt: skip
+        "rows": merged,
+        "per_seed": rows,
+        "gain_over_labels": seeds.paired_difference(
+            rows, {"arm": "distilled"}, {"arm": "labels"}, "dice"
+        ),
+        "dice_kept": distilled["dice"]["mean"] / teacher["dice"],
+        "time_ratio": distilled["predict_seconds_per_scan"]["mean"]
+        / teacher["predict_seconds_per_scan"],
+        "targets": {"dice_kept": 0.95, "time_ratio": 0.25},
+        **provenance("distill", ".venv", load),
+    }
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"teacher: Dice {teacher['dice']:.3f}, {teacher['predict_seconds_per_scan']:.1f} s/scan")
+    for row in merged:
+        d, t = row["dice"], row["predict_seconds_per_scan"]
+        print(
+            f"{row['arm']:>10}: Dice {d['mean']:.3f} +- {d['std'] or 0:.3f}, {t['mean']:.1f} s/scan"
+        )
+    print(f"kept {result['dice_kept']:.2f} of the teacher's Dice (target 0.95) at "
+          f"{result['time_ratio']:.2f} of its time (target 0.25); gain over labels "
+          f"{result['gain_over_labels']['mean']:+.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

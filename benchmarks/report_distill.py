@@ -1,0 +1,54 @@
+"""The README's distillation table, from benchmarks/results/distill.json (issue 20)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report_accuracy import _over_seeds
+from .report_format import PRODUCT, _command, _cpu, _load, _mb, _s
+
+
+def distill_table(results: Path) -> list[str]:
+    r = _load(results, "distill")
+    if r is None:
+        return [f"Not measured yet: `{PRODUCT}.distill`."]
+    s, teacher = r["settings"], r["teacher"]
+    seeds = ", ".join(map(str, s["seeds"]))
+    spread = "mean +- standard deviation over seeds" if len(s["seeds"]) > 1 else "one seed"
+    lines = [
+        f"Teacher: the shipped {teacher['bundle']} ({teacher['preset']}). Students: "
+        f"{s['student']} from scratch on the teacher's training sarcomas, {s['iterations']} "
+        f"iterations, on the labels alone or distilled (alpha {s['alpha']:g}, temperature "
+        f"{s['temperature']:g}); Dice on the 7 held-out sarcomas, `predict --fast`; {spread} "
+        f"({seeds}); {_cpu(r)}; `{_command(r)}`.",
+        "",
+        "| model | parameters | Dice on held-out sarcomas | median HD95 mm | s per scan | peak |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| teacher | {teacher['parameters']:,} | {teacher['dice']:.3f} | "
+        f"{teacher['hd95_median']:.1f} | {_s(teacher['predict_seconds_per_scan'])} | "
+        f"{_mb(teacher['predict_peak_mb'])} |",
+    ]
+    for row in r["rows"]:
+        per_scan = _s(row["predict_seconds_per_scan"]["mean"])
+        lines.append(
+            f"| student, {row['arm']} | {r['per_seed'][str(s['seeds'][0])][0]['parameters']:,} | "
+            f"{_over_seeds(row['dice'])} | {_over_seeds(row['hd95_median'], 1)} | {per_scan} | "
+            f"{_mb(row['predict_peak_mb']['mean'])} |"
+        )
+    gain, targets = r["gain_over_labels"], r["targets"]
+    kept, ratio = r["dice_kept"], r["time_ratio"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    beats = gain["mean"] is not None and gain["mean"] > 0
+    lines += [
+        "",
+        f"The distilled student keeps {kept:.2f} of the teacher's Dice (target "
+        f">= {targets['dice_kept']:g}: {verdict(kept >= targets['dice_kept'])}) at {ratio:.2f} of "
+        f"its prediction time (target <= {targets['time_ratio']:g}: "
+        f"{verdict(ratio <= targets['time_ratio'])}); against labels alone "
+        f"{_over_seeds(gain)} Dice (target: ahead, {verdict(beats)}"
+        f"{'; larger than its spread' if gain['beats_spread'] else ''}).",
+    ]
+    return lines

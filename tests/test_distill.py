@@ -1,0 +1,125 @@
+"""Knowledge distillation (issue 20): the teacher's term, the teacher's channels, and a real run
+through the trainer on the real sarcoma CTs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SARCOMA, assert_one_line_error, run_cli
+
+from tumorfm.errors import TumorFMError
+from tumorfm.model.bundle import load_bundle
+from tumorfm.train.distill import Teacher, check_teacher, distilled, kd_loss
+
+SHIPPED = "tsfm-real-lowres"  # its classes: soft_tissue_sarcoma, brain_tumour; CT in
+
+
+def test_kd_loss_is_least_where_the_student_says_what_the_teacher_says():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 4, 4, 4) * 3
+    for temperature in (1.0, 4.0):
+        student = teacher.clone().requires_grad_(True)
+        kd_loss(student, teacher, temperature).backward()
+        assert student.grad.abs().max() < 1e-7  # a minimum: sigmoid(s/T) = sigmoid(t/T)
+        other = torch.zeros_like(teacher).requires_grad_(True)
+        assert kd_loss(other, teacher, temperature) > kd_loss(teacher, teacher, temperature)
+
+
+def test_temperature_squared_keeps_the_gradient_in_scale():
+    """Hinton's T^2: for small logits the gradient of the softened term tends to (s - t) / 4
+    over the voxel count, whatever T; without T^2 it would shrink as 1 / T^2."""
+    torch.manual_seed(1)
+    teacher = torch.randn(1, 1, 8, 8, 8) * 0.01
+    grads = []
+    for temperature in (2.0, 8.0):
+        student = torch.zeros_like(teacher).requires_grad_(True)
+        kd_loss(student, teacher, temperature).backward()
+        grads.append(float(student.grad.norm()))
+    assert grads[1] == pytest.approx(grads[0], rel=0.05)
+
+
+def test_alpha_mixes_the_teacher_and_the_labels():
+    torch.manual_seed(2)
+    image, student = torch.randn(1, 1, 4, 4, 4), torch.randn(1, 2, 4, 4, 4)
+    teacher_logits = torch.randn(1, 2, 4, 4, 4)
+
+    class Fixed:
+        def __call__(self, image):
+            return teacher_logits
+
+    def labels(outputs, batch):
+        return torch.tensor(5.0)
+
+    batch = {"image": image}
+    taught = kd_loss(student, teacher_logits, 2.0)
+    assert distilled(labels, Fixed(), 2.0, 1.0)(student, batch) == pytest.approx(float(taught))
+    assert distilled(labels, Fixed(), 2.0, 0.0)(student, batch) == pytest.approx(5.0)
+    half = distilled(labels, Fixed(), 2.0, 0.5)([student, student[:, :, ::2]], batch)
+    assert half == pytest.approx(0.5 * float(taught) + 2.5)  # deep supervision: full res only
+
+
+def test_teacher_answers_for_the_students_classes_in_their_order():
+    bundle = load_bundle(SHIPPED, patch_size=(16, 32, 32))
+    teacher = Teacher(
+        SHIPPED, ["brain_tumour"], 1, (16, 32, 32), torch.device("cpu"), torch.no_grad()
+    )
+    image = torch.randn(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        full = bundle.model.eval()(image)
+    assert teacher(image).shape == (1, 1, 16, 32, 32)
+    torch.testing.assert_close(teacher(image), full[:, 1:2])
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_a_teacher_of_other_inputs_or_classes_is_refused():
+    with pytest.raises(TumorFMError, match="takes 3 input channels .* the student's scans have 1"):
+        check_teacher(Path("t"), ["tumour"], ["CT", "positive", "negative"], ["tumour"], 1)
+    with pytest.raises(TumorFMError, match="does not segment liver .* with --map"):
+        check_teacher(Path("t"), ["tumour"], ["CT"], ["tumour", "liver"], 1)
+
+
+def test_distill_trains_a_student_bundle_that_names_its_teacher(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        "distill", SARCOMA, "--teacher", SHIPPED, "--student", "tsfm-tiny", "-o", out,
+        "--map", "sarcoma=soft_tissue_sarcoma", "--epochs", "1", "--iterations", "2",
+        "--alpha", "0.7", "--temperature", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert config["preset"] == "tsfm-tiny" and config["classes"] == ["soft_tissue_sarcoma"]
+    teacher = config["extra"]["teacher"]
+    assert teacher["temperature"] == 3.0 and teacher["alpha"] == 0.7
+    assert Path(teacher["bundle"]).name == SHIPPED and teacher["parameters"] > 5_000_000
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["config"]["teacher"] == teacher["bundle"]
+    assert settings["parameters"] < teacher["parameters"] / 5  # the student is the small one
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["step"] == 2 and row["train_loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        (["--temperature", "0"], "temperature 0.0: must be a positive number"),
+        (["--temperature", "nan"], "temperature nan"),
+        (["--alpha", "1.5"], "alpha 1.5: the teacher's weight goes from 0 to 1"),
+        (["--student", "tsfm-huge"], "unknown model 'tsfm-huge'"),
+    ],
+)
+def test_distill_settings_out_of_range_are_refused_before_any_work(tmp_path, options, problem):
+    out = tmp_path / "run"
+    base = ["--teacher", SHIPPED, "--student", "tsfm-tiny", "-o", out,
+            "--map", "sarcoma=soft_tissue_sarcoma"]  # fmt: skip
+    result = run_cli("distill", SARCOMA, *base, *options)
+    assert_one_line_error(result, problem)
+    assert not out.exists()
+
+
+def test_a_teacher_that_is_no_bundle_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("distill", SARCOMA, "--teacher", tmp_path / "empty", "--student",
+                     "tsfm-tiny", "-o", tmp_path / "run")  # fmt: skip
+    assert_one_line_error(result, str(tmp_path / "empty"))
+    assert not (tmp_path / "run").exists()
