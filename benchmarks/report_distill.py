@@ -8,6 +8,18 @@ from .report_accuracy import _over_seeds
 from .report_format import PRODUCT, _command, _cpu, _load, _mb, _s
 
 
+def _signed(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:+.3f}" + ("" if stats["std"] is None else f" +- {stats['std']:.3f}")
+
+
+def _spread(gain: dict) -> str:
+    if gain["n"] < 2:
+        return "one seed, no spread yet"
+    return "larger than its spread" if gain["beats_spread"] else "not larger than its spread"
+
+
 def distill_table(results: Path) -> list[str]:
     r = _load(results, "distill")
     if r is None:
@@ -48,7 +60,6 @@ def distill_table(results: Path) -> list[str]:
         f">= {targets['dice_kept']:g}: {verdict(kept >= targets['dice_kept'])}) at {ratio:.2f} of "
         f"its prediction time (target <= {targets['time_ratio']:g}: "
         f"{verdict(ratio <= targets['time_ratio'])}); against labels alone "
-        f"{_over_seeds(gain)} Dice (target: ahead, {verdict(beats)}"
-        f"{'; larger than its spread' if gain['beats_spread'] else ''}).",
+        f"{_signed(gain)} Dice (target: ahead, {verdict(beats)}; {_spread(gain)}).",
     ]
     return lines
