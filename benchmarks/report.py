@@ -17,6 +17,7 @@ from .common import parser_for
 from .report_accuracy import accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
 from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
+from .report_interactive import interactive_table
 from .report_synth import synth_table, usefulness_table
 
 
@@ -248,6 +249,8 @@ def section(results: Path = RESULTS) -> str:
     lines += ["", "### Tumour synthesis", ""]
     lines += synth_table(results)
     lines += ["", *usefulness_table(results)]
+    lines += ["", "### Interactive refinement: Dice per click", ""]
+    lines += interactive_table(results)
     lines += ["", "### Distillation: a small, fast student", ""]
     lines += distill_table(results)
     if other := other_lines(results):
