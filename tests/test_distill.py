@@ -2,12 +2,16 @@
 through the trainer on the real sarcoma CTs."""
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import SARCOMA, assert_one_line_error, run_cli
 
+from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import load_bundle
 from tumorfm.train.distill import Teacher, check_teacher, distilled, kd_loss
@@ -80,13 +84,26 @@ def test_a_teacher_of_other_inputs_or_classes_is_refused():
 
 
 def test_distill_trains_a_student_bundle_that_names_its_teacher(tmp_path):
-    out = tmp_path / "run"
+    """Also with a scan without labels: the teacher labels it and it joins the pool."""
+    out, unlabelled = tmp_path / "run", tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    shutil.copy(SARCOMA / "imagesTr" / "STS_025_0000.nii.gz", unlabelled / "extra.nii.gz")
     result = run_cli(
         "distill", SARCOMA, "--teacher", SHIPPED, "--student", "tsfm-tiny", "-o", out,
         "--map", "sarcoma=soft_tissue_sarcoma", "--epochs", "1", "--iterations", "2",
-        "--alpha", "0.7", "--temperature", "3",
+        "--alpha", "0.7", "--temperature", "3", "--unlabelled", unlabelled, "--plan", "sarcoma_ct",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    labelled = out / "teacher-labelled"
+    teacher_label = read_volume(labelled / "labelsTr" / "extra.nii.gz")
+    scan = read_volume(unlabelled / "extra.nii.gz")
+    assert teacher_label.geometry.close_to(scan.geometry)
+    assert set(np.unique(teacher_label.array)) == {0, 1}  # the sarcoma, on the dataset's value
+    truth = read_volume(SARCOMA / "labelsTr" / "STS_025.nii.gz").array > 0
+    found = teacher_label.array > 0
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.3  # the teacher's answer
+    pool = yaml.safe_load((out / "pool.yaml").read_text())
+    assert [d["name"] for d in pool["datasets"]] == ["sts_ct", "teacher-labelled"]
     config = json.loads((out / "last" / "config.json").read_text())
     assert config["preset"] == "tsfm-tiny" and config["classes"] == ["soft_tissue_sarcoma"]
     teacher = config["extra"]["teacher"]

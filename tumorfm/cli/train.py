@@ -246,6 +246,16 @@ def distill(
     workers: Workers = 2,
     split: SplitFile = None,
     fold: Fold = None,
+    unlabelled: Annotated[
+        Path | None,
+        typer.Option(
+            help="Scans without labels: the teacher labels them and they join the training data.",
+            show_default=False,
+        ),
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="The teacher's plan for --unlabelled, if it has several.")
+    ] = None,
 ) -> None:
     """Train a small, fast student preset from scratch on a dataset, taught by a big bundle
     (its softened outputs mixed with the labels); the result is a bundle for `predict`."""
@@ -260,6 +270,8 @@ def distill(
         alpha=alpha,
         epochs=epochs,
         mapping=pairs(map_, "--map"),
+        unlabelled=unlabelled,
+        teacher_plan=plan,
         **_run_settings(workers, profile, iterations, patch, lr, seed, precision, split, fold),
     )
     typer.echo(json.dumps({k: v for k, v in row.items() if k != "val_dice"}))

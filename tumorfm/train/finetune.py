@@ -86,9 +86,12 @@ def prepare_cache(
     cache: str | Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    more: list[Path] = (),
 ) -> Path:
-    """The dataset as a one-dataset pool (OUT/pool.yaml), preprocessed into `cache` (default
-    OUT/cache) with the plan `plan_config`; lesion classes from the bundle's record `meta`."""
+    """The dataset as a pool (OUT/pool.yaml), preprocessed into `cache` (default OUT/cache) with
+    the plan `plan_config`; lesion classes from the bundle's record `meta`. `more` datasets
+    (folders with the same label values, e.g. teacher-labelled scans) join it, each sampled as
+    a dataset of the pool."""
     ensure_writable(out)
     name = class_name(read_dataset(dataset).name)
     tumour = (synthesis or {}).get("tumour")
@@ -104,9 +107,11 @@ def prepare_cache(
                 "path": str(dataset.resolve()),
                 "labels": labels,
                 **({"synthesis": synthesis} if synthesis else {}),
-            }
+            },
+            *({"name": folder.name, "path": str(folder.resolve()), "labels": dict(labels)}
+              for folder in more),
         ],
-    }
+    }  # fmt: skip
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
     cache = Path(cache) if cache else out / "cache"
