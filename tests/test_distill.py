@@ -14,7 +14,7 @@ from conftest import SARCOMA, assert_one_line_error, run_cli
 from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import load_bundle
-from tumorfm.train.distill import Teacher, check_teacher, distilled, kd_loss
+from tumorfm.train.teacher import Teacher, check_teacher, distilled, kd_loss
 
 SHIPPED = "tsfm-real-lowres"  # its classes: soft_tissue_sarcoma, brain_tumour; CT in
 

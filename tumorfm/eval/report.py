@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from scipy import ndimage
 from tumorfm.data.classes import RGB, class_colours
 from tumorfm.errors import TumorFMError
 from tumorfm.files import make_public
+from tumorfm.tables import table_html
 
 GAP = 4  # white pixels between panels
 MIN_HEIGHT = 256  # panels are upsampled to at least this many pixels
@@ -155,15 +155,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _cell(value: object) -> tuple[str, bool]:
-    """(escaped text, is numeric): floats to 3 decimals, NaN and None as a dash."""
-    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
-        return "\u2013", True
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.3f}", True
-    return html.escape(str(value)), isinstance(value, int | np.integer)
-
-
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 100em; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -176,20 +167,6 @@ img { max-width: 100%; image-rendering: pixelated; } .notes li { color: #555; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
 figcaption { color: #555; }
 """
-
-
-def table_html(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
-    """A table: a header row, then cells as _cell formats them (numbers right-aligned)."""
-    parts = ["<table>"]
-    parts.append(
-        "<tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
-    )
-    for row in rows:
-        cells = (_cell(value) for value in row)
-        tds = (f'<td class="num">{t}</td>' if numeric else f"<td>{t}</td>" for t, numeric in cells)
-        parts.append("<tr>" + "".join(tds) + "</tr>")
-    parts.append("</table>")
-    return "\n".join(parts)
 
 
 def _summary_html(title, summary_rows, header, notes, legend) -> str:

@@ -20,6 +20,7 @@ from tumorfm.data.classes import RGB, class_colours
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.report import GAP, case_figure, viewer_link, write_report
 from tumorfm.files import read_json_object
+from tumorfm.tables import STATISTICS_HEADER, statistics_rows
 
 SLICES = 3  # pictures per case
 BARS_MM = (5, 10, 20, 50, 100, 200)  # scale-bar lengths to choose from
@@ -116,29 +117,6 @@ def report_modality(settings: dict) -> str:
     if schemes:
         return "CT" if schemes[0] == "ct" else "other"
     return str((meta.get("modalities") or ["CT"])[0])
-
-
-STATISTICS_HEADER = (
-    "class", "volume ml", "lesions", "largest lesion ml", "largest diameter mm",
-    "RECIST longest axial mm", "perpendicular mm", "RECIST slice z", "mean intensity", "std",
-)  # fmt: skip
-
-
-def statistics_rows(stats: dict) -> list[list[object]]:
-    """The per-class rows of a case's statistics (tumorfm.infer.postprocess.statistics)."""
-    rows = []
-    for name, row in stats.items():
-        if not isinstance(row, dict):  # case, spacing
-            continue
-        means, stds = row.get("intensity_mean"), row.get("intensity_std")
-        if isinstance(means, list):  # one per channel
-            means, stds = (", ".join(f"{v:.1f}" for v in values) for values in (means, stds))
-        rows.append([
-            name, row.get("volume_ml"), row.get("lesions"), row.get("largest_lesion_ml"),
-            row.get("largest_diameter_mm"), row.get("longest_axial_diameter_mm"),
-            row.get("perpendicular_diameter_mm"), row.get("axial_slice"), means, stds,
-        ])  # fmt: skip
-    return rows
 
 
 def _case_statistics(entry: dict) -> dict | None:

@@ -4,101 +4,20 @@ The survey's route to the clinic (MobileSAM, TinySAM in 2D; logit distillation f
 segmentation, Qin et al., TMI 2021): the student, any preset, trains on the teacher's own
 dataset plan with the usual pieces (sampling, augmentation, logging, exact resume, DDP; the
 trainer is not copied) and one change in the loss: on every patch it also matches the teacher's
-sigmoid outputs, both softened by a temperature T, binary cross-entropy per class and voxel
-scaled by T^2 (Hinton et al.: the gradients keep their size as T grows),
-
-    loss = alpha * T^2 * BCE(sigmoid(s / T), sigmoid(t / T)) + (1 - alpha) * partial-label loss
-
-on the full-resolution output (deep supervision stays on the labels). The teacher sees the same
-augmented patch, in evaluation mode without gradients, in the run's precision. The result is an
+sigmoid outputs, both softened by a temperature (tumorfm.train.teacher). The result is an
 ordinary bundle for `predict`; its config.json and the run's settings.json name the teacher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tumorfm.errors import TumorFMError
-from tumorfm.model.bundle import bundle_folder, load_bundle, read_bundle_config
+from tumorfm.model.bundle import bundle_folder, read_bundle_config
 from tumorfm.train.config import make_config
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * BCE between the softened sigmoids, averaged over batch, classes and voxels."""
-    target = torch.sigmoid(teacher / temperature)
-    soft = F.binary_cross_entropy_with_logits(student / temperature, target)
-    return soft * temperature**2
-
-
-class Teacher:
-    """A bundle's network answering for the student's classes, frozen, in evaluation mode."""
-
-    def __init__(
-        self,
-        bundle: str | Path,
-        classes: list[str],
-        in_channels: int,
-        patch_size: tuple[int, ...],
-        device: torch.device,
-        autocast: AbstractContextManager,
-    ):
-        loaded = load_bundle(bundle, patch_size=patch_size)
-        check_teacher(
-            bundle_folder(bundle), loaded.classes, loaded.modalities, classes, in_channels
-        )
-        self.channels = [loaded.classes.index(name) for name in classes]
-        self.model = loaded.model.to(device).eval().requires_grad_(False)
-        self.autocast, self.device = autocast, device
-        self.parameters = sum(p.numel() for p in self.model.parameters())
-
-    @torch.no_grad()
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
-            logits = self.model(image.to(self.device))
-        return logits[:, self.channels].float()
-
-
-def check_teacher(
-    folder: Path, teacher_classes: list[str], modalities: list[str], classes: list[str], channels
-) -> None:
-    """Refuse a teacher that cannot teach this student: another input, or classes it lacks."""
-    if len(modalities) != channels:
-        raise TumorFMError(
-            f"--teacher {folder}: takes {len(modalities)} input channels "
-            f"({', '.join(modalities)}); the student's scans have {channels}"
-        )
-    missing = [name for name in classes if name not in teacher_classes]
-    if missing:
-        raise TumorFMError(
-            f"--teacher {folder}: does not segment {', '.join(missing)} (its classes: "
-            f"{', '.join(teacher_classes)}); map the dataset's classes to the teacher's with --map"
-        )
-
-
-def distilled(
-    label_loss: Callable[[object, dict], torch.Tensor],
-    teacher: Teacher,
-    temperature: float,
-    alpha: float,
-) -> Callable[[object, dict], torch.Tensor]:
-    """The trainer's loss with the teacher's term mixed in (the Stepper's `loss`); alpha 0 is
-    the labels alone (the teacher is not run): the baseline of the distillation benchmark."""
-    if alpha == 0:
-        return label_loss
-
-    def loss(outputs, batch: dict) -> torch.Tensor:
-        main = outputs[0] if isinstance(outputs, list) else outputs
-        taught = kd_loss(main, teacher(batch["image"]), temperature)
-        labelled = label_loss(outputs, batch) if alpha < 1 else taught.new_zeros(())
-        return alpha * taught + (1 - alpha) * labelled
-
-    return loss
+from tumorfm.train.teacher import check_teacher
 
 
 def teacher_labelled(
@@ -206,4 +125,4 @@ def distill(
     return pretrain(cache, out, config, progress=progress)
 
 
-__all__ = ["Teacher", "distill", "distilled", "kd_loss"]
+__all__ = ["distill", "teacher_labelled"]

@@ -39,11 +39,11 @@ from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng
 from tumorfm.train.config import PretrainConfig
-from tumorfm.train.distill import Teacher, distilled
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss
 from tumorfm.train.split import read_split, split_cases
+from tumorfm.train.teacher import Teacher, distilled
 from tumorfm.train.transfer import build_model
 from tumorfm.train.validation import validate
 
@@ -261,7 +261,7 @@ def pretrain(
     def loss(logits, batch: dict) -> torch.Tensor:
         return loss_fn(logits, batch["target"].to(device), batch["annotated"].to(device)).loss
 
-    if config.teacher:  # distillation (tumorfm.train.distill): the teacher's outputs too
+    if config.teacher:  # distillation (tumorfm.train.teacher): the teacher's outputs too
         teacher = Teacher(
             config.teacher, out_classes, in_channels, config.patch_size, device, autocast
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from tumorfm.files import atomic_file
+from tumorfm.tables import STATISTICS_HEADER, statistics_rows, table_html
 from tumorfm.viewer import assets
 from tumorfm.viewer.layers import Layer, Scene, read_scene
 
@@ -27,9 +28,6 @@ VIEW = 3  # NiiVue's slice type: 3 planes (axial, coronal, sagittal) and the 3D 
 
 
 def _tables(layers: list[Layer]) -> str:
-    from tumorfm.eval.report import table_html
-    from tumorfm.eval.report_predict import STATISTICS_HEADER, statistics_rows
-
     parts = []
     for layer in layers:
         if layer.statistics:
