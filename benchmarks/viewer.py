@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -59,8 +58,8 @@ def served(scan: Path, label: Path) -> dict:
         address = time.perf_counter() - start
         first = seconds_to_drawn(line.split(" at ", 1)[1].split()[0], start)
         return {"address_s": address, "first_picture_s": first}
-    finally:
-        process.send_signal(signal.SIGINT)
+    finally:  # SIGTERM: a process started in the background ignores SIGINT (Ctrl-C)
+        process.terminate()
         process.wait(timeout=60)
 
 

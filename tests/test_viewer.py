@@ -158,9 +158,12 @@ def test_view_command_serves_until_interrupted(tmp_path):
         url = re.search(r"http://127\.0\.0\.1:\d+/\S+/", line).group(0)
         status, page = _get(url)
         assert status == 200 and b"STS_019" in page and b"sarcoma" in page
+        with urllib.request.urlopen(url + "volumes/0.nii.gz", timeout=30) as answer:
+            assert answer.status == 200  # closed unread: the browser went away mid-answer
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
+    assert "Traceback" not in process.stderr.read()
 
 
 def test_port_in_use_is_refused(phantom):

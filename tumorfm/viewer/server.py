@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import secrets
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,16 @@ def is_local(address: str) -> bool:
         return False
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a browser's open connection does not keep the command alive
+
+    def handle_error(self, request, client_address):
+        """A browser that closes a connection mid-answer (a reload, a closed tab) is no error;
+        anything else is printed as the standard library does."""
+        if not isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            super().handle_error(request, client_address)
+
+
 class Viewer:
     """A running viewer of one scene: `url` opens it; `serve()` blocks, `start()` returns."""
 
@@ -47,14 +58,13 @@ class Viewer:
                 layer.nifti,
             )
         try:
-            self.server = ThreadingHTTPServer((HOST, port), self._handler())
+            self.server = _Server((HOST, port), self._handler())
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise TumorFMError(
                     f"--port {port}: in use by another program; pick another"
                 ) from None
             raise TumorFMError(f"--port {port}: cannot listen on it ({error.strerror})") from None
-        self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://{HOST}:{self.port}{prefix}"
         self.thread: threading.Thread | None = None
