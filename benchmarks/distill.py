@@ -102,7 +102,7 @@ def main() -> None:
     add_work_and_out(parser, "distill")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student", default="tsfm-tiny")
-    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--per-epoch", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)

@@ -47,7 +47,7 @@ def interactive_table(results: Path) -> list[str]:
         "",
         f"After 5 corrective clicks the promptable bundle reaches {after5:.3f} ({best['arm']}; "
         f"target >= {goal['dice_after_5']:g}: {reached}). "
-        f"Seconds per click: {first:.1f} for the first (the scan's windows are prepared), "
+        f"Seconds per click: {first:.1f} for the first, "
         f"{following:.1f} for each following one (target <= {goal['seconds_per_click']:g}: "
         f"{'met' if following <= goal['seconds_per_click'] else '**missed**'}); peak memory "
         f"{r['peak_memory_mb']:,.0f} MB.",
