@@ -46,7 +46,9 @@ app = typer.Typer(
 )
 
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
-# the training options pretrain, finetune and distill share
+# the training options pretrain, finetune, distill and transfer-study share
+Profile = Annotated[str, typer.Option(help="cpu or paper (training settings).")]
+Seed = Annotated[int | None, typer.Option()]
 Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
 SplitFile = Annotated[
     Path | None, typer.Option(help="Split file: nnU-Net's splits_final.json or a RUN/split.json.")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from tumorfm.cli.app import Fold, Precision, SplitFile, Workers, app, pairs
+from tumorfm.cli.app import Fold, Precision, Profile, Seed, SplitFile, Workers, app, pairs
 from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
 
@@ -32,7 +32,7 @@ def pretrain(
     precision: Precision = None,
     val_every: Annotated[int | None, typer.Option(min=1, help="Validate every k epochs.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Loader worker processes.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    seed: Seed = None,
     checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = False,
     fsdp: Annotated[bool, typer.Option(help="Shard with FSDP (under torchrun).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -178,8 +178,8 @@ def finetune(
         typer.Option("--map", help="Rename a class to a bundle class, NAME=BUNDLE_CLASS."),
     ] = None,
     new_head: Annotated[bool, typer.Option(help="Allow heads that all start fresh.")] = False,
-    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
-    seed: Annotated[int | None, typer.Option()] = None,
+    profile: Profile = "cpu",
+    seed: Seed = None,
     precision: Precision = None,
     workers: Workers = 2,
     split: SplitFile = None,
@@ -240,8 +240,8 @@ def distill(
         list[str] | None,
         typer.Option("--map", help="Rename a class to a teacher class, NAME=TEACHER_CLASS."),
     ] = None,
-    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
-    seed: Annotated[int | None, typer.Option()] = None,
+    profile: Profile = "cpu",
+    seed: Seed = None,
     precision: Precision = None,
     workers: Workers = 2,
     split: SplitFile = None,
@@ -306,8 +306,8 @@ def transfer_study(
         list[str] | None,
         typer.Option(help="NAME=FOLDER: another tool's predictions of the held-out cases."),
     ] = None,
-    profile: Annotated[str, typer.Option(help="cpu or paper (training settings).")] = "cpu",
-    seed: Annotated[int | None, typer.Option()] = None,
+    profile: Profile = "cpu",
+    seed: Seed = None,
     workers: Workers = 2,
 ) -> None:
     """The paper's transfer study: pretrained vs from scratch at each epoch budget; a

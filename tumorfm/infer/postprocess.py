@@ -239,6 +239,21 @@ def _class_names(label_map: Path, labels: Path | None) -> tuple[Path | None, dic
     return labels, (msd_labels if msd else nnunet_labels)({"labels": table}, labels)
 
 
+def label_array(path: Path, array: np.ndarray, top: int = MAX_LABEL) -> np.ndarray:
+    """`array` as a label map's whole values (uint8, or uint16 above 255), or a one-line error
+    naming `path`: not 3D, fractions, or values outside 0..`top`."""
+    if array.ndim != 3:
+        raise TumorFMError(f"{path}: a {array.ndim}D image; a label map is one 3D volume")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise TumorFMError(f"{path}: holds non-integer values; not a label map")
+    if array.min() < 0 or array.max() > top:
+        raise TumorFMError(
+            f"{path}: holds the value {array.min() if array.min() < 0 else array.max():g}; "
+            f"label values go from 0 to {top}"
+        )
+    return array.astype(np.uint8 if array.max() < 256 else np.uint16, copy=False)
+
+
 def label_map_statistics(
     label_map: str | Path,
     image: str | Path | None = None,
@@ -254,17 +269,7 @@ def label_map_statistics(
 
     label_map = Path(label_map)
     volume = read_volume(label_map)
-    array = volume.array
-    if array.ndim != 3:
-        raise TumorFMError(f"{label_map}: a {array.ndim}D image; a label map is one 3D volume")
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise TumorFMError(f"{label_map}: holds non-integer values; not a label map")
-    if array.min() < 0 or array.max() > MAX_LABEL:
-        raise TumorFMError(
-            f"{label_map}: holds the value {array.min() if array.min() < 0 else array.max():g}; "
-            f"label values go from 0 to {MAX_LABEL}"
-        )
-    array = array.astype(np.uint8 if array.max() < 256 else np.uint16, copy=False)
+    array = label_array(label_map, volume.array)
     present = np.flatnonzero(np.bincount(array.ravel()))
     names_file, names = _class_names(label_map, Path(labels) if labels is not None else None)
     if names is None:

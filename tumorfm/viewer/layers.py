@@ -150,22 +150,15 @@ def read_scene(
 
 def _label_layer(path: Path, array: np.ndarray, geometry: Geometry, scan: Geometry, shown):
     """The layer of a label map and its voxels on the grid shown."""
-    if array.ndim != 3:
-        raise TumorFMError(f"{path}: a {array.ndim}D image; a label map is one 3D volume")
+    from tumorfm.infer.postprocess import label_array
+
+    array = label_array(path, array, top=255)  # the viewer's colour tables hold 256 entries
     if not scan.close_to(geometry, GEOMETRY_TOLERANCE):
         difference = geometry.difference_text(scan, GEOMETRY_TOLERANCE)
         raise TumorFMError(
             f"{path}: not on the scan's grid ({difference}); a label map "
             "must share the scan's size, spacing, origin and direction"
         )
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise TumorFMError(f"{path}: holds non-integer values; not a label map")
-    if array.min() < 0 or array.max() > 255:
-        raise TumorFMError(
-            f"{path}: holds the value {array.min() if array.min() < 0 else array.max():g}; "
-            "the viewer shows label values 0 to 255"
-        )
-    array = array.astype(np.uint8)
     values = [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v]
     image = to_image(array, geometry)
     if shown.GetSize() != tuple(geometry.size):  # the scan was shrunk: the voxel at each centre
