@@ -22,7 +22,8 @@ only time and memory.
   tumorfm  `python -m tumorfm predict -i IN -o OUT -m BUNDLE` (+ `--no-mirror`, overlap kept at
            0.5) with tsfm-small in a bundle written by save_bundle, at its default precision
            (auto: bf16 on a CPU with AVX-512 bf16) and with `--precision fp32`; also at the
-           default precision with each `--windows-trial` number of windows per network call.
+           default precision with each `--windows-trial` number of windows per network call,
+           and with `--fast` (no mirroring, overlap 0.25, still Gaussian-blended).
 
 Both run in this environment (same torch), with OMP_NUM_THREADS and nnUNet_def_n_proc set to
 `--threads` (nnU-Net's CPU path sets torch's threads to the CPU count anyway). Each command is
@@ -253,6 +254,7 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
         command += ["-o", str(out), "-m", str(bundle)]
         command += [] if mirror else ["--no-mirror"]
         command += ["--precision", "fp32"] if tool == "tumorfm_fp32" else []
+        command += ["--fast"] if tool == "tumorfm_fast" else []
         if tool.startswith("tumorfm_windows"):  # another number of windows per network call
             command += ["--windows", tool.removeprefix("tumorfm_windows")]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -274,6 +276,7 @@ def predict_row(args, work, bundle, scan: str, folder: Path, tool: str, mirror: 
         report = json.loads((out / "predict.json").read_text())
         r["precision"] = report["settings"]["precision"]
         r["windows_per_call"] = report["settings"]["windows_per_batch"]
+        r["overlap"] = report["settings"]["overlap"]
         r["tumorfm_stage_seconds"] = report["cases"]["case"]["seconds"]
     else:
         r["precision"] = "fp32"
@@ -301,7 +304,10 @@ def print_table(result: dict) -> None:
     names = {"nnunet": "nnU-Net (fp32)", "nnunet_default_workers": "nnU-Net (-npp/-nps 3)"}
     for r in result["rows"]:
         q = r.get("ratio_vs_nnunet") or {"time": "", "memory": ""}
-        tool = names.get(r["tool"]) or f"tumorfm ({r['precision']}, {r['windows_per_call']} w)"
+        fast = " --fast" if r["tool"] == "tumorfm_fast" else ""
+        tool = (
+            names.get(r["tool"]) or f"tumorfm{fast} ({r['precision']}, {r['windows_per_call']} w)"
+        )
         print(
             f"{r['input']:<11}{'on' if r['mirror'] else 'off':<8}{tool:<24}"
             f"{r['wall_seconds']:>8.1f}{r['peak_mb']:>9.0f}{q['time']:>8}{q['memory']:>7}"
@@ -361,6 +367,7 @@ def main() -> None:
         for mirror in (False,) if args.quick else (False, True):
             tools = ["nnunet", "tumorfm", "tumorfm_fp32"]
             tools += [f"tumorfm_windows{n}" for n in args.windows_trial if n != default_windows]
+            tools += [] if mirror else ["tumorfm_fast"]
             if scan == "lung1" and not mirror and not args.quick:
                 tools.append("nnunet_default_workers")
             for tool in tools:

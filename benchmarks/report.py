@@ -125,7 +125,9 @@ def predict_rows(r: dict) -> list[dict]:
         n = by[(source, mirror, "nnunet")]
         size = "x".join(map(str, r["inputs"][source]["size_xyz"]))
         what = f"predict {source} ({size}), {'8-flip mirroring' if mirror else 'no mirroring'}, "
-        what += f"tumorfm {t['precision']}"
+        what += f"tumorfm {t['precision']}" + (
+            " --fast (overlap 0.25)" if tool.endswith("fast") else ""
+        )
         if "windows_per_call" in t:  # older files: 4 windows per network call throughout
             what += f", {t['windows_per_call']} window{'s' * (t['windows_per_call'] > 1)} per call"
         command = f"{BENCH}.predict" if not rows else "same"

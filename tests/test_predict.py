@@ -15,7 +15,8 @@ from tumorfm.data.plan import Plan, plan_dataset
 from tumorfm.errors import TumorFMError
 from tumorfm.infer.postprocess import max_diameter_mm, postprocess, statistics
 from tumorfm.infer.predict import predict
-from tumorfm.infer.predictor import PredictOptions, Predictor, window_count
+from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.infer.window import window_count
 from tumorfm.model import create_model
 from tumorfm.model.bundle import save_bundle
 

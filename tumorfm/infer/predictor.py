@@ -3,19 +3,18 @@
 A scan stored sagittally or coronally is taken as its axial stack (tumorfm.data.orient, as in
 preprocessing) and the label map goes back to the stored order. The case goes through the
 bundle's plan exactly as in training (crop to non-zero, normalise, resample to the target
-spacing), then the network slides over it in windows weighted by a Gaussian
-(MONAI's sliding_window_inference, one window per forward by default: on a CPU, batches of windows
-measured no faster and held more activations), optionally averaged over the 8 mirrorings. Each
-class's sigmoid probability is resampled back to the cropped grid one class at a time (memory stays
-at one volume per class), thresholded at 0.5 and painted in the bundle's order (organs first, their
-tumours over them), then the crop is undone so the label map has the input's size, spacing, origin
-and direction.
+spacing), then the network slides over it in windows weighted by a Gaussian (tumorfm.infer.window:
+MONAI's window grid and weights without importing MONAI; one window per forward by default: on a
+CPU, batches of windows measured no faster and held more activations), optionally averaged over
+the 8 mirrorings. Each class's sigmoid probability is resampled back to the cropped grid one class
+at a time (memory stays at one volume per class), thresholded at 0.5 and painted in the bundle's
+order (organs first, their tumours over them), then the crop is undone so the label map has the
+input's size, spacing, origin and direction.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from tumorfm.data.orient import Orientation
 from tumorfm.data.plan import Plan
 from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
+from tumorfm.infer.window import sliding_window, window_count
 from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle_config
 from tumorfm.model.precision import autocast
 
@@ -93,17 +93,6 @@ def choose_plan(meta: dict, name: str | None, folder: Path) -> tuple[str, Plan]:
         return name, Plan.from_dict(plans[name])
     except TypeError as error:
         raise TumorFMError(f"{folder / CONFIG}: plan '{name}' is invalid ({error})") from None
-
-
-def window_count(shape, patch, overlap: float) -> int:
-    """How many windows MONAI's sliding window visits: per axis, steps of patch * (1 - overlap)
-    over the scan padded to at least the patch."""
-    count = 1
-    for size, roi in zip(shape, patch):
-        size = max(int(size), int(roi))
-        step = roi if size == roi else max(int(roi * (1 - overlap)), 1)
-        count *= math.ceil((size - roi) / step) + 1
-    return count
 
 
 def choose_device(name: str) -> torch.device:
@@ -248,29 +237,19 @@ class Predictor:
     def sliding_window(self, image: np.ndarray, progress: str | None = None) -> np.ndarray:
         """(C, Z, Y, X) preprocessed image -> (K, Z, Y, X) float32 probabilities. `progress`:
         the label of a bar counting windows, drawn on a terminal only (never into a log)."""
-        from monai.inferers import sliding_window_inference  # MONAI is slow to import
-
         windows = window_count(image.shape[1:], self.patch_size, self.options.overlap)
         hidden = None if progress else True  # None: tqdm draws only on a terminal
         with tqdm(total=windows, desc=progress, unit="window", leave=False, disable=hidden) as bar:
-
-            def counted(batch: torch.Tensor) -> torch.Tensor:
-                probabilities = self._network(batch)
-                bar.update(batch.shape[0])
-                return probabilities
-
             with torch.inference_mode():
-                probabilities = sliding_window_inference(
-                    torch.from_numpy(image)[None].to(self.device),
+                probabilities = sliding_window(
+                    torch.from_numpy(image).to(self.device),
                     self.patch_size,
+                    self.options.overlap,
+                    self._network,
                     self.options.windows_per_batch,
-                    counted,
-                    overlap=self.options.overlap,
-                    mode="gaussian",
-                    sigma_scale=0.125,  # nnU-Net's Gaussian: sigma = patch / 8
-                    device="cpu",
+                    bar.update,
                 )
-        return probabilities[0].numpy()
+        return probabilities.cpu().numpy()
 
     def prepare(self, image: np.ndarray, case_id: str, spacing_zyx) -> tuple[np.ndarray, GridMap]:
         """(C, Z, Y, X) scan -> the network's input on the plan grid, as training saw it."""
