@@ -14,7 +14,7 @@ from conftest import SARCOMA, assert_one_line_error, run_cli
 from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import load_bundle
-from tumorfm.train.teacher import Teacher, check_teacher, distilled, kd_loss
+from tumorfm.train.teacher import Teacher, check_teacher, distilled, kd_loss, teacher_dice_loss
 
 SHIPPED = "tsfm-real-lowres"  # its classes: soft_tissue_sarcoma, brain_tumour; CT in
 
@@ -43,6 +43,23 @@ def test_temperature_squared_keeps_the_gradient_in_scale():
     assert grads[1] == pytest.approx(grads[0], rel=0.05)
 
 
+def test_dice_with_the_teachers_mask():
+    """Near 0 where the student says confidently what the teacher says, near 1 where it says the
+    opposite; its gradient pulls a student that misses the teacher's tumour towards it, and
+    a student that adds a false one away from it."""
+    teacher = torch.full((1, 1, 16, 16, 16), -6.0)
+    teacher[..., 7:9, 7:9, 7:9] = 6.0
+    tumour = (slice(None), slice(None), slice(7, 9), slice(7, 9), slice(7, 9))
+    assert teacher_dice_loss(2 * teacher, teacher) < 0.01
+    assert teacher_dice_loss(-2 * teacher, teacher) > 0.99
+    student = torch.zeros_like(teacher).requires_grad_(True)
+    teacher_dice_loss(student, teacher).backward()
+    assert (student.grad[tumour] < 0).all()  # descent raises the tumour's logits
+    outside = student.grad.clone()
+    outside[tumour] = 0
+    assert (outside >= 0).all() and outside.sum() > 0  # and lowers the others
+
+
 def test_alpha_mixes_the_teacher_and_the_labels():
     torch.manual_seed(2)
     image, student = torch.randn(1, 1, 4, 4, 4), torch.randn(1, 2, 4, 4, 4)
@@ -56,7 +73,7 @@ def test_alpha_mixes_the_teacher_and_the_labels():
         return torch.tensor(5.0)
 
     batch = {"image": image}
-    taught = kd_loss(student, teacher_logits, 2.0)
+    taught = kd_loss(student, teacher_logits, 2.0) + teacher_dice_loss(student, teacher_logits)
     assert distilled(labels, Fixed(), 2.0, 1.0)(student, batch) == pytest.approx(float(taught))
     assert distilled(labels, Fixed(), 2.0, 0.0)(student, batch) == pytest.approx(5.0)
     half = distilled(labels, Fixed(), 2.0, 0.5)([student, student[:, :, ::2]], batch)
