@@ -249,7 +249,7 @@ class Predictor:
                     self.options.windows_per_batch,
                     bar.update,
                 )
-        return probabilities.cpu().numpy()
+        return probabilities.numpy()
 
     def prepare(self, image: np.ndarray, case_id: str, spacing_zyx) -> tuple[np.ndarray, GridMap]:
         """(C, Z, Y, X) scan -> the network's input on the plan grid, as training saw it."""

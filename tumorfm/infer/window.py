@@ -4,8 +4,8 @@
 Why not MONAI's function itself: importing MONAI imports all of it, which costs a prediction
 2.5-5 s and 150-300 MB before the first window (measured on this project's 2-core CPU), more than
 the windows of a small scan. The test suite checks the two agree (tests/test_window.py).
-Memory: the output (K classes) and one weight volume, float32, on the scan's grid; the weights
-are summed once per voxel, not per class.
+Memory: the output (K classes) and one weight volume, float32, on the scan's grid, in the CPU's
+memory; the weights are summed once per voxel, not per class.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def sliding_window(
     windows_per_call: int = 1,
     on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """(C, Z, Y, X) image -> (K, Z, Y, X) float32 network outputs blended over windows.
+    """(C, Z, Y, X) image -> (K, Z, Y, X) float32 network outputs blended over windows, on the
+    CPU (as MONAI's with device="cpu": a GPU holds the windows, not the whole scan's outputs).
 
     `network` maps a (B, C, *patch) batch to (B, K, *patch) on the image's device; the image is
     zero-padded (evenly on both sides) to at least the patch and the padding cut off again.
@@ -70,16 +71,15 @@ def sliding_window(
         image = F.pad(image, widths)
     padded = image.shape[1:]
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(padded, patch))))
-    weights = gaussian_weights(patch).to(image.device)
-    output, total = None, torch.zeros(padded, dtype=torch.float32, device=image.device)
+    weights = gaussian_weights(patch)
+    output, total = None, torch.zeros(padded, dtype=torch.float32)
     for first in range(0, len(starts), windows_per_call):
         group = starts[first : first + windows_per_call]
         regions = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in group]
         batch = torch.stack([image[(slice(None), *region)] for region in regions])
-        predicted = network(batch).float()
+        predicted = network(batch).float().cpu()
         if output is None:
             output = torch.zeros((predicted.shape[1], *padded), dtype=torch.float32)
-            output = output.to(image.device)
         for region, window in zip(regions, predicted):
             output[(slice(None), *region)] += window * weights
             total[region] += weights
