@@ -136,6 +136,7 @@ def main() -> None:
             "preset": read_bundle_config(bundle_folder(TEACHER))["preset"],
             **teacher,
         },  # fmt: skip
+        "teacher_loss": "T^2 BCE(softened sigmoids) + 1 - Dice(student, teacher's mask)",
         "rows": merged,
         "per_seed": rows,
         "gain_over_labels": seeds.paired_difference(

@@ -335,6 +335,47 @@ def redo_disturbed(args, work: Path, out_json: Path) -> None:
     print(f"{len(redo)} disturbed row(s) measured again; results written to {out_json}")
 
 
+FAST_SETTINGS = {"default (8 mirrorings)": [], "--no-mirror": ["--no-mirror"], "--fast": ["--fast"]}
+
+
+def fast_accuracy(args, work: Path) -> dict:
+    """What --fast costs in accuracy: the shipped bundle on the shipped split's held-out sarcoma
+    CTs, predicted with mirroring, without, and with --fast, each scored by `tumorfm evaluate`
+    (Dice mean and spread over the cases; the benchmark's own weights are random)."""
+    from tumorfm.model.bundle import list_shipped
+
+    from .shipped_model import _stats, fixed_split, held_out
+
+    bundle = "tsfm-real-lowres"
+    if bundle not in list_shipped():
+        return {"skipped": f"no shipped bundle {bundle}"}
+    images, labels = held_out(args.data, fixed_split(args.data), "sarcoma_ct", work / "held-out")
+    (labels / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "soft_tissue_sarcoma": 1}})
+    )
+    rows = {}
+    for name, flags in FAST_SETTINGS.items():
+        out = work / "out" / f"held_out_{name.split()[0].strip('-')}"
+        shutil.rmtree(out, ignore_errors=True)
+        python = [str(args.tumorfm_python), "-m", "tumorfm"]
+        command = [*python, "predict", "-i", str(images), "-o", str(out), "-m", bundle]
+        command += ["--plan", "sarcoma_ct", *flags]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        timing = run(command, env, work / f"{out.name}.log", args.timeout, name, pss_interval=2.0)
+        score = [*python, "evaluate", str(out), str(labels)]
+        run(score, env, work / f"{out.name}_evaluate.log", args.timeout, f"{name} scored")
+        metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+        dice = [row["scores"]["soft_tissue_sarcoma"]["dice"] for row in metrics["cases"]]
+        rows[name] = {
+            "dice": _stats(dice),
+            "cases": len(dice),
+            "wall_seconds": timing["wall_seconds"],
+            "disturbed": timing["other_processes_cpu_share"] > args.max_disturbance,
+        }
+        print(f"  {name}: Dice {rows[name]['dice']['mean']:.3f}, {timing['wall_seconds']:.0f} s")
+    return {"bundle": bundle, "scans": "held-out sarcoma CTs of the shipped split", "rows": rows}
+
+
 def print_table(result: dict) -> None:
     s, (ours, theirs) = result["settings"], result["settings"]["networks"].values()
     print(
@@ -385,6 +426,8 @@ def main() -> None:
     add("--work", type=Path, default=WORK / "predict")
     add("--out", type=Path, default=None, help="default: benchmarks/results/predict.json")
     add("--redo-disturbed", action="store_true", help="measure again the disturbed rows of --out")
+    add("--fast-accuracy", action="store_true", help="only the accuracy of --fast, into --out")
+    add("--data", type=Path, default=DATA, help="the real data (for --fast's accuracy)")
     args = parser.parse_args()
     require_nnunet("nnUNetv2_predict")
     check = [str(args.tumorfm_python), "-c", "import monai, tumorfm"]
@@ -397,6 +440,11 @@ def main() -> None:
     os.environ.update({k: v for k, v in nnunet_env(work, args.threads).items() if "nnUNet" in k})
     if args.redo_disturbed:
         return redo_disturbed(args, work, out_json)
+    if args.fast_accuracy:
+        result = json.loads(out_json.read_text())
+        result["fast_accuracy"] = fast_accuracy(args, work)
+        out_json.write_text(json.dumps(result, indent=2))
+        return print(f"the accuracy of --fast written to {out_json}")
     started, load_before = time.perf_counter(), os.getloadavg()
 
     inputs = prepare_inputs(work, args.quick)
@@ -458,6 +506,7 @@ def main() -> None:
         "targets_tumorfm_vs_nnunet": {"time": TIME_TARGET, "memory": MEMORY_TARGET},
         "targets_met_at_default_precision": targets_met(rows),
         "all_outputs_on_input_geometry": all(r["geometry"]["ok"] for r in rows),
+        "fast_accuracy": fast_accuracy(args, work) if not args.quick else None,
         "total_seconds": round(time.perf_counter() - started, 1),
         "waited_for_other_work_seconds": round(WAITED[0], 1),
     }

@@ -223,6 +223,19 @@ def other_lines(results: Path) -> list[str]:
             f"the exported page {viewer['page_mb']} MB ({viewer['page_note'] or 'full size'}), "
             f"drawn {opened['median']:.1f} s after opening; `{PRODUCT}.viewer`."
         )
+    if (predict := _load(results, "predict")) and (fast := predict.get("fast_accuracy")):
+        if "rows" in fast:
+            parts = [
+                f"{name} {row['dice']['mean']:.3f} +- {row['dice']['std']:.3f} "
+                f"({row['wall_seconds']:.0f} s)"
+                for name, row in fast["rows"].items()
+            ]
+            cases = next(iter(fast["rows"].values()))["cases"]
+            lines.append(
+                f"- What `predict --fast` costs: the shipped {fast['bundle']} on {cases} "
+                f"{fast['scans']}, Dice mean +- standard deviation over the cases (wall time for "
+                f"all): {'; '.join(parts)}; `{BENCH}.predict --fast-accuracy`."
+            )
     if mini := _load(results, "pretrain_real_mini"):
         s, last = mini["settings"], mini["curve"][-1]
         found = [

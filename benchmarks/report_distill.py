@@ -62,4 +62,10 @@ def distill_table(results: Path) -> list[str]:
         f"{verdict(ratio <= targets['time_ratio'])}); against labels alone "
         f"{_signed(gain)} Dice (target: ahead, {verdict(beats)}; {_spread(gain)}).",
     ]
+    if "teacher_loss" not in r:  # measured before the Dice with the teacher's mask was added
+        lines += [
+            "",
+            "These students were taught by the softened BCE alone; the teacher's term now adds "
+            "the Dice with its mask (tumorfm/train/teacher.py), not measured yet.",
+        ]
     return lines
