@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import secrets
+import signal
 import sys
 import threading
 from http import HTTPStatus
@@ -111,7 +112,10 @@ class Viewer:
         return self
 
     def serve(self) -> None:
-        """Serve until interrupted."""
+        """Serve until interrupted (Ctrl-C, or SIGINT from another program: a process started in
+        the background by a shell inherits SIGINT ignored, and would otherwise never stop)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.server.serve_forever()
         finally:
