@@ -36,7 +36,8 @@ def return_large_blocks() -> None:
     By default glibc raises that threshold to the size of the last large block freed, after
     which the network's activations come from a heap that fragments: on the predict benchmark's
     lung CT, the peak memory fell from about 1180 to 1100 MB with this (window time within the
-    run-to-run spread). A no-op where the C library is not glibc."""
+    run-to-run spread). Process-wide, so the `predict` command sets it, not this library's
+    functions, which run inside other programs. A no-op where the C library is not glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
     except (OSError, AttributeError):
@@ -139,7 +140,6 @@ def predict_iter(
     classes are lesions (Predictor.lesion_classes)."""
     if isinstance(bundle, Predictor) and options is not None:
         raise TumorFMError("options go to Predictor.from_bundle: a ready Predictor has its own")
-    return_large_blocks()
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
     if lesion_classes is not None:
         predictor.lesions = predictor.lesion_classes(lesion_classes)

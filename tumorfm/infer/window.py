@@ -33,9 +33,7 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 def window_count(shape, patch, overlap: float) -> int:
     """How many windows cover `shape` (padded to at least the patch)."""
-    return math.prod(
-        len(window_starts(max(int(s), int(p)), int(p), overlap)) for s, p in zip(shape, patch)
-    )
+    return math.prod(len(window_starts(int(s), int(p), overlap)) for s, p in zip(shape, patch))
 
 
 def gaussian_weights(patch, sigma_scale: float = SIGMA_SCALE) -> torch.Tensor:

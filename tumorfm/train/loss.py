@@ -42,6 +42,14 @@ class LossOutput:
     fn: Tensor
 
 
+SMOOTH = 1e-5  # keeps the Dice of an empty class and an empty prediction at 1
+
+
+def batch_dice(tp: Tensor, sum_p: Tensor, sum_y: Tensor, smooth: float = SMOOTH) -> Tensor:
+    """Soft Dice from its sums over the batch and the voxels (sum p + sum y = 2tp + fp + fn)."""
+    return (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp(min=1e-8)
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks; the backward sums the gradients over ranks. This is what
     `torch.distributed.nn.functional.all_reduce` does, but torch 2.13 deprecates that function
@@ -63,7 +71,7 @@ def partial_label_loss(
     logits: Tensor,
     target: Tensor,
     annotated: Tensor,
-    smooth: float = 1e-5,
+    smooth: float = SMOOTH,
     distributed: bool | None = None,
     group: dist.ProcessGroup | None = None,
 ) -> LossOutput:
@@ -101,7 +109,7 @@ def partial_label_loss(
     if distributed:
         sums = _AllReduceSum.apply(sums, group)
     tp, sum_p, sum_y = sums
-    dice = (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp(min=1e-8)  # sum p + sum y = 2tp+fp+fn
+    dice = batch_dice(tp, sum_p, sum_y, smooth)
     present = stats[2:] > 0  # classes annotated by at least one sample of the global batch
     n_present = present.sum().clamp(min=1)
     dice_loss = torch.where(present, 1 - dice, 0.0).sum() / n_present
@@ -143,7 +151,7 @@ class PartialLabelLoss(nn.Module):
         self,
         deep_supervision_outputs: int = 1,
         zero_coarsest: bool = False,
-        smooth: float = 1e-5,
+        smooth: float = SMOOTH,
         distributed: bool | None = None,
         group: dist.ProcessGroup | None = None,
     ):

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import bundle_folder, load_bundle
-
-SMOOTH = 1e-5  # as the labels' Dice (tumorfm.train.loss)
+from tumorfm.train.loss import batch_dice
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,8 +38,7 @@ def teacher_dice_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     per class over the batch and the voxels (nnU-Net's batch Dice), averaged over classes."""
     p, mask = torch.sigmoid(student.float()), (teacher > 0).float()
     over = (0, *range(2, student.ndim))
-    dice = (2 * (p * mask).sum(over) + SMOOTH) / (p.sum(over) + mask.sum(over) + SMOOTH)
-    return 1 - dice.mean()
+    return 1 - batch_dice((p * mask).sum(over), p.sum(over), mask.sum(over)).mean()
 
 
 class Teacher:
