@@ -13,8 +13,13 @@ from conftest import SARCOMA, assert_one_line_error, run_cli
 
 from tumorfm.data.io import read_volume
 from tumorfm.errors import TumorFMError
+from tumorfm.model import TSFM, preset_config
 from tumorfm.model.bundle import load_bundle
+from tumorfm.train.config import PretrainConfig
+from tumorfm.train.distill import distill
+from tumorfm.train.features import ADAPTERS, FeatureDistillation, stage_pairs, stage_strides
 from tumorfm.train.teacher import Teacher, check_teacher, distilled, kd_loss, teacher_dice_loss
+from tumorfm.train.trainer import pretrain
 
 SHIPPED = "tsfm-real-lowres"  # its classes: soft_tissue_sarcoma, brain_tumour; CT in
 
@@ -133,9 +138,77 @@ def test_distill_trains_a_student_bundle_that_names_its_teacher(tmp_path):
     assert row["step"] == 2 and row["train_loss"] > 0
 
 
+def test_stages_pair_by_resolution_whatever_the_widths():
+    patch = (16, 32, 32)
+    student = preset_config("tsfm-tiny", 1, 1, patch)
+    teacher = load_bundle(SHIPPED, patch_size=patch).model.config
+    ours, theirs = stage_strides(student), stage_strides(teacher)
+    pairs = stage_pairs(student, teacher)
+    assert "bottleneck" in pairs and len(pairs) >= 3
+    for s, t in pairs.items():
+        assert ours[s][0] == theirs[t][0]  # the same grid
+    assert any(ours[s][1] != theirs[t][1] for s, t in pairs.items())  # adapters bridge widths
+    finest = max(n for n in ours if n.startswith("decoder"))
+    assert ours[finest][0] == (1, 1, 1)  # the last decoder stage is at full resolution
+
+
+def test_feature_term_is_zero_for_a_copy_through_identity_adapters_and_trains_both():
+    torch.manual_seed(3)
+    config = preset_config("tsfm-tiny", 1, 1, (16, 32, 32))
+    teacher, student = TSFM(config).eval(), TSFM(config).eval()
+    student.load_state_dict(teacher.state_dict())
+    features = FeatureDistillation(student, teacher)
+    image = torch.randn(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        for adapter in features.adapters.values():
+            adapter.weight.copy_(torch.eye(adapter.weight.shape[0])[..., None, None, None])
+            adapter.bias.zero_()
+        student(image), teacher(image)
+        assert float(features.loss()) < 1e-10
+    for p in student.parameters():  # a different student: the term grows, its gradient flows
+        p.data.add_(0.05 * torch.randn_like(p))
+    student(image)
+    with torch.no_grad():
+        teacher(image)
+    loss = features.loss()
+    loss.backward()
+    assert float(loss.detach()) > 1e-4
+    assert all(a.weight.grad.abs().sum() > 0 for a in features.adapters.values())
+    assert student.stem.weight.grad.abs().sum() > 0
+    assert features.student.outputs == {}  # taken: nothing outlives the step
+
+
+def test_feature_distillation_resumes_exactly_and_keeps_its_adapters_out_of_the_bundle(tmp_path):
+    """Stopped after its first epoch and resumed, a --features run ends with the weights of
+    the run that was never stopped: the adapters and their momentum are in the resume state."""
+    from safetensors.torch import load_file
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    common = dict(features=True, epochs=2, mapping={"sarcoma": "soft_tissue_sarcoma"},
+                  progress=False, iterations_per_epoch=2, patch_size=(16, 32, 32),
+                  val_every=9)  # fmt: skip
+    distill(SARCOMA, SHIPPED, "tsfm-tiny", whole, **common)
+    settings = json.loads((whole / "settings.json").read_text())
+    assert settings["config"]["kd_features"] is True
+    pretrain(settings["cache"], part, PretrainConfig(**settings["config"]), stop_after_epoch=0,
+             progress=False)  # fmt: skip
+    state = load_file(str(part / "state" / "model.safetensors"))
+    assert any(k.startswith(ADAPTERS) for k in state)
+    pretrain(resume=part, progress=False)
+    ends = [load_file(str(run / "last" / "model.safetensors")) for run in (whole, part)]
+    assert not any(k.startswith(ADAPTERS) for k in ends[0])  # the bundle is the student alone
+    assert ends[0].keys() == ends[1].keys()
+    for key in ends[0]:
+        torch.testing.assert_close(ends[0][key], ends[1][key], rtol=0, atol=0)
+    config = json.loads((whole / "last" / "config.json").read_text())
+    assert config["extra"]["teacher"]["features"]["bottleneck"] == "bottleneck"
+    assert load_bundle(whole / "last").preset == "tsfm-tiny"
+
+
 @pytest.mark.parametrize(
     "options, problem",
     [
+        (["--alpha", "0", "--features"], "--features with alpha 0"),
         (["--temperature", "0"], "temperature 0.0: must be a positive number"),
         (["--temperature", "nan"], "temperature nan"),
         (["--alpha", "1.5"], "alpha 1.5: the teacher's weight goes from 0 to 1"),

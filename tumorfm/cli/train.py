@@ -232,6 +232,14 @@ def distill(
     alpha: Annotated[
         float, typer.Option(help="Weight of the teacher's term, 0 to 1; the labels get the rest.")
     ] = 0.5,
+    features: Annotated[
+        bool,
+        typer.Option(
+            "--features",
+            help="The student's bottleneck and decoder stages also learn the "
+            "teacher's, through 1x1x1 adapters.",
+        ),
+    ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
     iterations: Annotated[int | None, typer.Option(min=1, help="Iterations per epoch.")] = None,
     patch: Annotated[tuple[int, int, int] | None, typer.Option(help="Patch z y x.")] = None,
@@ -268,6 +276,7 @@ def distill(
         out,
         temperature=temperature,
         alpha=alpha,
+        features=features,
         epochs=epochs,
         mapping=pairs(map_, "--map"),
         unlabelled=unlabelled,

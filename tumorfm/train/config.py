@@ -47,6 +47,7 @@ class PretrainConfig:
     teacher: str | None = None  # a bundle whose outputs the network also learns (distillation)
     kd_temperature: float = 2.0  # softens the teacher's and the student's sigmoids
     kd_alpha: float = 0.5  # weight of the teacher's term; 1 - kd_alpha: the labels'
+    kd_features: bool = False  # the student's stages also learn the teacher's (train/features)
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -69,6 +70,10 @@ class PretrainConfig:
             raise TumorFMError(f"temperature {self.kd_temperature}: must be a positive number")
         if not (math.isfinite(self.kd_alpha) and 0 <= self.kd_alpha <= 1):
             raise TumorFMError(f"alpha {self.kd_alpha}: the teacher's weight goes from 0 to 1")
+        if self.kd_features and not self.teacher:
+            raise TumorFMError("--features distils a teacher's stages: give --teacher")
+        if self.kd_features and self.kd_alpha == 0:
+            raise TumorFMError("--features with alpha 0: the teacher's term has no weight")
         if self.teacher and self.promptable:
             raise TumorFMError("distillation trains automatic segmenters: drop --promptable")
         if min(self.patch_size) < 8 or len(self.patch_size) != 3:

@@ -4,7 +4,8 @@ The survey's route to the clinic (MobileSAM, TinySAM in 2D; logit distillation f
 segmentation, Qin et al., TMI 2021): the student, any preset, trains on the teacher's own
 dataset plan with the usual pieces (sampling, augmentation, logging, exact resume, DDP; the
 trainer is not copied) and one change in the loss: on every patch it also matches the teacher's
-sigmoid outputs, both softened by a temperature (tumorfm.train.teacher). The result is an
+sigmoid outputs, both softened by a temperature (tumorfm.train.teacher), and optionally its
+stages' features through 1x1x1 adapters (tumorfm.train.features). The result is an
 ordinary bundle for `predict`; its config.json and the run's settings.json name the teacher.
 """
 
@@ -74,6 +75,7 @@ def distill(
     out: str | Path,
     temperature: float = 2.0,
     alpha: float = 0.5,
+    features: bool = False,
     epochs: int = 10,
     mapping: dict[str, str] | None = None,
     cache: str | Path | None = None,
@@ -88,7 +90,8 @@ def distill(
     into the run folder `out` (bundles OUT/best, OUT/last); returns the last epoch's log row.
     The dataset is planned as the teacher's was; its classes (renamed by `mapping`) must be
     classes of the teacher. Scans in `unlabelled` join the pool as a second dataset labelled by
-    the teacher (with its plan `teacher_plan` when it has several). `settings` are
+    the teacher (with its plan `teacher_plan` when it has several). With `features`, the
+    student's stages also learn the teacher's (tumorfm.train.features). `settings` are
     PretrainConfig fields (profile defaults to "cpu")."""
     from tumorfm.data.formats import read_dataset
     from tumorfm.files import ensure_writable
@@ -110,6 +113,7 @@ def distill(
         teacher=str(teacher),
         kd_temperature=temperature,
         kd_alpha=alpha,
+        kd_features=features,
         workers=min(workers, 2),
         **settings,
     )

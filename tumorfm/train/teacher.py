@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import bundle_folder, load_bundle
+from tumorfm.train.features import FeatureDistillation
 from tumorfm.train.loss import batch_dice
 
 
@@ -91,9 +92,11 @@ def distilled(
     teacher: Teacher,
     temperature: float,
     alpha: float,
+    features: FeatureDistillation | None = None,
 ) -> Callable[[object, dict], torch.Tensor]:
     """The trainer's loss with the teacher's term mixed in (the Stepper's `loss`); alpha 0 is
-    the labels alone (the teacher is not run): the baseline of the distillation benchmark."""
+    the labels alone (the teacher is not run): the baseline of the distillation benchmark.
+    With `features`, the teacher's term also holds their stage-matching term."""
     if alpha == 0:
         return label_loss
 
@@ -101,6 +104,8 @@ def distilled(
         main = outputs[0] if isinstance(outputs, list) else outputs
         answer = teacher(batch["image"])
         taught = kd_loss(main, answer, temperature) + teacher_dice_loss(main, answer)
+        if features is not None:
+            taught = taught + features.loss()
         labelled = label_loss(outputs, batch) if alpha < 1 else taught.new_zeros(())
         return alpha * taught + (1 - alpha) * labelled
 

@@ -39,6 +39,7 @@ from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
 from tumorfm.train.checkpoint import has_state, load_state, restore_rng
 from tumorfm.train.config import PretrainConfig
+from tumorfm.train.features import FeatureDistillation
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss
@@ -166,20 +167,25 @@ def pretrain(
     if processes.main and progress:
         # stderr, beside the progress bars: stdout carries the result row alone
         print(f"mode {phase}: {trainable:,} of {total:,} parameters train", file=sys.stderr)
+    device = processes.device
+    autocast, precision = mixed_precision(config.precision, device)
+    teacher, features = _teacher(config, model, out_classes, in_channels, processes, autocast)
     if resume is not None:
         meta, weights, optimizer_state, rng = load_state(run)
+        if features is not None:
+            features.load(weights)
         model.load_state_dict(weights)
         restore_rng(rng)
         start_epoch, best = meta["epoch"] + 1, meta["best"]
     model = dist.wrap(model, processes, config.fsdp)  # before the optimiser: FSDP swaps params
+    parameters = [*model.parameters(), *(features.parameters() if features else [])]
     optimizer = make_optimizer(
-        model.parameters(), config.optimizer, config.lr, config.weight_decay, config.momentum
+        parameters, config.optimizer, config.lr, config.weight_decay, config.momentum
     )
     if optimizer_state is not None:
         dist.load_optimizer_state(model, optimizer, optimizer_state, config.fsdp)
     loss_fn = PartialLabelLoss(deep_supervision_outputs=outputs)
-    autocast, precision = mixed_precision(config.precision, processes.device)
-    scaler = torch.amp.GradScaler(processes.device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if resume is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     if processes.main and resume is None:
@@ -256,21 +262,18 @@ def pretrain(
         prompter = Prompter(model, autocast, processes.device, spacings, config.seed)
         loader = prompter.stream(loader, start_epoch * iterations)
         val = val and PromptedBatches(val, prompter)
-    device = processes.device
 
     def loss(logits, batch: dict) -> torch.Tensor:
         return loss_fn(logits, batch["target"].to(device), batch["annotated"].to(device)).loss
 
-    if config.teacher:  # distillation (tumorfm.train.teacher): the teacher's outputs too
-        teacher = Teacher(
-            config.teacher, out_classes, in_channels, config.patch_size, device, autocast
-        )
-        loss = distilled(loss, teacher, config.kd_temperature, config.kd_alpha)
+    if teacher is not None:  # distillation (tumorfm.train.teacher): the teacher's outputs too
+        loss = distilled(loss, teacher, config.kd_temperature, config.kd_alpha, features)
         bundle_info["extra"]["teacher"] = {
             "bundle": config.teacher,
             "parameters": teacher.parameters,
             "temperature": config.kd_temperature,
             "alpha": config.kd_alpha,
+            "features": features.pairs if features is not None else None,
         }
     stepper = Stepper(
         model,
@@ -304,7 +307,8 @@ def pretrain(
         optimizer_state = dist.optimizer_state(model, optimizer, config.fsdp)
         if processes.main:
             meta = {"epoch": epoch, "step": row["step"], "best": best}
-            state = (weights, optimizer_state, meta, scaler)
+            kept = weights | (features.state() if features is not None else {})
+            state = (kept, optimizer_state, meta, scaler)
             bundled = _with(dist.unwrap(model), weights)
             save_epoch(run, bundled, state, row, logs, bundle_info, improved)
         dist.barrier(processes)
@@ -314,6 +318,25 @@ def pretrain(
     logs.close()
     dist.teardown(processes)
     return row
+
+
+def _teacher(config: PretrainConfig, model, classes, in_channels, processes, autocast):
+    """The teacher of a distillation run and, with kd_features, the adapters that match the
+    student's stages to its (tumorfm.train.features); (None, None) for any other run."""
+    if not config.teacher:
+        return None, None
+    teacher = Teacher(
+        config.teacher, classes, in_channels, config.patch_size, processes.device, autocast
+    )
+    if not config.kd_features:
+        return teacher, None
+    if processes.world_size > 1:  # the adapters are not synchronised across processes
+        raise TumorFMError("--features distils in one process; drop it under torchrun")
+    try:
+        features = FeatureDistillation(model, teacher.model)
+    except ValueError as error:
+        raise TumorFMError(f"--features with --teacher {config.teacher}: {error}") from None
+    return teacher, features.to(processes.device)
 
 
 def _check_memory(config: PretrainConfig, in_channels: int, classes: int, processes) -> None:
