@@ -5,8 +5,9 @@
 Teacher: the shipped bundle (tsfm-real-lowres, tsfm-compact). Per seed, two students of the same
 preset train from scratch on the sarcoma CTs the teacher trained on (its fixed split, so its
 seven held-out sarcomas stay unseen by all three), with the same plan, patch, iterations and seed,
-both through `tumorfm distill`: `labels` with --alpha 0 (the labels alone; the teacher is not
-run) and `distilled` with --alpha and --temperature. Each model then segments the held-out scans
+all through `tumorfm distill`: `labels` with --alpha 0 (the labels alone; the teacher is not
+run), `distilled` with --alpha and --temperature, and `features`, the same with --features (the
+stages' features too). Each model then segments the held-out scans
 with `tumorfm predict --fast` (no mirroring; wall time and peak memory of the process tree,
 benchmarks/measure.py) and `tumorfm evaluate` scores them in their own geometry (Dice, HD95).
 Targets (issue 20): the distilled student keeps >= 95% of the teacher's Dice at <= 1/4 of its
@@ -32,6 +33,7 @@ from .shipped_model import DATASETS, _stats, fixed_split, held_out
 
 TEACHER = "tsfm-real-lowres"
 CLASS = "soft_tissue_sarcoma"
+ARMS = ("labels", "distilled", "features")  # alpha 0; alpha > 0; alpha > 0 with --features
 
 
 def score(args, bundle: Path, folder: Path, name: str, plan: list[str] = ()) -> dict:
@@ -83,12 +85,13 @@ def student(args, arm: str, seed: int) -> dict:
             split = fixed_split(args.data)["sarcoma_ct"]  # one dataset: train and val alone
             (out.parent / "split.json").write_text(json.dumps(split, indent=1))
             alpha = 0.0 if arm == "labels" else args.alpha
+            more = ["--features"] if arm == "features" else []
             command = [str(BIN / "tumorfm"), "distill", str(args.data / DATASETS["sarcoma_ct"][0]),
                        "--teacher", TEACHER, "--student", args.student, "-o", str(out),
                        "--map", f"sarcoma={CLASS}", "--alpha", str(alpha),
                        "--temperature", str(args.temperature), "--epochs", str(epochs),
                        "--iterations", str(args.per_epoch), "--seed", str(seed),
-                       "--split", str(out.parent / "split.json")]  # fmt: skip
+                       "--split", str(out.parent / "split.json"), *more]  # fmt: skip
             run(command, dict(os.environ), out.parent / f"{arm}.log", 6 * 3600, f"{arm} {seed}")
         score(args, out / "last", out.parent / f"{arm}-held-out", arm)
     row = json.loads(scored.read_text())
@@ -106,7 +109,10 @@ def main() -> None:
     parser.add_argument("--per-epoch", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     args = parser.parse_args()
+    if not {"labels", "distilled"} <= set(args.arms):
+        parser.error("--arms: the targets compare `distilled` with `labels`: keep both")
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     teacher_file = args.work / "teacher-score.json"
@@ -122,7 +128,7 @@ def main() -> None:
         )  # fmt: skip
     )
     rows = {
-        seed: [student(args, arm, seed) for arm in ("labels", "distilled")] for seed in args.seeds
+        seed: [student(args, arm, seed) for arm in ARMS if arm in args.arms] for seed in args.seeds
     }
     fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds"]
     merged = seeds.merge(rows, ("arm",), fields)
@@ -142,6 +148,11 @@ def main() -> None:
         "gain_over_labels": seeds.paired_difference(
             rows, {"arm": "distilled"}, {"arm": "labels"}, "dice"
         ),
+        "features_gain": seeds.paired_difference(
+            rows, {"arm": "features"}, {"arm": "distilled"}, "dice"
+        )
+        if "features" in args.arms
+        else None,
         "dice_kept": distilled["dice"]["mean"] / teacher["dice"],
         "time_ratio": distilled["predict_seconds_per_scan"]["mean"]
         / teacher["predict_seconds_per_scan"],

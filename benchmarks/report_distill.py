@@ -62,6 +62,12 @@ def distill_table(results: Path) -> list[str]:
         f"{verdict(ratio <= targets['time_ratio'])}); against labels alone "
         f"{_signed(gain)} Dice (target: ahead, {verdict(beats)}; {_spread(gain)}).",
     ]
+    if r.get("features_gain"):
+        lines += [
+            "",
+            f"Stage features too (`--features`) against the outputs alone: "
+            f"{_signed(r['features_gain'])} Dice ({_spread(r['features_gain'])}).",
+        ]
     if "teacher_loss" not in r:  # measured before the Dice with the teacher's mask was added
         lines += [
             "",
