@@ -138,7 +138,8 @@ def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
     comparison = {
         "tumorfm": {"bundle": shipped["name"], "dice": dice(0.7)},
         "nnunet": {"dice": dice(0.6), "iterations": 900, "parameters": 11.5e6},
-        "budget_seconds": shipped["pretrain"]["wall_seconds"],
+        "budget_seconds": shipped["pretrain"]["cpu_seconds"] / 2,
+        "bundle_pretrain_wall_seconds": shipped["pretrain"]["wall_seconds"],
         "mirror": False,
         "dice_difference": 0.1,
     }
@@ -148,7 +149,7 @@ def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
         )
         text = "\n".join(shipped_table(results))
         assert f"a difference of {difference:+.3f} (target: ahead, {verdict})" in text
-    comparison["budget_seconds"] += 60  # the bundle was trained again since
+    comparison["bundle_pretrain_wall_seconds"] += 60  # the bundle was trained again since
     (results / "shipped_nnunet.json").write_text(json.dumps(comparison))
     assert "earlier training of the bundle" in "\n".join(shipped_table(results))
 
