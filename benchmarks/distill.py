@@ -12,8 +12,10 @@ with `tumorfm predict --fast` (no mirroring; wall time and peak memory of the pr
 benchmarks/measure.py) and `tumorfm evaluate` scores them in their own geometry (Dice, HD95).
 Targets (issue 20): the distilled student keeps >= 95% of the teacher's Dice at <= 1/4 of its
 prediction time, and beats the same student trained on the labels alone (paired over seeds,
-benchmarks/seeds.py). A finished arm is kept when the benchmark is run again; an interrupted
-one restarts. Results: benchmarks/results/distill.json.
+benchmarks/seeds.py). The results file is written after every arm, and a run with the same
+settings keeps the arms it records (a session may end part-way, and the work folder with it); a
+finished arm in the work folder is kept too; an interrupted one restarts.
+Results: benchmarks/results/distill.json.
 """
 
 from __future__ import annotations
@@ -99,6 +101,62 @@ def student(args, arm: str, seed: int) -> dict:
     return {"arm": arm, **row, "train_seconds": round(sum(e["seconds"] for e in epochs_run), 1)}
 
 
+TEACHER_LOSS = "T^2 BCE(softened sigmoids) + 1 - Dice(student, teacher's mask)"
+SAME_RUN = ("student", "iterations", "per_epoch", "alpha", "temperature")  # settings rows need
+
+
+def recorded(args) -> dict[int, dict[str, dict]]:
+    """{seed: {arm: row}} of the results file when it was measured with these settings and this
+    teacher's loss: a session that ended part-way keeps the arms it finished (each takes tens
+    of minutes; the work folder may not outlive the session)."""
+    if not args.out.is_file():
+        return {}
+    old = json.loads(args.out.read_text())
+    settings = old.get("settings", {})
+    if old.get("teacher_loss") != TEACHER_LOSS or any(
+        settings.get(k) != getattr(args, k) for k in SAME_RUN
+    ):
+        return {}
+    return {int(seed): {row["arm"]: row for row in rows} for seed, rows in old["per_seed"].items()}
+
+
+def results(args, teacher: dict, rows: dict[int, list[dict]], load) -> dict:
+    """The results file's content for the rows measured so far."""
+    fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds"]
+    merged = seeds.merge(rows, ("arm",), fields)
+    distilled = next((r for r in merged if r["arm"] == "distilled"), None)
+    kept = ratio = None
+    if distilled is not None and distilled["dice"]["mean"] is not None:
+        kept = distilled["dice"]["mean"] / teacher["dice"]
+        ratio = distilled["predict_seconds_per_scan"]["mean"] / teacher["predict_seconds_per_scan"]
+    return {
+        "what": "Dice on 7 held-out real sarcomas: the shipped teacher, a student trained on "
+        "labels alone and the same student distilled from the teacher",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "complete": all(len(rows.get(seed, [])) == len(args.arms) for seed in args.seeds),
+        "teacher": {
+            "bundle": TEACHER,
+            "preset": read_bundle_config(bundle_folder(TEACHER))["preset"],
+            **teacher,
+        },  # fmt: skip
+        "teacher_loss": TEACHER_LOSS,
+        "rows": merged,
+        "per_seed": rows,
+        "gain_over_labels": seeds.paired_difference(
+            rows, {"arm": "distilled"}, {"arm": "labels"}, "dice"
+        ),
+        "features_gain": seeds.paired_difference(
+            rows, {"arm": "features"}, {"arm": "distilled"}, "dice"
+        )
+        if "features" in args.arms
+        else None,
+        "dice_kept": kept,
+        "time_ratio": ratio,
+        "targets": {"dice_kept": 0.95, "time_ratio": 0.25},
+        **provenance("distill", ".venv", load),
+    }
+
+
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -115,7 +173,13 @@ def main() -> None:
         parser.error("--arms: the targets compare `distilled` with `labels`: keep both")
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
+    before = recorded(args)
     teacher_file = args.work / "teacher-score.json"
+    if not teacher_file.is_file() and before:  # the teacher of the recorded rows
+        old = json.loads(args.out.read_text())["teacher"]
+        teacher_file.write_text(
+            json.dumps({k: old[k] for k in old if k not in ("bundle", "preset")})
+        )
     teacher = (
         json.loads(teacher_file.read_text())
         if teacher_file.is_file()
@@ -127,41 +191,15 @@ def main() -> None:
             ["--plan", "sarcoma_ct"],
         )  # fmt: skip
     )
-    rows = {
-        seed: [student(args, arm, seed) for arm in ARMS if arm in args.arms] for seed in args.seeds
-    }
-    fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds"]
-    merged = seeds.merge(rows, ("arm",), fields)
-    distilled = next(r for r in merged if r["arm"] == "distilled")
-    result = {
-        "what": "Dice on 7 held-out real sarcomas: the shipped teacher, a student trained on "
-        "labels alone and the same student distilled from the teacher",
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "teacher": {
-            "bundle": TEACHER,
-            "preset": read_bundle_config(bundle_folder(TEACHER))["preset"],
-            **teacher,
-        },  # fmt: skip
-        "teacher_loss": "T^2 BCE(softened sigmoids) + 1 - Dice(student, teacher's mask)",
-        "rows": merged,
-        "per_seed": rows,
-        "gain_over_labels": seeds.paired_difference(
-            rows, {"arm": "distilled"}, {"arm": "labels"}, "dice"
-        ),
-        "features_gain": seeds.paired_difference(
-            rows, {"arm": "features"}, {"arm": "distilled"}, "dice"
-        )
-        if "features" in args.arms
-        else None,
-        "dice_kept": distilled["dice"]["mean"] / teacher["dice"],
-        "time_ratio": distilled["predict_seconds_per_scan"]["mean"]
-        / teacher["predict_seconds_per_scan"],
-        "targets": {"dice_kept": 0.95, "time_ratio": 0.25},
-        **provenance("distill", ".venv", load),
-    }
-    args.out.write_text(json.dumps(result, indent=1))
+    rows: dict[int, list[dict]] = {}
+    for seed in args.seeds:
+        for arm in (a for a in ARMS if a in args.arms):
+            row = before.get(seed, {}).get(arm) or student(args, arm, seed)
+            rows.setdefault(seed, []).append(row)
+            result = results(args, teacher, rows, load)
+            args.out.write_text(json.dumps(result, indent=1))  # after every arm: nothing is lost
     print(f"teacher: Dice {teacher['dice']:.3f}, {teacher['predict_seconds_per_scan']:.1f} s/scan")
-    for row in merged:
+    for row in result["rows"]:
         d, t = row["dice"], row["predict_seconds_per_scan"]
         print(
             f"{row['arm']:>10}: Dice {d['mean']:.3f} +- {d['std'] or 0:.3f}, {t['mean']:.1f} s/scan"

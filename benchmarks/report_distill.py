@@ -54,6 +54,13 @@ def distill_table(results: Path) -> list[str]:
         return "met" if ok else "**missed**"
 
     beats = gain["mean"] is not None and gain["mean"] > 0
+    if not r.get("complete", True):
+        done = "; ".join(
+            f"seed {k}: {', '.join(x['arm'] for x in v)}" for k, v in r["per_seed"].items()
+        )
+        lines += ["", f"**Incomplete run** (measured so far: {done}); the rest is to come."]
+    if kept is None:
+        return lines + ["", "No distilled student is measured yet."]
     lines += [
         "",
         f"The distilled student keeps {kept:.2f} of the teacher's Dice (target "

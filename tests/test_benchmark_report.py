@@ -161,3 +161,42 @@ def test_commands_show_as_modules_also_where_a_results_file_recorded_the_script(
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "`.venv-bench/bin/python -m benchmarks.accuracy --budget 0.5`" in text
+
+
+def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_partial_run(
+    tmp_path,
+):
+    """A session may end between two arms: the results file holds what was finished, a run
+    with the same settings reuses it, a run with other settings or another teacher loss not."""
+    from types import SimpleNamespace
+
+    from benchmarks import distill
+    from benchmarks.report_distill import distill_table
+
+    args = SimpleNamespace(out=tmp_path / "distill.json", student="tsfm-tiny", iterations=300,
+                           per_epoch=50, alpha=0.5, temperature=2.0, seeds=[0, 1],
+                           arms=["labels", "distilled"])  # fmt: skip
+    assert distill.recorded(args) == {}
+    row = {"dice": 0.6, "hd95_median": 20.0, "predict_seconds_per_scan": 2.0,
+           "predict_peak_mb": 600.0, "train_seconds": 100.0, "parameters": 1000}  # fmt: skip
+    rows = {0: [{"arm": "labels", **row}, {"arm": "distilled", **row, "dice": 0.62}],
+            1: [{"arm": "labels", **row}]}  # fmt: skip
+    teacher = {"dice": 0.64, "hd95_median": 19.0, "predict_seconds_per_scan": 4.0,
+               "predict_peak_mb": 900.0, "parameters": 10_000}  # fmt: skip
+    partial = distill.results(args, teacher, rows, (0.0, 0.0, 0.0))
+    args.out.write_text(json.dumps(partial))
+    assert partial["complete"] is False and partial["dice_kept"] == 0.62 / 0.64
+    again = distill.recorded(args)
+    assert again[0]["distilled"]["dice"] == 0.62 and list(again[1]) == ["labels"]
+    (tmp_path / "distill.json").rename(tmp_path / "results.json")
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "results.json").rename(results / "distill.json")
+    text = "\n".join(distill_table(results))
+    assert "**Incomplete run** (measured so far: seed 0: labels, distilled; seed 1: labels)" in text
+    args.out = results / "distill.json"
+    for change in ({"alpha": 0.7}, {"iterations": 600}):
+        assert distill.recorded(SimpleNamespace(**{**vars(args), **change})) == {}
+    old = json.loads(args.out.read_text())
+    args.out.write_text(json.dumps({**old, "teacher_loss": "BCE"}))
+    assert distill.recorded(args) == {}
