@@ -105,21 +105,6 @@ TEACHER_LOSS = "T^2 BCE(softened sigmoids) + 1 - Dice(student, teacher's mask)"
 SAME_RUN = ("student", "iterations", "per_epoch", "alpha", "temperature")  # settings rows need
 
 
-def recorded(args) -> dict[int, dict[str, dict]]:
-    """{seed: {arm: row}} of the results file when it was measured with these settings and this
-    teacher's loss: a session that ended part-way keeps the arms it finished (each takes tens
-    of minutes; the work folder may not outlive the session)."""
-    if not args.out.is_file():
-        return {}
-    old = json.loads(args.out.read_text())
-    settings = old.get("settings", {})
-    if old.get("teacher_loss") != TEACHER_LOSS or any(
-        settings.get(k) != getattr(args, k) for k in SAME_RUN
-    ):
-        return {}
-    return {int(seed): {row["arm"]: row for row in rows} for seed, rows in old["per_seed"].items()}
-
-
 def results(args, teacher: dict, rows: dict[int, list[dict]], load) -> dict:
     """The results file's content for the rows measured so far."""
     fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds"]
@@ -173,7 +158,7 @@ def main() -> None:
         parser.error("--arms: the targets compare `distilled` with `labels`: keep both")
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    before = recorded(args)
+    before = seeds.recorded(args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS)
     teacher_file = args.work / "teacher-score.json"
     if not teacher_file.is_file() and before:  # the teacher of the recorded rows
         old = json.loads(args.out.read_text())["teacher"]

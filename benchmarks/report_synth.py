@@ -131,10 +131,11 @@ def usefulness_table(results: Path) -> list[str]:
         )
     else:
         s = r["settings"]
-        patch, seeds = "x".join(map(str, s["patch"])), ", ".join(map(str, s["seeds"]))
+        measured = list(r["per_seed"])  # an incomplete run holds fewer than its settings ask
+        patch, seeds = "x".join(map(str, s["patch"])), ", ".join(measured)
         seeds = (
             f"mean +- standard deviation over seeds {seeds}"
-            if len(s["seeds"]) > 1
+            if len(measured) > 1
             else f"one seed ({seeds}) so far, no spread yet"
         )
         lines += [
@@ -156,6 +157,8 @@ def usefulness_table(results: Path) -> list[str]:
         spread = "larger" if gain["beats_spread"] else "not larger"
         spread = f"{spread} than its spread over seeds" if gain["n"] > 1 else "one seed"
         lines += ["", f"Gain {_over_seeds(gain)} Dice (target +{goal:g}: {verdict}; {spread})."]
+        if not r.get("complete", True):
+            lines += ["", f"**Incomplete run**: seeds {', '.join(map(str, s['seeds']))} asked."]
     lines.append("")
     r = _load(results, "synth_labelfree")
     if r is None:

@@ -9,8 +9,10 @@ real only when the mean of the paired per-seed differences exceeds their standar
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 
 
 def _finite(value) -> bool:
@@ -56,3 +58,19 @@ def paired_difference(rows_per_seed: dict[int, list[dict]], a: dict, b: dict, fi
     mean, std = result["mean"], result["std"]
     result["beats_spread"] = mean is not None and std is not None and abs(mean) > std
     return result
+
+
+def recorded(out: Path, args, same: tuple[str, ...], **fixed) -> dict[int, dict[str, dict]]:
+    """{seed: {arm: row}} of the results file `out` when it was measured with these settings
+    (the attributes `same` of `args`) and these top-level fields (`fixed`), else {}: a
+    benchmark writes its file after every arm and keeps what such a file holds, because a run of
+    several seeds outlasts a session, and its work folder may not outlive the session."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text())
+    settings = old.get("settings", {})
+    if any(old.get(k) != v for k, v in fixed.items()) or any(
+        settings.get(k) != getattr(args, k) for k in same
+    ):
+        return {}
+    return {int(seed): {row["arm"]: row for row in rows} for seed, rows in old["per_seed"].items()}

@@ -170,13 +170,13 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     with the same settings reuses it, a run with other settings or another teacher loss not."""
     from types import SimpleNamespace
 
-    from benchmarks import distill
+    from benchmarks import distill, seeds
     from benchmarks.report_distill import distill_table
 
     args = SimpleNamespace(out=tmp_path / "distill.json", student="tsfm-tiny", iterations=300,
                            per_epoch=50, alpha=0.5, temperature=2.0, seeds=[0, 1],
                            arms=["labels", "distilled"])  # fmt: skip
-    assert distill.recorded(args) == {}
+    assert seeds.recorded(args.out, args, distill.SAME_RUN, teacher_loss=distill.TEACHER_LOSS) == {}
     row = {"dice": 0.6, "hd95_median": 20.0, "predict_seconds_per_scan": 2.0,
            "predict_peak_mb": 600.0, "train_seconds": 100.0, "parameters": 1000}  # fmt: skip
     rows = {0: [{"arm": "labels", **row}, {"arm": "distilled", **row, "dice": 0.62}],
@@ -186,7 +186,7 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     partial = distill.results(args, teacher, rows, (0.0, 0.0, 0.0))
     args.out.write_text(json.dumps(partial))
     assert partial["complete"] is False and partial["dice_kept"] == 0.62 / 0.64
-    again = distill.recorded(args)
+    again = seeds.recorded(args.out, args, distill.SAME_RUN, teacher_loss=distill.TEACHER_LOSS)
     assert again[0]["distilled"]["dice"] == 0.62 and list(again[1]) == ["labels"]
     (tmp_path / "distill.json").rename(tmp_path / "results.json")
     results = tmp_path / "results"
@@ -196,7 +196,10 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     assert "**Incomplete run** (measured so far: seed 0: labels, distilled; seed 1: labels)" in text
     args.out = results / "distill.json"
     for change in ({"alpha": 0.7}, {"iterations": 600}):
-        assert distill.recorded(SimpleNamespace(**{**vars(args), **change})) == {}
+        assert (
+            seeds.recorded(args.out, SimpleNamespace(**{**vars(args), **change}), distill.SAME_RUN)
+            == {}
+        )
     old = json.loads(args.out.read_text())
     args.out.write_text(json.dumps({**old, "teacher_loss": "BCE"}))
-    assert distill.recorded(args) == {}
+    assert seeds.recorded(args.out, args, distill.SAME_RUN, teacher_loss=distill.TEACHER_LOSS) == {}
