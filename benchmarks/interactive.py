@@ -1,11 +1,14 @@
-"""Promptable refinement, measured as Dice per click on held-out real sarcoma CT (issue 19).
+"""Promptable refinement, measured as Dice per click on held-out real sarcoma CT and glioblastoma
+MR (issue 19).
 
-    .venv/bin/python -m benchmarks.interactive [--epochs 10] [--iterations 50] [--seed 0]
+    .venv/bin/python -m benchmarks.interactive [--datasets sarcoma_ct brain_mr] [--epochs 10]
+                                               [--iterations 50] [--seed 0]
 
-1. `tumorfm finetune --promptable` from the shipped bundle (tsfm-real-lowres) on the sarcoma
-   scans it was trained on (its fixed split, benchmarks/shipped_model.py), so the seven held-out
-   sarcomas stay unseen; kept when it has finished, resumed when it stopped part-way (delete
-   WORK/run to train again).
+Per dataset (the shipped bundle's plans: sarcoma_ct, brain_mr):
+1. `tumorfm finetune --promptable` from the shipped bundle (tsfm-real-lowres) on the dataset's
+   scans it was trained on (its fixed split, benchmarks/shipped_model.py), so its held-out scans
+   (7 sarcomas, 4 glioblastoma scans of 2 patients) stay unseen; kept when it has finished,
+   resumed when it stopped part-way (delete WORK/DATASET/run to train again).
 2. Each held-out scan is segmented by a simulated reader (tumorfm.interactive.simulate): a first
    prompt (one click inside the tumour, or its jittered bounding box), then corrective clicks,
    each at the centre of the largest error, up to --clicks. Three segmenters answer the same
@@ -17,8 +20,9 @@
 3. Dice after 0, 1, 3, 5 and 10 corrective clicks (mean and spread over the cases), the seconds
    of the first and of the following clicks, and the process's peak memory.
 Targets (issue 19): Dice >= 0.80 after 5 clicks, ahead of the classic baseline at every count,
-<= 2 s per click. One training seed per run: `--seed` states it.
-Results: benchmarks/results/interactive.json.
+<= 2 s per click (the targets name the sarcomas; the glioblastomas are reported the same way).
+One training seed per run: `--seed` states it. Results: benchmarks/results/interactive.json, one
+entry per dataset; a run of some datasets keeps the others' entries.
 """
 
 from __future__ import annotations
@@ -46,27 +50,34 @@ COUNTS = (0, 1, 3, 5, 10)  # corrective clicks reported
 ERASE_MM = 10.0  # a negative click erases a ball this wide from the classic baseline's mask
 
 
-def train(args) -> None:
-    """The promptable bundle, fine-tuned from the shipped one on its own training scans; a run
-    stopped part-way (a session's end) is resumed exactly, a finished one kept."""
-    folder, out = args.data / DATASETS["sarcoma_ct"][0], args.work / "run"
+MAPS = {"sarcoma_ct": "sarcoma=soft_tissue_sarcoma", "brain_mr": "tumour=brain_tumour"}
+
+
+def train(args, name: str) -> None:
+    """The promptable bundle, fine-tuned from the shipped one on its own training scans of
+    dataset `name`; a run stopped part-way (a session's end) is resumed exactly, a finished one
+    kept."""
+    work = args.work / name
+    folder, out = args.data / DATASETS[name][0], work / "run"
     log = out / "log.jsonl"
     done = sum(1 for line in log.read_text().splitlines() if line) if log.is_file() else 0
     if done >= args.epochs:
         return
     if (out / "state").is_dir():
         command = [str(BIN / "tumorfm"), "pretrain", "--resume", str(out)]
-        run(command, dict(os.environ), args.work / "resume.log", 12 * 3600, "resume")
+        run(command, dict(os.environ), work / "resume.log", 12 * 3600, f"resume {name}")
         return
-    split = fixed_split(args.data)["sarcoma_ct"]
-    args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "split.json").write_text(json.dumps(split))
+    split = fixed_split(args.data)[name]
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "split.json").write_text(json.dumps(split))
     command = [str(BIN / "tumorfm"), "finetune", str(folder), "--from", SHIPPED, "-o", str(out),
-               "--promptable", "--map", "sarcoma=soft_tissue_sarcoma",
-               "--split", str(args.work / "split.json"), "--epochs", str(args.epochs),
+               "--promptable", "--map", MAPS[name],
+               "--split", str(work / "split.json"), "--epochs", str(args.epochs),
                "--iterations", str(args.iterations), "--seed", str(args.seed),
                "--workers", "2"]  # fmt: skip
-    run(command, dict(os.environ), args.work / "finetune.log", 12 * 3600, "finetune --promptable")
+    run(
+        command, dict(os.environ), work / "finetune.log", 12 * 3600, f"finetune --promptable {name}"
+    )
 
 
 class Classic:
@@ -116,14 +127,15 @@ def prompted(session: Session, seconds: list[float]):
     return answer
 
 
-def evaluate(args) -> dict:
-    split = fixed_split(args.data)["sarcoma_ct"]
-    folder = args.data / DATASETS["sarcoma_ct"][0]
-    session = Session.from_bundle(args.work / "run" / "last", device="cpu")
-    automatic = Predictor.from_bundle(SHIPPED, PredictOptions("sarcoma_ct", mirror=False))
+def evaluate(args, name: str) -> dict:
+    split = fixed_split(args.data)[name]
+    folder, suffix, _ = DATASETS[name]
+    folder = args.data / folder
+    session = Session.from_bundle(args.work / name / "run" / "last", device="cpu")
+    automatic = Predictor.from_bundle(SHIPPED, PredictOptions(name, mirror=False))
     curves, seconds = {}, {"first": [], "following": []}
     for case in split["val"][: args.cases]:
-        scan = read_volume(folder / "imagesTr" / f"{case}_0000.nii.gz")
+        scan = read_volume(folder / "imagesTr" / f"{case}{suffix}.nii.gz")
         target = read_volume(folder / "labelsTr" / f"{case}.nii.gz").array > 0
         session.set_image(scan.array, scan.geometry)
         fixed = automatic(scan.array, scan.geometry).label > 0
@@ -156,29 +168,48 @@ def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--data", type=Path, default=DATA)
     add_work_and_out(parser, "interactive")
+    parser.add_argument("--datasets", nargs="+", choices=list(MAPS), default=list(MAPS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="the first N held-out (smoke)")
     args = parser.parse_args()
-    load = os.getloadavg()
-    started = time.perf_counter()
-    train(args)
-    result = {
-        "what": "Dice per simulated click on 7 held-out real sarcoma CTs: promptable TSFM vs "
-        "the automatic bundle and SimpleITK region growing",
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        **evaluate(args),
-        "targets": {"dice_after_5": 0.80, "seconds_per_click": 2.0},
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "minutes": round((time.perf_counter() - started) / 60, 1),
-        **provenance("interactive", ".venv", load),
-    }
-    args.out.write_text(json.dumps(result, indent=1))
-    for row in result["rows"]:
-        cells = "  ".join(f"{n}: {row[f'dice_after_{n}']['mean']:.3f}" for n in COUNTS)
-        print(f"{row['arm']:>26}  {cells}")
-    print("seconds per click", result["seconds_per_click"]["following"]["mean"])
+    entries = previous_entries(args.out)
+    for name in args.datasets:
+        load = os.getloadavg()
+        started = time.perf_counter()
+        train(args, name)
+        entries[name] = {
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            **evaluate(args, name),
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "minutes": round((time.perf_counter() - started) / 60, 1),
+            **provenance("interactive", ".venv", load),
+        }
+        result = {
+            "what": "Dice per simulated click on held-out real scans: promptable TSFM vs the "
+            "automatic bundle and SimpleITK region growing",
+            "datasets": {k: entries[k] for k in MAPS if k in entries},
+            "targets": {"dice_after_5": 0.80, "seconds_per_click": 2.0},
+        }
+        args.out.write_text(json.dumps(result, indent=1))
+        for row in entries[name]["rows"]:
+            cells = "  ".join(f"{n}: {row[f'dice_after_{n}']['mean']:.3f}" for n in COUNTS)
+            print(f"{name} {row['arm']:>26}  {cells}")
+        print(name, "seconds per click", entries[name]["seconds_per_click"]["following"]["mean"])
+
+
+def previous_entries(out: Path) -> dict[str, dict]:
+    """The datasets an earlier run measured (a results file from before the glioblastomas:
+    its sarcoma entry)."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text())
+    if "datasets" in old:
+        return old["datasets"]
+    keep = ("settings", "rows", "per_case", "seconds_per_click", "peak_memory_mb", "minutes",
+            "command", "machine", "git_commit", "git_dirty_tumorfm")  # fmt: skip
+    return {"sarcoma_ct": {k: old[k] for k in keep if k in old}}
 
 
 if __name__ == "__main__":
