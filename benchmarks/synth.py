@@ -7,7 +7,9 @@ scan's soft tissue (unlabelled voxels whose smoothed HU lies in -20..100, opened
 HU-window organ, tumorfm.synth.online.hu_window_organ, so outside the real tumour) each arm puts one
 tumour: procedural (Hu et al.'s liver-tumour intensities), measured (procedural with the HU shift
 and texture measured on the real sarcomas of the other half of the scans, tumorfm.synth.appearance:
-cross-fitted, so no scan's own tumour sets its synthetic one), diffusion (given a bundle) and a
+cross-fitted, so no scan's own tumour sets its synthetic one), looks (procedural with one real
+sarcoma's whole measured look per tumour, shift, texture and HU quantiles, from the other half
+too), diffusion (given a bundle) and a
 naive baseline (procedural's mask filled with one value, the tissue's median - 50 HU: no texture, no
 noise, no soft edge). Each tumour is described by first-order and GLCM features of the HU in its
 mask; a logistic regression tells real from synthetic with a cross-validated AUC (0.5: it cannot;
@@ -148,15 +150,16 @@ def _largest(image, organ, spacing, seed: int, sizes: tuple):
 
 
 def appearances(folder: Path, cases: list[str]) -> dict[str, dict]:
-    """Each real sarcoma's HU shift and texture against its soft tissue (`synth appearance`)."""
+    """Each real sarcoma's look against its soft tissue (`synth appearance`): HU shift,
+    texture and standardised quantiles."""
     source = source_of(folder, None, "CT")
     source = replace(source, cases=[c for c in source.cases if c.case_id in cases])
     return measure(source, "1", organ_hu=SOFT_HU)["cases"]
 
 
-def realism_case(folder, case, index, seeds, diffusion, look) -> dict:
+def realism_case(folder, case, index, seeds, diffusion, look, looks) -> dict:
     """The real tumour's features, and every arm's synthetic tumour's for every seed; `look`:
-    the measured arm's ranges."""
+    the measured arm's ranges; `looks`: the looks arm's real tumours' looks."""
     image, label, spacing, organ = load(folder, case)
     row = {"real": features(image, label == 1, spacing)}
     row["soft_tissue_ml"] = float(organ.sum() * np.prod(spacing) / 1000)
@@ -172,6 +175,8 @@ def realism_case(folder, case, index, seeds, diffusion, look) -> dict:
         out = {arm: features(im, made.tumour, spacing) for arm, im in arms.items()}
         other = synthesise(image, organ, spacing, seed=s, size=size, **look)
         out["measured"] = features(other.image, other.tumour, spacing)
+        other = synthesise(image, organ, spacing, seed=s, size=size, looks=looks)
+        out["looks"] = features(other.image, other.tumour, spacing)
         if diffusion is not None:
             other = diffusion(image, organ, spacing, seed=s, modality="CT", size=size)
             out["diffusion"] = features(other.image, other.tumour, spacing)
@@ -351,9 +356,10 @@ def main() -> None:
     rows = {}
     for case in tqdm(cases, desc="realism", unit="scan"):
         index, look = all_cases.index(case), fold_looks[half[case]]
-        rows[case] = realism_case(folder, case, index, args.seeds, diffusion, look)
+        others = [v for c, v in looks.items() if half[c] != half[case]]
+        rows[case] = realism_case(folder, case, index, args.seeds, diffusion, look, others)
         rows[case]["appearance"] = looks.get(case)
-    arms = ["procedural", "measured", "naive"] + (["diffusion"] if diffusion else [])
+    arms = ["procedural", "measured", "looks", "naive"] + (["diffusion"] if diffusion else [])
     realism = {arm: summarise(rows, arm, args.seeds) for arm in arms}
 
     speed = measure_speed(folder, cases, args.repeats, engine)

@@ -7,7 +7,9 @@ Here each labelled tumour gives two numbers, in the units procedural.synthesise 
 
 - shift: its mean HU minus the median HU of its tissue in a shell around it (3-15 mm out);
 - texture: the standard deviation of its HU smoothed over one voxel (scan noise taken out, as the
-  engine keeps the scan's own noise and adds a smooth texture on top).
+  engine keeps the scan's own noise and adds a smooth texture on top);
+- quantiles: that smoothed HU's distribution, standardised (procedural.QUANTILES): real sarcomas
+  hold fat, necrosis or calcification, and their tails tell them from a Gaussian texture.
 
 The ranges handed to the engine are the 10th-90th percentiles over tumours.
 """
@@ -21,15 +23,16 @@ from tqdm import tqdm
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import Source, organ_label, read_scan_and_label
 from tumorfm.synth.online import hu_window_organ
+from tumorfm.synth.procedural import QUANTILES, SHELL_MM
 
-SHELL_MM = (3.0, 15.0)  # the tissue a tumour is compared with: this far outside it
 MIN_VOXELS = 50  # tumour and shell voxels below which a case says nothing
 PERCENTILES = (10, 90)
 
 
-def tumour_appearance(hu, tumour, tissue, spacing_zyx) -> tuple[float, float] | None:
-    """(shift, texture) in HU of one tumour (bool mask) against `tissue` (bool mask) on a CT
-    scan, or None when the tumour or its shell of tissue is too small to say."""
+def tumour_appearance(hu, tumour, tissue, spacing_zyx) -> dict | None:
+    """The look of one tumour (bool mask) against `tissue` (bool mask) on a CT scan: shift_hu,
+    texture_hu and quantiles, as procedural.synthesise's `looks` take them; None when the
+    tumour or its shell of tissue (SHELL_MM outside it) is too small to say."""
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
     hu = np.asarray(hu, dtype=np.float32)
     if tumour.sum() < MIN_VOXELS:
@@ -48,7 +51,11 @@ def tumour_appearance(hu, tumour, tissue, spacing_zyx) -> tuple[float, float] | 
     local = hu[box]
     smooth = ndimage.gaussian_filter(local, 1.0)
     shift = float(local[inside].mean() - np.median(local[shell]))
-    return shift, float(smooth[core].std())
+    values = smooth[core]
+    texture = float(values.std())
+    standard = (values - values.mean()) / (texture or 1.0)
+    quantiles = [round(float(q), 4) for q in np.percentile(standard, QUANTILES)]
+    return {"shift_hu": shift, "texture_hu": texture, "quantiles": quantiles}
 
 
 def measure(
@@ -77,7 +84,7 @@ def measure(
             tissue = hu_window_organ(scan.array, label.array == 0, organ_hu, spacing)
         found = tumour_appearance(scan.array, label.array == tumour_value, tissue, spacing)
         if found is not None:
-            cases[case.case_id] = {"shift_hu": found[0], "texture_hu": found[1]}
+            cases[case.case_id] = found
     if not cases:
         raise TumorFMError(f"no case has a '{tumour}' with enough tissue around it to measure")
     return {**ranges(cases.values()), "tumours": len(cases), "percentiles": list(PERCENTILES),

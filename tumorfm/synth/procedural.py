@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from tumorfm.errors import TumorFMError
 
@@ -55,6 +55,13 @@ DEFORM_MAX = 0.4  # displacement is softly capped here, so the centre stays insi
 MASS = (0.1, 0.2)  # mass effect: outward push at the tumour's edge, fraction of its mean radius
 EDGE_REACH_MM = 8.0  # no voxel farther than this from the tumour mask is blended
 MASS_REACH_MM = 10.0  # nor moved by the mass effect
+# a measured look (synth.appearance) is relative to the tissue this far outside the tumour, and
+# a tumour made from one is set against the same shell of its organ
+SHELL_MM = (3.0, 15.0)
+SHELL_MIN_VOXELS = 50  # a thinner shell says nothing: the organ's median stands in
+# percent levels of a measured look's quantiles: a real tumour's standardised HU distribution,
+# tails included (fat, necrosis, calcification make real sarcomas heavy-tailed)
+QUANTILES = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5)
 
 
 def reach_mm(mass_effect: bool) -> float:
@@ -65,7 +72,8 @@ def reach_mm(mass_effect: bool) -> float:
 @dataclass(frozen=True)
 class Tumour:
     """One inserted tumour, for the run's record. intensity_shift is the tumour's mean minus the
-    organ's median, in the image's units (HU on CT)."""
+    organ's median, in the image's units (HU on CT); a measured shift (shift_hu, looks), minus
+    the median of the organ tissue SHELL_MM around the tumour."""
 
     centre_zyx: tuple[int, int, int]
     radii_mm: tuple[float, float, float]
@@ -93,6 +101,7 @@ def synthesise(
     mass_effect: bool = False,
     shift_hu: tuple[float, float] | None = None,
     texture_hu: tuple[float, float] | None = None,
+    looks: list[dict] | None = None,
 ) -> Synthesised:
     """Insert `count` tumours of `size` into the organ (nonzero voxels of `organ`) of a (Z, Y, X)
     scan; spacing in mm. "mixed" draws a class per tumour among those the organ can hold, and
@@ -100,9 +109,13 @@ def synthesise(
     Integer scans stay integer (rounded); the inputs are not modified. On CT, `shift_hu` (the
     tumour's mean minus the organ's median) and `texture_hu` (the std of its smooth texture) are
     drawn from these ranges when given, e.g. as measured on real tumours (synth.appearance);
-    by default from Hu et al.'s hypodense liver-tumour recipe."""
+    by default from Hu et al.'s hypodense liver-tumour recipe. `looks` (CT, instead of the
+    ranges): real tumours' measured looks (synth.appearance's per-case dicts: shift_hu,
+    texture_hu, quantiles), one drawn per tumour, whose texture then has that tumour's HU
+    distribution (its tails too), not a Gaussian one. A measured shift is set against the organ
+    tissue SHELL_MM around the new tumour, as it was measured."""
     image, organ, spacing, modality = _check(image, organ, spacing_zyx, seed, modality, count, size)
-    look = _look(shift_hu, texture_hu, modality)
+    look = _look(shift_hu, texture_hu, modality, looks)
     rng = np.random.default_rng(seed)
     values = image[organ].astype(np.float64)
     if modality == "CT":
@@ -161,8 +174,14 @@ def _check(image, organ, spacing_zyx, seed, modality, count, size):
     return image, organ, spacing, str(modality).upper()
 
 
-def _look(shift_hu, texture_hu, modality) -> dict:
-    """The checked appearance ranges: HU only make sense on CT."""
+def _look(shift_hu, texture_hu, modality, looks=None) -> dict:
+    """The checked appearance ranges, or measured looks: HU only make sense on CT."""
+    if looks is not None:
+        if shift_hu is not None or texture_hu is not None:
+            raise TumorFMError("give measured looks or shift_hu / texture_hu ranges, not both")
+        if modality != "CT":
+            raise TumorFMError("looks are in HU: CT only (MR tumours are set from percentiles)")
+        return {"looks": _checked_looks(looks)}
     look = {}
     for name, span in (("shift_hu", shift_hu), ("texture_hu", texture_hu)):
         if span is None:
@@ -179,6 +198,36 @@ def _look(shift_hu, texture_hu, modality) -> dict:
             raise TumorFMError(f"texture_hu {[low, high]} is a standard deviation: not negative")
         look[name] = (low, high)
     return look
+
+
+def _checked_looks(looks) -> list[tuple[float, float, np.ndarray]]:
+    """(shift, texture, quantiles) per look; a look that cannot be one is a one-line error."""
+    checked = []
+    for i, one in enumerate(list(looks)):
+        try:
+            shift, texture = float(one["shift_hu"]), float(one["texture_hu"])
+            quantiles = np.asarray(one["quantiles"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise TumorFMError(
+                f"look {i}: needs shift_hu, texture_hu and quantiles (synth appearance's cases)"
+            ) from None
+        if not (math.isfinite(shift) and math.isfinite(texture) and texture >= 0):
+            raise TumorFMError(
+                f"look {i}: shift_hu {shift}, texture_hu {texture}: finite, std >= 0"
+            )
+        if (
+            quantiles.shape != (len(QUANTILES),)
+            or not np.all(np.isfinite(quantiles))
+            or np.any(np.diff(quantiles) < 0)
+        ):
+            raise TumorFMError(
+                f"look {i}: quantiles must be {len(QUANTILES)} non-decreasing numbers "
+                f"(at {', '.join(f'{q:g}' for q in QUANTILES)} %)"
+            )
+        checked.append((shift, texture, quantiles))
+    if not checked:
+        raise TumorFMError("looks: none given; measure some with `tumorfm synth appearance`")
+    return checked
 
 
 def _room(organ: np.ndarray, spacing: np.ndarray, exact: bool):
@@ -239,15 +288,18 @@ def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, look, mass_e
     deform, edge, push = rng.uniform(*DEFORM), rng.uniform(*EDGE_MM), rng.uniform(*MASS)
     texture_mm, texture = rng.uniform(*TEXTURE_MM), rng.uniform(*TEXTURE)
     shift = _shift(rng, stats, look.get("shift_hu"))
-    if "texture_hu" in look:  # a scale, drawn log-uniformly, as real tumours' skew to smooth
+    quantiles = None
+    if "looks" in look:  # one real tumour's look, whole: its shift, texture and distribution
+        shift, spread, quantiles = look["looks"][int(rng.integers(len(look["looks"])))]
+    elif "texture_hu" in look:  # a scale, drawn log-uniformly, as real tumours' skew to smooth
         spread = math.exp(rng.uniform(*np.log(np.maximum(look["texture_hu"], 1.0))))
     else:
         spread = texture * abs(shift)
-    level = stats[0] + shift if len(stats) == 1 else stats[1] + shift
+    measured = "looks" in look or "shift_hu" in look
     shape_lo, shape = _shape(rng, organ, centre, r, sp, deform)
 
-    # the work box: the tumour and every voxel it may change (reach_mm), no more
-    span = np.ceil(MASS_REACH_MM / sp).astype(int) + 1
+    # the work box: the tumour and every voxel it may change (reach_mm), and its tissue shell
+    span = np.ceil(max(MASS_REACH_MM, SHELL_MM[1]) / sp).astype(int) + 1
     t_lo, t_hi = _bbox(shape)
     lo = np.maximum(np.add(shape_lo, t_lo) - span, 0)
     hi = np.minimum(np.add(shape_lo, t_hi) + span, out.shape)
@@ -262,11 +314,20 @@ def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, look, mass_e
     # intensity: the level, a smooth texture, and the organ's own fine noise (what a 1-voxel
     # Gaussian over the organ alone takes out), shifted so that the tumour's mean is the level
     local = out[box].astype(np.float64)
+    reference = stats[0] if len(stats) == 1 else stats[1]
+    if measured:  # against the tissue around it, as synth.appearance measured the shift
+        shell = organ_box & ~mask & (dist >= SHELL_MM[0]) & (dist <= SHELL_MM[1])
+        if shell.sum() >= SHELL_MIN_VOXELS:
+            reference = float(np.median(local[shell]))
+    level = reference + shift
     weight = ndimage.gaussian_filter(organ_box.astype(np.float64), 1.0)
     smooth = ndimage.gaussian_filter(np.where(organ_box, local, 0.0), 1.0)
     fine = np.where(organ_box, local - smooth / np.maximum(weight, 1e-6), 0.0)
     noise = _smooth_noise(rng, axes, texture_mm)
     noise = (noise - noise[mask].mean()) / (noise[mask].std() or 1.0)
+    if quantiles is not None:  # the smooth field, given the real tumour's HU distribution
+        noise = np.interp(special.ndtr(noise), np.divide(QUANTILES, 100.0), quantiles)
+        noise = (noise - noise[mask].mean()) / (noise[mask].std() or 1.0)
     field = spread * noise + fine
     target = level + field - field[mask].mean()
 
