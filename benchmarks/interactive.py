@@ -110,8 +110,11 @@ class Classic:
         return mask
 
 
-def prompted(session: Session, seconds: list[float]):
-    """A predict_fn for simulate_clicks: the Session, told only the prompts it has not seen."""
+def prompted(session: Session, seconds: list[float], clicks: dict[str, list[bool]]):
+    """A predict_fn for simulate_clicks: the Session, told only the prompts it has not seen.
+    `clicks` records, per corrective click, whether the mask then agrees with it at its voxel
+    (`honoured`) and whether the reader clicked a voxel clicked before (`repeated`: the last
+    click changed nothing there)."""
 
     def answer(points, boxes, previous) -> np.ndarray:
         if previous is None:
@@ -120,8 +123,12 @@ def prompted(session: Session, seconds: list[float]):
             session.add_box(box.lo_zyx, box.hi_zyx, box.positive)
             seconds.append(session.seconds)
         for point in points[len(session.points) :]:
+            earlier = {p.voxel for p in session.points}
             session.add_point(point.zyx, point.positive)
             seconds.append(session.seconds)
+            if previous is not None:
+                clicks["honoured"].append(bool(session.mask[point.voxel]) == point.positive)
+                clicks["repeated"].append(point.voxel in earlier)
         return session.mask
 
     return answer
@@ -134,6 +141,7 @@ def evaluate(args, name: str) -> dict:
     session = Session.from_bundle(args.work / name / "run" / "last", device="cpu")
     automatic = Predictor.from_bundle(SHIPPED, PredictOptions(name, mirror=False))
     curves, seconds = {}, {"first": [], "following": []}
+    clicks = {"honoured": [], "repeated": []}
     for case in split["val"][: args.cases]:
         scan = read_volume(folder / "imagesTr" / f"{case}{suffix}.nii.gz")
         target = read_volume(folder / "labelsTr" / f"{case}.nii.gz").array > 0
@@ -144,14 +152,14 @@ def evaluate(args, name: str) -> dict:
                 "classic": Classic(scan.array, spacing)}  # fmt: skip
         for first in ("point", "box"):
             for arm, fn in arms.items():
-                clicks: list[float] = []
-                fn = fn or prompted(session, clicks)
+                timed: list[float] = []
+                fn = fn or prompted(session, timed, clicks)
                 rng = np.random.default_rng([args.seed, split["val"].index(case)])
                 scores = simulate_clicks(fn, target, max(COUNTS), rng, (first,), spacing)
                 curves.setdefault(f"{arm}, first {first}", {})[case] = scores
-                if clicks:
-                    seconds["first"].append(clicks[0])
-                    seconds["following"] += clicks[1:]
+                if timed:
+                    seconds["first"].append(timed[0])
+                    seconds["following"] += timed[1:]
         print(case, {k: round(v[case][5], 3) for k, v in curves.items()}, flush=True)
     rows = [
         {
@@ -160,8 +168,13 @@ def evaluate(args, name: str) -> dict:
         }  # fmt: skip
         for name, per_case in curves.items()
     ]
-    return {"rows": rows, "per_case": curves, "seconds_per_click": {
-        k: _stats(v) for k, v in seconds.items()}}  # fmt: skip
+    shares = {k: float(np.mean(v)) if v else None for k, v in clicks.items()}
+    return {
+        "rows": rows,
+        "per_case": curves,
+        "seconds_per_click": {k: _stats(v) for k, v in seconds.items()},
+        "corrective_clicks": {"count": len(clicks["honoured"]), **shares},
+    }
 
 
 def main() -> None:

@@ -61,11 +61,19 @@ def dataset_table(r: dict, scans: str, goal: dict, targeted: bool) -> list[str]:
     reached = "met" if after5 >= goal["dice_after_5"] else "**missed**"
     target = f"; target >= {goal['dice_after_5']:g}: {reached}" if targeted else ""
     fast = "met" if following <= goal["seconds_per_click"] else "**missed**"
+    corrective = r.get("corrective_clicks")
+    heeded = ""
+    if corrective and corrective["count"]:
+        heeded = (
+            f" Of {corrective['count']} corrective clicks, {corrective['honoured']:.0%} left the "
+            f"mask agreeing with the click at its voxel; {corrective['repeated']:.0%} went to a "
+            f"voxel clicked before (the click before changed nothing there)."
+        )
     lines += [
         "",
         f"After 5 corrective clicks the promptable bundle reaches {after5:.3f} ({best['arm']}"
         f"{target}). Seconds per click: {first:.1f} for the first, {following:.1f} for each "
         f"following one (target <= {goal['seconds_per_click']:g}: {fast}); peak memory "
-        f"{r['peak_memory_mb']:,.0f} MB.",
+        f"{r['peak_memory_mb']:,.0f} MB.{heeded}",
     ]
     return lines
