@@ -88,6 +88,34 @@ def test_looks_exclude_ranges_and_mr(liver):
         synthesise(image, organ, spacing, seed=0, looks=look, modality="MR")
 
 
+def test_synth_tumours_takes_the_looks_synth_appearance_wrote(tmp_path):
+    """`synth appearance -o` then `synth tumours --looks`: each tumour is one real sarcoma's
+    look; with ranges too, or from a file without quantiles, a one-line error."""
+    found_json = tmp_path / "appearance.json"
+    result = run_cli("synth", "appearance", "-i", DATA / "Dataset101_SarcomaCT", "--tumour",
+                     "sarcoma", "--organ-hu", "-20,100", "-o", found_json)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = json.loads(found_json.read_text())
+    shifts = {round(c["shift_hu"], 6) for c in found["cases"].values()}
+    out = tmp_path / "synthetic"
+    result = run_cli("synth", "tumours", "-i", CT, "-l", SEG, "--organ", "liver=5", "-o", out,
+                     "--looks", found_json, "--count", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "synthesis.json").read_text())
+    assert record["settings"]["looks"] == 3
+    made = [round(t["intensity_shift"], 6) for t in record["cases"]["totalseg_example_ct_sm"]]
+    assert len(made) == 2 and set(made) <= shifts  # each is one measured tumour's shift
+    both = run_cli("synth", "tumours", "-i", CT, "-l", SEG, "--organ", "liver=5", "-o",
+                   tmp_path / "x", "--looks", found_json, "--shift-hu", "0,1")  # fmt: skip
+    assert_one_line_error(both, "not both")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"cases": {"a": {"shift_hu": 0.0, "texture_hu": 5.0}}}))
+    stale = run_cli("synth", "tumours", "-i", CT, "-l", SEG, "--organ", "liver=5", "-o",
+                    tmp_path / "y", "--looks", old)  # fmt: skip
+    assert_one_line_error(stale, f"{old}: look 0: needs shift_hu, texture_hu and quantiles")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_hu_ranges_are_ct_only_and_checked(liver):
     image, organ, spacing = liver
     with pytest.raises(TumorFMError, match="CT only"):

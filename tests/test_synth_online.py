@@ -127,6 +127,40 @@ def test_bad_synthesis_blocks(tmp_path, synthesis, problem):
     assert problem in str(caught.value) and str(path) in str(caught.value)
 
 
+def _looks_file(path, **change):
+    look = {"shift_hu": -5.0, "texture_hu": 12.0, "quantiles": list(range(-6, 7))}
+    path.write_text(json.dumps({"cases": {"a": {**look, **change}}}))
+    return path
+
+
+def test_a_pool_takes_measured_looks_into_its_cache(tmp_path):
+    """synthesis.looks: a `synth appearance -o` file beside the pool; the pool's synthesis (and
+    so the cache's pool.json) holds the looks themselves, not the path."""
+    _abdomen(tmp_path / "Dataset900_Abdomen")
+    _looks_file(tmp_path / "looks.json")
+    pool = load_pool(_pool_file(tmp_path, {"organ": "liver", "tumour": "t", "looks": "looks.json"}))
+    (dataset,) = pool.datasets
+    spec = pool.synthesis(dataset)
+    assert spec["looks"] == [json.loads((tmp_path / "looks.json").read_text())["cases"]["a"]]
+
+
+@pytest.mark.parametrize(
+    "synthesis, looks, problem",
+    [
+        ({"looks": "looks.json", "shift_hu": [0, 1]}, {}, "not both"),
+        ({"looks": "missing.json"}, {}, "missing.json: missing"),
+        ({"looks": "looks.json"}, {"quantiles": [1, 0]}, "non-decreasing"),
+    ],
+)
+def test_bad_looks_in_a_pool(tmp_path, synthesis, looks, problem):
+    _abdomen(tmp_path / "Dataset900_Abdomen")
+    _looks_file(tmp_path / "looks.json", **looks)
+    path = _pool_file(tmp_path, {"organ": "liver", "tumour": "t", **synthesis})
+    with pytest.raises(TumorFMError) as caught:
+        load_pool(path)
+    assert problem in str(caught.value) and str(path) in str(caught.value)
+
+
 def test_finetune_synth_puts_sarcomas_into_soft_tissue(tmp_path):
     """--synth HU=LOW,HIGH:CLASS: tumours of a class the dataset annotates, in unlabelled tissue."""
     from conftest import SARCOMA, assert_one_line_error, run_cli

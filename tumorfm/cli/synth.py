@@ -49,14 +49,23 @@ def tumours(
     texture_hu: Annotated[
         str | None, typer.Option(help="LOW,HIGH: std of the tumour's texture, HU.")
     ] = None,
+    looks: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `synth appearance -o` file: each tumour takes one measured real tumour's look "
+            "(shift, texture, HU distribution), instead of --shift-hu and --texture-hu.",
+        ),
+    ] = None,
 ) -> None:
     """Put new tumours into an organ; write the scans and label maps as a new dataset."""
+    from tumorfm.synth.appearance import read_looks
     from tumorfm.synth.dataset import source_of, synthesise_dataset
 
     source = source_of(image, labels, modality)
     look = {
         "shift_hu": _span("--shift-hu", shift_hu),
         "texture_hu": _span("--texture-hu", texture_hu),
+        "looks": read_looks(looks) if looks is not None else None,
     }
     record = synthesise_dataset(
         source, organ, out, tumour, engine, count, size, seed, mass_effect, model=model, look=look
@@ -83,8 +92,9 @@ def appearance(
         Path | None, typer.Option("--out", "-o", help="Write the measurements here (JSON).")
     ] = None,
 ) -> None:
-    """Measure how a dataset's real tumours differ from their tissue (mean HU shift, texture),
-    for `synth tumours --shift-hu --texture-hu` and a pool's synthesis block."""
+    """Measure how a dataset's real tumours differ from their tissue (mean HU shift, texture,
+    HU distribution), for `synth tumours --looks` (or --shift-hu --texture-hu) and a pool's
+    synthesis block."""
     from tumorfm.files import write_json
     from tumorfm.synth.appearance import measure
     from tumorfm.synth.dataset import source_of

@@ -49,6 +49,9 @@ class SynthesisEntry(BaseModel):
     # drawn from these HU ranges (`tumorfm synth appearance` measures them on real tumours)
     shift_hu: tuple[float, float] | None = None
     texture_hu: tuple[float, float] | None = None
+    # or, instead of the ranges, a `tumorfm synth appearance -o` file (relative to the pool
+    # file): each tumour takes one measured real tumour's look, its HU distribution included
+    looks: Path | None = None
 
 
 class DatasetEntry(BaseModel):
@@ -111,6 +114,10 @@ class DatasetEntry(BaseModel):
                 raise ValueError(f"synthesis: {name} {list(span)} must be finite [low, high]")
             if span and spec.engine != "procedural":
                 raise ValueError(f"synthesis: {name} is for the procedural engine")
+        if spec and spec.looks and (spec.shift_hu or spec.texture_hu):
+            raise ValueError("synthesis: give looks or shift_hu / texture_hu ranges, not both")
+        if spec and spec.looks and spec.engine != "procedural":
+            raise ValueError("synthesis: looks are for the procedural engine")
         if spec and spec.texture_hu and spec.texture_hu[0] < 0:
             raise ValueError(f"synthesis: texture_hu {list(spec.texture_hu)} is a std, >= 0")
         if spec is not None and spec.tumour == spec.organ:
@@ -196,9 +203,17 @@ class Pool:
         model = spec.model and (
             spec.model if spec.model.is_absolute() else self.path.parent / spec.model
         )
+        looks = spec.looks and (
+            spec.looks if spec.looks.is_absolute() else self.path.parent / spec.looks
+        )
+        if looks:  # the measured looks themselves, so that the cache holds all it needs
+            from tumorfm.synth.appearance import read_looks
+
+            looks = read_looks(looks)
         return {
             **spec.model_dump(),
             "model": str(model.resolve()) if model else None,
+            "looks": looks or None,
             "organ_value": self.classes.index(spec.organ) + 1 if spec.organ else None,
             "tumour_value": self.classes.index(spec.tumour) + 1,
         }
@@ -309,7 +324,17 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
     if model and not (model if model.is_absolute() else path.parent / model).is_dir():
         raise TumorFMError(f"{path}: dataset '{entry.name}': synthesis.model {model} not found")
     spec = entry.synthesis
-    for name in ("organ_hu", "shift_hu", "texture_hu"):
+    looks = spec and spec.looks
+    if looks:
+        from tumorfm.synth.appearance import read_looks
+
+        try:
+            read_looks(looks if looks.is_absolute() else path.parent / looks)
+        except TumorFMError as error:
+            raise TumorFMError(
+                f"{path}: dataset '{entry.name}': synthesis.looks: {error}"
+            ) from None
+    for name in ("organ_hu", "shift_hu", "texture_hu", "looks"):
         if spec and getattr(spec, name) and raw.modalities[0].upper() != "CT":
             raise TumorFMError(
                 f"{path}: dataset '{entry.name}': synthesis.{name} needs CT, the scans are "

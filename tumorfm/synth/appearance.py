@@ -16,6 +16,8 @@ The ranges handed to the engine are the 10th-90th percentiles over tumours.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import Source, organ_label, read_scan_and_label
 from tumorfm.synth.online import hu_window_organ
-from tumorfm.synth.procedural import QUANTILES, SHELL_MM
+from tumorfm.synth.procedural import QUANTILES, SHELL_MM, checked_looks
 
 MIN_VOXELS = 50  # tumour and shell voxels below which a case says nothing
 PERCENTILES = (10, 90)
@@ -89,6 +91,26 @@ def measure(
         raise TumorFMError(f"no case has a '{tumour}' with enough tissue around it to measure")
     return {**ranges(cases.values()), "tumours": len(cases), "percentiles": list(PERCENTILES),
             "cases": cases}  # fmt: skip
+
+
+def read_looks(path: Path) -> list[dict]:
+    """The measured looks of a `tumorfm synth appearance -o` file, one per real tumour, checked
+    as the engine takes them (procedural.synthesise's `looks`); one-line errors name the file."""
+    from tumorfm.files import read_json_object
+
+    path = Path(path)
+    found = read_json_object(path, "write it with `tumorfm synth appearance -o`")
+    cases = found.get("cases")
+    if not isinstance(cases, dict) or not cases:
+        raise TumorFMError(
+            f"{path}: no measured tumours ('cases'); write it with `tumorfm synth appearance -o`"
+        )
+    looks = list(cases.values())
+    try:
+        checked_looks(looks)
+    except TumorFMError as error:
+        raise TumorFMError(f"{path}: {error}; measure again with this tumorfm") from None
+    return looks
 
 
 def ranges(found) -> dict[str, list[float]]:

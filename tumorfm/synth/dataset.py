@@ -88,7 +88,8 @@ def synthesise_dataset(
     record. A case whose organ is missing or too small is skipped and named in the record; if
     none can hold a tumour, nothing is written. The diffusion engine needs `model`, a synthesis
     bundle of the scans' modality (`tumorfm synth train`). `look`: the procedural engine's
-    shift_hu / texture_hu ranges (synth.appearance measures them on real tumours)."""
+    shift_hu / texture_hu ranges or its measured `looks` (synth.appearance measures both on real
+    tumours)."""
     look = {k: v for k, v in (look or {}).items() if v is not None}
     if look and engine != "procedural":
         raise TumorFMError(f"{', '.join(look)}: the {engine} engine learns its tumours' look")
@@ -108,7 +109,8 @@ def synthesise_dataset(
     settings = dict(organ=organ_name, organ_value=value, tumour=tumour, engine=engine,
                     count=count, size=size, seed=seed, mass_effect=mass_effect,
                     modality=source.modality, model=str(model) if model else None,
-                    **{k: list(v) for k, v in look.items()})  # fmt: skip
+                    **{k: list(v) for k, v in look.items() if k != "looks"},
+                    looks=len(look["looks"]) if "looks" in look else None)  # fmt: skip
     record = {"tumorfm_version": tumorfm.__version__, "settings": settings, "cases": {}}
     skipped = {}
     with atomic_folder(out) as tmp:

@@ -88,7 +88,7 @@ def insert_tumours(
             count=spec["count"],
             size=spec["size"],
             mass_effect=spec["mass_effect"],
-            **{k: spec[k] for k in ("shift_hu", "texture_hu") if spec.get(k) is not None},
+            **{k: spec[k] for k in ("shift_hu", "texture_hu", "looks") if spec.get(k) is not None},
         )
     except TumorFMError:  # a sliver of organ at the patch's edge: leave the patch as it is
         return image, label, False

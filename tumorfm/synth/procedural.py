@@ -181,7 +181,7 @@ def _look(shift_hu, texture_hu, modality, looks=None) -> dict:
             raise TumorFMError("give measured looks or shift_hu / texture_hu ranges, not both")
         if modality != "CT":
             raise TumorFMError("looks are in HU: CT only (MR tumours are set from percentiles)")
-        return {"looks": _checked_looks(looks)}
+        return {"looks": checked_looks(looks)}
     look = {}
     for name, span in (("shift_hu", shift_hu), ("texture_hu", texture_hu)):
         if span is None:
@@ -200,7 +200,7 @@ def _look(shift_hu, texture_hu, modality, looks=None) -> dict:
     return look
 
 
-def _checked_looks(looks) -> list[tuple[float, float, np.ndarray]]:
+def checked_looks(looks) -> list[tuple[float, float, np.ndarray]]:
     """(shift, texture, quantiles) per look; a look that cannot be one is a one-line error."""
     checked = []
     for i, one in enumerate(list(looks)):
