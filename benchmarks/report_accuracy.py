@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _mb, _num, _s
@@ -228,6 +229,8 @@ def shipped_against_nnunet(results: Path, shipped: dict) -> list[str]:
         return ["The nnU-Net comparison belongs to an earlier training of the bundle: re-run it."]
     t, n = r["tumorfm"]["dice"], r["nnunet"]["dice"]
     ahead = r["dice_difference"] > 0
+    per_case = list(r.get("per_case_difference", {}).values()) or [r["dice_difference"]] * 2
+    ahead_on = sum(d > 0 for d in per_case)
     return [
         f"Against nnU-Net v2 trained on the bundle's sarcoma split for the bundle's training "
         f"time ({r['budget_seconds'] / 60:.0f} min: the pretraining's CPU seconds over the two "
@@ -238,4 +241,9 @@ def shipped_against_nnunet(results: Path, shipped: dict) -> list[str]:
         f"of {r['dice_difference']:+.3f} (target: ahead, "
         f"{'met' if ahead else '**missed**'}). The bundle spent part of that time on the "
         "glioblastomas; nnU-Net spent all of it on the sarcomas.",
+        "",
+        f"Paired by scan, the bundle is ahead on {ahead_on} of {len(per_case)} held-out sarcomas "
+        f"(difference {statistics.mean(per_case):+.3f} +- {statistics.stdev(per_case):.3f}). "
+        f"nnU-Net trained on {_cpu(r)}; the bundle on {_cpu(shipped)}: the budget is the same "
+        "CPU time, on two machines of this workplace. One seed each.",
     ]
