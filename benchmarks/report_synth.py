@@ -76,7 +76,12 @@ def _target(r: dict) -> str:
         elif auc is None:
             parts.append(f"{ARMS[arm]} n/a (too few scans)")
         else:
-            parts.append(f"{ARMS[arm]} {auc:.3f} ({'met' if auc < goal else '**missed**'})")
+            seeds = [v for v in r["realism"][arm]["auc"].get("per_seed", {}).values() if v]
+            below = sum(v < goal for v in seeds)
+            verdict = "met" if auc < goal else "**missed**"
+            if len(seeds) > 1 and 0 < below < len(seeds):
+                verdict += f" on the mean; {below} of {len(seeds)} seeds below"
+            parts.append(f"{ARMS[arm]} {auc:.3f} ({verdict})")
     return f"Target: AUC below {goal:g}: {'; '.join(parts)}."
 
 
