@@ -51,6 +51,9 @@ ERASE_MM = 10.0  # a negative click erases a ball this wide from the classic bas
 
 
 MAPS = {"sarcoma_ct": "sarcoma=soft_tissue_sarcoma", "brain_mr": "tumour=brain_tumour"}
+CONFIGS = {"sarcoma_ct": "lowres", "brain_mr": "fullres"}  # as configs/pools/real.yaml plans them
+# the glioblastoma slabs hold 20 slices after cropping: a patch of their shape, not the bundle's 48
+PATCHES = {"sarcoma_ct": [], "brain_mr": ["--patch", "16", "128", "128"]}
 
 
 def train(args, name: str) -> None:
@@ -71,7 +74,7 @@ def train(args, name: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "split.json").write_text(json.dumps(split))
     command = [str(BIN / "tumorfm"), "finetune", str(folder), "--from", SHIPPED, "-o", str(out),
-               "--promptable", "--map", MAPS[name],
+               "--promptable", "--map", MAPS[name], "--config", CONFIGS[name], *PATCHES[name],
                "--split", str(work / "split.json"), "--epochs", str(args.epochs),
                "--iterations", str(args.iterations), "--seed", str(args.seed),
                "--workers", "2"]  # fmt: skip
