@@ -25,8 +25,9 @@ def distill_table(results: Path) -> list[str]:
     if r is None:
         return [f"Not measured yet: `{PRODUCT}.distill`."]
     s, teacher = r["settings"], r["teacher"]
-    seeds = ", ".join(map(str, s["seeds"]))
-    spread = "mean +- standard deviation over seeds" if len(s["seeds"]) > 1 else "one seed"
+    measured = list(r["per_seed"])  # an incomplete run holds fewer than its settings ask
+    seeds = ", ".join(map(str, measured))
+    spread = "mean +- standard deviation over seeds" if len(measured) > 1 else "one seed"
     lines = [
         f"Teacher: the shipped {teacher['bundle']} ({teacher['preset']}). Students: "
         f"{s['student']} from scratch on the teacher's training sarcomas, {s['iterations']} "
@@ -73,8 +74,8 @@ def distill_table(results: Path) -> list[str]:
         large = r["time_ratio_large_scan"]
         lines += [
             "",
-            f"On a whole CT (lung1, 512x512x48, `predict --fast`), where the network's time "
-            f"outweighs reading, resampling and writing: {large:.2f} of the teacher's time "
+            f"On a whole CT (lung1, 512x512x48, `predict --fast`), where the network runs "
+            f"more windows than on a sarcoma crop: {large:.2f} of the teacher's time "
             f"(target <= {targets['time_ratio']:g}: {verdict(large <= targets['time_ratio'])}).",
         ]
     if r.get("features_gain"):
