@@ -200,12 +200,8 @@ class Pool:
         spec = dataset.entry.synthesis
         if spec is None:
             return None
-        model = spec.model and (
-            spec.model if spec.model.is_absolute() else self.path.parent / spec.model
-        )
-        looks = spec.looks and (
-            spec.looks if spec.looks.is_absolute() else self.path.parent / spec.looks
-        )
+        model = spec.model and beside(self.path, spec.model)
+        looks = spec.looks and beside(self.path, spec.looks)
         if looks:  # the measured looks themselves, so that the cache holds all it needs
             from tumorfm.synth.appearance import read_looks
 
@@ -292,6 +288,11 @@ def _parse(path: Path) -> PoolFile:
         raise TumorFMError(f"{path}: {where}: {message}") from None
 
 
+def beside(pool_file: Path, path: Path) -> Path:
+    """A path the pool file names: absolute as given, else relative to the pool file's folder."""
+    return path if path.is_absolute() else pool_file.parent / path
+
+
 def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> None:
     declared = {value for value in raw.labels if value != 0}
     unmapped = sorted(declared - set(entry.labels))
@@ -321,7 +322,7 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
             f"dataset has {len(raw.modalities)} channels"
         )
     model = entry.synthesis and entry.synthesis.model
-    if model and not (model if model.is_absolute() else path.parent / model).is_dir():
+    if model and not beside(path, model).is_dir():
         raise TumorFMError(f"{path}: dataset '{entry.name}': synthesis.model {model} not found")
     spec = entry.synthesis
     looks = spec and spec.looks
@@ -329,7 +330,7 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
         from tumorfm.synth.appearance import read_looks
 
         try:
-            read_looks(looks if looks.is_absolute() else path.parent / looks)
+            read_looks(beside(path, looks))
         except TumorFMError as error:
             raise TumorFMError(
                 f"{path}: dataset '{entry.name}': synthesis.looks: {error}"
@@ -357,7 +358,7 @@ def load_pool(path: str | Path, check_paths: bool = True) -> Pool:
         raise TumorFMError(f"{path}: dataset name '{duplicate}' is used twice")
     datasets = []
     for entry in parsed.datasets:
-        root = entry.path if entry.path.is_absolute() else (path.parent / entry.path)
+        root = beside(path, entry.path)
         raw = None
         if check_paths:
             if not root.is_dir():
