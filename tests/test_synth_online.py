@@ -148,6 +148,7 @@ def test_a_pool_takes_measured_looks_into_its_cache(tmp_path):
     "synthesis, looks, problem",
     [
         ({"looks": "looks.json", "shift_hu": [0, 1]}, {}, "not both"),
+        ({"looks": "looks.json", "engine": "diffusion", "model": "m"}, {}, "procedural engine"),
         ({"looks": "missing.json"}, {}, "missing.json: missing"),
         ({"looks": "looks.json"}, {"quantiles": [1, 0]}, "non-decreasing"),
     ],
