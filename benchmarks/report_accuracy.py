@@ -111,7 +111,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
     s, t = r["settings"], r["targets"]
     held = sorted({len(st["validation_cases"]) for st in r["studies"].values()})
     lines = [
-        f"Sarcoma CT, {'/'.join(map(str, held))} held-out cases per split, {len(s['seeds'])} "
+        f"Sarcoma CT, {'/'.join(map(str, held))} held-out cases per split, {len(r['studies'])} "
         f"seeds (each its own split and initialisation), {s['config']} plan, patch "
         f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
         f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; {_cpu(r)}; "

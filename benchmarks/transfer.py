@@ -11,8 +11,9 @@
    the pretrained weights and trained from scratch (fresh weights, same recipe) on that seed's
    split (20% of the 36 cases held out), at lowres as the bundle; each final model segments the
    held-out cases (no mirroring), scored by `tumorfm evaluate` (Dice, HD95, NSD at 2 mm).
-3. nnU-Net v2 on each seed's split (fold k of its splits_final.json is seed k's split), with the
-   same patch, batch and lowres target spacing (nnUNetv2_preprocess with nnUNetPlans_bench) and a
+3. nnU-Net v2 on each seed's split (a results folder per seed, fold 0 of a one-split
+   splits_final.json), with the same patch, batch and lowres target spacing
+   (nnUNetv2_preprocess with nnUNetPlans_bench) and a
    PlainConvUNet of the same parameter count (benchmarks/nnunet_peer.py), trained with `--factor`
    (10) times the iterations of the smallest tumorfm budget (`nnUNetv2_train ... -tr
    nnUNetTrainerTrainBench`: nnU-Net's own recipe over that budget), then `nnUNetv2_predict
@@ -26,14 +27,15 @@ iterations. `--full` runs nnU-Net's own patch at full resolution and the paper's
 GPU (`--device cuda`).
 
 Run from the repository root in the benchmark environment (hours with the defaults on 2 CPUs;
-finished runs and nnU-Net folds are reused, so it can be run a seed at a time and again with
-every seed to aggregate):
+finished runs and nnU-Net trainings are reused, and every seed is written to the results file as
+it ends and kept by a later run of the same settings, so the seeds can span sessions):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +74,11 @@ from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datas
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
 
 
+def sha256(path: Path) -> str:
+    """Which pretraining a seed's rows come from (a later session may pretrain again)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def pretrain_pool(args, work: Path) -> Path:
     """The pool without the sarcoma set: brain MR, the single real cases, the phantom sites."""
     datasets = [
@@ -97,7 +104,7 @@ def pretrain(args, work: Path) -> dict:
     out = work / "pretrain"
     if (out / "last" / "config.json").is_file() and not args.fresh:
         print(f"pretraining: reusing {out}")
-        return json.loads((work / "pretrain.json").read_text())
+        return json.loads((work / "pretrain.json").read_text())  # one per session, every seed
     shutil.rmtree(out, ignore_errors=True)
     pool, cache = pretrain_pool(args, work), work / "pretrain-cache"
     command = [str(args.tumorfm), "preprocess", str(pool), "-o", str(cache)]
@@ -122,6 +129,7 @@ def pretrain(args, work: Path) -> dict:
         "peak_mb": train.get("peak_tree_pss_mb"),
         "val_mean_dice": last.get("val_mean_dice"),
         "val_dice": last.get("val_dice"),
+        "weights_sha256": sha256(out / "last" / "model.safetensors"),
     }
     (work / "pretrain.json").write_text(json.dumps(result, indent=1))
     return result
@@ -151,11 +159,12 @@ def study_split(work: Path, seed: int, budget: int) -> tuple[dict, list[float] |
     return split, plan["target_spacing_zyx"] if lowres else None
 
 
-def nnunet(args, work: Path, splits: list[dict], fold: int, target_params: int, spacing) -> dict:
-    """Plan, preprocess, train fold `fold` of `splits` (one per seed, tumorfm's) with factor x
-    the smallest budget, predict its held-out cases. `spacing` (zyx, mm): tumorfm's lowres target
-    spacing, which nnU-Net then plans and preprocesses at too; None keeps nnU-Net's own."""
-    nn = work / "nnunet"
+def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing) -> dict:
+    """Plan, preprocess, train on seed `seed`'s `split` (tumorfm's: fold 0 of a splits file of
+    one, results in a folder of the seed's own) with factor x the smallest budget, predict its
+    held-out cases. `spacing` (zyx, mm): tumorfm's lowres target spacing, which nnU-Net then plans
+    and preprocesses at too; None keeps nnU-Net's own."""
+    nn, fold = work / "nnunet", 0
     env = nnunet_env(nn, args.workers)
     folder = raw_and_planned(args.data / SARCOMA, SARCOMA_ID, nn, env, args.timeout)
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
@@ -163,38 +172,40 @@ def nnunet(args, work: Path, splits: list[dict], fold: int, target_params: int, 
     plans, network = bench_plans(plans, patch, args.batch, 2, target_params, spacing)
     log, timeout = nn / "preprocess-bench.log", args.timeout * 2
     stale = write_bench_plans(folder, plans, SARCOMA_ID, spacing, env, log, timeout, args.workers)
-    (folder / "splits_final.json").write_text(json.dumps(splits))
-    split = splits[fold]
+    (folder / "splits_final.json").write_text(json.dumps([split]))
     install_trainer()
     epochs = args.factor * min(args.budgets)
     env = {
         **env,
+        "nnUNet_results": str(nn / f"nnUNet_results-seed{seed}"),
         "TRAIN_BENCH_EPOCHS": str(epochs),
         "TRAIN_BENCH_ITERATIONS": str(args.iterations),
         "TRAIN_BENCH_VAL_ITERATIONS": str(args.nnunet_val_iterations),
     }
-    results = nn / "nnUNet_results" / SARCOMA / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
+    results = (
+        Path(env["nnUNet_results"]) / SARCOMA / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
+    )
     command = [str(BIN / "nnUNetv2_train"), str(SARCOMA_ID), "3d_fullres", str(fold), "-p", PLANS]
     command += ["-tr", TRAINER, "-device", args.device]
-    record = nn / f"train-fold{fold}.json"
+    record = nn / f"train-seed{seed}.json"
     if not (results / "checkpoint_final.pth").is_file() or args.fresh or stale:
         shutil.rmtree(results, ignore_errors=True)
-        train = run(command, env, nn / f"train-fold{fold}.log", args.timeout * 8, "nnU-Net train")
+        train = run(command, env, nn / f"train-seed{seed}.log", args.timeout * 8, "nnU-Net train")
         record.write_text(json.dumps(train))
     train = json.loads(record.read_text())
-    images = nn / f"validation_images-fold{fold}"
+    images = nn / f"validation_images-seed{seed}"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
     for case in split["val"]:
         name = f"{case}_0000.nii.gz"
         (images / name).symlink_to((args.data / SARCOMA / "imagesTr" / name).resolve())
-    predictions = nn / f"predictions-fold{fold}"
+    predictions = nn / f"predictions-seed{seed}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict_command = [str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(predictions)]
     predict_command += ["-d", str(SARCOMA_ID), "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres"]
     predict_command += ["-f", str(fold), "--disable_tta", "-device", args.device, "-npp", "0"]
     predict_command += ["-nps", "0", "-chk", "checkpoint_final.pth"]
-    log = nn / f"predict-fold{fold}.log"
+    log = nn / f"predict-seed{seed}.log"
     predict = run(predict_command, env, log, args.timeout, "nnU-Net predict")
     return {
         "train_command": " ".join(command),
@@ -208,6 +219,70 @@ def nnunet(args, work: Path, splits: list[dict], fold: int, target_params: int, 
         "train_peak_mb": train.get("peak_tree_pss_mb"),
         "predict_seconds": predict["wall_seconds"],
         "predictions": str(predictions),
+    }
+
+
+SAME_RUN = ("model", "patch", "config", "batch", "iterations", "budgets", "factor",
+            "pretrain_epochs", "phantom_cases", "skip_nnunet", "full", "device")  # fmt: skip
+
+
+def recorded(out: Path, args) -> dict:
+    """What a former run of these settings wrote to `out` (its seeds' rows, studies, nnU-Net
+    runs, pretrainings), else {}: a run of three seeds outlasts a session and its work folder."""
+    if not out.is_file():
+        return {}
+    old = json.loads(out.read_text())
+    settings = old.get("settings", {})
+    if "pretrain_per_seed" not in old or any(settings.get(k) != getattr(args, k) for k in SAME_RUN):
+        return {}
+    keys = ("studies", "nnunet", "rows_per_seed", "pretrain_per_seed")
+    return {k: {int(seed): v for seed, v in (old.get(k) or {}).items()} for k in keys}
+
+
+def summarise(args, load_before, pretrained, studies, references, rows_per_seed) -> dict:
+    """The results file: every seed's rows, the rows over seeds and the paired targets."""
+    smallest = min(args.budgets)
+    fields = ["mean_dice", "sarcoma_hd95", "sarcoma_nsd"]
+    rows = seeds.merge(rows_per_seed, ("arm", "epochs", "iterations"), fields)
+    gap = seeds.paired_difference(
+        rows_per_seed, {"arm": "pretrained", "epochs": smallest},
+        {"arm": "scratch", "epochs": smallest}, "mean_dice",
+    )  # fmt: skip
+    targets = {
+        "pretrained_minus_scratch_at_smallest_budget": gap,
+        "meets_gap_0.15": gap["mean"] is not None and gap["mean"] >= 0.15 and gap["beats_spread"],
+    }
+    if references:
+        nnunet_iterations = next(iter(references.values()))["iterations"]
+        tenth = max(
+            (b for b in args.budgets if b * args.iterations <= nnunet_iterations // 10),
+            default=None,
+        )
+        if tenth is not None:
+            versus = seeds.paired_difference(
+                rows_per_seed, {"arm": "pretrained", "epochs": tenth},
+                {"arm": "nnunet", "epochs": None}, "mean_dice",
+            )  # fmt: skip
+            targets["pretrained_at_10pct_minus_nnunet"] = versus
+            targets["meets_nnunet_with_10pct"] = versus["mean"] is not None and versus["mean"] >= 0
+    return {
+        "benchmark": "transfer",
+        "command": command_line("transfer"),
+        "machine": machine(load_before),
+        "versions": {
+            "torch_bench_env": version("torch"),
+            "SimpleITK": sitk.Version_VersionString(),
+            **({"nnunetv2": version("nnunetv2")} if references else {}),
+            **git_state(),
+        },  # fmt: skip
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pretrain": next(iter(pretrained.values())),
+        "pretrain_per_seed": pretrained,
+        "studies": studies,
+        "nnunet": references or None,
+        "rows_per_seed": rows_per_seed,
+        "rows": rows,
+        "targets": targets,
     }
 
 
@@ -255,68 +330,33 @@ def main() -> None:
     started, load_before = time.perf_counter(), os.getloadavg()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    pretrained = pretrain(args, work)
-    smallest = min(args.budgets)
-    studies, references, splits = {}, {}, []
+    before = {} if args.fresh else recorded(args.out, args)
+    studies, references = dict(before.get("studies", {})), dict(before.get("nnunet") or {})
+    rows_per_seed = dict(before.get("rows_per_seed", {}))
+    pretrained = dict(before.get("pretrain_per_seed", {}))
     for seed in args.seeds:
+        if seed in rows_per_seed:
+            print(f"seed {seed}: recorded in {args.out}, kept (--fresh measures it again)")
+            continue
+        pretrained[seed] = pretrain(args, work)
         studies[seed] = transfer_study(args, work, seed, None)
-        splits.append(study_split(work, seed, smallest)[0])
-    if not args.skip_nnunet:  # one nnU-Net fold per seed: that seed's split
-        for fold, seed in enumerate(args.seeds):
-            spacing = study_split(work, seed, smallest)[1]
+        if not args.skip_nnunet:  # the seed's split, nnU-Net at tumorfm's lowres spacing
+            split, spacing = study_split(work, seed, min(args.budgets))
             params = parameter_count(args.model, args.patch)
-            references[seed] = nnunet(args, work, splits, fold, params, spacing)
+            references[seed] = nnunet(args, work, split, seed, params, spacing)
             predictions = Path(references[seed]["predictions"])
             studies[seed] = transfer_study(args, work, seed, predictions)
-    rows_per_seed = {seed: study["rows"] for seed, study in studies.items()}
-    fields = ["mean_dice", "sarcoma_hd95", "sarcoma_nsd"]
-    rows = seeds.merge(rows_per_seed, ("arm", "epochs", "iterations"), fields)
-    gap = seeds.paired_difference(
-        rows_per_seed, {"arm": "pretrained", "epochs": smallest},
-        {"arm": "scratch", "epochs": smallest}, "mean_dice",
-    )  # fmt: skip
-    targets = {
-        "pretrained_minus_scratch_at_smallest_budget": gap,
-        "meets_gap_0.15": gap["mean"] is not None and gap["mean"] >= 0.15 and gap["beats_spread"],
-    }
-    if references:
-        nnunet_iterations = next(iter(references.values()))["iterations"]
-        tenth = max(
-            (b for b in args.budgets if b * args.iterations <= nnunet_iterations // 10),
-            default=None,
-        )
-        if tenth is not None:
-            versus = seeds.paired_difference(
-                rows_per_seed, {"arm": "pretrained", "epochs": tenth},
-                {"arm": "nnunet", "epochs": None}, "mean_dice",
-            )  # fmt: skip
-            targets["pretrained_at_10pct_minus_nnunet"] = versus
-            targets["meets_nnunet_with_10pct"] = versus["mean"] is not None and versus["mean"] >= 0
-    result = {
-        "benchmark": "transfer",
-        "command": command_line("transfer"),
-        "machine": machine(load_before),
-        "versions": {
-            "torch_bench_env": version("torch"),
-            "SimpleITK": sitk.Version_VersionString(),
-            **({"nnunetv2": version("nnunetv2")} if references else {}),
-            **git_state(),
-        },  # fmt: skip
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "pretrain": pretrained,
-        "studies": {
-            seed: {k: v for k, v in st.items() if k != "rows"} for seed, st in studies.items()
-        },
-        "nnunet": references or None,
-        "rows_per_seed": rows_per_seed,
-        "rows": rows,
-        "targets": targets,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nsarcoma CT, held-out cases per seed {[len(s['val']) for s in splits]}, "
-          f"patch {args.patch}, seeds {args.seeds}:")  # fmt: skip
+        rows_per_seed[seed] = studies[seed].pop("rows")
+        result = summarise(args, load_before, pretrained, studies, references, rows_per_seed)
+        result["session_seconds"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every seed
+    result = json.loads(args.out.read_text())
+    rows, targets = result["rows"], result["targets"]
+    held = [len(st["validation_cases"]) for st in studies.values()]
+    nnunet_iterations = next(iter(references.values()), {}).get("iterations")
+    print(f"\nsarcoma CT, held-out cases per seed {held}, patch {args.patch}, "
+          f"seeds {sorted(rows_per_seed)}:")  # fmt: skip
     print(f"{'model':<12}{'iterations':>11}{'Dice mean':>11}{'std':>7}")
     for r in rows:
         it = r["iterations"] if r["iterations"] is not None else nnunet_iterations

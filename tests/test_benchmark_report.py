@@ -203,3 +203,29 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     old = json.loads(args.out.read_text())
     args.out.write_text(json.dumps({**old, "teacher_loss": "BCE"}))
     assert seeds.recorded(args.out, args, distill.SAME_RUN, teacher_loss=distill.TEACHER_LOSS) == {}
+
+
+def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
+    """A run of three seeds outlasts a session: the results file written after a seed is what a
+    later run of the same settings starts from, and a run of other settings starts afresh."""
+    from argparse import Namespace
+
+    from benchmarks import transfer
+
+    settings = {k: None for k in transfer.SAME_RUN} | {"budgets": [2, 4], "iterations": 50}
+    settings |= {"model": "tsfm-tiny", "patch": [48, 96, 96], "config": "lowres"}
+    args = Namespace(**settings, seeds=[0, 1, 2], out=tmp_path / "transfer.json")
+    row = {"epochs": 2, "iterations": 100, "sarcoma_hd95": 20.0, "sarcoma_nsd": 0.3}
+    rows = {seed: [{**row, "arm": "pretrained", "mean_dice": 0.6 + seed / 100},
+                   {**row, "arm": "scratch", "mean_dice": 0.3}] for seed in (0, 1)}  # fmt: skip
+    studies = {seed: {"validation_cases": ["a"] * 7} for seed in rows}
+    pretrained = {seed: {"iterations": 1000, "weights_sha256": "ab"} for seed in rows}
+    result = transfer.summarise(args, (0, 0, 0), pretrained, studies, {}, rows)
+    gap = result["targets"]["pretrained_minus_scratch_at_smallest_budget"]
+    assert gap["n"] == 2 and abs(gap["mean"] - 0.305) < 1e-9 and result["targets"]["meets_gap_0.15"]
+    args.out.write_text(json.dumps(result))
+    kept = transfer.recorded(args.out, args)
+    assert sorted(kept["rows_per_seed"]) == [0, 1] and kept["rows_per_seed"][1] == rows[1]
+    text = "\n".join(report.transfer_table(tmp_path))
+    assert "| 0.605 +- 0.007 | 20.0 +- 0.0 |" in text and " 2 seeds " in text  # measured, not asked
+    assert transfer.recorded(args.out, Namespace(**{**vars(args), "budgets": [1, 2]})) == {}

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -178,6 +179,13 @@ def read_bundle_config(folder: str | os.PathLike) -> dict:
     return meta
 
 
+def _finite(value: torch.Tensor) -> bool:
+    """numpy's check, not torch's: torch hands each small tensor to its thread pool, which cost
+    a 217-tensor bundle 1.5 s on a busy 2-core CPU (numpy: 0.02 s)."""
+    array = value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
+    return bool(np.isfinite(array).all())
+
+
 def _check_tensors(path: Path, model: TSFM, tensors: dict[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -198,7 +206,7 @@ def _check_tensors(path: Path, model: TSFM, tensors: dict[str, torch.Tensor]) ->
                 f"{path}: tensor '{key}' has shape {tuple(value.shape)}, the "
                 f"config expects {tuple(want)}"
             )
-        if value.is_floating_point() and not torch.isfinite(value).all():
+        if value.is_floating_point() and not _finite(value):
             raise TumorFMError(
                 f"{path}: tensor '{key}' holds NaN or infinite values (a training that diverged?)"
             )
