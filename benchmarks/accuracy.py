@@ -66,6 +66,7 @@ from .nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
+from .scoring import evaluated
 from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
 DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --map
@@ -101,10 +102,8 @@ def held_out_folders(folder: Path, split: dict, out: Path) -> tuple[Path, Path]:
 
 
 def score(predictions: Path, labels: Path, args, work: Path) -> dict:
-    command = [str(args.tumorfm), "evaluate", str(predictions), str(labels)]
-    command += ["-o", str(predictions / "evaluation")]
-    run(command, dict(os.environ), work / "evaluate.log", args.timeout, "tumorfm evaluate")
-    result = json.loads((predictions / "evaluation" / "metrics.json").read_text())
+    how = {"tumorfm": [str(args.tumorfm)], "timeout": args.timeout, "what": "tumorfm evaluate"}
+    result = evaluated(predictions, labels, work / "evaluate.log", **how)
     (scores,) = result["aggregates"].values()  # one class per dataset
     return {
         "dice": scores["dice"]["mean"],

@@ -33,7 +33,8 @@ from tumorfm.model.bundle import WEIGHTS, bundle_folder, read_bundle_config
 from . import seeds
 from .common import BIN, DATA, add_work_and_out, parser_for
 from .measure import provenance, run
-from .shipped_model import DATASETS, _stats, fixed_split, held_out
+from .scoring import case_scores, evaluated, predicted, stats
+from .shipped_model import DATASETS, fixed_split, held_out
 
 TEACHER = "tsfm-real-lowres"
 CLASS = "soft_tissue_sarcoma"
@@ -44,29 +45,24 @@ ARMS = ("labels", "distilled", "features")  # alpha 0; alpha > 0; alpha > 0 with
 def score(args, bundle: Path, folder: Path, name: str, plan: list[str] = ()) -> dict:
     """Predict the held-out sarcomas with `bundle` into `folder` and score them (`plan`: the
     options that pick the bundle's sarcoma plan when it has several)."""
-    tumorfm = str(BIN / "tumorfm")
     split = fixed_split(args.data)
     images, labels = held_out(args.data, split, "sarcoma_ct", args.work / "held-out")
     (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, CLASS: 1}}))
-    shutil.rmtree(folder, ignore_errors=True)
-    command = [tumorfm, "predict", "-i", str(images), "-o", str(folder), "-m", str(bundle),
-               *plan, "--fast"]  # fmt: skip
-    timing = run(command, dict(os.environ), folder.parent / f"{name}-predict.log", 3600, name, 1.0)
-    command = [tumorfm, "evaluate", str(folder), str(labels)]
-    run(command, dict(os.environ), folder.parent / f"{name}-evaluate.log", 3600, f"{name} score")
-    metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
-    cases = [row["scores"][CLASS] for row in metrics["cases"]]
-    whole = folder.parent / f"{name}-lung1"  # a whole CT: where the network's time dominates
-    shutil.rmtree(whole, ignore_errors=True)
-    command = [tumorfm, "predict", "-i", str(LUNG), "-o", str(whole), "-m", str(bundle), *plan,
-               "--fast"]  # fmt: skip
-    large = run(command, dict(os.environ), folder.parent / f"{name}-lung1.log", 3600, name, 1.0)
+    logs, flags = folder.parent, [*plan, "--fast"]
+    timing = predicted(bundle, images, folder, logs / f"{name}-predict.log", flags, what=name,
+                       pss_interval=1.0)  # fmt: skip
+    cases = case_scores(evaluated(folder, labels, logs / f"{name}-evaluate.log"), CLASS).values()
+    whole = logs / f"{name}-lung1"  # a whole CT: where the network's time dominates
+    large = predicted(bundle, LUNG, whole, logs / f"{name}-lung1.log", flags, what=name,
+                      pss_interval=1.0)  # fmt: skip
     record = {
         "large_scan_seconds": large["wall_seconds"],
-        "dice": _stats([c["dice"] for c in cases])["mean"],
-        "dice_over_cases": _stats([c["dice"] for c in cases]),
-        "hd95_median": _stats([c["hd95"] for c in cases])["median"],
+        "large_scan_network_seconds": large["stage_seconds"]["network"],
+        "dice": stats([c["dice"] for c in cases])["mean"],
+        "dice_over_cases": stats([c["dice"] for c in cases]),
+        "hd95_median": stats([c["hd95"] for c in cases])["median"],
         "predict_seconds_per_scan": timing["wall_seconds"] / len(cases),
+        "network_seconds_per_scan": timing["stage_seconds"]["network"] / len(cases),
         "predict_peak_mb": timing.get("peak_tree_pss_mb"),
         "parameters": _count_bundle(bundle),
     }
@@ -117,15 +113,19 @@ SAME_RUN = ("student", "iterations", "per_epoch", "alpha", "temperature")  # set
 def results(args, teacher: dict, rows: dict[int, list[dict]], load) -> dict:
     """The results file's content for the rows measured so far."""
     fields = ["dice", "hd95_median", "predict_seconds_per_scan", "predict_peak_mb", "train_seconds",
-              "large_scan_seconds"]  # fmt: skip
+              "large_scan_seconds", "network_seconds_per_scan",
+              "large_scan_network_seconds"]  # fmt: skip
     merged = seeds.merge(rows, ("arm",), fields)
     distilled = next((r for r in merged if r["arm"] == "distilled"), None)
-    kept = ratio = large = None
+    kept = ratio = large = network = None
     if distilled is not None and distilled["dice"]["mean"] is not None:
         kept = distilled["dice"]["mean"] / teacher["dice"]
         ratio = distilled["predict_seconds_per_scan"]["mean"] / teacher["predict_seconds_per_scan"]
         if distilled["large_scan_seconds"]["mean"] and teacher.get("large_scan_seconds"):
             large = distilled["large_scan_seconds"]["mean"] / teacher["large_scan_seconds"]
+        student_network = distilled["large_scan_network_seconds"]["mean"]
+        if student_network and teacher.get("large_scan_network_seconds"):
+            network = student_network / teacher["large_scan_network_seconds"]
     return {
         "what": "Dice on 7 held-out real sarcomas: the shipped teacher, a student trained on "
         "labels alone and the same student distilled from the teacher",
@@ -150,6 +150,7 @@ def results(args, teacher: dict, rows: dict[int, list[dict]], load) -> dict:
         "dice_kept": kept,
         "time_ratio": ratio,
         "time_ratio_large_scan": large,
+        "network_time_ratio_large_scan": network,
         "targets": {"dice_kept": 0.95, "time_ratio": 0.25},
         **provenance("distill", ".venv", load),
     }
@@ -174,7 +175,7 @@ def main() -> None:
     before = seeds.recorded(args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS)
     teacher_file = args.work / "teacher-score.json"
     old = json.loads(args.out.read_text())["teacher"] if before else {}
-    if not teacher_file.is_file() and "large_scan_seconds" in old:  # the recorded rows' teacher
+    if not teacher_file.is_file() and "large_scan_network_seconds" in old:  # the recorded teacher
         teacher_file.write_text(
             json.dumps({k: old[k] for k in old if k not in ("bundle", "preset")})
         )

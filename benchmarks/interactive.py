@@ -43,7 +43,8 @@ from tumorfm.interactive.simulate import simulate_clicks
 
 from .common import BIN, DATA, add_work_and_out, parser_for
 from .measure import provenance, run
-from .shipped_model import DATASETS, _stats, fixed_split
+from .scoring import stats
+from .shipped_model import DATASETS, fixed_split
 
 SHIPPED = "tsfm-real-lowres"
 COUNTS = (0, 1, 3, 5, 10)  # corrective clicks reported
@@ -167,7 +168,7 @@ def evaluate(args, name: str) -> dict:
     rows = [
         {
             "arm": name,
-            **{f"dice_after_{n}": _stats([v[n] for v in per_case.values()]) for n in COUNTS},
+            **{f"dice_after_{n}": stats([v[n] for v in per_case.values()]) for n in COUNTS},
         }  # fmt: skip
         for name, per_case in curves.items()
     ]
@@ -175,7 +176,7 @@ def evaluate(args, name: str) -> dict:
     return {
         "rows": rows,
         "per_case": curves,
-        "seconds_per_click": {k: _stats(v) for k, v in seconds.items()},
+        "seconds_per_click": {k: stats(v) for k, v in seconds.items()},
         "corrective_clicks": {"count": len(clicks["honoured"]), **shares},
     }
 

@@ -344,7 +344,8 @@ def fast_accuracy(args, work: Path) -> dict:
     (Dice mean and spread over the cases; the benchmark's own weights are random)."""
     from tumorfm.model.bundle import list_shipped
 
-    from .shipped_model import _stats, fixed_split, held_out
+    from .scoring import case_scores, evaluated, predicted, stats
+    from .shipped_model import fixed_split, held_out
 
     bundle = "tsfm-real-lowres"
     if bundle not in list_shipped():
@@ -354,20 +355,22 @@ def fast_accuracy(args, work: Path) -> dict:
         json.dumps({"labels": {"background": 0, "soft_tissue_sarcoma": 1}})
     )
     rows = {}
-    for name, flags in FAST_SETTINGS.items():
+    for name, setting in FAST_SETTINGS.items():
         out = work / "out" / f"held_out_{name.split()[0].strip('-')}"
-        shutil.rmtree(out, ignore_errors=True)
-        python = [str(args.tumorfm_python), "-m", "tumorfm"]
-        command = [*python, "predict", "-i", str(images), "-o", str(out), "-m", bundle]
-        command += ["--plan", "sarcoma_ct", *flags]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        timing = run(command, env, work / f"{out.name}.log", args.timeout, name, pss_interval=2.0)
-        score = [*python, "evaluate", str(out), str(labels)]
-        run(score, env, work / f"{out.name}_evaluate.log", args.timeout, f"{name} scored")
-        metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
-        dice = [row["scores"]["soft_tissue_sarcoma"]["dice"] for row in metrics["cases"]]
+        how = {
+            "tumorfm": [str(args.tumorfm_python), "-m", "tumorfm"],
+            "env": {**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+            "timeout": args.timeout,
+        }
+        flags = ["--plan", "sarcoma_ct", *setting]
+        log = work / f"{out.name}.log"
+        timing = predicted(bundle, images, out, log, flags, what=name, pss_interval=2.0, **how)
+        metrics = evaluated(
+            out, labels, work / f"{out.name}_evaluate.log", what=f"{name} scored", **how
+        )
+        dice = [c["dice"] for c in case_scores(metrics, "soft_tissue_sarcoma").values()]
         rows[name] = {
-            "dice": _stats(dice),
+            "dice": stats(dice),
             "cases": len(dice),
             "wall_seconds": timing["wall_seconds"],
             "disturbed": timing["other_processes_cpu_share"] > args.max_disturbance,

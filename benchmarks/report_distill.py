@@ -78,6 +78,12 @@ def distill_table(results: Path) -> list[str]:
             f"more windows than on a sarcoma crop: {large:.2f} of the teacher's time "
             f"(target <= {targets['time_ratio']:g}: {verdict(large <= targets['time_ratio'])}).",
         ]
+        if r.get("network_time_ratio_large_scan") is not None:  # predict.json's network stage
+            lines[-1] += (
+                f" The network alone (the windows, without reading, resampling and writing) "
+                f"takes {r['network_time_ratio_large_scan']:.2f} of the teacher's: the rest is "
+                f"what both pay per scan."
+            )
     if r.get("features_gain"):
         lines += [
             "",

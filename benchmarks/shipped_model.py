@@ -17,15 +17,14 @@ benchmarks/results/shipped_model.json and the model card.
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
 from .measure import git_state, machine, run
+from .scoring import case_scores, evaluated, predicted, stats
 
 NAME = "tsfm-real-lowres"
 POOL = ROOT / "configs" / "pools" / "real.yaml"
@@ -92,49 +91,30 @@ def held_out(data: Path, split: dict, name: str, out: Path) -> tuple[Path, Path]
     return images, labels
 
 
-def _stats(values: list[float]) -> dict:
-    finite = [v for v in values if v is not None and not math.isnan(v)]  # JSON null = NaN
-    return {
-        "mean": float(np.mean(finite)) if finite else math.nan,
-        "std": float(np.std(finite)) if finite else math.nan,
-        "median": float(np.median(finite)) if finite else math.nan,
-        "min": float(np.min(finite)) if finite else math.nan,
-        "max": float(np.max(finite)) if finite else math.nan,
-    }
-
-
 def score(args) -> dict:
     """Predict every dataset's held-out scans with the run's last bundle and score them."""
-    work, tumorfm = args.work, str(BIN / "tumorfm")
+    work = args.work
     info = json.loads((work / "train.json").read_text())
     bundle = work / "run" / "last"
     scores = {}
     for name in DATASETS:
         images, labels = held_out(args.data, info["split"], name, work / "held-out" / name)
-        predictions = work / "predictions" / name
-        shutil.rmtree(predictions, ignore_errors=True)
-        predict = [tumorfm, "predict", "-i", str(images), "-o", str(predictions),
-                   "-m", str(bundle), "--plan", name]  # fmt: skip
-        predict += [] if args.mirror else ["--no-mirror"]
-        timing = run(
-            predict, dict(os.environ), work / f"predict-{name}.log", 3600, f"predict {name}", 1.0
-        )
+        predictions, flags = work / "predictions" / name, ["--plan", name]
+        flags += [] if args.mirror else ["--no-mirror"]
+        log = work / f"predict-{name}.log"
+        timing = predicted(bundle, images, predictions, log, flags, pss_interval=1.0)
         # the truth's label 1 is the class the prediction names (whose value is its class id in
         # the bundle): say so, so that evaluate matches by name, as a user's dataset.json would
         names = json.loads((predictions / "dataset.json").read_text())["labels"]
         (cls,) = [n for n in names if n != "background"]
         (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, cls: 1}}))
-        evaluate = [tumorfm, "evaluate", str(predictions), str(labels)]
-        run(evaluate, dict(os.environ), work / f"evaluate-{name}.log", 3600, f"evaluate {name}")
-        metrics = json.loads((predictions / "evaluation" / "metrics.json").read_text())
-        (cls,) = metrics["aggregates"]
-        cases = [row["scores"][cls] for row in metrics["cases"]]
+        cases = case_scores(evaluated(predictions, labels, work / f"evaluate-{name}.log"), cls)
         scores[name] = {
             "class": cls,
             "cases": len(cases),
             "held_out": info["split"][name]["val"],
-            **{m: _stats([c[m] for c in cases]) for m in ("dice", "hd95", "nsd")},
-            "per_case_dice": {row["case"]: row["scores"][cls]["dice"] for row in metrics["cases"]},
+            **{m: stats([c[m] for c in cases.values()]) for m in ("dice", "hd95", "nsd")},
+            "per_case_dice": {case: c["dice"] for case, c in cases.items()},
             "mirror": args.mirror,
             "predict_seconds": timing["wall_seconds"],
             "predict_peak_mb": timing.get("peak_tree_pss_mb"),
@@ -142,8 +122,8 @@ def score(args) -> dict:
     return scores
 
 
-def _fmt(stats: dict, digits: int = 2) -> str:
-    return f"{stats['mean']:.{digits}f} +- {stats['std']:.{digits}f}"
+def _fmt(summary: dict, digits: int = 2) -> str:
+    return f"{summary['mean']:.{digits}f} +- {summary['std']:.{digits}f}"
 
 
 def card(info: dict, scores: dict, size_mb: float) -> str:

@@ -41,7 +41,8 @@ from .nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
-from .shipped_model import DATASETS, _stats
+from .scoring import case_scores, evaluated, stats
+from .shipped_model import DATASETS
 from .support import parameter_count
 
 DATASET, DATASET_ID = "sarcoma_ct", 101
@@ -124,14 +125,11 @@ def train_and_predict(args, info: dict, budget: float, images: Path, mirror: boo
 
 
 def scored(predictions: Path, labels: Path, args) -> dict:
-    command = [str(BIN / "tumorfm"), "evaluate", str(predictions), str(labels)]
-    run(command, dict(os.environ), args.work / "evaluate-nnunet.log", args.timeout, "evaluate")
-    metrics = json.loads((predictions / "evaluation" / "metrics.json").read_text())
-    (cls,) = metrics["aggregates"]
-    cases = {row["case"]: row["scores"][cls] for row in metrics["cases"]}
+    log = args.work / "evaluate-nnunet.log"
+    cases = case_scores(evaluated(predictions, labels, log, timeout=args.timeout))
     return {
         "cases": len(cases),
-        **{m: _stats([c[m] for c in cases.values()]) for m in ("dice", "hd95", "nsd")},
+        **{m: stats([c[m] for c in cases.values()]) for m in ("dice", "hd95", "nsd")},
         "per_case_dice": {case: c["dice"] for case, c in cases.items()},
     }
 

@@ -31,6 +31,7 @@ from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from . import seeds
 from .common import BIN, add_work_and_out, parser_for
 from .measure import provenance, run
+from .scoring import evaluated, predicted
 
 SITES = {site.name: site for site in DEFAULT_SITES}
 LIVER, HEALTHY = SITES["PhantomLiver"], SITES["PhantomMultiOrgan"]
@@ -88,12 +89,9 @@ def one_run(args, arm: str, seed: int) -> dict:
     trained = run(command, dict(os.environ), log, 6 * 3600, f"{arm} {seed}")
     images, labels = held_out(work, held, out.parent / "held-out")
     predictions = out / "held-out"
-    command = [tumorfm, "predict", "-i", str(images), "-o", str(predictions), "-m",
-               str(out / "last"), "--no-mirror"]  # fmt: skip
-    run(command, dict(os.environ), out.parent / f"{site.name}-predict.log", 3600, "predict")
-    command = [tumorfm, "evaluate", str(predictions), str(labels)]
-    run(command, dict(os.environ), out.parent / f"{site.name}-evaluate.log", 3600, "evaluate")
-    metrics = json.loads((predictions / "evaluation" / "metrics.json").read_text())
+    log = out.parent / f"{site.name}-predict.log"
+    predicted(out / "last", images, predictions, log, ["--no-mirror"], what="predict")
+    metrics = evaluated(predictions, labels, out.parent / f"{site.name}-evaluate.log")
     tumour = metrics["aggregates"][TUMOUR]
     return {
         "arm": arm,

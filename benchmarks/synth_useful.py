@@ -33,7 +33,8 @@ from tumorfm.synth.dataset import source_of
 from . import seeds
 from .common import BIN, DATA, add_work_and_out, case_ids, parser_for
 from .measure import provenance, run
-from .shipped_model import DATASETS, _stats, fixed_split, held_out
+from .scoring import case_scores, evaluated, predicted, stats
+from .shipped_model import DATASETS, fixed_split, held_out
 
 CLASS = "soft_tissue_sarcoma"
 SYNTHESIS = {"organ_hu": [-20, 100], "tumour": CLASS, "probability": 0.5, "size": "mixed"}
@@ -102,11 +103,9 @@ def one_run(args, arm: str, seed: int) -> dict:
     run(command, dict(os.environ), out.parent / f"{arm}.log", 6 * 3600, f"{arm} {seed}")
     images, labels = held_out(args.data, split, "sarcoma_ct", work / "held-out")
     (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, CLASS: 1}}))
-    command = [tumorfm, "predict", "-i", str(images), "-o", str(predictions), "-m",
-               str(out / "last"), "--no-mirror"]  # fmt: skip
-    run(command, dict(os.environ), out.parent / f"{arm}-predict.log", 3600, f"predict {arm}")
-    command = [tumorfm, "evaluate", str(predictions), str(labels)]
-    run(command, dict(os.environ), out.parent / f"{arm}-evaluate.log", 3600, f"evaluate {arm}")
+    log = out.parent / f"{arm}-predict.log"
+    predicted(out / "last", images, predictions, log, ["--no-mirror"], what=f"predict {arm}")
+    evaluated(predictions, labels, out.parent / f"{arm}-evaluate.log", what=f"evaluate {arm}")
     return _row(arm, out, predictions, split, synthesis)
 
 
@@ -122,14 +121,14 @@ def _row(arm: str, out: Path, predictions: Path, split: dict, synthesis: dict | 
     """The run's scores on the held-out sarcomas; training seconds = the epochs' own (the
     run's log), without start-up and validation."""
     metrics = json.loads((predictions / "evaluation" / "metrics.json").read_text())
-    cases = [row["scores"][CLASS] for row in metrics["cases"]]
-    dice = _stats([c["dice"] for c in cases])
+    cases = list(case_scores(metrics, CLASS).values())
+    dice = stats([c["dice"] for c in cases])
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
     return {
         "arm": arm,
         "dice": dice["mean"],
         "dice_over_cases": dice,
-        "hd95_median": _stats([c["hd95"] for c in cases])["median"],
+        "hd95_median": stats([c["hd95"] for c in cases])["median"],
         "train_seconds": round(sum(e["seconds"] for e in epochs), 1),
         "train_cases": split["sarcoma_ct"]["train"],
         "synthesis": synthesis,

@@ -1,0 +1,37 @@
+"""The benchmarks' last step (benchmarks/scoring.py): the product's predict and evaluate commands,
+run as measured processes, and what a benchmark reads back from them."""
+
+import shutil
+from pathlib import Path
+
+from benchmarks.scoring import case_scores, evaluated, predicted, stats
+
+SARCOMA = Path(__file__).parent / "data" / "Dataset101_SarcomaCT"
+
+
+def test_a_perfect_prediction_scores_dice_one_per_case(tmp_path):
+    predictions, labels = tmp_path / "predictions", SARCOMA / "labelsTr"
+    predictions.mkdir()
+    cases = sorted(p.name for p in labels.glob("*.nii.gz"))
+    for name in cases:
+        shutil.copy(labels / name, predictions)
+    metrics = evaluated(predictions, labels, tmp_path / "evaluate.log")
+    scores = case_scores(metrics)
+    assert sorted(scores) == [c.removesuffix(".nii.gz") for c in cases]
+    assert len(scores) >= 2 and all(s["dice"] == 1.0 for s in scores.values())
+    summary = stats([s["dice"] for s in scores.values()] + [float("nan")])  # NaN left out
+    assert summary["mean"] == summary["min"] == 1.0 and summary["std"] == 0.0
+
+
+def test_predicted_reports_the_stages_predict_json_records(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    scan = sorted((SARCOMA / "imagesTr").glob("*.nii.gz"))[0]
+    (images / scan.name).symlink_to(scan)
+    out = tmp_path / "out"
+    (out / "stale").mkdir(parents=True)  # a former run's folder is emptied first
+    flags = ["--plan", "sarcoma_ct", "--fast"]
+    timing = predicted("tsfm-real-lowres", images, out, tmp_path / "predict.log", flags)
+    assert timing["scans"] == 1 and not (out / "stale").exists()
+    assert {"preprocess", "network", "export"} <= set(timing["stage_seconds"])
+    assert 0 < timing["stage_seconds"]["network"] < timing["wall_seconds"]
