@@ -298,8 +298,9 @@ def _insert(rng, out, organ, tumour, centre, radii, spacing, stats, look, mass_e
     measured = "looks" in look or "shift_hu" in look
     shape_lo, shape = _shape(rng, organ, centre, r, sp, deform)
 
-    # the work box: the tumour and every voxel it may change (reach_mm), and its tissue shell
-    span = np.ceil(max(MASS_REACH_MM, SHELL_MM[1]) / sp).astype(int) + 1
+    # the work box: the tumour and every voxel it may change (reach_mm), and, for a measured look,
+    # the tissue shell its shift is set against
+    span = np.ceil(max(MASS_REACH_MM, SHELL_MM[1] if measured else 0.0) / sp).astype(int) + 1
     t_lo, t_hi = _bbox(shape)
     lo = np.maximum(np.add(shape_lo, t_lo) - span, 0)
     hi = np.minimum(np.add(shape_lo, t_hi) + span, out.shape)
