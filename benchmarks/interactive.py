@@ -2,7 +2,7 @@
 MR (issue 19).
 
     .venv/bin/python -m benchmarks.interactive [--datasets sarcoma_ct brain_mr] [--epochs 10]
-                                               [--iterations 50] [--seed 0]
+                                               [--iterations 50] [--seed 0] [--arms ...]
 
 Per dataset (the shipped bundle's plans: sarcoma_ct, brain_mr):
 1. `tumorfm finetune --promptable` from the shipped bundle (tsfm-real-lowres) on the dataset's
@@ -11,18 +11,22 @@ Per dataset (the shipped bundle's plans: sarcoma_ct, brain_mr):
    resumed when it stopped part-way (delete WORK/DATASET/run to train again).
 2. Each held-out scan is segmented by a simulated reader (tumorfm.interactive.simulate): a first
    prompt (one click inside the tumour, or its jittered bounding box), then corrective clicks,
-   each at the centre of the largest error, up to --clicks. Three segmenters answer the same
-   reader: the promptable bundle through tumorfm.interactive.Session (one window per click);
-   the automatic bundle, which ignores prompts (its prediction, no mirroring); and a classic
-   interactive method a library offers, SimpleITK's ConfidenceConnected region growing from the
-   positive clicks (or the box's centre, kept inside the box), each negative click erasing a
-   10 mm ball.
-3. Dice after 0, 1, 3, 5 and 10 corrective clicks (mean and spread over the cases), the seconds
-   of the first and of the following clicks, and the process's peak memory.
+   each at the centre of the largest error, up to 10. Four segmenters (`--arms`) answer the
+   same reader: `promptable`, the promptable bundle through tumorfm.interactive.Session (one
+   window per click); `local`, the shipped automatic bundle through AutomaticSession (its
+   network once per scan, each click a local threshold on its probabilities,
+   tumorfm.interactive.local); `automatic`, its prediction alone, which ignores prompts (no
+   mirroring); and `classic`, an interactive method a library offers, SimpleITK's
+   ConfidenceConnected region growing from the positive clicks (or the box's centre, kept
+   inside the box), each negative click erasing a 10 mm ball. Only `promptable` trains.
+3. Dice after 0, 1, 3, 5 and 10 corrective clicks (mean and spread over the cases); per
+   interactive arm the seconds to prepare a scan, of the first and of the following clicks,
+   and whether each click was honoured; the process's peak memory.
 Targets (issue 19): Dice >= 0.80 after 5 clicks, ahead of the classic baseline at every count,
 <= 2 s per click (the targets name the sarcomas; the glioblastomas are reported the same way).
 One training seed per run: `--seed` states it. Results: benchmarks/results/interactive.json, one
-entry per dataset; a run of some datasets keeps the others' entries.
+entry per dataset; a run of some datasets keeps the others' entries, and a run of some arms
+keeps the other arms' rows (each row names its commit).
 """
 
 from __future__ import annotations
@@ -138,32 +142,52 @@ def prompted(session: Session, seconds: list[float], clicks: dict[str, list[bool
     return answer
 
 
+ARMS = {  # arm -> what answers the reader
+    "promptable": "the promptable bundle, one window per click (Session)",
+    "local": "the automatic bundle's probabilities, clicks as local thresholds (AutomaticSession)",
+    "automatic": "the automatic bundle's prediction, which ignores prompts",
+    "classic": "SimpleITK's ConfidenceConnected region growing from the clicks",
+}
+INTERACTIVE = ("promptable", "local")  # the arms whose clicks are timed and checked
+
+
 def evaluate(args, name: str) -> dict:
     split = fixed_split(args.data)[name]
     folder, suffix, _ = DATASETS[name]
     folder = args.data / folder
-    session = Session.from_bundle(args.work / name / "run" / "last", device="cpu")
+    sessions = {}
+    if "promptable" in args.arms:
+        sessions["promptable"] = Session.from_bundle(
+            args.work / name / "run" / "last", device="cpu"
+        )
+    if "local" in args.arms:
+        sessions["local"] = Session.from_bundle(SHIPPED, device="cpu", plan=name)
     automatic = Predictor.from_bundle(SHIPPED, PredictOptions(name, mirror=False))
-    curves, seconds = {}, {"first": [], "following": []}
-    clicks = {"honoured": [], "repeated": []}
+    curves = {}
+    seconds = {arm: {"prepare": [], "first": [], "following": []} for arm in sessions}
+    clicks = {arm: {"honoured": [], "repeated": []} for arm in sessions}
     for case in split["val"][: args.cases]:
         scan = read_volume(folder / "imagesTr" / f"{case}{suffix}.nii.gz")
         target = read_volume(folder / "labelsTr" / f"{case}.nii.gz").array > 0
-        session.set_image(scan.array, scan.geometry)
+        for arm, session in sessions.items():  # the local arm's network runs here, once
+            started = time.perf_counter()
+            session.set_image(scan.array, scan.geometry)
+            seconds[arm]["prepare"].append(time.perf_counter() - started)
         fixed = automatic(scan.array, scan.geometry).label > 0
         spacing = scan.geometry.spacing_zyx
-        arms = {"promptable": None, "automatic": lambda p, b, m, fixed=fixed: fixed,
-                "classic": Classic(scan.array, spacing)}  # fmt: skip
+        answers = {"automatic": lambda p, b, m, fixed=fixed: fixed,
+                   "classic": Classic(scan.array, spacing)}  # fmt: skip
         for first in ("point", "box"):
-            for arm, fn in arms.items():
+            for arm in (a for a in ARMS if a in args.arms):
                 timed: list[float] = []
-                fn = fn or prompted(session, timed, clicks)
+                interactive = arm in sessions
+                fn = prompted(sessions[arm], timed, clicks[arm]) if interactive else answers[arm]
                 rng = np.random.default_rng([args.seed, split["val"].index(case)])
                 scores = simulate_clicks(fn, target, max(COUNTS), rng, (first,), spacing)
                 curves.setdefault(f"{arm}, first {first}", {})[case] = scores
                 if timed:
-                    seconds["first"].append(timed[0])
-                    seconds["following"] += timed[1:]
+                    seconds[arm]["first"].append(timed[0])
+                    seconds[arm]["following"] += timed[1:]
         print(case, {k: round(v[case][5], 3) for k, v in curves.items()}, flush=True)
     rows = [
         {
@@ -172,12 +196,20 @@ def evaluate(args, name: str) -> dict:
         }  # fmt: skip
         for name, per_case in curves.items()
     ]
-    shares = {k: float(np.mean(v)) if v else None for k, v in clicks.items()}
     return {
+        "arms": {arm: ARMS[arm] for arm in ARMS if arm in args.arms},
         "rows": rows,
         "per_case": curves,
-        "seconds_per_click": {k: stats(v) for k, v in seconds.items()},
-        "corrective_clicks": {"count": len(clicks["honoured"]), **shares},
+        "seconds_per_click": {
+            arm: {k: stats(v) for k, v in timed.items()} for arm, timed in seconds.items()
+        },
+        "corrective_clicks": {
+            arm: {
+                "count": len(c["honoured"]),
+                **{k: float(np.mean(v)) if v else None for k, v in c.items()},
+            }
+            for arm, c in clicks.items()
+        },  # fmt: skip
     }
 
 
@@ -190,22 +222,27 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="the first N held-out (smoke)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="segmenters (promptable: fine-tunes a bundle first)")  # fmt: skip
     args = parser.parse_args()
     entries = previous_entries(args.out)
     for name in args.datasets:
         load = os.getloadavg()
         started = time.perf_counter()
-        train(args, name)
-        entries[name] = {
+        if "promptable" in args.arms:
+            train(args, name)
+        entry = {
             "settings": {k: str(v) for k, v in vars(args).items()},
             **evaluate(args, name),
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "minutes": round((time.perf_counter() - started) / 60, 1),
             **provenance("interactive", ".venv", load),
         }
+        entries[name] = with_earlier_arms(entry, entries.get(name))
         result = {
-            "what": "Dice per simulated click on held-out real scans: promptable TSFM vs the "
-            "automatic bundle and SimpleITK region growing",
+            "what": "Dice per simulated click on held-out real scans: promptable TSFM, the "
+            "automatic bundle with clicks as local thresholds, the automatic bundle alone and "
+            "SimpleITK region growing",
             "datasets": {k: entries[k] for k in MAPS if k in entries},
             "targets": {"dice_after_5": 0.80, "seconds_per_click": 2.0},
         }
@@ -213,7 +250,37 @@ def main() -> None:
         for row in entries[name]["rows"]:
             cells = "  ".join(f"{n}: {row[f'dice_after_{n}']['mean']:.3f}" for n in COUNTS)
             print(f"{name} {row['arm']:>26}  {cells}")
-        print(name, "seconds per click", entries[name]["seconds_per_click"]["following"]["mean"])
+        for arm, timed in entries[name]["seconds_per_click"].items():
+            print(name, arm, "seconds per following click", timed["following"]["mean"])
+
+
+def _arm(row_name: str) -> str:
+    """'promptable, first point' -> 'promptable'."""
+    return row_name.split(",")[0]
+
+
+def with_earlier_arms(entry: dict, earlier: dict | None) -> dict:
+    """`entry` and the arms of an `earlier` entry of the dataset that it did not measure
+    (a run of some arms keeps the others), each row naming the commit it was measured at; an
+    entry from before per-arm timings holds the promptable arm's."""
+    for row in entry["rows"]:
+        row["git_commit"] = entry.get("git_commit")
+    if not earlier:
+        return entry
+    measured = set(entry["arms"])
+    for key in ("seconds_per_click", "corrective_clicks"):
+        old = earlier.get(key) or {}
+        old = {"promptable": old} if old and "promptable" not in old and "local" not in old else old
+        entry[key] |= {arm: v for arm, v in old.items() if arm not in measured}
+    for row in earlier["rows"]:
+        if _arm(row["arm"]) not in measured:
+            entry["rows"].append({"git_commit": earlier.get("git_commit"), **row})
+            entry["per_case"][row["arm"]] = earlier["per_case"][row["arm"]]
+    if "promptable" not in measured and "promptable" in entry["seconds_per_click"]:
+        entry["promptable_settings"] = earlier.get("promptable_settings") or {
+            k: earlier["settings"][k] for k in ("epochs", "iterations", "seed")
+        }
+    return entry
 
 
 def previous_entries(out: Path) -> dict[str, dict]:

@@ -229,3 +229,36 @@ def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
     text = "\n".join(report.transfer_table(tmp_path))
     assert "| 0.605 +- 0.007 | 20.0 +- 0.0 |" in text and " 2 seeds " in text  # measured, not asked
     assert transfer.recorded(args.out, Namespace(**{**vars(args), "budgets": [1, 2]})) == {}
+
+
+def test_interactive_table_names_the_best_arm_and_checks_it_against_the_classic_one(tmp_path):
+    from benchmarks.report_interactive import interactive_table
+
+    def row(arm, values):
+        cells = {f"dice_after_{n}": {"mean": v, "std": 0.1} for n, v in zip((0, 1, 5), values)}
+        return {"arm": arm, **cells}
+
+    rows = [row("local, first box", (0.7, 0.75, 0.81)), row("classic, first box", (0.6, 0.7, 0.8)),
+            row("promptable, first box", (0.66, 0.65, 0.64))]  # fmt: skip
+    rows[2]["git_commit"] = "c789bcb0"  # an arm kept from an earlier run names its commit
+    timing = {"first": {"mean": 0.01}, "following": {"mean": 0.02}, "prepare": {"mean": 6.0}}
+    entry = {
+        "settings": {"epochs": "10", "iterations": "50", "seed": "0"}, "rows": rows,
+        "per_case": {r["arm"]: {"a": [0.5]} for r in rows}, "git_commit": "1234567",
+        "seconds_per_click": {"local": timing},
+        "corrective_clicks": {"local": {"count": 10, "honoured": 1.0, "repeated": 0.0}},
+        "peak_memory_mb": 900.0, "command": "x", "machine": {"cpu": "cpu"},
+    }  # fmt: skip
+    results = {"datasets": {"sarcoma_ct": entry}, "targets": {"dice_after_5": 0.8,
+                                                             "seconds_per_click": 2.0}}  # fmt: skip
+    (tmp_path / "interactive.json").write_text(json.dumps(results))
+    text = "\n".join(interactive_table(tmp_path))
+    assert "| promptable bundle, first box (commit c789bcb) |" in text
+    assert (
+        "0.810 (automatic bundle, clicks as local thresholds, first box; target >= 0.8: met" in text
+    )
+    assert "ahead of the classic baseline at every click count: met" in text
+    assert "after 6.0 s to prepare the scan" in text and "100% left the mask agreeing" in text
+    rows[1]["dice_after_1"]["mean"] = 0.76  # the classic baseline ahead after one click
+    (tmp_path / "interactive.json").write_text(json.dumps(results))
+    assert "every click count: **missed**" in "\n".join(interactive_table(tmp_path))

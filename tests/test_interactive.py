@@ -15,6 +15,7 @@ from tumorfm.data.plan import plan_dataset
 from tumorfm.errors import TumorFMError
 from tumorfm.interactive import (
     PROMPT_CHANNELS,
+    AutomaticSession,
     Box,
     Point,
     Session,
@@ -188,12 +189,15 @@ def _plan() -> dict:
     return plan_dataset(fingerprint, ["CT"], 2).to_dict()
 
 
-def _bundle(folder, channels: int, extra: dict):
+def _bundle(folder, channels: int, extra: dict, classes=("tumour",)):
     torch.manual_seed(0)
-    model = create_model("tsfm-tiny", in_channels=channels, num_classes=1, patch_size=PATCH)
+    model = create_model(
+        "tsfm-tiny", in_channels=channels, num_classes=len(classes), patch_size=PATCH
+    )
     modalities = ["CT", *PROMPT_CHANNELS][:channels]
     plan = {"datasets": {"ct_site": _plan()}}
-    return save_bundle(folder, model.eval(), ["tumour"], modalities, "tsfm-tiny", plan, extra=extra)
+    return save_bundle(folder, model.eval(), list(classes), modalities, "tsfm-tiny", plan,
+                       extra=extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +277,28 @@ def test_a_prompt_changes_the_mask_only_in_its_window(promptable, tmp_path):
     assert (session.mask >= first).all() and session.mask.sum() > 1.8 * first.sum()
 
 
-def test_masks_prompts_and_bundles_that_are_refused(promptable, tmp_path):
+def test_an_automatic_bundle_answers_once_and_each_click_is_honoured(tmp_path):
     plain = _bundle(tmp_path / "plain", 1, {})
-    refused = "not promptable; make one with `tumorfm finetune --promptable`"
-    with pytest.raises(TumorFMError, match=refused):
-        Session.from_bundle(plain, device="cpu")
+    image = sitk.ReadImage(str(CT))
+    session = _session(plain, image)
+    assert isinstance(session, AutomaticSession) and session.object_class == "tumour"
+    own = session.mask.copy()  # before any prompt: the network's own answer
+    missed = tuple(np.argwhere(~own)[len(own) // 2])  # a voxel the network left out
+    session.add_point(missed)
+    assert session.mask[missed] and session.seconds < 1.0  # no forward: local thresholds
+    session.add_point(missed, positive=False)  # changed its mind: the same voxel, negative
+    assert not session.mask[missed]
+    lo, hi = session.window  # a click may change the mask anywhere (it selects its object)
+    assert np.allclose(lo, 0) and np.allclose(hi, own.shape, atol=1)
+    session.reset()
+    assert np.array_equal(session.mask, own) and session.points == []
+    two = _bundle(tmp_path / "two", 1, {}, classes=["tumour", "organ"])
+    with pytest.raises(TumorFMError, match="predicts tumour, organ; name the object's class"):
+        Session.from_bundle(two, device="cpu")
+    assert Session.from_bundle(two, device="cpu", object_class="organ").object_class == "organ"
+
+
+def test_masks_and_prompts_that_are_refused(promptable, tmp_path):
     session = _session(promptable, sitk.ReadImage(str(CT)))
     with pytest.raises(TumorFMError, match="negative point .* needs something to correct"):
         session.add_point((10, 10, 10), positive=False)

@@ -35,16 +35,19 @@ def _plan() -> dict:  # as tests/test_interactive.py
     return plan_dataset(fingerprint, ["CT"], 2).to_dict()
 
 
-def _bundle(folder, channels: int, extra: dict, bias: float | None = None):
+def _bundle(folder, channels: int, extra: dict, bias: float | None = None, classes=("tumour",)):
     torch.manual_seed(0)
-    model = create_model("tsfm-tiny", in_channels=channels, num_classes=1, patch_size=PATCH)
+    model = create_model(
+        "tsfm-tiny", in_channels=channels, num_classes=len(classes), patch_size=PATCH
+    )
     if bias is not None:  # a head that answers `bias` everywhere
         with torch.no_grad():
             model.head.weight.zero_()
             model.head.bias.fill_(bias)
     modalities = ["CT", *PROMPT_CHANNELS][:channels]
     plan = {"datasets": {"ct_site": _plan()}}
-    return save_bundle(folder, model.eval(), ["tumour"], modalities, "tsfm-tiny", plan, extra=extra)
+    return save_bundle(folder, model.eval(), list(classes), modalities, "tsfm-tiny", plan,
+                       extra=extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,7 @@ def bundles(tmp_path_factory) -> dict:
         "promptable": _bundle(root / "promptable", 1 + len(PROMPT_CHANNELS), promptable),
         "nothing": _bundle(root / "nothing", 1 + len(PROMPT_CHANNELS), promptable, bias=-10.0),
         "plain": _bundle(root / "plain", 1, {}),
+        "two": _bundle(root / "two", 1, {}, classes=["tumour", "organ"]),
     }
 
 
@@ -184,6 +188,17 @@ def test_a_given_mask_is_kept_outside_the_window(bundles, tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(alone))), labels > 0)
 
 
+def test_an_automatic_bundle_refines_its_own_answer(bundles, tmp_path):
+    out = tmp_path / "out"
+    result = _refine(bundles["plain"], out, "--point", "15,50,60", "--point", "15,52,60:neg",
+                     *FP32)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{CASE}.nii.gz")))
+    record = json.loads((out / f"{CASE}_refine.json").read_text())
+    assert record["settings"]["mode"].startswith("automatic") and refined[15, 50, 60] == 1
+    assert refined[15, 52, 60] == 0 and record["settings"]["object_class"] == "tumour"
+
+
 BAD = [
     ([], "nothing to do: give a --point, a --box or a --mask"),
     (["--point", "1,2"], "--point 1,2: expected 3 numbers Z,Y,X"),
@@ -201,8 +216,10 @@ BAD = [
     (["--point", "15,50,60", "--mask", "{shifted}"], "shifted.nii.gz: its origin differ(s)"),
     (["--point", "15,50,60", "--mask", "{smaller}"], "its size differ(s) from the scan's"),
     (["--mask", "{empty}", "--mask-label", "4"], "no voxel has label 4"),
-    (["--point", "15,50,60", "-m", "{plain}"], "not promptable"),
-    (["--point", "15,50,60", "-i", "{two}"], "2 scans"),
+    (["--point", "15,50,60", "-m", "{two}"], "predicts tumour, organ; name the object's class"),
+    (["--point", "15,50,60", "-m", "{plain}", "--class", "liver"],
+     "class 'liver' is not in the bundle; it has tumour"),
+    (["--point", "15,50,60", "-i", "{scans}"], "2 scans"),
     (["--point", "15,50,60", "-o", "{txt}"], "not a folder or a label map's name"),
 ]  # fmt: skip
 
@@ -223,7 +240,8 @@ def test_bad_input_is_one_line_and_writes_nothing(bundles, tmp_path, args, messa
         "smaller": tmp_path / "small.nrrd",
         "empty": _label_map(tmp_path / "empty.nii.gz", np.zeros((30, 101, 122))),
         "plain": bundles["plain"],
-        "two": two,
+        "two": bundles["two"],
+        "scans": two,
         "txt": tmp_path / "out" / "result.txt",
     }  # fmt: skip
     args = [a.format(**files) if a.startswith("{") else a for a in args]

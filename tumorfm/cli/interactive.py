@@ -203,7 +203,15 @@ def refine(
     input: Annotated[
         Path, typer.Option("--input", "-i", help="One scan file (or a DICOM series folder).")
     ],
-    bundle: Annotated[Path, typer.Option("--model", "-m", help="Promptable model bundle.")],
+    bundle: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model bundle: a promptable one (each prompt a forward) or an automatic one "
+            "(its answer once, each prompt a local threshold on it).",
+        ),
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Label map file (.nii.gz, ...) or folder.")
     ],
@@ -234,13 +242,17 @@ def refine(
         bool, typer.Option(help="Coordinates are millimetres in patient space (x, y, z).")
     ] = False,
     plan: Annotated[str | None, typer.Option(help="Dataset plan of a pool bundle.")] = None,
+    object_class: Annotated[
+        str | None,
+        typer.Option("--class", help="The object, when an automatic bundle's plan has several."),
+    ] = None,
     device: Annotated[
         str, typer.Option(help="auto (cuda, else mps, else cpu), cpu, cuda or mps.")
     ] = "auto",
     precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
 ) -> None:
-    """Refine a segmentation with clicks and boxes (in command-line order) on a promptable
-    bundle; writes the label map (0/1, the scan's geometry) and a <stem>_refine.json record."""
+    """Refine a segmentation with clicks and boxes (in command-line order) on a bundle; writes
+    the label map (0/1, the scan's geometry) and a <stem>_refine.json record."""
     points, boxes = point or [], box or []
     prompts = _parse_prompts(points, boxes, ctx.meta.get(ORDER, []), world)
     if not prompts and mask is None:
@@ -255,7 +267,7 @@ def refine(
     from tumorfm.files import write_json
     from tumorfm.infer.inputs import list_inputs, load_scan
     from tumorfm.infer.predictor import choose_plan
-    from tumorfm.interactive import POINT_RADIUS_MM, Session
+    from tumorfm.interactive import POINT_RADIUS_MM, AutomaticSession, Session
     from tumorfm.model.bundle import bundle_folder, read_bundle_config
 
     scans = list_inputs(input)
@@ -266,7 +278,10 @@ def refine(
     label_path = _target(out, scan.case_id)
     if any(label_path.resolve() == Path(f).resolve() for f in scan.files):
         raise TumorFMError(f"{label_path}: is the scan itself; give another output")
-    session = Session.from_bundle(bundle, device=device, plan=plan, precision=precision)
+    session = Session.from_bundle(
+        bundle, device=device, plan=plan, precision=precision, object_class=object_class
+    )
+    automatic = isinstance(session, AutomaticSession)
     folder = bundle_folder(bundle)
     plan_name = choose_plan(read_bundle_config(folder), plan, folder)[0]
     image, geometry = load_scan(scan, len(session.plan.normalization_schemes))
@@ -315,6 +330,10 @@ def refine(
             "bundle": str(bundle),
             "bundle_folder": str(folder),
             "plan": plan_name,
+            "mode": "automatic: the network once, prompts as local thresholds"
+            if automatic
+            else "promptable: one forward per prompt",
+            "object_class": session.object_class if automatic else None,
             "patch_size": list(session.patch_size),
             "target_spacing_zyx": list(session.plan.target_spacing_zyx),
             "point_radius_mm": POINT_RADIUS_MM,

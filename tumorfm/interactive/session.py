@@ -31,7 +31,8 @@ from tumorfm.data.orient import Orientation
 from tumorfm.data.plan import Plan
 from tumorfm.data.resample import resample_probabilities
 from tumorfm.errors import TumorFMError
-from tumorfm.infer.predictor import choose_device, choose_plan
+from tumorfm.infer.predictor import Predictor, choose_device, choose_plan
+from tumorfm.interactive import local
 from tumorfm.interactive.prompts import (
     POINT_RADIUS_MM,
     PROMPT_CHANNELS,
@@ -86,6 +87,13 @@ class IndexMap:
         hi = [(e - b) * f for e, (b, _), f in zip(self._axial(hi_zyx), bbox, scale)]
         return tuple(lo), tuple(hi)
 
+    def to_cropped(self, zyx) -> Triple:
+        """A stored scan's voxel index -> the index on its axial, cropped grid (not resampled)."""
+        return tuple(c - lo for c, (lo, _) in zip(self._axial(zyx), self.grid.bbox))
+
+    def edges_to_cropped(self, lo_zyx, hi_zyx) -> tuple[Triple, Triple]:
+        return self.to_cropped(lo_zyx), self.to_cropped(hi_zyx)
+
     def edges_to_scan(self, lo_zyx, hi_zyx) -> tuple[Triple, Triple]:
         scale, bbox = self._scale(), self.grid.bbox
         lo = [e / f + b for e, (b, _), f in zip(lo_zyx, bbox, scale)]
@@ -127,17 +135,21 @@ class Session:
     @classmethod
     def from_bundle(
         cls, bundle: str | Path, device: str = "auto", plan: str | None = None,
-        precision: str = "auto",
+        precision: str = "auto", object_class: str | None = None,
     ) -> Session:  # fmt: skip
-        """A promptable bundle (folder or shipped name) with its plan `plan` (or its only one);
-        any other bundle is refused with one line."""
+        """A bundle (folder or shipped name) with its plan `plan` (or its only one): a promptable
+        one answers each prompt with a forward; an automatic one gives an AutomaticSession
+        (`object_class`: which of its classes is the object, when the plan has several)."""
         folder = bundle_folder(bundle)
         meta = read_bundle_config(folder)
         channels = (meta.get("extra") or {}).get("prompt_channels")
         if channels is None:
-            raise TumorFMError(
-                f"{folder}: not promptable; make one with `tumorfm finetune --promptable`"
-            )
+            from tumorfm.infer.predictor import PredictOptions, Predictor
+
+            classes = [object_class] if object_class else None
+            options = PredictOptions(plan, classes, mirror=False, device=device,
+                                     precision=precision)  # fmt: skip
+            return AutomaticSession(Predictor.from_bundle(folder, options))
         if list(channels) != list(PROMPT_CHANNELS):
             raise TumorFMError(
                 f"{folder / CONFIG}: prompt channels {channels}; this tumorfm encodes "
@@ -234,9 +246,13 @@ class Session:
         if self._mask is None:
             grid = self._map.grid
             full = np.zeros(grid.shape_before_cropping, bool)
-            full[grid.region] = grid.back(self._probability) >= 0.5
+            full[grid.region] = self._cropped_mask()
             self._mask = np.ascontiguousarray(self._map.orientation.back(full))
         return self._mask
+
+    def _cropped_mask(self) -> np.ndarray:
+        """The mask on the scan's axial, cropped grid: the plan grid's probabilities, back."""
+        return self._map.grid.back(self._probability) >= 0.5
 
     @property
     def window(self) -> tuple[Triple, Triple] | None:
@@ -305,3 +321,64 @@ class Session:
         self._probability[window] = probability[tuple(slice(0, s) for s in shape)]
         self._window, self._mask = window, None
         self.seconds = time.perf_counter() - timer
+
+
+class AutomaticSession(Session):
+    """Prompts on an automatic bundle: its network runs once per scan (`predict`'s sliding
+    window, no mirroring, brought back to the scan's grid), and each prompt then refines those
+    probabilities by local thresholds (tumorfm.interactive.local) at the scan's own resolution,
+    with no forward at all: a click answers in a fraction of a second, and every click is
+    honoured. Before any prompt the mask is the network's own; a prompt may change it anywhere
+    (a positive click selects its object), so `window` is the whole scan."""
+
+    def __init__(self, predictor: Predictor):
+        if len(predictor.channels) != 1:
+            raise TumorFMError(
+                f"{predictor.source}: plan '{predictor.plan_name}' predicts "
+                f"{', '.join(predictor.labels)}; name the object's class (refine --class)"
+            )
+        super().__init__(
+            predictor.network, predictor.plan, patch_size=predictor.patch_size,
+            device=str(predictor.device), precision=predictor.options.precision,
+        )  # fmt: skip
+        self.predictor, self.object_class = predictor, next(iter(predictor.labels))
+        self._network: tuple[np.ndarray, np.ndarray] | None = None  # plan grid, scan grid
+
+    def set_image(self, image: np.ndarray, geometry: Geometry) -> None:
+        self._network = None
+        super().set_image(image, geometry)
+        timer = time.perf_counter()
+        answer = self.predictor.sliding_window(self._image, "network")[0]
+        self._network = (answer, self._map.grid.back(answer))
+        self._spacing = self._map.orientation.spacing_zyx(geometry)
+        self.reset()
+        self.seconds = time.perf_counter() - timer
+
+    def reset(self) -> None:
+        """No prompts: the network's own mask."""
+        super().reset()
+        self._refined: np.ndarray | None = None
+        if self._network is not None:
+            self._probability, self._scan = (a.copy() for a in self._network)
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Start from `mask` instead of the network's answer: prompts then refine the mask."""
+        super().set_mask(mask)
+        grid = self._map.grid
+        self._scan = self._map.orientation.to_axial(mask)[grid.region].astype(np.float32)
+
+    def _predict(self, newest) -> None:
+        timer = time.perf_counter()
+        index = self._map
+        points = [Point(index.to_cropped(p.zyx), p.positive) for p in self.points]
+        boxes = [
+            Box(*index.edges_to_cropped(b.lo_zyx, b.hi_zyx), positive=b.positive)
+            for b in self.boxes
+        ]
+        self._refined = local.refine(self._scan, points, boxes, self._spacing)
+        self._window = tuple(slice(0, n) for n in self._probability.shape)
+        self._mask = None
+        self.seconds = time.perf_counter() - timer
+
+    def _cropped_mask(self) -> np.ndarray:
+        return self._scan >= 0.5 if self._refined is None else self._refined

@@ -1,0 +1,63 @@
+"""Clicks as local thresholds (tumorfm.interactive.local): every click is honoured, reaches no
+further than it should, and a positive click selects its object."""
+
+import numpy as np
+
+from tumorfm.interactive.local import REACH_MM, refine
+from tumorfm.interactive.prompts import Box, Point
+
+SHAPE = (20, 60, 60)
+
+
+def _ball(centre, radius, shape=SHAPE):
+    grid = np.indices(shape)
+    return np.linalg.norm(grid - np.reshape(centre, (3, 1, 1, 1)), axis=0) <= radius
+
+
+def _probability():
+    """A confident tumour (0.9) with a doubtful rim (0.4) and, far off, a false alarm (0.8)."""
+    p = np.full(SHAPE, 0.05, np.float32)
+    p[_ball((10, 30, 30), 9)] = 0.4
+    p[_ball((10, 30, 30), 6)] = 0.9
+    p[_ball((10, 8, 52), 3)] = 0.8
+    return p
+
+
+def test_no_prompt_is_the_networks_mask():
+    p = _probability()
+    assert np.array_equal(refine(p, []), p >= 0.5)
+
+
+def test_a_positive_click_on_a_doubtful_voxel_takes_what_is_as_likely():
+    p = _probability()
+    mask = refine(p, [Point((10, 30, 38))])  # on the 0.4 rim
+    assert mask[10, 30, 38] and (mask == _ball((10, 30, 30), 9)).all()  # rim and core: the object
+    assert not mask[10, 8, 52]  # the false alarm is not the object pointed at
+
+
+def test_a_negative_click_removes_the_doubtful_part_only_and_stops_midway():
+    p = _probability()
+    p[_ball((10, 30, 30), 9) & ~_ball((10, 30, 30), 6)] = 0.6  # the rim now over 0.5
+    first = Point((10, 30, 30))
+    mask = refine(p, [first, Point((10, 30, 38), positive=False)])
+    assert not mask[10, 30, 38] and mask[_ball((10, 30, 30), 6)].all()  # core kept
+    assert mask[10, 30, 22]  # the rim beyond the core: nearer the positive click, kept
+    assert not mask[10, 8, 52]
+
+
+def test_a_click_where_the_network_sees_nothing_adds_a_ball_and_reach_is_bounded():
+    p = np.full(SHAPE, 0.0, np.float32)
+    mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(3.0, 1.0, 1.0))
+    assert mask[10, 30, 30] and 0 < mask.sum() < _ball((10, 30, 30), 5).sum()
+    p[:] = 0.3  # a flat field: the click grows no further than its reach
+    mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(1.0, 1.0, 1.0))
+    far = np.linalg.norm(np.argwhere(mask) - [10, 30, 30], axis=1).max()
+    assert mask[10, 30, 30] and far <= REACH_MM
+
+
+def test_boxes_keep_the_inside_and_negative_boxes_erase_it():
+    p = _probability()
+    mask = refine(p, [], [Box((0, 20, 20), (20, 40, 40))])
+    assert mask[10, 30, 30] and not mask[10, 8, 52]
+    mask = refine(p, [], [Box((0, 0, 45), (20, 20, 60), positive=False)])
+    assert mask[10, 30, 30] and not mask[10, 8, 52]
