@@ -22,6 +22,34 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription of the cores
 
 
+PROMPT_PATCH = (16, 32, 32)  # the tiny bundles of the interactive tests
+
+
+def ct_bundle(folder, channels: int, extra: dict, bias=None, classes=("tumour",)) -> Path:
+    """A tsfm-tiny bundle with random weights for the 3 mm CT case (plan 'ct_site'): `channels`
+    = the CT plus that many of the prompt channels; `bias`: a head answering it everywhere."""
+    from tumorfm.data.fingerprint import DatasetFingerprint
+    from tumorfm.data.plan import plan_dataset
+    from tumorfm.interactive import PROMPT_CHANNELS
+    from tumorfm.model import create_model
+    from tumorfm.model.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = create_model(
+        "tsfm-tiny", in_channels=channels, num_classes=len(classes), patch_size=PROMPT_PATCH
+    )
+    if bias is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.fill_(bias)
+    ct = {"mean": 40.0, "std": 200.0, "percentile_00_5": -500.0, "percentile_99_5": 800.0}
+    fingerprint = DatasetFingerprint([(4.0, 3.0, 3.0)] * 3, [(40, 80, 80)] * 3, [ct], 1.0)
+    plan = {"datasets": {"ct_site": plan_dataset(fingerprint, ["CT"], 2).to_dict()}}
+    modalities = ["CT", *PROMPT_CHANNELS][:channels]
+    return save_bundle(folder, model.eval(), list(classes), modalities, "tsfm-tiny", plan,
+                       extra=extra)  # fmt: skip
+
+
 @pytest.fixture
 def sarcoma(tmp_path) -> Path:
     """A writable copy of the real sarcoma CT cases (nnU-Net layout), for tests that damage it."""

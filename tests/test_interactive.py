@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import CASES
+from conftest import CASES, PROMPT_PATCH, ct_bundle
 
-from tumorfm.data.fingerprint import DatasetFingerprint
 from tumorfm.data.io import Geometry
 from tumorfm.data.orient import Orientation
-from tumorfm.data.plan import plan_dataset
 from tumorfm.errors import TumorFMError
 from tumorfm.interactive import (
     PROMPT_CHANNELS,
@@ -25,11 +23,8 @@ from tumorfm.interactive import (
     from_world,
     simulate_clicks,
 )
-from tumorfm.model import create_model
-from tumorfm.model.bundle import save_bundle
 
 CT = CASES / "totalseg_example_ct_sm.nii.gz"  # 30 x 101 x 122 voxels of 3 mm
-PATCH = (16, 32, 32)
 SAGITTAL = [2, 0, 1]  # sitk.PermuteAxes order: the same patient space, stored sagittally
 
 
@@ -183,27 +178,10 @@ def test_simulated_clicks_improve_an_oracle_grower_monotonically():
         assert scores == simulate_clicks(grow, target, 12, np.random.default_rng(0), first)
 
 
-def _plan() -> dict:
-    ct = {"mean": 40.0, "std": 200.0, "percentile_00_5": -500.0, "percentile_99_5": 800.0}
-    fingerprint = DatasetFingerprint([(4.0, 3.0, 3.0)] * 3, [(40, 80, 80)] * 3, [ct], 1.0)
-    return plan_dataset(fingerprint, ["CT"], 2).to_dict()
-
-
-def _bundle(folder, channels: int, extra: dict, classes=("tumour",)):
-    torch.manual_seed(0)
-    model = create_model(
-        "tsfm-tiny", in_channels=channels, num_classes=len(classes), patch_size=PATCH
-    )
-    modalities = ["CT", *PROMPT_CHANNELS][:channels]
-    plan = {"datasets": {"ct_site": _plan()}}
-    return save_bundle(folder, model.eval(), list(classes), modalities, "tsfm-tiny", plan,
-                       extra=extra)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def promptable(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundle") / "promptable"
-    return _bundle(folder, 1 + len(PROMPT_CHANNELS), {"prompt_channels": list(PROMPT_CHANNELS)})
+    return ct_bundle(folder, 1 + len(PROMPT_CHANNELS), {"prompt_channels": list(PROMPT_CHANNELS)})
 
 
 def _session(bundle, image: sitk.Image) -> Session:
@@ -231,7 +209,7 @@ def test_a_sagittally_stored_scan_gets_the_same_mask_for_the_same_physical_promp
         assert np.allclose(voxel, stored(zyx), atol=1e-4)
         a.add_point(zyx, positive)
         s.add_point(np.round(voxel), positive)
-        print(f"click answered in {s.seconds * 1000:.0f} ms (tsfm-tiny, one {PATCH} window)")
+        print(f"click answered in {s.seconds * 1000:.0f} ms (tsfm-tiny, one {PROMPT_PATCH} window)")
     a.add_box((10, 30, 40), (18, 60, 80), positive=True)
     s.add_box(stored((10, 30, 40)), stored((18, 60, 80)), positive=True)
     assert a.mask.shape == (30, 101, 122) and s.mask.shape == sagittal.GetSize()[::-1]
@@ -278,7 +256,7 @@ def test_a_prompt_changes_the_mask_only_in_its_window(promptable, tmp_path):
 
 
 def test_an_automatic_bundle_answers_once_and_each_click_is_honoured(tmp_path):
-    plain = _bundle(tmp_path / "plain", 1, {})
+    plain = ct_bundle(tmp_path / "plain", 1, {})
     image = sitk.ReadImage(str(CT))
     session = _session(plain, image)
     assert isinstance(session, AutomaticSession) and session.object_class == "tumour"
@@ -292,7 +270,7 @@ def test_an_automatic_bundle_answers_once_and_each_click_is_honoured(tmp_path):
     assert np.allclose(lo, 0) and np.allclose(hi, own.shape, atol=1)
     session.reset()
     assert np.array_equal(session.mask, own) and session.points == []
-    two = _bundle(tmp_path / "two", 1, {}, classes=["tumour", "organ"])
+    two = ct_bundle(tmp_path / "two", 1, {}, classes=["tumour", "organ"])
     with pytest.raises(TumorFMError, match="predicts tumour, organ; name the object's class"):
         Session.from_bundle(two, device="cpu")
     assert Session.from_bundle(two, device="cpu", object_class="organ").object_class == "organ"

@@ -7,19 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-from conftest import CASES, assert_one_line_error, run_cli
+from conftest import CASES, assert_one_line_error, ct_bundle, run_cli
 
-from tumorfm.data.fingerprint import DatasetFingerprint
 from tumorfm.data.io import Geometry
-from tumorfm.data.plan import plan_dataset
 from tumorfm.interactive import PROMPT_CHANNELS, Session
-from tumorfm.model import create_model
-from tumorfm.model.bundle import save_bundle
 
 CT = CASES / "totalseg_example_ct_sm.nii.gz"  # 30 x 101 x 122 voxels of 3 mm, x and y flipped
 CASE = "totalseg_example_ct_sm"
-PATCH = (16, 32, 32)
 # (option, text as typed, the same prompt for the Session: zyx or half-open lo/hi, positive)
 PROMPTS = [
     ("--point", "15,50,60", ((15, 50, 60),), True),
@@ -29,27 +23,6 @@ PROMPTS = [
 FP32 = ("--device", "cpu", "--precision", "fp32")
 
 
-def _plan() -> dict:  # as tests/test_interactive.py
-    ct = {"mean": 40.0, "std": 200.0, "percentile_00_5": -500.0, "percentile_99_5": 800.0}
-    fingerprint = DatasetFingerprint([(4.0, 3.0, 3.0)] * 3, [(40, 80, 80)] * 3, [ct], 1.0)
-    return plan_dataset(fingerprint, ["CT"], 2).to_dict()
-
-
-def _bundle(folder, channels: int, extra: dict, bias: float | None = None, classes=("tumour",)):
-    torch.manual_seed(0)
-    model = create_model(
-        "tsfm-tiny", in_channels=channels, num_classes=len(classes), patch_size=PATCH
-    )
-    if bias is not None:  # a head that answers `bias` everywhere
-        with torch.no_grad():
-            model.head.weight.zero_()
-            model.head.bias.fill_(bias)
-    modalities = ["CT", *PROMPT_CHANNELS][:channels]
-    plan = {"datasets": {"ct_site": _plan()}}
-    return save_bundle(folder, model.eval(), list(classes), modalities, "tsfm-tiny", plan,
-                       extra=extra)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict:
     root, promptable = (
@@ -57,10 +30,10 @@ def bundles(tmp_path_factory) -> dict:
         {"prompt_channels": list(PROMPT_CHANNELS)},
     )
     return {
-        "promptable": _bundle(root / "promptable", 1 + len(PROMPT_CHANNELS), promptable),
-        "nothing": _bundle(root / "nothing", 1 + len(PROMPT_CHANNELS), promptable, bias=-10.0),
-        "plain": _bundle(root / "plain", 1, {}),
-        "two": _bundle(root / "two", 1, {}, classes=["tumour", "organ"]),
+        "promptable": ct_bundle(root / "promptable", 1 + len(PROMPT_CHANNELS), promptable),
+        "nothing": ct_bundle(root / "nothing", 1 + len(PROMPT_CHANNELS), promptable, bias=-10.0),
+        "plain": ct_bundle(root / "plain", 1, {}),
+        "two": ct_bundle(root / "two", 1, {}, classes=["tumour", "organ"]),
     }
 
 
