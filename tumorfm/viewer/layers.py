@@ -57,7 +57,9 @@ class Scene:
         return {"origin": list(self.grid.origin), "inverse": np.linalg.inv(axes).tolist()}
 
 
-def _nifti(image: sitk.Image) -> bytes:
+def nifti_bytes(image: sitk.Image) -> bytes:
+    """A volume as gzipped NIfTI-1 bytes, as the page loads it."""
+    """A volume as gzipped NIfTI-1 bytes, as the page loads it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "layer.nii.gz"
         sitk.WriteImage(image, str(path), useCompression=True)
@@ -133,7 +135,7 @@ def read_scene(
             f"{_name(scan)} shrunk from {'x'.join(map(str, volume.geometry.size))} to "
             f"{'x'.join(map(str, image.GetSize()))} voxels (factors {factors}, x y z) for this page"
         )
-    scan_layer = Layer(_name(scan), _nifti(image), window=_window(volume.array))
+    scan_layer = Layer(_name(scan), nifti_bytes(image), window=_window(volume.array))
     scene = Scene([scan_layer], volume.geometry, note)
     for index, path in enumerate(map(Path, label_maps)):
         labels = read_volume(path)
@@ -164,5 +166,7 @@ def _label_layer(path: Path, array: np.ndarray, geometry: Geometry, scan: Geomet
     if shown.GetSize() != tuple(geometry.size):  # the scan was shrunk: the voxel at each centre
         image = sitk.Resample(image, shown, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         array = sitk.GetArrayFromImage(image)
-    layer = Layer(_name(path), _nifti(image), _classes(path, values), statistics=_statistics(path))
+    layer = Layer(
+        _name(path), nifti_bytes(image), _classes(path, values), statistics=_statistics(path)
+    )
     return layer, array

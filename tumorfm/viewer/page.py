@@ -36,10 +36,15 @@ def _tables(layers: list[Layer]) -> str:
     return "\n".join(parts)
 
 
-def page(scene: Scene, title: str, embed: bool, script_inside: bool | None = None) -> str:
+def page(
+    scene: Scene, title: str, embed: bool, script_inside: bool | None = None,
+    refine: int | None = None,
+) -> str:  # fmt: skip
     """The page's HTML; `embed` puts the volumes inside it, and the script unless
-    `script_inside` is False (pages sharing one copy of NiiVue beside them)."""
+    `script_inside` is False (pages sharing one copy of NiiVue beside them); `refine`: the
+    index of the layer a served page refines with clicks (tumorfm.viewer.refine)."""
     config = {
+        "refine": refine,
         "view": VIEW,
         "opacity": OPACITY,
         "note": scene.note,
