@@ -192,6 +192,7 @@ BAD = [
     (["--point", "15,50,60", "-m", "{two}"], "predicts tumour, organ; name the object's class"),
     (["--point", "15,50,60", "-m", "{plain}", "--class", "liver"],
      "class 'liver' is not in the bundle; it has tumour"),
+    (["--point", "15,50,60", "--class", "tumour"], "promptable, one object per prompt"),
     (["--point", "15,50,60", "-i", "{scans}"], "2 scans"),
     (["--point", "15,50,60", "-o", "{txt}"], "not a folder or a label map's name"),
 ]  # fmt: skip

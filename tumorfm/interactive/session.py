@@ -150,6 +150,11 @@ class Session:
             options = PredictOptions(plan, classes, mirror=False, device=device,
                                      precision=precision)  # fmt: skip
             return AutomaticSession(Predictor.from_bundle(folder, options))
+        if object_class is not None:
+            raise TumorFMError(
+                f"{folder}: promptable, one object per prompt; a class is chosen only on an "
+                f"automatic bundle (drop '{object_class}')"
+            )
         if list(channels) != list(PROMPT_CHANNELS):
             raise TumorFMError(
                 f"{folder / CONFIG}: prompt channels {channels}; this tumorfm encodes "
