@@ -112,7 +112,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
     held = sorted({len(st["validation_cases"]) for st in r["studies"].values()})
     lines = [
         f"Sarcoma CT, {'/'.join(map(str, held))} held-out cases per split, {len(r['studies'])} "
-        f"seeds (each its own split and initialisation), {s['config']} plan, patch "
+        f"seed(s) (each its own split and initialisation), {s['config']} plan, patch "
         f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
         f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; {_cpu(r)}; "
         f"`{_transfer_command(r)}`. Mean +- standard deviation over seeds.",
@@ -127,6 +127,16 @@ def transfer_seeds_table(r: dict) -> list[str]:
             f"| {arm} | {iterations} | {_over_seeds(row['mean_dice'])} | "
             f"{_over_seeds(row['sarcoma_hd95'], 1)} | {_over_seeds(row['sarcoma_nsd'])} |"
         )
+    measured = sorted(int(k) for k in (r.get("nnunet") or {}))
+    missing = [int(k) for k in r["studies"] if int(k) not in measured]
+    if missing:
+        lines += [
+            "",
+            f"nnU-Net v2 on the same splits ({s.get('factor', 10)}x the smallest budget's "
+            f"iterations): "
+            f"not measured yet for seed(s) {', '.join(map(str, sorted(missing)))} (the same "
+            f"command without `--skip-nnunet` adds it; about 100 minutes a seed on this CPU).",
+        ]
     gap = t["pretrained_minus_scratch_at_smallest_budget"]
     lines += [
         "",

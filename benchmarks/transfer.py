@@ -26,9 +26,11 @@ larger than the spread of the paired differences; and at least nnU-Net v2's Dice
 iterations. `--full` runs nnU-Net's own patch at full resolution and the paper's budgets, for a
 GPU (`--device cuda`).
 
-Run from the repository root in the benchmark environment (hours with the defaults on 2 CPUs;
-finished runs and nnU-Net trainings are reused, and every seed is written to the results file as
-it ends and kept by a later run of the same settings, so the seeds can span sessions):
+Run from the repository root in the benchmark environment. Every seed's study runs first, then
+nnU-Net on each seed's split (about 100 minutes a seed on 2 CPUs: its data augmentation, not its
+network, sets the pace); each step is written to the results file as it ends, with the seed's
+split, and a later run of the same settings keeps what is recorded, so the seeds and the nnU-Net
+rows can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).
 """
@@ -39,6 +41,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from importlib.metadata import version
@@ -69,6 +72,7 @@ from .nnunet_peer import (
     raw_and_planned,
     write_bench_plans,
 )
+from .scoring import evaluated
 from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
@@ -149,6 +153,28 @@ def transfer_study(args, work: Path, seed: int, reference: Path | None) -> dict:
     return {"command": " ".join(command), "wall_seconds": process["wall_seconds"], **study}
 
 
+def nnunet_row(args, work: Path, seed: int, reference: dict) -> dict:
+    """nnU-Net's predictions of the seed's held-out cases scored as the study scores its rows
+    (`tumorfm evaluate`; Dice and NSD means, HD95 median), apart from the study's work folder."""
+    split = reference["split"]
+    labels = work / "nnunet" / f"labels-seed{seed}"
+    shutil.rmtree(labels, ignore_errors=True)
+    labels.mkdir(parents=True)
+    source = args.data / SARCOMA
+    for case in split["val"]:
+        (labels / f"{case}.nii.gz").symlink_to((source / "labelsTr" / f"{case}.nii.gz").resolve())
+    shutil.copy(source / "dataset.json", labels / "dataset.json")
+    predictions = Path(reference["predictions"])
+    metrics = evaluated(predictions, labels, work / "nnunet" / f"evaluate-seed{seed}.log",
+                        tumorfm=[str(args.tumorfm)], timeout=args.timeout)  # fmt: skip
+    row = {"arm": "nnunet", "epochs": None, "iterations": None}
+    for name, aggregate in metrics["aggregates"].items():
+        row |= {f"{name}_dice": aggregate["dice"]["mean"], f"{name}_hd95":
+                aggregate["hd95"]["median"], f"{name}_nsd": aggregate["nsd"]["mean"]}  # fmt: skip
+    row["mean_dice"] = statistics.fmean(v for k, v in row.items() if k.endswith("_dice"))
+    return row
+
+
 def study_split(work: Path, seed: int, budget: int) -> tuple[dict, list[float] | None]:
     """A seed's split (train/val case ids) and the lowres target spacing it was planned at."""
     run_folder = work / f"study-seed{seed}" / f"pretrained-{budget}"
@@ -219,11 +245,12 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
         "train_peak_mb": train.get("peak_tree_pss_mb"),
         "predict_seconds": predict["wall_seconds"],
         "predictions": str(predictions),
+        "split": split,
     }
 
 
 SAME_RUN = ("model", "patch", "config", "batch", "iterations", "budgets", "factor",
-            "pretrain_epochs", "phantom_cases", "skip_nnunet", "full", "device")  # fmt: skip
+            "pretrain_epochs", "phantom_cases", "full", "device")  # fmt: skip
 
 
 def recorded(out: Path, args) -> dict:
@@ -334,23 +361,33 @@ def main() -> None:
     studies, references = dict(before.get("studies", {})), dict(before.get("nnunet") or {})
     rows_per_seed = dict(before.get("rows_per_seed", {}))
     pretrained = dict(before.get("pretrain_per_seed", {}))
-    for seed in args.seeds:
-        if seed in rows_per_seed:
-            print(f"seed {seed}: recorded in {args.out}, kept (--fresh measures it again)")
-            continue
-        pretrained[seed] = pretrain(args, work)
-        studies[seed] = transfer_study(args, work, seed, None)
-        if not args.skip_nnunet:  # the seed's split, nnU-Net at tumorfm's lowres spacing
-            split, spacing = study_split(work, seed, min(args.budgets))
-            params = parameter_count(args.model, args.patch)
-            references[seed] = nnunet(args, work, split, seed, params, spacing)
-            predictions = Path(references[seed]["predictions"])
-            studies[seed] = transfer_study(args, work, seed, predictions)
-        rows_per_seed[seed] = studies[seed].pop("rows")
+
+    def write() -> None:  # after every step: a session may end at any point
         result = summarise(args, load_before, pretrained, studies, references, rows_per_seed)
         result["session_seconds"] = round(time.perf_counter() - started, 1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every seed
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    order = args.seeds if args.skip_nnunet else [*args.seeds, *args.seeds]
+    for turn, seed in enumerate(order):  # every seed's studies first, then nnU-Net on each
+        if turn < len(args.seeds):
+            if seed in rows_per_seed:
+                print(f"seed {seed}: recorded in {args.out}, kept (--fresh measures it again)")
+                continue
+            pretrained[seed] = pretrain(args, work)
+            studies[seed] = transfer_study(args, work, seed, None)
+            split, spacing = study_split(work, seed, min(args.budgets))
+            studies[seed] |= {"split": split, "lowres_spacing_zyx": spacing}
+            rows_per_seed[seed] = studies[seed].pop("rows")
+        elif seed not in references:  # the seed's split, nnU-Net at tumorfm's lowres spacing
+            study = studies[seed]
+            params = parameter_count(args.model, args.patch)
+            references[seed] = nnunet(args, work, study["split"], seed, params,
+                                      study["lowres_spacing_zyx"])  # fmt: skip
+            rows_per_seed[seed].append(nnunet_row(args, work, seed, references[seed]))
+        else:
+            continue
+        write()
     result = json.loads(args.out.read_text())
     rows, targets = result["rows"], result["targets"]
     held = [len(st["validation_cases"]) for st in studies.values()]

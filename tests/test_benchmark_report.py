@@ -227,7 +227,9 @@ def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
     kept = transfer.recorded(args.out, args)
     assert sorted(kept["rows_per_seed"]) == [0, 1] and kept["rows_per_seed"][1] == rows[1]
     text = "\n".join(report.transfer_table(tmp_path))
-    assert "| 0.605 +- 0.007 | 20.0 +- 0.0 |" in text and " 2 seeds " in text  # measured, not asked
+    assert (
+        "| 0.605 +- 0.007 | 20.0 +- 0.0 |" in text and " 2 seed(s) " in text
+    )  # measured, not asked
     assert transfer.recorded(args.out, Namespace(**{**vars(args), "budgets": [1, 2]})) == {}
 
 

@@ -35,3 +35,23 @@ def test_predicted_reports_the_stages_predict_json_records(tmp_path):
     assert timing["scans"] == 1 and not (out / "stale").exists()
     assert {"preprocess", "network", "export"} <= set(timing["stage_seconds"])
     assert 0 < timing["stage_seconds"]["network"] < timing["wall_seconds"]
+
+
+def test_an_nnunet_row_is_scored_as_the_transfer_study_scores_its_rows(tmp_path):
+    from argparse import Namespace
+
+    from benchmarks import transfer
+    from benchmarks.common import BIN
+
+    data = tmp_path / "data"
+    shutil.copytree(SARCOMA, data / transfer.SARCOMA)
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    held = sorted(p.name.removesuffix(".nii.gz") for p in (SARCOMA / "labelsTr").glob("*.nii.gz"))
+    for case in held[:2]:  # nnU-Net predicted the two held-out cases perfectly
+        shutil.copy(SARCOMA / "labelsTr" / f"{case}.nii.gz", predictions)
+    args = Namespace(data=data, tumorfm=BIN / "tumorfm", timeout=600)
+    reference = {"split": {"train": held[2:], "val": held[:2]}, "predictions": str(predictions)}
+    row = transfer.nnunet_row(args, tmp_path / "work", 0, reference)
+    assert row["arm"] == "nnunet" and row["epochs"] is None and row["mean_dice"] == 1.0
+    assert {"sarcoma_dice", "sarcoma_hd95", "sarcoma_nsd"} <= set(row)
