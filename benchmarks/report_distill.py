@@ -90,6 +90,8 @@ def distill_table(results: Path) -> list[str]:
             f"Stage features too (`--features`) against the outputs alone: "
             f"{_signed(r['features_gain'])} Dice ({_spread(r['features_gain'])}).",
         ]
+    if r.get("teacher_note"):  # where the teacher's own time comes from, when not this run
+        lines += ["", f"Note: {r['teacher_note']}."]
     if "teacher_loss" not in r:  # measured before the Dice with the teacher's mask was added
         lines += [
             "",
