@@ -201,16 +201,20 @@ def shipped_table(results: Path) -> list[str]:
     r = _load(results, "shipped_model")
     if r is None:
         return [f"Not measured yet: `{PRODUCT}.shipped_model ship`."]
-    t = r["train"]
+    t, stages = r["train"], r.get("earlier", []) + [r]
+    iterations = sum(s["train"]["epochs"] * s["train"]["iterations"] for s in stages)
+    minutes = sum(s["pretrain"]["wall_seconds"] for s in stages) / 60
+    in_stages = f" in {len(stages)} stages" if len(stages) > 1 else ""
     mirrored = all(s.get("mirror", True) for s in r["scores"].values())
     how = "mirroring, overlap 0.5: its defaults" if mirrored else "without mirroring"
     lines = [
         f"`models/{r['name']}`: {t['model']} ({r['parameters'] / 1e6:.1f}M parameters, "
-        f"{r['megabytes']:.1f} MB in float16), pretrained {t['epochs'] * t['iterations']} "
-        f"iterations of {'x'.join(map(str, t['patch']))} on configs/pools/real.yaml's real scans "
-        f"({r['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(r)}); held-out scans segmented "
+        f"{r['megabytes']:.1f} MB in float16), pretrained {iterations:,} iterations of "
+        f"{'x'.join(map(str, t['patch']))}{in_stages} on configs/pools/real.yaml's real scans "
+        f"({minutes:.0f} min, {_cpu(r)}); held-out scans segmented "
         f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
-        f"deviation over scans. `{PRODUCT}.shipped_model train` then `ship`.",
+        f"deviation over scans. `{PRODUCT}.shipped_model train` then `ship` (and `train --more "
+        "EPOCHS`, `ship` for each further stage).",
         "",
         "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD |",
         "|---|---|---:|---:|---:|---:|---:|",

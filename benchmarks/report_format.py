@@ -33,8 +33,10 @@ def _cpu(result: dict) -> str:
     cpu = machine.get("cpu")
     if not cpu or cpu == "x86_64":
         return "not recorded"
-    bf16 = machine.get("avx512_bf16")
-    return cpu + ("" if bf16 is None else (", AVX-512 bf16" if bf16 else ", no bf16"))
+    bf16, amx = machine.get("avx512_bf16"), machine.get("amx_bf16")
+    if bf16 is None:
+        return cpu
+    return cpu + (", AVX-512 bf16" + (" + AMX" if amx else "") if bf16 else ", no bf16")
 
 
 def _s(seconds: float) -> str:

@@ -53,12 +53,18 @@ def fixed_split(data: Path) -> dict:
 
 
 def train(args) -> None:
+    """Stage 1 from random weights; with --more N, N more epochs from the shipped bundle's."""
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     split = fixed_split(args.data)
     (work / "split.json").write_text(json.dumps(split, indent=1))
     tumorfm = str(BIN / "tumorfm")
-    t = TRAIN
+    t, earlier = dict(TRAIN), []
+    if args.more:  # the stages before this one, as the shipped bundle's results recorded them
+        shipped = json.loads((RESULTS / "shipped_model.json").read_text())
+        stage = {k: shipped[k] for k in ("train", "pretrain", "machine", "note") if k in shipped}
+        earlier = shipped.get("earlier", []) + [stage]
+        t["epochs"] = args.more
     commands = {
         "preprocess": [tumorfm, "preprocess", str(POOL), "-o", str(work / "cache"),
                        "--config", "lowres", "--patch", *map(str, t["patch"]), "--workers", "2"],
@@ -66,13 +72,15 @@ def train(args) -> None:
                      "--profile", "cpu", "--model", t["model"], "--patch", *map(str, t["patch"]),
                      "--batch", str(t["batch"]), "--epochs", str(t["epochs"]),
                      "--iterations", str(t["iterations"]), "--val-every", str(t["val"]),
-                     "--split", str(work / "split.json")],
+                     "--split", str(work / "split.json")]
+                    + (["--init-from", str(ROOT / "models" / NAME)] if args.more else []),
     }  # fmt: skip
     measured = {}
     for what, command in commands.items():
         measured[what] = {"command": " ".join(command)}
         measured[what] |= run(command, dict(os.environ), work / f"{what}.log", 4 * 3600, what, 30.0)
-    (work / "train.json").write_text(json.dumps({"split": split, "train": TRAIN, **measured}))
+    info = {"split": split, "train": t, **measured, "earlier": earlier}
+    (work / "train.json").write_text(json.dumps(info))
 
 
 def held_out(data: Path, split: dict, name: str, out: Path) -> tuple[Path, Path]:
@@ -128,7 +136,7 @@ def _fmt(summary: dict, digits: int = 2) -> str:
 
 def card(info: dict, scores: dict, size_mb: float) -> str:
     """MODEL_CARD.md, every figure from the results of this script."""
-    t, commands = info["train"], info
+    t = info["train"]
     rows = "\n".join(
         f"| {name} | {s['class']} | {s['cases']} | {_fmt(s['dice'], 3)} | "
         f"{s['dice']['min']:.3f} - {s['dice']['max']:.3f} | {s['hd95']['median']:.1f} | "
@@ -136,7 +144,9 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
         for name, s in scores.items()
     )
     held = "\n".join(f"- {name}: {', '.join(s['held_out'])}" for name, s in scores.items())
-    minutes = commands["pretrain"]["wall_seconds"] / 60
+    stages = info.get("earlier", []) + [info]
+    minutes = sum(stage["pretrain"]["wall_seconds"] for stage in stages) / 60
+    iterations = sum(stage["train"]["epochs"] * stage["train"]["iterations"] for stage in stages)
     trials = json.loads((RESULTS / "shipped_model_trials.json").read_text())
     trial_rows = "\n".join(
         f"| {m} | {r['iterations']} | {r['train_seconds'] / 60:.0f} min | "
@@ -160,10 +170,10 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     return f"""# {NAME}
 
 A TSFM network ({t["model"]}, {info["parameters"] / 1e6:.1f}M parameters) pretrained on the real
-scans beside this repository, on a CPU: the sarcoma CTs at a coarse (3d_lowres) spacing sized for
-a {"x".join(map(str, t["patch"]))} patch, the glioblastoma MRs at full resolution. It segments
-soft-tissue sarcomas on CT and glioblastomas on T1 post-contrast MR. **Research use only: not a
-medical device, not for clinical decisions.**
+scans beside this repository, for {minutes:.0f} minutes on a CPU: the sarcoma CTs at a coarse
+(3d_lowres) spacing sized for a {"x".join(map(str, t["patch"]))} patch, the glioblastoma MRs at full
+resolution. It segments soft-tissue sarcomas on CT and glioblastomas on T1 post-contrast MR.
+**Research use only: not a medical device, not for clinical decisions.**
 
 ```
 tumorfm predict -i scan.nii.gz -o out/ -m {NAME} --plan sarcoma_ct   # CT, soft-tissue sarcoma
@@ -184,19 +194,12 @@ run validated on them too, but the shipped weights are its last epoch, not a sel
 {held}
 
 ## Training
-{minutes:.0f} minutes on a 2-core {info["machine"]["cpu"]} (bf16 where the CPU has it), from the
-repository root:
-
-```
-{relative(commands["preprocess"]["command"])}
-{relative(commands["pretrain"]["command"])}
-```
-
-{info.get("note", "")}
-(`python -m benchmarks.shipped_model train` runs both with the split above; `... ship` scores the
-held-out scans and writes this folder.) {t["epochs"]} epochs x {t["iterations"]} iterations, batch
-{t["batch"]}, SGD Nesterov 0.99, lr 1e-2 poly, the partial-label loss, deep supervision, nnU-Net's
-augmentation. The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
+{_training(stages, relative)}
+(`python -m benchmarks.shipped_model train` runs the first stage with the split above,
+`train --more EPOCHS` a further one from the shipped weights; `... ship` scores the held-out scans
+and writes this folder.) {iterations:,} iterations in all, batch {t["batch"]}, SGD Nesterov 0.99,
+lr 1e-2 poly in each stage, the partial-label loss, deep supervision, nnU-Net's augmentation.
+The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
 samples (the target is sarcoma Dice) and keeps the glioblastomas at full resolution (at the lowres
 spacing a tumour shrinks to a few hundred voxels, and an earlier run never found one). Weights
 stored in float16 ({size_mb:.1f} MB); loading
@@ -228,6 +231,28 @@ geometry. Mean +- standard deviation over scans (HD95: median).
 - The MR set is small (12 training scans) and its spacing unknown; expect less on other scanners.
 - Trained for minutes on a CPU, not the paper's 250,000 iterations of a 1.6B network on GPUs.
 """
+
+
+def _training(stages: list[dict], relative) -> str:
+    """The card's account of each training stage: its time, machine and commands."""
+    parts = []
+    for number, stage in enumerate(stages, 1):
+        t, minutes = stage["train"], stage["pretrain"]["wall_seconds"] / 60
+        start = "from random weights" if number == 1 else "from the weights stage 1 shipped"
+        if number > 2:
+            start = f"from the weights stage {number - 1} shipped"
+        commands = [stage["pretrain"]["command"]]
+        if "preprocess" in stage:
+            commands.insert(0, stage["preprocess"]["command"])
+        parts.append(
+            f"Stage {number}: {t['epochs']} epochs x {t['iterations']} iterations {start}, "
+            f"{minutes:.0f} minutes on a 2-core {stage['machine']['cpu']} (bf16 where the CPU "
+            f"has it), from the repository root:\n\n```\n"
+            + "\n".join(relative(c) for c in commands)
+            + "\n```\n"
+            + (f"\n{stage['note']}\n" if stage.get("note") else "")
+        )
+    return "\n".join(parts)
 
 
 def ship(args) -> None:
@@ -269,6 +294,13 @@ def main() -> None:
     parser.add_argument("step", choices=("train", "ship"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=WORK / "shipped")
+    parser.add_argument(
+        "--more",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="train: continue the shipped bundle for this many epochs",
+    )
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()
