@@ -270,6 +270,12 @@ def test_an_automatic_bundle_answers_once_and_each_click_is_honoured(tmp_path):
     assert np.allclose(lo, 0) and np.allclose(hi, own.shape, atol=1)
     session.reset()
     assert np.array_equal(session.mask, own) and session.points == []
+    session.add_point(missed)
+    wide = session.mask.sum()
+    session.reset()
+    session.reach_mm = 2.0  # the session's settings reach tumorfm.interactive.local.refine
+    session.add_point(missed)
+    assert session.mask[missed] and session.mask.sum() < wide
     two = ct_bundle(tmp_path / "two", 1, {}, classes=["tumour", "organ"])
     with pytest.raises(TumorFMError, match="predicts tumour, organ; name the object's class"):
         Session.from_bundle(two, device="cpu")

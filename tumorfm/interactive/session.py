@@ -348,6 +348,7 @@ class AutomaticSession(Session):
         )  # fmt: skip
         self.predictor, self.object_class = predictor, next(iter(predictor.labels))
         self._network: tuple[np.ndarray, np.ndarray] | None = None  # plan grid, scan grid
+        self.margin, self.reach_mm = local.MARGIN, local.REACH_MM  # see tumorfm.interactive.local
 
     def set_image(self, image: np.ndarray, geometry: Geometry) -> None:
         self._network = None
@@ -380,7 +381,9 @@ class AutomaticSession(Session):
             Box(*index.edges_to_cropped(b.lo_zyx, b.hi_zyx), positive=b.positive)
             for b in self.boxes
         ]
-        self._refined = local.refine(self._scan, points, boxes, self._spacing)
+        self._refined = local.refine(
+            self._scan, points, boxes, self._spacing, self.margin, self.reach_mm
+        )
         self._window = tuple(slice(0, n) for n in self._probability.shape)
         self._mask = None
         self.seconds = time.perf_counter() - timer
