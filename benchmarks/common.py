@@ -9,6 +9,7 @@ benchmarks.NAME` for those that need only the product environment.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ PRODUCT_TUMORFM = ROOT / ".venv" / "bin" / "tumorfm"
 def case_ids(folder: Path) -> list[str]:
     """The labelled cases of an nnU-Net raw dataset."""
     return sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").glob("*.nii.gz"))
+
+
+def sha256(path: Path) -> str:
+    """Which weights a row comes from (a later session may train or ship them again)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def command_line(name: str, environment: str = ".venv-bench") -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from tumorfm.model.bundle import WEIGHTS, bundle_folder, read_bundle_config
 
 from . import seeds
-from .common import BIN, DATA, add_work_and_out, parser_for
+from .common import BIN, DATA, add_work_and_out, parser_for, sha256
 from .measure import provenance, run
 from .scoring import case_scores, evaluated, predicted, stats
 from .shipped_model import DATASETS, fixed_split, held_out
@@ -172,15 +172,20 @@ def main() -> None:
         parser.error("--arms: the targets compare `distilled` with `labels`: keep both")
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    before = seeds.recorded(args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS)
+    weights = sha256(bundle_folder(TEACHER) / "model.safetensors")  # a re-shipped teacher: anew
+    before = seeds.recorded(
+        args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS, teacher_weights_sha256=weights
+    )
     teacher_file = args.work / "teacher-score.json"
     old = json.loads(args.out.read_text())["teacher"] if before else {}
     if not teacher_file.is_file() and "large_scan_network_seconds" in old:  # the recorded teacher
         teacher_file.write_text(
-            json.dumps({k: old[k] for k in old if k not in ("bundle", "preset")})
+            json.dumps({k: old[k] for k in old if k not in ("bundle", "preset")} | {"sha": weights})
         )
+    if teacher_file.is_file() and json.loads(teacher_file.read_text()).get("sha") != weights:
+        teacher_file.unlink()  # scored for other weights
     teacher = (
-        json.loads(teacher_file.read_text())
+        {k: v for k, v in json.loads(teacher_file.read_text()).items() if k != "sha"}
         if teacher_file.is_file()
         else score(
             args,
@@ -190,12 +195,13 @@ def main() -> None:
             ["--plan", "sarcoma_ct"],
         )  # fmt: skip
     )
+    teacher_file.write_text(json.dumps(teacher | {"sha": weights}, indent=1))
     rows: dict[int, list[dict]] = {}
     for seed in args.seeds:
         for arm in (a for a in ARMS if a in args.arms):
             row = before.get(seed, {}).get(arm) or student(args, arm, seed)
             rows.setdefault(seed, []).append(row)
-            result = results(args, teacher, rows, load)
+            result = results(args, teacher, rows, load) | {"teacher_weights_sha256": weights}
             args.out.write_text(json.dumps(result, indent=1))  # after every arm: nothing is lost
     print(f"teacher: Dice {teacher['dice']:.3f}, {teacher['predict_seconds_per_scan']:.1f} s/scan")
     for row in result["rows"]:

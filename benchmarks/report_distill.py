@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import ROOT, sha256
 from .report_accuracy import _over_seeds
 from .report_format import PRODUCT, _command, _cpu, _load, _mb, _s
 
@@ -89,6 +90,14 @@ def distill_table(results: Path) -> list[str]:
             "",
             f"Stage features too (`--features`) against the outputs alone: "
             f"{_signed(r['features_gain'])} Dice ({_spread(r['features_gain'])}).",
+        ]
+    shipped = ROOT / "models" / teacher["bundle"] / "model.safetensors"
+    if shipped.is_file() and r.get("teacher_weights_sha256") not in (None, sha256(shipped)):
+        lines += [
+            "",
+            f"The teacher here is an earlier version of {teacher['bundle']} (weights sha256 "
+            f"{r['teacher_weights_sha256'][:12]}), shipped again since: `{_command(r)}` "
+            "measures the students anew with today's.",
         ]
     if r.get("teacher_note"):  # where the teacher's own time comes from, when not this run
         lines += ["", f"Note: {r['teacher_note']}."]

@@ -37,7 +37,6 @@ Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merge
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -61,6 +60,7 @@ from .common import (
     parser_for,
     require_nnunet,
     require_tumorfm,
+    sha256,
 )
 from .measure import git_state, machine, run
 from .nnunet_peer import (
@@ -76,11 +76,6 @@ from .scoring import evaluated
 from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
 
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
-
-
-def sha256(path: Path) -> str:
-    """Which pretraining a seed's rows come from (a later session may pretrain again)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def pretrain_pool(args, work: Path) -> Path:

@@ -203,6 +203,13 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     old = json.loads(args.out.read_text())
     args.out.write_text(json.dumps({**old, "teacher_loss": "BCE"}))
     assert seeds.recorded(args.out, args, distill.SAME_RUN, teacher_loss=distill.TEACHER_LOSS) == {}
+    # rows taught by other weights of the teacher: kept apart, and the table says so
+    args.out.write_text(json.dumps({**old, "teacher_weights_sha256": "0" * 64}))
+    other = {"teacher_loss": distill.TEACHER_LOSS, "teacher_weights_sha256": "1" * 64}
+    assert seeds.recorded(args.out, args, distill.SAME_RUN, **other) == {}
+    assert "earlier version of tsfm-real-lowres (weights sha256 000000000000)" in "\n".join(
+        distill_table(results)
+    )
 
 
 def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
