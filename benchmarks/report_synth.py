@@ -51,8 +51,11 @@ def synth_lines(r: dict) -> list[str]:
         if m is None and arm in ("measured", "looks"):
             continue  # a synth.json from before the arm
         if m is None:
-            lines.append(f"| {name} | not measured (`--diffusion-model BUNDLE`) | | | |")
+            lines.append(f"| {name} | not measured (`{PRODUCT}.synth_diffusion`, then "
+                         "`--diffusion-model HALF0 HALF1`) | | | |")  # fmt: skip
             continue
+        if arm == "diffusion" and s.get("diffusion_cross_fitted"):
+            name += ", trained on the other half's tumours"
         volumes = [p.get("volume_ml_median") for p in m["per_seed"].values()]
         volumes = [v for v in volumes if v is not None]
         volume = _num(sum(volumes) / len(volumes), 0) if volumes else "n/a"

@@ -330,7 +330,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--cases", type=int, help="the first N sarcoma scans (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--diffusion-model", type=Path, help="a synthesis bundle (CT)")
+    parser.add_argument(
+        "--diffusion-model", type=Path, nargs="+", metavar="BUNDLE",
+        help="a synthesis bundle (CT), or two: each trained on one half of the scans (even, odd: "
+        "benchmarks.synth_diffusion) and used on the other",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per size")
     parser.add_argument("--out", type=Path, default=RESULTS / "synth.json")
     args = parser.parse_args()
@@ -341,14 +345,17 @@ def main() -> None:
         sys.exit(f"{folder}: no labelled sarcoma scans")
     cases = all_cases[: args.cases]
 
-    diffusion = engine = threads = None
-    if args.diffusion_model is not None:  # MONAI and torch only then
+    engines, threads = [], None
+    if args.diffusion_model:  # MONAI and torch only then
         import torch
 
         from tumorfm.synth.diffusion import DiffusionEngine, load_synth_bundle
 
-        engine = DiffusionEngine(load_synth_bundle(args.diffusion_model, "CT"))
-        diffusion, threads = engine.synthesise, torch.get_num_threads()
+        if len(args.diffusion_model) > 2:
+            sys.exit("--diffusion-model: one bundle, or two (one per half of the scans)")
+        engines = [DiffusionEngine(load_synth_bundle(b, "CT")) for b in args.diffusion_model]
+        threads = torch.get_num_threads()
+    engine = engines[0] if engines else None
 
     looks = appearances(folder, cases)
     half = {case: i % 2 for i, case in enumerate(cases)}  # two folds: each measured on the other
@@ -357,9 +364,12 @@ def main() -> None:
     for case in tqdm(cases, desc="realism", unit="scan"):
         index, look = all_cases.index(case), fold_looks[half[case]]
         others = [v for c, v in looks.items() if half[c] != half[case]]
+        # two models: the one trained on the other half, which never saw this scan's tumour
+        model = engines[(1 - half[case]) % len(engines)] if engines else None
+        diffusion = model.synthesise if model else None
         rows[case] = realism_case(folder, case, index, args.seeds, diffusion, look, others)
         rows[case]["appearance"] = looks.get(case)
-    arms = ["procedural", "measured", "looks", "naive"] + (["diffusion"] if diffusion else [])
+    arms = ["procedural", "measured", "looks", "naive"] + (["diffusion"] if engines else [])
     realism = {arm: summarise(rows, arm, args.seeds) for arm in arms}
 
     speed = measure_speed(folder, cases, args.repeats, engine)
@@ -373,7 +383,8 @@ def main() -> None:
         glcm=f"distance 1, 4 in-plane angles, axial slices with >= {MIN_SLICE} tumour voxels",
         features=FEATURES, target_auc_below=TARGET_AUC, repeats=args.repeats,
         classifier="StandardScaler + LogisticRegression, StratifiedGroupKFold(<= 5) by scan",
-        diffusion_model=str(args.diffusion_model) if engine else None, torch_threads=threads,
+        diffusion_model=[str(b) for b in args.diffusion_model] if engines else None,
+        diffusion_cross_fitted=len(engines) == 2, torch_threads=threads,
         diffusion_config=engine.model.config.to_dict() if engine else None,
         memory="numpy_peak_mb: tracemalloc peak of one call (numpy arrays, not torch tensors); "
         "rss_mb: the process's peak RSS (ru_maxrss), a high-water mark")  # fmt: skip
