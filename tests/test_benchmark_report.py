@@ -271,3 +271,25 @@ def test_interactive_table_names_the_best_arm_and_checks_it_against_the_classic_
     rows[1]["dice_after_1"]["mean"] = 0.76  # the classic baseline ahead after one click
     (tmp_path / "interactive.json").write_text(json.dumps(results))
     assert "every click count: **missed**" in "\n".join(interactive_table(tmp_path))
+
+
+def test_the_diffusion_benchmark_trains_each_half_on_the_scans_the_other_is_measured_on(tmp_path):
+    """benchmarks.synth gives a scan at an even place the model of half 1, and at an odd place
+    half 0's: the halves must split the cases exactly so, with no scan in both."""
+    from benchmarks.synth_diffusion import half_dataset
+
+    source = tmp_path / "Dataset101_X"
+    for sub in ("imagesTr", "labelsTr"):
+        (source / sub).mkdir(parents=True)
+    cases = [f"C_{i:03d}" for i in range(5)]
+    for case in cases:
+        (source / "imagesTr" / f"{case}_0000.nii.gz").write_text(case)
+        (source / "labelsTr" / f"{case}.nii.gz").write_text(case)
+    (source / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "t": 1}}))
+    halves = [half_dataset(source, h, tmp_path / f"half{h}") for h in (0, 1)]
+    assert halves == [cases[0::2], cases[1::2]]
+    for h, held in enumerate(halves):
+        meta = json.loads((tmp_path / f"half{h}" / "dataset.json").read_text())
+        assert meta["numTraining"] == len(held) and meta["labels"] == {"background": 0, "t": 1}
+        images = sorted((tmp_path / f"half{h}" / "imagesTr").iterdir())
+        assert [p.read_text() for p in images] == held  # links to the originals
