@@ -293,3 +293,20 @@ def test_the_diffusion_benchmark_trains_each_half_on_the_scans_the_other_is_meas
         assert meta["numTraining"] == len(held) and meta["labels"] == {"background": 0, "t": 1}
         images = sorted((tmp_path / f"half{h}" / "imagesTr").iterdir())
         assert [p.read_text() for p in images] == held  # links to the originals
+
+
+def test_the_click_settings_line_says_whether_the_default_is_the_best_pair(tmp_path):
+    from benchmarks.report_interactive import tuning_lines
+
+    assert "not tuned yet" in tuning_lines(tmp_path)[0]
+
+    def row(margin, reach, dice):
+        return {"margin": margin, "reach_mm": reach, "dice_after_5": {"mean": dice}}
+
+    result = {"cases": ["A", "B"], "rows": [row(0.05, 30.0, 0.7), row(0.1, 15.0, 0.8)],
+              "default": {"margin": 0.05, "reach_mm": 30.0}, "default_is_best": False,
+              "command": "python -m benchmarks.interactive_tune"}  # fmt: skip
+    (tmp_path / "interactive_tune.json").write_text(json.dumps(result))
+    (line,) = tuning_lines(tmp_path)
+    assert "best margin 0.1, reach 15 mm (0.800)" in line
+    assert "the default, margin 0.05, reach 30 mm, 0.700: the default is not" in line
