@@ -225,7 +225,34 @@ def shipped_table(results: Path) -> list[str]:
             f"{s['dice']['std']:.3f} | {s['dice']['min']:.3f} - {s['dice']['max']:.3f} | "
             f"{_num(s['hd95']['median'], 1)} | {s['nsd']['mean']:.3f} +- {s['nsd']['std']:.3f} |"
         )
-    return lines + [""] + shipped_against_nnunet(results, r)
+    return lines + [""] + shipped_against_nnunet(results, r) + continued_trial(results, r)
+
+
+def continued_trial(results: Path, shipped: dict) -> list[str]:
+    """A further stage trained from the shipped weights and not shipped: what it scored."""
+    c = _load(results, "shipped_model_continued")
+    if c is None:
+        return []
+    t = c["train"]
+    scores = "; ".join(
+        f"{plan} {s['dice']['mean']:.3f} +- {s['dice']['std']:.3f} "
+        f"(shipped: {shipped['scores'][plan]['dice']['mean']:.3f})"
+        for plan, s in c["scores"].items()
+    )
+    sarcoma = [r["scores"]["sarcoma_ct"]["dice"]["mean"] for r in (c, shipped)]
+    gain = sarcoma[0] - sarcoma[1]
+    verdict = (
+        "not shipped: it did not raise the sarcomas' Dice"
+        if gain <= 0
+        else "ahead on the sarcomas, not shipped yet"
+    )
+    return [
+        "",
+        f"Trained further: {t['epochs'] * t['iterations']:,} more iterations from the shipped "
+        f"weights ({c['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(c)}; `{PRODUCT}."
+        f"shipped_model train --more {t['epochs']}`, then `ship`), held-out Dice {scores}; "
+        f"{verdict} (benchmarks/results/shipped_model_continued.json).",
+    ]
 
 
 def shipped_against_nnunet(results: Path, shipped: dict) -> list[str]:
