@@ -26,33 +26,34 @@ def interactive_table(results: Path) -> list[str]:
     return lines + tuning_lines(results)
 
 
-def tuning_lines(results: Path) -> list[str]:
-    """How the local clicks' margin and reach were chosen (benchmarks.interactive_tune)."""
+def tuning_lines(results: Path, default: tuple[float, float] | None = None) -> list[str]:
+    """How the local clicks' margin and reach were chosen (benchmarks.interactive_tune), and
+    whether today's defaults (`default`: tumorfm.interactive.local's) are the best pair."""
     r = _load(results, "interactive_tune")
     if r is None:
         return [f"The local clicks' settings: not tuned yet (`{PRODUCT}.interactive_tune`)."]
+    if default is None:
+        from tumorfm.interactive import local
+
+        default = (local.MARGIN, local.REACH_MM)
     rows = sorted(r["rows"], key=lambda row: -row["dice_after_5"]["mean"])
 
     def pair(row: dict) -> str:
         return f"margin {row['margin']:g}, reach {row['reach_mm']:g} mm"
 
-    default = r["default"]
-    chosen = next(
-        (row for row in r["rows"]
-         if (row["margin"], row["reach_mm"]) == (default["margin"], default["reach_mm"])),
-        None,
-    )  # fmt: skip
-    verdict = "the default is the best pair" if r["default_is_best"] else "the default is not"
+    chosen = next((row for row in rows if (row["margin"], row["reach_mm"]) == default), None)
     if chosen is None:
-        chosen = {**default, "dice_after_5": {"mean": float("nan")}}
-        verdict = "the default was not among the pairs tried"
+        verdict = f"today's default (margin {default[0]:g}, reach {default[1]:g} mm) was not tried"
+    else:
+        best = "the best pair" if chosen is rows[0] else "not the best pair"
+        score = chosen["dice_after_5"]["mean"]
+        verdict = f"today's default, {pair(chosen)} ({score:.3f}), is {best}"
     return [
         f"The local clicks' two settings were chosen on {len(r['cases'])} of the shipped "
         f"bundle's training sarcomas, never the held-out ones ({len(rows)} pairs, both first "
         f"prompts, Dice after 5 clicks): best {pair(rows[0])} "
         f"({rows[0]['dice_after_5']['mean']:.3f}), worst {pair(rows[-1])} "
-        f"({rows[-1]['dice_after_5']['mean']:.3f}); the default, {pair(chosen)}, "
-        f"{chosen['dice_after_5']['mean']:.3f}: {verdict}. {_cpu(r)}; `{_command(r)}`."
+        f"({rows[-1]['dice_after_5']['mean']:.3f}); {verdict}. {_cpu(r)}; `{_command(r)}`."
     ]
 
 

@@ -304,9 +304,11 @@ def test_the_click_settings_line_says_whether_the_default_is_the_best_pair(tmp_p
         return {"margin": margin, "reach_mm": reach, "dice_after_5": {"mean": dice}}
 
     result = {"cases": ["A", "B"], "rows": [row(0.05, 30.0, 0.7), row(0.1, 15.0, 0.8)],
-              "default": {"margin": 0.05, "reach_mm": 30.0}, "default_is_best": False,
+              "default": {"margin": 0.05, "reach_mm": 30.0},
               "command": "python -m benchmarks.interactive_tune"}  # fmt: skip
     (tmp_path / "interactive_tune.json").write_text(json.dumps(result))
-    (line,) = tuning_lines(tmp_path)
+    (line,) = tuning_lines(tmp_path, (0.05, 30.0))
     assert "best margin 0.1, reach 15 mm (0.800)" in line
-    assert "the default, margin 0.05, reach 30 mm, 0.700: the default is not" in line
+    assert "today's default, margin 0.05, reach 30 mm (0.700), is not the best pair" in line
+    assert "reach 15 mm (0.800), is the best pair" in tuning_lines(tmp_path, (0.1, 15.0))[0]
+    assert "(margin 0.3, reach 15 mm) was not tried" in tuning_lines(tmp_path, (0.3, 15.0))[0]

@@ -50,9 +50,11 @@ def test_a_click_where_the_network_sees_nothing_adds_a_ball_and_reach_is_bounded
     mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(3.0, 1.0, 1.0))
     assert mask[10, 30, 30] and 0 < mask.sum() < _ball((10, 30, 30), 5).sum()
     p[:] = 0.3  # a flat field: the click grows no further than its reach
-    mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(1.0, 1.0, 1.0))
-    far = np.linalg.norm(np.argwhere(mask) - [10, 30, 30], axis=1).max()
-    assert mask[10, 30, 30] and far <= REACH_MM
+    for reach in (REACH_MM, 12.0):
+        mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(1.0, 1.0, 1.0), reach_mm=reach)
+        far = np.linalg.norm(np.argwhere(mask) - [10, 30, 30], axis=1).max()
+        assert mask[10, 30, 30] and far <= reach
+    assert far > 11  # it does reach that far
 
 
 def test_boxes_keep_the_inside_and_negative_boxes_erase_it():
