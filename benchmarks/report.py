@@ -177,6 +177,8 @@ def speed_table(results: Path) -> list[str]:
             continue
         for x in rows_of(result):
             ratio = "" if x["ratio"] is None else f"{x['ratio']:.2f}"
+            if ratio and x["target"] is not None and float(ratio) == x["target"]:
+                ratio = f"{x['ratio']:.3f}"  # rounding would hide which side of the target
             target = "" if x["target"] is None else f"<= {x['target']:.2f}"
             command = x["command"] if x["command"] == "same" else f"`{x['command']}`"
             lines.append(
