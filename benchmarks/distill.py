@@ -172,29 +172,25 @@ def main() -> None:
         parser.error("--arms: the targets compare `distilled` with `labels`: keep both")
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    weights = sha256(bundle_folder(TEACHER) / "model.safetensors")  # a re-shipped teacher: anew
+    weights = sha256(bundle_folder(TEACHER) / WEIGHTS)  # a re-shipped teacher starts anew
     before = seeds.recorded(
         args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS, teacher_weights_sha256=weights
     )
     teacher_file = args.work / "teacher-score.json"
+    cached = json.loads(teacher_file.read_text()) if teacher_file.is_file() else None
     old = json.loads(args.out.read_text())["teacher"] if before else {}
-    if not teacher_file.is_file() and "large_scan_network_seconds" in old:  # the recorded teacher
-        teacher_file.write_text(
-            json.dumps({k: old[k] for k in old if k not in ("bundle", "preset")} | {"sha": weights})
-        )
-    if teacher_file.is_file() and json.loads(teacher_file.read_text()).get("sha") != weights:
-        teacher_file.unlink()  # scored for other weights
-    teacher = (
-        {k: v for k, v in json.loads(teacher_file.read_text()).items() if k != "sha"}
-        if teacher_file.is_file()
-        else score(
+    if cached is not None and cached.pop("sha", None) == weights:
+        teacher = cached
+    elif cached is None and "large_scan_network_seconds" in old:  # the recorded teacher
+        teacher = {k: v for k, v in old.items() if k not in ("bundle", "preset")}
+    else:  # not scored yet, or scored for other weights
+        teacher = score(
             args,
             bundle_folder(TEACHER),
             args.work / "teacher-held-out",
             "teacher",
             ["--plan", "sarcoma_ct"],
         )  # fmt: skip
-    )
     teacher_file.write_text(json.dumps(teacher | {"sha": weights}, indent=1))
     rows: dict[int, list[dict]] = {}
     for seed in args.seeds:

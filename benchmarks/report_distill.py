@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tumorfm.model.bundle import WEIGHTS
+
 from .common import ROOT, sha256
 from .report_accuracy import _over_seeds
 from .report_format import PRODUCT, _command, _cpu, _load, _mb, _s
@@ -91,7 +93,7 @@ def distill_table(results: Path) -> list[str]:
             f"Stage features too (`--features`) against the outputs alone: "
             f"{_signed(r['features_gain'])} Dice ({_spread(r['features_gain'])}).",
         ]
-    shipped = ROOT / "models" / teacher["bundle"] / "model.safetensors"
+    shipped = ROOT / "models" / teacher["bundle"] / WEIGHTS
     if shipped.is_file() and r.get("teacher_weights_sha256") not in (None, sha256(shipped)):
         lines += [
             "",

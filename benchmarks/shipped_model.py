@@ -238,9 +238,9 @@ def _training(stages: list[dict], relative) -> str:
     parts = []
     for number, stage in enumerate(stages, 1):
         t, minutes = stage["train"], stage["pretrain"]["wall_seconds"] / 60
-        start = "from random weights" if number == 1 else "from the weights stage 1 shipped"
-        if number > 2:
-            start = f"from the weights stage {number - 1} shipped"
+        start = (
+            "from random weights" if number == 1 else f"from the weights stage {number - 1} shipped"
+        )
         commands = [stage["pretrain"]["command"]]
         if "preprocess" in stage:
             commands.insert(0, stage["preprocess"]["command"])
