@@ -3,7 +3,7 @@ further than it should, and a positive click selects its object."""
 
 import numpy as np
 
-from tumorfm.interactive.local import REACH_MM, refine
+from tumorfm.interactive.local import refine
 from tumorfm.interactive.prompts import Box, Point
 
 SHAPE = (20, 60, 60)
@@ -49,12 +49,32 @@ def test_a_click_where_the_network_sees_nothing_adds_a_ball_and_reach_is_bounded
     p = np.full(SHAPE, 0.0, np.float32)
     mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(3.0, 1.0, 1.0))
     assert mask[10, 30, 30] and 0 < mask.sum() < _ball((10, 30, 30), 5).sum()
-    p[:] = 0.3  # a flat field: the click grows no further than its reach
-    for reach in (REACH_MM, 12.0):
-        mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(1.0, 1.0, 1.0), reach_mm=reach)
+    p[:] = 0.3  # a flat field: the click's threshold (0.2) is back at 0.5 at its reach, so it
+    for reach in (60.0, 12.0):  # meets 0.3 a third of the way there
+        mask = refine(p, [Point((10, 30, 30))], spacing_zyx=(1.0, 1.0, 1.0), margin=0.1,
+                      reach_mm=reach)  # fmt: skip
         far = np.linalg.norm(np.argwhere(mask) - [10, 30, 30], axis=1).max()
-        assert mask[10, 30, 30] and far <= reach
-    assert far > 11  # it does reach that far
+        assert mask[10, 30, 30] and reach / 3 - 1 <= far <= reach / 3
+
+
+def test_a_negative_click_on_a_confident_false_alarm_keeps_the_surer_tumour_it_touches():
+    """The threshold slides back to 0.5 with the distance: the whole false alarm goes, the
+    tumour it touches (surer still) stays, as one flat threshold out to the reach did not."""
+    p = np.full(SHAPE, 0.0, np.float32)
+    p[_ball((10, 30, 28), 9)] = 1.0
+    alarm = _ball((10, 30, 41), 4) & (p < 1)
+    p[alarm] = 0.9
+    mask = refine(p, [Point((10, 30, 42), positive=False)], margin=0.1, reach_mm=60.0)
+    assert not mask[alarm].any() and mask[_ball((10, 30, 28), 9)].all()
+
+
+def test_a_positive_click_inside_a_box_adds_to_the_boxed_object():
+    """A box has chosen the object: a click on a part the network missed adds that part and
+    does not make it the only object left."""
+    p = _probability()
+    p[p < 0.1] = 0.0  # the network sees nothing at the click: it adds its own ball
+    mask = refine(p, [Point((10, 30, 45))], [Box((0, 15, 15), (20, 50, 50))])
+    assert mask[10, 30, 45] and mask[_ball((10, 30, 30), 6)].all()
 
 
 def test_boxes_keep_the_inside_and_negative_boxes_erase_it():

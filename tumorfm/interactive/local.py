@@ -5,11 +5,17 @@ A network's probabilities already rank the voxels; what it gets wrong is mostly 
 falls. A click says where it should fall near the clicked voxel: a positive click on a voxel of
 probability p adds the voxels around it that are at least as likely (p - MARGIN or more, the
 region connected to it), a negative click on p removes those that are no more likely (p +
-MARGIN or less). Each reaches at most REACH_MM and never past the midway to a click of the other
-sign (a positive box counts by its centre), so two clicks never fight over a voxel. A positive
-box keeps the mask inside the positive boxes, a negative one erases its inside, and positive
-clicks select the object: what remains is the connected parts that hold one of them (as a
-reader who points at one tumour means that one). Interactive tools have long done this with an
+MARGIN or less). The click's threshold holds at the click and slides back to 0.5 at REACH_MM,
+linearly with the distance: a click is sure of its own neighbourhood and less of what lies
+farther away, so a negative click on a confident false alarm (p near 1) erases it without
+erasing the whole confident tumour it touches, as one flat threshold out to REACH_MM did (the
+Dice-per-click curve then fell after some clicks). A click never acts past the midway to a
+click of the other sign (a positive box counts by its centre), so two clicks never fight over a
+voxel. A positive box keeps the mask inside the positive boxes, a negative one erases its
+inside. Without a box, positive clicks select the object: what remains is the connected parts
+that hold one of them (as a reader who points at one tumour means that one); a box has already
+chosen the object, and a click inside it on a part the network missed adds that part.
+Interactive tools have long done this with an
 intensity threshold at the click (a "smart brush"); here the threshold is on the network's
 probability, which separates tumour from tissue far better than a CT's HU (benchmarks/
 interactive.py measures the two).
@@ -26,10 +32,11 @@ from scipy import ndimage
 
 from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 
-MARGIN = 0.05  # a click's threshold sits this far beyond the clicked voxel's probability
-# how far one click changes the mask; chosen with MARGIN on the shipped bundle's training
-# sarcomas (benchmarks.interactive_tune: 60 mm beat 15 and 30 after 5 clicks), never held-out ones
-REACH_MM = 60.0
+# A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at 0.5 at
+# REACH_MM. Both chosen on the shipped bundle's training sarcomas, never held-out ones
+# (benchmarks.interactive_tune: of margins 0.05-0.2 and reaches 30-150 mm, the best after 5 clicks)
+MARGIN = 0.1
+REACH_MM = 120.0
 FLOOR = 0.02  # below this the network sees nothing: a positive click there adds its own ball
 
 
@@ -92,16 +99,19 @@ def refine(
         for other in anchors[not point.positive]:  # never past the midway to the other sign
             near &= distance < _distance(other, box, spacing)
         p, part = float(probability[at]), mask[box]
+        weight = 1 - distance / reach_mm  # of the click's own threshold; 0 at reach_mm
         if point.positive and not part[local]:
             if p < FLOOR:  # nothing to follow: the click's own ball
                 grown = near & (distance <= POINT_RADIUS_MM)
             else:
-                grown = _connected(near & (probability[box] >= max(p - margin, FLOOR)), local)
+                level = 0.5 + (max(p - margin, FLOOR) - 0.5) * weight
+                grown = _connected(near & (probability[box] >= level), local)
             part |= grown
         elif not point.positive and part[local]:
-            part &= ~_connected(near & part & (probability[box] <= p + margin), local)
+            level = 0.5 + (p + margin - 0.5) * weight
+            part &= ~_connected(near & part & (probability[box] <= level), local)
         mask[box] = part
-    if any(p.positive for p in points):  # select the pointed-at object
+    if any(p.positive for p in points) and not positive_boxes:  # select the pointed-at object
         labels, _ = ndimage.label(mask)
         held = {labels[tuple(min(max(v, 0), n - 1) for v, n in zip(p.voxel, shape))]
                 for p in points if p.positive} - {0}  # fmt: skip
