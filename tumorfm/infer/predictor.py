@@ -31,7 +31,7 @@ from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
 from tumorfm.infer.window import sliding_window, window_count
 from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle_config
-from tumorfm.model.precision import autocast
+from tumorfm.model.precision import autocast, store_lower
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
 OVERLAP = 0.5  # nnU-Net's
@@ -188,7 +188,7 @@ class Predictor:
                 f"{len(plan.normalization_schemes)} channel(s), the network takes {channels}"
             )
         annotated = loaded.extra.get("annotated", {}).get(plan_name)
-        return cls(
+        predictor = cls(
             loaded.model, plan, loaded.classes, options,
             patch_size=loaded.model.config.patch_size, paint_order=loaded.paint_order,
             parents=loaded.extra.get("parents", {}),
@@ -196,6 +196,8 @@ class Predictor:
             plan_name=plan_name, source=str(folder), preset=loaded.preset,
             lesions=loaded.lesions,
         )  # fmt: skip
+        store_lower(predictor.network, predictor.precision)  # its own network, run in autocast
+        return predictor
 
     @property
     def in_channels(self) -> int:

@@ -156,13 +156,15 @@ class TSFM(nn.Module):
         for stage in self.encoder:
             x = self._run(stage, x)
             skips.append(x)
-        x = self.bottleneck(x)
-        decoded = []
-        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
-            x = self._run(stage, x, skip)
-            decoded.append(x)
+        x = self.bottleneck(skips.pop())
+        supervised = bool(self.aux_heads) and self.training
+        decoded = []  # kept only for the deep-supervision heads: in inference each goes at once
+        for stage in self.decoder:
+            x = self._run(stage, x, skips.pop())
+            if supervised:
+                decoded.append(x)
         logits = self.head(self.final(x))
-        if not (self.aux_heads and self.training):
+        if not supervised:
             return logits
         lower = list(reversed(decoded[:-1]))  # finest first, skipping full resolution
         return [logits] + [head(features) for head, features in zip(self.aux_heads, lower)]
