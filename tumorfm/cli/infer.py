@@ -116,12 +116,14 @@ def predict(
     ] = None,
 ) -> None:
     """Segment scans with a model bundle: label maps in each scan's own geometry."""
+    from tumorfm.infer.allocator import set_allocator
+
+    set_allocator()  # before PyTorch is imported (tumorfm.infer.allocator)
     from tumorfm.infer.dicom_out import check_output_types
-    from tumorfm.infer.predict import predict_iter, return_large_blocks
+    from tumorfm.infer.predict import predict_iter
     from tumorfm.infer.predictor import PredictOptions
 
     dicom_types = check_output_types(output_type, input)  # refused before anything is predicted
-    return_large_blocks()
 
     options = PredictOptions(
         plan=plan,

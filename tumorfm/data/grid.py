@@ -74,23 +74,30 @@ def to_plan_grid(
     return resampled, resampled_label, grid
 
 
-def ct_normalise(hu: np.ndarray, stats: dict) -> np.ndarray:
+def ct_normalise(hu: np.ndarray, stats: dict, out: np.ndarray | None = None) -> np.ndarray:
     """nnU-Net's CT scheme: clip to the dataset's foreground 0.5-99.5th percentiles, z-score
     with its mean and std (tumorfm.synth.online undoes it and applies it again). The numbers
     as Python floats: a numpy float64 (a plan fresh from the fingerprint) would turn a float32
     scan's arithmetic to float64, and prediction (a plan read from JSON) would differ in the
-    last bit."""
+    last bit. `out` (float32, `hu`'s shape): computed there in place, the same numbers with
+    no temporaries (a 512x512 CT's are 100 MB each)."""
     low, high = float(stats["percentile_00_5"]), float(stats["percentile_99_5"])
-    return (np.clip(hu, low, high) - float(stats["mean"])) / max(float(stats["std"]), 1e-8)
+    mean, std = float(stats["mean"]), max(float(stats["std"]), 1e-8)
+    if out is None:
+        return (np.clip(hu, low, high) - mean) / std
+    np.clip(hu, low, high, out=out)
+    out -= mean
+    out /= std
+    return out
 
 
 def normalise(image: np.ndarray, mask: np.ndarray, plan: Plan) -> np.ndarray:
     """Per channel by modality: CT clip + dataset z-score; others per-image z-score."""
     out = np.empty_like(image, dtype=np.float32)
     for c, scheme in enumerate(plan.normalization_schemes):
-        channel = image[c].astype(np.float32)
+        channel = image[c].astype(np.float32, copy=False)
         if scheme == "ct":
-            out[c] = ct_normalise(channel, plan.intensity_properties[c])
+            ct_normalise(channel, plan.intensity_properties[c], out=out[c])
         elif plan.use_mask_for_norm[c]:
             inside = channel[mask]
             out[c] = 0.0

@@ -10,7 +10,6 @@ records, or the user names) counts and diameters (tumorfm.infer.postprocess); in
 
 from __future__ import annotations
 
-import ctypes
 import json
 import time
 from collections.abc import Iterator
@@ -26,22 +25,6 @@ from tumorfm.errors import TumorFMError
 from tumorfm.files import atomic_file, ensure_writable, read_json_object, write_json
 from tumorfm.infer.inputs import ScanInput, list_inputs, load_scan
 from tumorfm.infer.predictor import CasePrediction, PredictOptions, Predictor
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_BLOCK = 16 * 2**20  # a full-resolution activation of a 48x128x128 window is 25-100 MB
-
-
-def return_large_blocks() -> None:
-    """Have glibc map every block of LARGE_BLOCK or more on its own and unmap it when freed.
-    By default glibc raises that threshold to the size of the last large block freed, after
-    which the network's activations come from a heap that fragments: on the predict benchmark's
-    lung CT, the peak memory fell from about 1180 to 1100 MB with this (window time within the
-    run-to-run spread). Process-wide, so the `predict` command sets it, not this library's
-    functions, which run inside other programs. A no-op where the C library is not glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
-    except (OSError, AttributeError):
-        pass
 
 
 def _names_a_file(scans: list[ScanInput], out: Path) -> bool:

@@ -44,7 +44,7 @@ class ResidualBlock(nn.Module):
         if self.pre_activation:
             out = self.conv1(self.act(self.norm1(x)))
             out = self.conv2(self.act(self.norm2(out)))
-            return out + self.skip(x)
+            return out.add_(self.skip(x))  # in place: a conv's backward needs not its output
         out = self.act(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.act(out + self.skip(x))
