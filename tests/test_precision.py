@@ -33,3 +33,22 @@ def test_float32_stores_nothing_lower_and_unknown_precisions_are_refused():
     assert {p.dtype for p in network.parameters()} == {torch.float32}
     with pytest.raises(TumorFMError, match="precision 'bf32'"):
         resolve_precision("bf32", torch.device("cpu"))
+
+
+def test_channels_last_prediction_keeps_the_network_and_its_parameters():
+    """Prediction runs the network channels-last, where instance norm goes through group norm
+    (tumorfm.model.blocks.InstanceNorm): the same function, so the answers agree to bf16's
+    rounding, and training's layout still takes nn.InstanceNorm3d's own path bit for bit."""
+    torch.manual_seed(0)
+    network = create_model("tsfm-tiny", 1, 2, (16, 32, 32)).eval()
+    last = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        expected, got = network(x), last(x)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(expected, got, atol=1e-4)
+    norm = network.final[0]
+    plain = torch.nn.InstanceNorm3d(norm.num_features, eps=norm.eps, affine=True)
+    plain.load_state_dict(norm.state_dict())
+    features = torch.randn(1, norm.num_features, 4, 8, 8)
+    assert torch.equal(norm(features), plain(features))

@@ -197,6 +197,7 @@ class Predictor:
             lesions=loaded.lesions,
         )  # fmt: skip
         store_lower(predictor.network, predictor.precision)  # its own network, run in autocast
+        predictor.network.to(memory_format=torch.channels_last_3d)  # see model.blocks.InstanceNorm
         return predictor
 
     @property

@@ -13,8 +13,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _norm(channels: int) -> nn.InstanceNorm3d:
-    return nn.InstanceNorm3d(channels, eps=1e-5, affine=True)
+class InstanceNorm(nn.InstanceNorm3d):
+    """Instance norm that reads a channels-last input in place: as group norm with one group per
+    channel, the same function. PyTorch's CPU instance norm copies such a tensor to the standard
+    layout and back; prediction runs channels-last (tumorfm.infer.predictor: oneDNN's convs then
+    skip their own layout copies), where that copy took a third of a window's time. Other inputs
+    (training) take nn.InstanceNorm3d's own path, bit for bit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=LAST):
+            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+LAST = torch.channels_last_3d
+
+
+def _norm(channels: int) -> InstanceNorm:
+    return InstanceNorm(channels, eps=1e-5, affine=True)
 
 
 def _act() -> nn.LeakyReLU:
