@@ -1,5 +1,5 @@
 """The predict command's allocator settings (tumorfm.infer.allocator): huge pages are asked for
-only before PyTorch is imported (it reads the setting once), and only where the kernel gives them."""
+only before PyTorch is imported (it reads the setting once), and where the kernel gives them."""
 
 import os
 import subprocess

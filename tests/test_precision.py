@@ -45,10 +45,14 @@ def test_channels_last_prediction_keeps_the_network_and_its_parameters():
     x = torch.randn(1, 1, 16, 32, 32)
     with torch.inference_mode():
         expected, got = network(x), last(x)
-    assert got.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.allclose(expected, got, atol=1e-4)
     norm = network.final[0]
     plain = torch.nn.InstanceNorm3d(norm.num_features, eps=norm.eps, affine=True)
     plain.load_state_dict(norm.state_dict())
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)  # a learnt affine, not the identity it starts as
+        plain.weight.copy_(norm.weight)
     features = torch.randn(1, norm.num_features, 4, 8, 8)
     assert torch.equal(norm(features), plain(features))
+    channels_last = features.to(memory_format=torch.channels_last_3d)
+    assert torch.allclose(norm(channels_last), plain(features), atol=1e-5)
