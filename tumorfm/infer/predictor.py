@@ -6,10 +6,12 @@ bundle's plan exactly as in training (crop to non-zero, normalise, resample to t
 spacing), then the network slides over it in windows weighted by a Gaussian (tumorfm.infer.window:
 MONAI's window grid and weights without importing MONAI; one window per forward by default: on a
 CPU, batches of windows measured no faster and held more activations), optionally averaged over
-the 8 mirrorings. Each class's sigmoid probability is resampled back to the cropped grid one class
-at a time (memory stays at one volume per class), thresholded at 0.5 and painted in the bundle's
-order (organs first, their tumours over them), then the crop is undone so the label map has the
-input's size, spacing, origin and direction.
+the 8 mirrorings. A bundle's network predicts channels-last (tumorfm.model.blocks.InstanceNorm)
+with the weights that autocast would cast stored at its precision (tumorfm.model.precision). Each
+class's sigmoid probability is resampled back to the cropped grid one class at a time (memory
+stays at one volume per class), thresholded at 0.5 and painted in the bundle's order (organs
+first, their tumours over them), then the crop is undone so the label map has the input's size,
+spacing, origin and direction.
 """
 
 from __future__ import annotations
