@@ -15,10 +15,9 @@ voxel. A positive box keeps the mask inside the positive boxes, a negative one e
 inside. Without a box, positive clicks select the object: what remains is the connected parts
 that hold one of them (as a reader who points at one tumour means that one); a box has already
 chosen the object, and a click inside it on a part the network missed adds that part.
-Interactive tools have long done this with an
-intensity threshold at the click (a "smart brush"); here the threshold is on the network's
-probability, which separates tumour from tissue far better than a CT's HU (benchmarks/
-interactive.py measures the two).
+Interactive tools have long done this with an intensity threshold at the click (a "smart
+brush"); here the threshold is on the network's probability, which separates tumour from tissue
+far better than a CT's HU (benchmarks/interactive.py measures the two).
 
 Coordinates are those of tumorfm.interactive.prompts (voxel indices z, y, x of `probability`).
 """
@@ -34,7 +33,8 @@ from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 
 # A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at 0.5 at
 # REACH_MM. Both chosen on the shipped bundle's training sarcomas, never held-out ones
-# (benchmarks.interactive_tune: of margins 0.05-0.2 and reaches 30-150 mm, the best after 5 clicks)
+# (benchmarks.interactive_tune: of margins 0.05-0.15 and reaches 60-150 mm, the best after 5
+# clicks; the flat threshold this replaced did best at 0.05 and 60 mm)
 MARGIN = 0.1
 REACH_MM = 120.0
 FLOOR = 0.02  # below this the network sees nothing: a positive click there adds its own ball

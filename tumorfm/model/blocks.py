@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LAST = torch.channels_last_3d  # prediction's layout (tumorfm.infer.predictor)
+
 
 class InstanceNorm(nn.InstanceNorm3d):
     """Instance norm that reads a channels-last input in place: as group norm with one group per
@@ -24,9 +26,6 @@ class InstanceNorm(nn.InstanceNorm3d):
         if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=LAST):
             return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
         return super().forward(x)
-
-
-LAST = torch.channels_last_3d
 
 
 def _norm(channels: int) -> InstanceNorm:
