@@ -3,11 +3,12 @@ hundreds of MB of activations per window (each full-resolution one 24-48 MB for 
 patch), and glibc's defaults turn that into either a fragmented heap (memory) or fresh pages
 faulted in per window (time).
 
-Measured on the predict benchmark's lung CT (benchmarks/predict.py; 2 cores, peak memory and
-the windows' time): glibc's defaults, 1,207 MB and 3.8 s; blocks of 16 MB or more mapped on
-their own, 1,110 MB and 4.7 s; every block of 2 MB or more mapped on its own and backed by
-transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE: 2 MB pages, so a window faults in 512x
-fewer pages), 1,070 MB and 4.4 s. Process-wide, so the command sets it, not this library's
+Measured once on the predict benchmark's lung CT (a one-off profile of peak memory and the
+windows' time on 2 cores, not a benchmark row; benchmarks/predict.py measures the whole
+command): glibc's defaults, 1,207 MB and 3.8 s; blocks of 16 MB or more mapped on their own,
+1,110 MB and 4.7 s; every block of 2 MB or more mapped on its own and backed by transparent huge
+pages (PyTorch's THP_MEM_ALLOC_ENABLE: 2 MB pages, so a window faults in 512x fewer pages),
+1,070 MB and 4.4 s. Process-wide, so the command sets it, not this library's
 functions, which run inside other programs; and only before PyTorch is imported, which reads
 the setting once.
 """
