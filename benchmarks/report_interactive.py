@@ -27,32 +27,41 @@ def interactive_table(results: Path) -> list[str]:
 
 
 def tuning_lines(results: Path, default: tuple[float, float] | None = None) -> list[str]:
-    """How the local clicks' margin and reach were chosen (benchmarks.interactive_tune), and
-    whether today's defaults (`default`: tumorfm.interactive.local's) are the best pair."""
+    """How the local clicks' settings were chosen (benchmarks.interactive_tune), and whether
+    today's defaults (`default`: tumorfm.interactive.local's margin, reach and box fade) are
+    the best setting tried."""
     r = _load(results, "interactive_tune")
     if r is None:
         return [f"The local clicks' settings: not tuned yet (`{PRODUCT}.interactive_tune`)."]
     if default is None:
         from tumorfm.interactive import local
 
-        default = (local.MARGIN, local.REACH_MM)
+        default = (local.MARGIN, local.REACH_MM, local.BOX_FADE)
     rows = sorted(r["rows"], key=lambda row: -row["dice_after_5"]["mean"])
 
-    def pair(row: dict) -> str:
-        return f"margin {row['margin']:g}, reach {row['reach_mm']:g} mm"
+    def key(row: dict) -> tuple:
+        return row["margin"], row["reach_mm"], row.get("box_fade", 0.0)
 
-    chosen = next((row for row in rows if (row["margin"], row["reach_mm"]) == default), None)
+    def setting(row: dict) -> str:
+        margin, reach, fade = key(row)
+        return f"margin {margin:g}, reach {reach:g} mm, box fade {fade:g}"
+
+    chosen = next((row for row in rows if key(row) == tuple(default)), None)
     if chosen is None:
-        verdict = f"today's default (margin {default[0]:g}, reach {default[1]:g} mm) was not tried"
+        verdict = (
+            f"today's default (margin {default[0]:g}, reach {default[1]:g} mm, box fade "
+            f"{default[2]:g}) was not tried"
+        )
     else:
-        best = "the best pair" if chosen is rows[0] else "not the best pair"
+        best = "the best setting" if chosen is rows[0] else "not the best setting"
         score = chosen["dice_after_5"]["mean"]
-        verdict = f"today's default, {pair(chosen)} ({score:.3f}), is {best}"
+        verdict = f"today's default, {setting(chosen)} ({score:.3f}), is {best}"
+    minutes = r.get("minutes", 0) + r.get("minutes_before", 0)
     return [
-        f"The local clicks' two settings were chosen on {len(r['cases'])} of the shipped "
-        f"bundle's training sarcomas, never the held-out ones ({len(rows)} pairs, both first "
-        f"prompts, Dice after 5 clicks): best {pair(rows[0])} "
-        f"({rows[0]['dice_after_5']['mean']:.3f}), worst {pair(rows[-1])} "
+        f"The local clicks' settings were chosen on {len(r['cases'])} of the shipped "
+        f"bundle's training sarcomas, never the held-out ones ({len(rows)} settings over "
+        f"{minutes:.0f} min, both first prompts, Dice after 5 clicks): best {setting(rows[0])} "
+        f"({rows[0]['dice_after_5']['mean']:.3f}), worst {setting(rows[-1])} "
         f"({rows[-1]['dice_after_5']['mean']:.3f}); {verdict}. {_cpu(r)}; `{_command(r)}`."
     ]
 

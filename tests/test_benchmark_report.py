@@ -295,20 +295,22 @@ def test_the_diffusion_benchmark_trains_each_half_on_the_scans_the_other_is_meas
         assert [p.read_text() for p in images] == held  # links to the originals
 
 
-def test_the_click_settings_line_says_whether_the_default_is_the_best_pair(tmp_path):
+def test_the_click_settings_line_says_whether_the_default_is_the_best_setting(tmp_path):
     from benchmarks.report_interactive import tuning_lines
 
     assert "not tuned yet" in tuning_lines(tmp_path)[0]
 
-    def row(margin, reach, dice):
-        return {"margin": margin, "reach_mm": reach, "dice_after_5": {"mean": dice}}
+    def row(margin, reach, dice, **fade):
+        return {"margin": margin, "reach_mm": reach, "dice_after_5": {"mean": dice}, **fade}
 
-    result = {"cases": ["A", "B"], "rows": [row(0.05, 30.0, 0.7), row(0.1, 15.0, 0.8)],
-              "default": {"margin": 0.05, "reach_mm": 30.0},
+    rows = [row(0.05, 30.0, 0.7), row(0.1, 15.0, 0.8), row(0.1, 15.0, 0.9, box_fade=1.5)]
+    result = {"cases": ["A", "B"], "rows": rows, "minutes": 3, "minutes_before": 9,
               "command": "python -m benchmarks.interactive_tune"}  # fmt: skip
     (tmp_path / "interactive_tune.json").write_text(json.dumps(result))
-    (line,) = tuning_lines(tmp_path, (0.05, 30.0))
-    assert "best margin 0.1, reach 15 mm (0.800)" in line
-    assert "today's default, margin 0.05, reach 30 mm (0.700), is not the best pair" in line
-    assert "reach 15 mm (0.800), is the best pair" in tuning_lines(tmp_path, (0.1, 15.0))[0]
-    assert "(margin 0.3, reach 15 mm) was not tried" in tuning_lines(tmp_path, (0.3, 15.0))[0]
+    (line,) = tuning_lines(tmp_path, (0.05, 30.0, 0.0))
+    assert "(3 settings over 12 min," in line  # rows without a box fade ran without one
+    assert "best margin 0.1, reach 15 mm, box fade 1.5 (0.900)" in line
+    assert "default, margin 0.05, reach 30 mm, box fade 0 (0.700), is not the best" in line
+    best = tuning_lines(tmp_path, (0.1, 15.0, 1.5))[0]
+    assert "box fade 1.5 (0.900), is the best setting" in best
+    assert "box fade 2) was not tried" in tuning_lines(tmp_path, (0.1, 15.0, 2.0))[0]

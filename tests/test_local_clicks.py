@@ -83,3 +83,24 @@ def test_boxes_keep_the_inside_and_negative_boxes_erase_it():
     assert mask[10, 30, 30] and not mask[10, 8, 52]
     mask = refine(p, [], [Box((0, 0, 45), (20, 20, 60), positive=False)])
     assert mask[10, 30, 30] and not mask[10, 8, 52]
+
+
+def test_a_box_keeps_its_inscribed_ellipsoid_not_its_corners():
+    """A tumour fills its box as the inscribed ellipsoid does: a network sure of the whole box
+    keeps the ellipsoid (faded to 0 at box_fade times its radii) and loses the corners."""
+    p = np.full(SHAPE, 0.9, np.float32)
+    box = Box((0, 10, 20), (20, 50, 40))  # half-widths 10, 20, 10 voxels around (10, 30, 30)
+    mask = refine(p, [], [box], box_fade=1.4)
+    assert mask[10, 30, 30] and mask[10, 49, 30] and mask[0, 30, 30]  # the faces' centres
+    assert not mask[0, 10, 20] and not mask[19, 49, 39]  # the corners (radius 1.7)
+    inside = np.zeros(SHAPE, bool)
+    inside[0:20, 10:50, 20:40] = True
+    assert not mask[~inside].any() and 0.5 < mask.sum() / inside.sum() < 0.9
+    assert np.array_equal(refine(p, [], [box], box_fade=0), inside)  # 0: no fade
+
+
+def test_a_box_fade_at_or_below_one_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="box fade 1"):
+        refine(np.zeros(SHAPE, np.float32), [], [Box((0, 0, 0), (5, 5, 5))], box_fade=1.0)

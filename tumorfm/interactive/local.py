@@ -1,23 +1,26 @@
-"""Clicks as local thresholds: a reader's prompts applied to a probability map, so that every
-click is honoured whether or not a network learnt to read it.
+"""Clicks as local thresholds: a reader's prompts applied to a probability map, so that every click
+is honoured whether or not a network learnt to read it.
 
 A network's probabilities already rank the voxels; what it gets wrong is mostly where the line
 falls. A click says where it should fall near the clicked voxel: a positive click on a voxel of
-probability p adds the voxels around it that are at least as likely (p - MARGIN or more, the
-region connected to it), a negative click on p removes those that are no more likely (p +
-MARGIN or less). The click's threshold holds at the click and slides back to 0.5 at REACH_MM,
-linearly with the distance: a click is sure of its own neighbourhood and less of what lies
-farther away, so a negative click on a confident false alarm (p near 1) erases it without
-erasing the whole confident tumour it touches, as one flat threshold out to REACH_MM did (the
-Dice-per-click curve then fell after some clicks). A click never acts past the midway to a
-click of the other sign (a positive box counts by its centre), so two clicks never fight over a
-voxel. A positive box keeps the mask inside the positive boxes, a negative one erases its
-inside. Without a box, positive clicks select the object: what remains is the connected parts
+probability p adds the voxels around it that are at least as likely (p - MARGIN or more, the region
+connected to it), a negative click on p removes those that are no more likely (p + MARGIN or less).
+The click's threshold holds at the click and slides back to 0.5 at REACH_MM, linearly with the
+distance: a click is sure of its own neighbourhood and less of what lies farther away, so a negative
+click on a confident false alarm (p near 1) erases it without erasing the whole confident tumour it
+touches, as one flat threshold out to REACH_MM did (the Dice-per-click curve then fell after some
+clicks). A click never acts past the midway to a click of the other sign (a positive box counts by
+its centre), so two clicks never fight over a voxel. A positive box keeps the mask inside the
+positive boxes, a negative one erases its inside; and a box says more than where the object is: a
+tumour fills its box about as the inscribed ellipsoid does, not into the corners. So inside a
+positive box the probabilities are kept within that ellipsoid and fade to 0 at BOX_FADE times its
+radii: a network that spills into the tissue around a tumour (the shipped bundle does, on new scans)
+spills less. Without a box, positive clicks select the object: what remains is the connected parts
 that hold one of them (as a reader who points at one tumour means that one); a box has already
-chosen the object, and a click inside it on a part the network missed adds that part.
-Interactive tools have long done this with an intensity threshold at the click (a "smart
-brush"); here the threshold is on the network's probability, which separates tumour from tissue
-far better than a CT's HU (benchmarks/interactive.py measures the two).
+chosen the object, and a click inside it on a part the network missed adds that part. Interactive
+tools have long done this with an intensity threshold at the click (a "smart brush"); here the
+threshold is on the network's probability, which separates tumour from tissue far better than a CT's
+HU (benchmarks/interactive.py measures the two).
 
 Coordinates are those of tumorfm.interactive.prompts (voxel indices z, y, x of `probability`).
 """
@@ -37,6 +40,9 @@ from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 # clicks; the flat threshold this replaced did best at 0.05 and 60 mm)
 MARGIN = 0.1
 REACH_MM = 120.0
+# The box's ellipsoid, scaled by BOX_FADE, is where probabilities have faded to 0 (1.0 would be
+# the ellipsoid itself; 0 turns the fade off); chosen as MARGIN and REACH_MM were
+BOX_FADE = 1.4
 FLOOR = 0.02  # below this the network sees nothing: a positive click there adds its own ball
 
 
@@ -70,13 +76,16 @@ def refine(
     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
     margin: float = MARGIN,
     reach_mm: float = REACH_MM,
+    box_fade: float = BOX_FADE,
 ) -> np.ndarray:
     """The mask (bool, `probability`'s shape) that `probability` >= 0.5 becomes under the
     reader's `points` (applied in order) and `boxes`."""
     probability = np.asarray(probability, dtype=np.float32)
     shape, spacing = probability.shape, tuple(float(s) for s in spacing_zyx)
-    mask = probability >= 0.5
     positive_boxes = [b for b in boxes if b.positive]
+    if positive_boxes and box_fade:
+        probability = probability * _ellipsoid_fade(positive_boxes, box_fade, shape)
+    mask = probability >= 0.5
     if positive_boxes:
         inside = np.zeros(shape, bool)
         for box in positive_boxes:
@@ -117,6 +126,30 @@ def refine(
                 for p in points if p.positive} - {0}  # fmt: skip
         mask = np.isin(labels, sorted(held)) if held else mask
     return mask
+
+
+def _ellipsoid_fade(boxes: Sequence[Box], fade: float, shape) -> np.ndarray:
+    """Per voxel, the most of: 1 inside a box's inscribed ellipsoid, falling linearly with the
+    ellipsoidal radius to 0 at `fade` times it."""
+    if fade <= 1:
+        raise ValueError(f"box fade {fade}: must be above 1 (or 0 for no fade)")
+    weight = np.zeros(shape, np.float32)
+    for box in boxes:
+        centre = [(lo + hi) / 2 for lo, hi in zip(box.lo_zyx, box.hi_zyx)]
+        half = [max((hi - lo) / 2, 0.5) for lo, hi in zip(box.lo_zyx, box.hi_zyx)]
+        reach = Box(
+            tuple(c - fade * h for c, h in zip(centre, half)),
+            tuple(c + fade * h for c, h in zip(centre, half)),
+        )
+        region = _slices(reach, shape)
+        axes = [
+            ((np.arange(r.start, r.stop) + 0.5 - c) / h) ** 2
+            for r, c, h in zip(region, centre, half)
+        ]
+        radius = np.sqrt(sum(np.meshgrid(*axes, indexing="ij", sparse=True)))
+        fading = np.clip((fade - radius) / (fade - 1), 0, 1).astype(np.float32)
+        np.maximum(weight[region], fading, out=weight[region])
+    return weight
 
 
 def _slices(box: Box, shape) -> tuple[slice, ...]:

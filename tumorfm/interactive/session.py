@@ -348,7 +348,8 @@ class AutomaticSession(Session):
         )  # fmt: skip
         self.predictor, self.object_class = predictor, next(iter(predictor.labels))
         self._network: tuple[np.ndarray, np.ndarray] | None = None  # plan grid, scan grid
-        self.margin, self.reach_mm = local.MARGIN, local.REACH_MM  # see tumorfm.interactive.local
+        # the local clicks' settings: see tumorfm.interactive.local
+        self.margin, self.reach_mm, self.box_fade = local.MARGIN, local.REACH_MM, local.BOX_FADE
 
     def set_image(self, image: np.ndarray, geometry: Geometry) -> None:
         self._network = None
@@ -382,7 +383,7 @@ class AutomaticSession(Session):
             for b in self.boxes
         ]
         self._refined = local.refine(
-            self._scan, points, boxes, self._spacing, self.margin, self.reach_mm
+            self._scan, points, boxes, self._spacing, self.margin, self.reach_mm, self.box_fade
         )
         self._window = tuple(slice(0, n) for n in self._probability.shape)
         self._mask = None
