@@ -35,6 +35,7 @@ from tumorfm.interactive.simulate import simulate_clicks
 from .common import DATA, RESULTS, parser_for
 from .interactive import prompted
 from .measure import provenance
+from .report_interactive import setting_key, setting_name
 from .scoring import stats
 from .shipped_model import DATASETS, fixed_split
 
@@ -62,16 +63,8 @@ def tune(args, cases: list[str]) -> dict:
             scores = simulate_clicks(answer, target, max(COUNTS), rng, (first,), spacing)
             curves[pair][first][case] = scores
         best = max(pairs, key=lambda p: np.mean([c[case][5] for c in curves[p].values()]))
-        print(f"{case}: best after 5 clicks at {setting(*best)}", flush=True)
+        print(f"{case}: best after 5 clicks at {setting_name(*best)}", flush=True)
     return curves
-
-
-def setting(margin: float, reach_mm: float, box_fade: float) -> str:
-    return f"margin {margin:g}, reach {reach_mm:g} mm, box fade {box_fade:g}"
-
-
-def key(row: dict) -> tuple[float, float, float]:
-    return row["margin"], row["reach_mm"], row.get("box_fade", 0.0)
 
 
 def main() -> None:
@@ -90,18 +83,18 @@ def main() -> None:
     curves = tune(args, cases)
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
     same = earlier.get("cases") == cases and earlier.get("seed", 0) == args.seed
-    kept = {key(row): row for row in earlier.get("rows", [])} if same else {}
+    kept = {setting_key(row): row for row in earlier.get("rows", [])} if same else {}
     for (margin, reach, fade), by_first in curves.items():
         per_case = [scores for cases in by_first.values() for scores in cases.values()]
         kept[(margin, reach, fade)] = {
             "margin": margin, "reach_mm": reach, "box_fade": fade,
             **{f"dice_after_{n}": stats([s[n] for s in per_case]) for n in COUNTS},
         }  # fmt: skip
-    rows = [{**row, "box_fade": key(row)[2]} for row in kept.values()]
+    rows = [{**row, "box_fade": setting_key(row)[2]} for row in kept.values()]
     best = max(rows, key=lambda r: r["dice_after_5"]["mean"])
     default = {"margin": local.MARGIN, "reach_mm": local.REACH_MM, "box_fade": local.BOX_FADE}
     result = {
-        "what": "local clicks' margin and reach, chosen on the shipped bundle's training "
+        "what": "local clicks' margin, reach and box fade, chosen on the shipped bundle's training "
         "sarcomas (Dice after corrective clicks, both first prompts)",
         "cases": cases,
         "seed": args.seed,
@@ -117,7 +110,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     for row in sorted(rows, key=lambda r: -r["dice_after_5"]["mean"]):
         cells = "  ".join(f"{n}: {row[f'dice_after_{n}']['mean']:.3f}" for n in COUNTS)
-        print(f"{setting(*key(row))}  {cells}")
+        print(f"{setting_name(*setting_key(row))}  {cells}")
     print(f"best after 5 clicks: {result['best_after_5']}; default {default}")
 
 

@@ -6,6 +6,16 @@ from pathlib import Path
 
 from .report_format import PRODUCT, _command, _cpu, _load
 
+
+def setting_key(row: dict) -> tuple[float, float, float]:
+    """A tuning row's (margin, reach, box fade); rows from before the fade ran without it."""
+    return row["margin"], row["reach_mm"], row.get("box_fade", 0.0)
+
+
+def setting_name(margin: float, reach_mm: float, box_fade: float) -> str:
+    return f"margin {margin:g}, reach {reach_mm:g} mm, box fade {box_fade:g}"
+
+
 SCANS = {"sarcoma_ct": "real sarcoma CTs", "brain_mr": "real glioblastoma T1 MRs"}
 
 
@@ -39,19 +49,12 @@ def tuning_lines(results: Path, default: tuple[float, float] | None = None) -> l
         default = (local.MARGIN, local.REACH_MM, local.BOX_FADE)
     rows = sorted(r["rows"], key=lambda row: -row["dice_after_5"]["mean"])
 
-    def key(row: dict) -> tuple:
-        return row["margin"], row["reach_mm"], row.get("box_fade", 0.0)
-
     def setting(row: dict) -> str:
-        margin, reach, fade = key(row)
-        return f"margin {margin:g}, reach {reach:g} mm, box fade {fade:g}"
+        return setting_name(*setting_key(row))
 
-    chosen = next((row for row in rows if key(row) == tuple(default)), None)
+    chosen = next((row for row in rows if setting_key(row) == tuple(default)), None)
     if chosen is None:
-        verdict = (
-            f"today's default (margin {default[0]:g}, reach {default[1]:g} mm, box fade "
-            f"{default[2]:g}) was not tried"
-        )
+        verdict = f"today's default ({setting_name(*default)}) was not tried"
     else:
         best = "the best setting" if chosen is rows[0] else "not the best setting"
         score = chosen["dice_after_5"]["mean"]
