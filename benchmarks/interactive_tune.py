@@ -78,6 +78,9 @@ def main() -> None:
                         help="0: no fade")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    bad = [f for f in args.box_fades if not (f == 0 or f > 1)]  # NaN too
+    if bad:
+        parser.error(f"--box-fades {bad[0]:g}: each must be above 1, or 0 for no fade")
     load, started = os.getloadavg(), time.perf_counter()
     cases = fixed_split(args.data)["sarcoma_ct"]["train"][: args.cases]
     curves = tune(args, cases)

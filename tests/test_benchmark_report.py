@@ -314,3 +314,15 @@ def test_the_click_settings_line_says_whether_the_default_is_the_best_setting(tm
     best = tuning_lines(tmp_path, (0.1, 15.0, 1.5))[0]
     assert "box fade 1.5 (0.900), is the best setting" in best
     assert "box fade 2) was not tried" in tuning_lines(tmp_path, (0.1, 15.0, 2.0))[0]
+
+
+def test_the_tuner_refuses_a_box_fade_it_cannot_use():
+    import subprocess
+    import sys
+
+    for fade in ("0.5", "nan"):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.interactive_tune", "--box-fades",
+                               fade], capture_output=True, text=True,
+                              cwd=Path(__file__).parents[1])  # fmt: skip
+        assert done.returncode == 2
+        assert f"--box-fades {fade}: each must be above 1, or 0 for no fade" in done.stderr

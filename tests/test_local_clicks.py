@@ -99,8 +99,9 @@ def test_a_box_keeps_its_inscribed_ellipsoid_not_its_corners():
     assert np.array_equal(refine(p, [], [box], box_fade=0), inside)  # 0: no fade
 
 
-def test_a_box_fade_at_or_below_one_is_refused():
+def test_a_box_fade_at_or_below_one_or_not_finite_is_refused():
     import pytest
 
-    with pytest.raises(ValueError, match="box fade 1"):
-        refine(np.zeros(SHAPE, np.float32), [], [Box((0, 0, 0), (5, 5, 5))], box_fade=1.0)
+    for fade in (1.0, 0.5, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"box fade {fade}: must be a finite number above 1"):
+            refine(np.zeros(SHAPE, np.float32), [], [Box((0, 0, 0), (5, 5, 5))], box_fade=fade)

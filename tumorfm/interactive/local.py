@@ -131,8 +131,8 @@ def refine(
 def _ellipsoid_fade(boxes: Sequence[Box], fade: float, shape) -> np.ndarray:
     """Per voxel, the most of: 1 inside a box's inscribed ellipsoid, falling linearly with the
     ellipsoidal radius to 0 at `fade` times it."""
-    if fade <= 1:
-        raise ValueError(f"box fade {fade}: must be above 1 (or 0 for no fade)")
+    if not (1 < fade < float("inf")):  # NaN too
+        raise ValueError(f"box fade {fade}: must be a finite number above 1 (or 0 for no fade)")
     weight = np.zeros(shape, np.float32)
     for box in boxes:
         centre = [(lo + hi) / 2 for lo, hi in zip(box.lo_zyx, box.hi_zyx)]
