@@ -2,7 +2,9 @@
 
     .venv/bin/python -m benchmarks.distill [--seeds 0 1 2] [--student tsfm-tiny]
 
-Teacher: the shipped bundle (tsfm-real-lowres, tsfm-compact). Per seed, three students of the
+Teacher: the shipped bundle (tsfm-real-lowres, tsfm-compact). Student: tsfm-fast, whose strided
+stem runs every stage at half resolution (the teacher's per-voxel work at full resolution is what
+a thinner network, tsfm-tiny, did not save). Per seed, three students of the
 same preset train from scratch on the sarcoma CTs the teacher trained on (its fixed split, so its
 seven held-out sarcomas stay unseen by all), with the same plan, patch, iterations and seed,
 all through `tumorfm distill`: `labels` with --alpha 0 (the labels alone; the teacher is not
@@ -78,9 +80,15 @@ def _count_bundle(bundle: Path) -> int:
         return sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
 
 
+def students_folder(args) -> Path:
+    """The work folder of one setting of SAME_RUN: a finished arm there is one of these settings
+    (another student or budget trains in its own folder, never reusing this one's)."""
+    return args.work / "_".join(f"{k}{getattr(args, k)}" for k in SAME_RUN)
+
+
 def student(args, arm: str, seed: int) -> dict:
     """Train (unless finished) and score one student."""
-    out = args.work / f"seed{seed}" / arm
+    out = students_folder(args) / f"seed{seed}" / arm
     scored = out.parent / f"{arm}-score.json"
     epochs = args.iterations // args.per_epoch
     log = out / "log.jsonl"
@@ -161,8 +169,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     add_work_and_out(parser, "distill")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--student", default="tsfm-tiny")
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--student", default="tsfm-fast")
+    parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--per-epoch", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tumorfm.model.bundle import WEIGHTS
+from tumorfm.model.presets import PRESETS
 
 from .common import ROOT, sha256
 from .report_accuracy import _over_seeds
@@ -31,9 +32,11 @@ def distill_table(results: Path) -> list[str]:
     measured = list(r["per_seed"])  # an incomplete run holds fewer than its settings ask
     seeds = ", ".join(map(str, measured))
     spread = "mean +- standard deviation over seeds" if len(measured) > 1 else "one seed"
+    half = PRESETS.get(s["student"], {}).get("stem_stride", 1) > 1
     lines = [
         f"Teacher: the shipped {teacher['bundle']} ({teacher['preset']}). Students: "
-        f"{s['student']} from scratch on the teacher's training sarcomas, {s['iterations']} "
+        f"{s['student']}{' (a strided stem: every stage at half resolution)' if half else ''} "
+        f"from scratch on the teacher's training sarcomas, {s['iterations']} "
         f"iterations, on the labels alone or distilled (alpha {s['alpha']:g}, temperature "
         f"{s['temperature']:g}); Dice on the 7 held-out sarcomas, `predict --fast`; {spread} "
         f"({seeds}); {_cpu(r)}; `{_command(r)}`.",
@@ -87,12 +90,23 @@ def distill_table(results: Path) -> list[str]:
                 f"takes {r['network_time_ratio_large_scan']:.2f} of the teacher's: the rest is "
                 f"what both pay per scan."
             )
+            floor = 1 - teacher["large_scan_network_seconds"] / teacher["large_scan_seconds"]
+            lines[-1] += (
+                f" That rest (starting the process, reading, resampling, writing) is {floor:.2f} "
+                f"of the teacher's time on this scan: no student, however fast its network, "
+                f"goes below it."
+            )
     if r.get("features_gain"):
         lines += [
             "",
             f"Stage features too (`--features`) against the outputs alone: "
             f"{_signed(r['features_gain'])} Dice ({_spread(r['features_gain'])}).",
         ]
+        features = next((x["dice"]["mean"] for x in r["rows"] if x["arm"] == "features"), None)
+        if features is not None:
+            lines[-1] += (
+                f" That student keeps {features / teacher['dice']:.2f} of the teacher's Dice."
+            )
     shipped = ROOT / "models" / teacher["bundle"] / WEIGHTS
     if shipped.is_file() and r.get("teacher_weights_sha256") not in (None, sha256(shipped)):
         lines += [
@@ -101,6 +115,7 @@ def distill_table(results: Path) -> list[str]:
             f"{r['teacher_weights_sha256'][:12]}), shipped again since: `{_command(r)}` "
             "measures the students anew with today's.",
         ]
+    lines += _longer_budget(results, teacher)
     if r.get("teacher_note"):  # where the teacher's own time comes from, when not this run
         lines += ["", f"Note: {r['teacher_note']}."]
     if "teacher_loss" not in r:  # measured before the Dice with the teacher's mask was added
@@ -110,3 +125,19 @@ def distill_table(results: Path) -> list[str]:
             "the Dice with its mask (tumorfm/train/teacher.py), not measured yet.",
         ]
     return lines
+
+
+def _longer_budget(results: Path, teacher: dict) -> list[str]:
+    """The same comparison at a longer budget (benchmarks/results/distill_long.json, a run of
+    `benchmarks.distill --iterations N --out ...`), when one was measured."""
+    r = _load(results, "distill_long")
+    if r is None or not r["rows"]:
+        return []
+    s, seeds = r["settings"], ", ".join(r["per_seed"])
+    arms = "; ".join(f"{row['arm']} {_over_seeds(row['dice'])}" for row in r["rows"])
+    kept = "" if r["dice_kept"] is None else f"; the distilled student keeps {r['dice_kept']:.2f}"
+    return [
+        "",
+        f"A longer budget, {s['iterations']} iterations ({s['student']}, seed(s) {seeds}): Dice "
+        f"{arms}{kept} of the teacher's {teacher['dice']:.3f}; `{_command(r)}`.",
+    ]

@@ -212,6 +212,49 @@ def test_distill_keeps_the_arms_a_run_with_its_settings_recorded_and_reports_a_p
     )
 
 
+def test_distill_students_of_other_settings_train_apart_and_the_table_names_the_time_floor(
+    tmp_path,
+):
+    """A finished arm in the work folder is reused only by a run of the same student and budget;
+    the table says how much of the teacher's whole-scan time lies outside any network."""
+    from types import SimpleNamespace
+
+    from benchmarks import distill
+    from benchmarks.report_distill import distill_table
+
+    args = SimpleNamespace(work=tmp_path, student="tsfm-fast", iterations=400, per_epoch=50,
+                           alpha=0.5, temperature=2.0, seeds=[0], arms=["labels", "distilled"],
+                           out=tmp_path / "results" / "distill.json")  # fmt: skip
+    folders = {distill.students_folder(SimpleNamespace(**{**vars(args), **change}))
+               for change in ({}, {"student": "tsfm-tiny"}, {"iterations": 300})}  # fmt: skip
+    assert len(folders) == 3 and all(f.parent == tmp_path for f in folders)
+    row = {"dice": 0.6, "hd95_median": 20.0, "predict_seconds_per_scan": 2.0,
+           "predict_peak_mb": 600.0, "train_seconds": 100.0, "parameters": 1000,
+           "large_scan_seconds": 3.0, "network_seconds_per_scan": 0.2,
+           "large_scan_network_seconds": 0.5}  # fmt: skip
+    rows = {0: [{"arm": "labels", **row}, {"arm": "distilled", **row}]}
+    teacher = {"dice": 0.64, "hd95_median": 19.0, "predict_seconds_per_scan": 4.0,
+               "predict_peak_mb": 900.0, "parameters": 10_000, "large_scan_seconds": 5.0,
+               "large_scan_network_seconds": 2.0}  # fmt: skip
+    args.out.parent.mkdir()
+    args.out.write_text(json.dumps(distill.results(args, teacher, rows, (0.0, 0.0, 0.0))))
+    text = "\n".join(distill_table(args.out.parent))
+    assert "tsfm-fast (a strided stem: every stage at half resolution)" in text
+    assert "0.60 of the teacher's time on this scan" in text  # 1 - 2.0 / 5.0
+    assert "0.60 of the teacher's time (target <= 0.25: **missed**)" in text  # 3.0 / 5.0
+    assert "A longer budget" not in text
+    longer = distill.results(
+        SimpleNamespace(**{**vars(args), "iterations": 1600}),
+        teacher,
+        {0: [{"arm": "labels", **row}, {"arm": "distilled", **row, "dice": 0.608}]},
+        (0.0, 0.0, 0.0),
+    )
+    (args.out.parent / "distill_long.json").write_text(json.dumps(longer))  # fmt: skip
+    text = "\n".join(distill_table(args.out.parent))
+    assert "A longer budget, 1600 iterations (tsfm-fast, seed(s) 0): Dice labels 0.600" in text
+    assert "distilled 0.608; the distilled student keeps 0.95 of the teacher's 0.640" in text
+
+
 def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
     """A run of three seeds outlasts a session: the results file written after a seed is what a
     later run of the same settings starts from, and a run of other settings starts afresh."""

@@ -152,6 +152,19 @@ def test_stages_pair_by_resolution_whatever_the_widths():
     assert ours[finest][0] == (1, 1, 1)  # the last decoder stage is at full resolution
 
 
+def test_a_strided_stem_student_pairs_each_stage_with_the_teachers_one_level_finer():
+    """tsfm-fast's stages run at half resolution: its last decoder stage (stride 2) learns the
+    teacher's stride-2 stage, and no stage of it claims the teacher's full resolution."""
+    patch = (16, 32, 32)
+    student = preset_config("tsfm-fast", 1, 1, patch)
+    teacher = load_bundle(SHIPPED, patch_size=patch).model.config
+    ours, theirs = stage_strides(student), stage_strides(teacher)
+    pairs = stage_pairs(student, teacher)
+    finest = max(n for n in ours if n.startswith("decoder"))
+    assert ours[finest][0] == (2, 2, 2) and theirs[pairs[finest]][0] == (2, 2, 2)
+    assert len(pairs) >= 2 and all(theirs[t][0] != (1, 1, 1) for t in pairs.values())
+
+
 def test_feature_term_is_zero_for_a_copy_through_identity_adapters_and_trains_both():
     torch.manual_seed(3)
     config = preset_config("tsfm-tiny", 1, 1, (16, 32, 32))

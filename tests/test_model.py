@@ -20,6 +20,7 @@ CPU_PRESETS = [name for name in list_models() if _parameters(name) < 150e6]  # r
 COUNTS = {  # name: (low, high) parameters at the paper's patch
     "tsfm-tiny": (0.5e6, 2e6),
     "tsfm-compact": (10e6, 14e6),
+    "tsfm-fast": (4e6, 7e6),
     "tsfm-small": (15e6, 25e6),
     "tsfm-base": (80e6, 120e6),
     "tsfm-large": (350e6, 450e6),
@@ -45,7 +46,8 @@ def test_every_parameter_receives_a_gradient(name):
     """A parameter without gradient breaks DDP; deep-supervision heads included."""
     model = _model(name, deep_supervision=True).train()
     outputs = model(torch.randn(1, 2, *PATCH))
-    assert [o.shape[2:] for o in outputs][:3] == [PATCH, (16,) * 3, (8,) * 3]
+    stem = model.config.stem_stride  # a strided stem's coarser outputs are coarser still
+    assert [o.shape[2:] for o in outputs][:3] == [PATCH, (16 // stem,) * 3, (8 // stem,) * 3]
     sum(o.square().mean() for o in outputs).backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert silent == []
@@ -137,5 +139,24 @@ def test_unknown_preset_and_setting():
     with pytest.raises(ValueError, match="unknown model setting"):
         TSFMConfig.from_dict({"widthz": (8, 16)})
     assert list_models() == [
-        "tsfm-tiny", "tsfm-compact", "tsfm-small", "tsfm-base", "tsfm-large", "tsfm-1.6b"
+        "tsfm-tiny", "tsfm-compact", "tsfm-fast", "tsfm-small", "tsfm-base", "tsfm-large",
+        "tsfm-1.6b",
     ]  # fmt: skip
+
+
+def test_strided_stem_runs_at_half_resolution_and_returns_the_input_grid():
+    """tsfm-fast's stages see half the grid on each axis, and its logits come back up-sampled
+    to any input grid, odd ones included (a sliding window's edge or a small scan)."""
+    model = _model("tsfm-fast").eval()
+    seen = []
+    model.encoder[0].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    with torch.no_grad():
+        full = model(torch.randn(1, 2, *PATCH))
+        odd = model(torch.randn(1, 2, 33, 30, 31))
+    assert seen[0] == tuple(p // 2 for p in PATCH) and full.shape[2:] == PATCH
+    assert odd.shape[2:] == (33, 30, 31) and torch.isfinite(odd).all()
+    assert model.config.bottleneck_grid == (4, 4, 4)  # 32 -> 16 (stem) -> 8 -> 4, then 2 < 3
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        TSFMConfig(stem_stride=3)
+    with pytest.raises(ValueError, match="divide by the stem stride"):
+        TSFMConfig(patch_size=(33, 32, 32), stem_stride=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,6 +38,9 @@ class TSFMConfig:
     checkpoint_stages: bool = False
     checkpoint_transformer: bool = False
     strides: tuple[tuple[int, int, int], ...] | None = field(default=None)  # default: from patch
+    # 2: the stem halves the grid, so every stage runs at half resolution (an eighth of the
+    # voxels) and the logits are up-sampled trilinearly at the end: a fast student (issue 20)
+    stem_stride: int = 1
     # parameter-efficient fine-tuning (tumorfm.model.adapters); 0 = none, the plain network
     adapter_dim: int = 0  # bottleneck adapter after each transformer layer's MLP
     lora_rank: int = 0  # LoRA on each transformer layer's qkv, attention proj, MLP fc and proj
@@ -47,8 +51,14 @@ class TSFMConfig:
         self.widths = tuple(int(w) for w in self.widths)
         if isinstance(self.blocks, list | tuple):
             self.blocks = tuple(int(b) for b in self.blocks)
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, not {self.stem_stride}")
+        if any(p % self.stem_stride for p in self.patch_size):
+            raise ValueError(
+                f"patch {self.patch_size} must divide by the stem stride {self.stem_stride}"
+            )
         if self.strides is None:
-            self.strides = strides_for_patch(self.patch_size, len(self.widths) - 1)
+            self.strides = strides_for_patch(self.stem_grid, len(self.widths) - 1)
         self.strides = tuple(tuple(int(s) for s in stride) for stride in self.strides)
         if self.adapter_dim < 0 or self.lora_rank < 0:
             raise ValueError("adapter_dim and lora_rank must be >= 0 (0 = none)")
@@ -62,8 +72,13 @@ class TSFMConfig:
         return self.blocks
 
     @property
+    def stem_grid(self) -> tuple[int, int, int]:
+        """The patch's grid after the stem, where the first stage runs."""
+        return tuple(p // self.stem_stride for p in self.patch_size)
+
+    @property
     def bottleneck_grid(self) -> tuple[int, int, int]:
-        grid = list(self.patch_size)
+        grid = list(self.stem_grid)
         for stride in self.strides:
             grid = [g // s for g, s in zip(grid, stride)]
         return tuple(grid)
@@ -98,7 +113,7 @@ class TSFM(nn.Module):
         c, widths, blocks = config, config.widths, config.blocks_per_stage
         if len(blocks) != len(widths):
             raise ValueError(f"blocks {blocks} needs one entry per stage ({len(widths)})")
-        self.stem = nn.Conv3d(c.in_channels, widths[0], 3, padding=1)
+        self.stem = nn.Conv3d(c.in_channels, widths[0], 3, stride=c.stem_stride, padding=1)
         self.encoder = nn.ModuleList(
             [EncoderStage(widths[0], widths[0], blocks[0], 1, c.pre_activation)]
         )
@@ -151,7 +166,7 @@ class TSFM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits (B, classes, *grid); in training with deep supervision, a list of logits from
         full resolution down (each coarser by the encoder's strides)."""
-        skips = []
+        skips, grid = [], x.shape[2:]
         x = self.stem(x)
         for stage in self.encoder:
             x = self._run(stage, x)
@@ -164,6 +179,8 @@ class TSFM(nn.Module):
             if supervised:
                 decoded.append(x)
         logits = self.head(self.final(x))
+        if self.config.stem_stride > 1:
+            logits = F.interpolate(logits, size=grid, mode="trilinear", align_corners=False)
         if not supervised:
             return logits
         lower = list(reversed(decoded[:-1]))  # finest first, skipping full resolution

@@ -28,6 +28,17 @@ PRESETS: dict[str, dict] = {
         transformer_heads=3,
         transformer_mlp=768,
     ),
+    # a student for distillation (issue 20): compact's first widths at half resolution (a
+    # strided stem, logits up-sampled), an eighth of the voxels for every conv, norm and activation
+    "tsfm-fast": dict(
+        widths=(16, 32, 64, 128, 128),
+        blocks=1,
+        transformer_width=128,
+        transformer_depth=4,
+        transformer_heads=4,
+        transformer_mlp=512,
+        stem_stride=2,
+    ),
     "tsfm-small": dict(
         widths=(16, 32, 64, 128, 256, 256),
         blocks=1,

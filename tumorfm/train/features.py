@@ -22,7 +22,7 @@ ADAPTERS = "kd_adapters."  # the adapters' key prefix in RUN/state/model.safeten
 def stage_strides(config: TSFMConfig) -> dict[str, tuple[tuple[int, ...], int]]:
     """{module name: (stride from the input, channels)} of the bottleneck's output and of each
     decoder stage's, as TSFM.forward computes them."""
-    strides = [(1,) * len(config.patch_size)]
+    strides = [(config.stem_stride,) * len(config.patch_size)]  # a strided stem: all halved
     for step in config.strides:
         strides.append(tuple(a * b for a, b in zip(strides[-1], step)))
     stages = {"bottleneck": (strides[-1], config.widths[-1])}
