@@ -36,6 +36,17 @@ def test_cli_summary_of_the_paper_model_on_meta():
     assert listing.returncode == 0 and "tsfm-1.6b" in listing.stdout
 
 
+def test_a_strided_stem_shows_in_the_summary_and_costs_an_eighth():
+    """tsfm-fast runs compact's first widths at half resolution: the summary says so, and its
+    multiply-adds per window are a fraction of tsfm-compact's."""
+    fast = summarize(preset_config("tsfm-fast", 1, 1, (48, 96, 96)))
+    compact = summarize(preset_config("tsfm-compact", 1, 1, (48, 96, 96)))
+    assert fast["stem_stride"] == 2 and compact["stem_stride"] == 1
+    assert fast["macs_per_forward"] < compact["macs_per_forward"] / 6
+    result = run_cli("model", "summary", "tsfm-fast", "--patch", "48", "96", "96")
+    assert result.returncode == 0 and "stem stride 2: every stage at half" in result.stdout
+
+
 def test_cli_unknown_model_is_one_line():
     from conftest import assert_one_line_error
 

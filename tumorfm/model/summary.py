@@ -86,6 +86,7 @@ def summarize(config: TSFMConfig) -> dict:
     return {
         "parameters": parameters,
         "patch_size": list(config.patch_size),
+        "stem_stride": config.stem_stride,
         "strides": [list(s) for s in config.strides],
         "bottleneck_grid": list(grid),
         "tokens": int(grid[0] * grid[1] * grid[2]),
@@ -105,6 +106,8 @@ def format_summary(name: str, summary: dict) -> str:
     for part in ("encoder", "bottleneck", "decoder", "heads"):
         lines.append(f"  {part:<11} {p[part]:>15,}  ({100 * p[part] / p['total']:.1f}%)")
     grid = "x".join(map(str, summary["bottleneck_grid"]))
+    if summary["stem_stride"] > 1:
+        lines.append(f"  stem stride {summary['stem_stride']}: every stage at half resolution")
     lines += [
         f"  bottleneck grid {grid} = {summary['tokens']} tokens",
         f"  multiply-adds per forward (1 sample): {summary['macs_per_forward'] / 1e9:,.1f} G",
