@@ -134,7 +134,12 @@ def _longer_budget(results: Path, teacher: dict) -> list[str]:
     if r is None or not r["rows"]:
         return []
     s, seeds = r["settings"], ", ".join(r["per_seed"])
-    arms = "; ".join(f"{row['arm']} {_over_seeds(row['dice'])}" for row in r["rows"])
+    counts = {row["dice"]["n"] for row in r["rows"]}  # a run stopped part-way: say per arm
+    arms = "; ".join(
+        f"{row['arm']} {_over_seeds(row['dice'])}"
+        + (f" ({row['dice']['n']} seed(s))" if len(counts) > 1 else "")
+        for row in r["rows"]
+    )
     kept = "" if r["dice_kept"] is None else f"; the distilled student keeps {r['dice_kept']:.2f}"
     return [
         "",

@@ -253,6 +253,12 @@ def test_distill_students_of_other_settings_train_apart_and_the_table_names_the_
     text = "\n".join(distill_table(args.out.parent))
     assert "A longer budget, 1600 iterations (tsfm-fast, seed(s) 0): Dice labels 0.600" in text
     assert "distilled 0.608; the distilled student keeps 0.95 of the teacher's 0.640" in text
+    longer["rows"].append({"arm": "features", "dice": {"mean": 0.63, "std": None, "n": 1}})
+    for row in longer["rows"][:2]:
+        row["dice"] |= {"n": 2, "std": 0.01}
+    (args.out.parent / "distill_long.json").write_text(json.dumps(longer))
+    text = "\n".join(distill_table(args.out.parent))
+    assert "labels 0.600 +- 0.010 (2 seed(s))" in text and "features 0.630 (1 seed(s))" in text
 
 
 def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
