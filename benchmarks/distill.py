@@ -1,6 +1,6 @@
 """Does distillation give a small, fast student that keeps what the shipped model knows? (issue 20)
 
-    .venv/bin/python -m benchmarks.distill [--seeds 0 1 2] [--student tsfm-tiny]
+    .venv/bin/python -m benchmarks.distill [--seeds 0 1 2] [--student tsfm-fast] [--iterations 400]
 
 Teacher: the shipped bundle (tsfm-real-lowres, tsfm-compact). Student: tsfm-fast, whose strided
 stem runs every stage at half resolution (the teacher's per-voxel work at full resolution is what
@@ -18,7 +18,8 @@ Targets (issue 20): the distilled student keeps >= 95% of the teacher's Dice at 
 prediction time, and beats the same student trained on the labels alone (paired over seeds,
 benchmarks/seeds.py). The results file is written after every arm, and a run with the same
 settings keeps the arms it records (a session may end part-way, and the work folder with it); a
-finished arm in the work folder is kept too; an interrupted one restarts.
+finished arm in the work folder (one per student, budget, alpha and temperature) is kept too; an
+interrupted one restarts.
 Results: benchmarks/results/distill.json.
 """
 
