@@ -18,8 +18,8 @@ Targets (issue 20): the distilled student keeps >= 95% of the teacher's Dice at 
 prediction time, and beats the same student trained on the labels alone (paired over seeds,
 benchmarks/seeds.py). The results file is written after every arm, and a run with the same
 settings keeps the arms it records (a session may end part-way, and the work folder with it); a
-finished arm in the work folder (one per student, budget, alpha and temperature) is kept too; an
-interrupted one restarts.
+finished arm in the work folder (one per student, budget, alpha and temperature, where the teacher
+is scored once, beside its students) is kept too; an interrupted one restarts.
 Results: benchmarks/results/distill.json.
 """
 
@@ -185,7 +185,8 @@ def main() -> None:
     before = seeds.recorded(
         args.out, args, SAME_RUN, teacher_loss=TEACHER_LOSS, teacher_weights_sha256=weights
     )
-    teacher_file = args.work / "teacher-score.json"
+    teacher_file = students_folder(args) / "teacher-score.json"  # timed beside these students
+    teacher_file.parent.mkdir(parents=True, exist_ok=True)
     cached = json.loads(teacher_file.read_text()) if teacher_file.is_file() else None
     old = json.loads(args.out.read_text())["teacher"] if before else {}
     if cached is not None and cached.pop("sha", None) == weights:

@@ -7,6 +7,7 @@ from pathlib import Path
 from tumorfm.model.bundle import WEIGHTS
 from tumorfm.model.presets import PRESETS
 
+from . import seeds
 from .common import ROOT, sha256
 from .report_accuracy import _over_seeds
 from .report_format import PRODUCT, _command, _cpu, _load, _mb, _s
@@ -30,7 +31,7 @@ def distill_table(results: Path) -> list[str]:
         return [f"Not measured yet: `{PRODUCT}.distill`."]
     s, teacher = r["settings"], r["teacher"]
     measured = list(r["per_seed"])  # an incomplete run holds fewer than its settings ask
-    seeds = ", ".join(map(str, measured))
+    seed_list = ", ".join(map(str, measured))
     spread = "mean +- standard deviation over seeds" if len(measured) > 1 else "one seed"
     half = PRESETS.get(s["student"], {}).get("stem_stride", 1) > 1
     lines = [
@@ -39,7 +40,7 @@ def distill_table(results: Path) -> list[str]:
         f"from scratch on the teacher's training sarcomas, {s['iterations']} "
         f"iterations, on the labels alone or distilled (alpha {s['alpha']:g}, temperature "
         f"{s['temperature']:g}); Dice on the 7 held-out sarcomas, `predict --fast`; {spread} "
-        f"({seeds}); {_cpu(r)}; `{_command(r)}`.",
+        f"({seed_list}); {_cpu(r)}; `{_command(r)}`.",
         "",
         "| model | parameters | Dice on held-out sarcomas | median HD95 mm | s per scan | peak |",
         "|---|---:|---:|---:|---:|---:|",
@@ -104,8 +105,13 @@ def distill_table(results: Path) -> list[str]:
         ]
         features = next((x["dice"]["mean"] for x in r["rows"] if x["arm"] == "features"), None)
         if features is not None:
+            kept = features / teacher["dice"]
+            ahead = _against_labels(r, "features")
             lines[-1] += (
-                f" That student keeps {features / teacher['dice']:.2f} of the teacher's Dice."
+                f" That student keeps {kept:.2f} of the teacher's Dice (target >= "
+                f"{targets['dice_kept']:g}: {verdict(kept >= targets['dice_kept'])}); against "
+                f"labels alone {_signed(ahead)} (target: ahead, "
+                f"{verdict((ahead['mean'] or 0) > 0)}; {_spread(ahead)})."
             )
     shipped = ROOT / "models" / teacher["bundle"] / WEIGHTS
     if shipped.is_file() and r.get("teacher_weights_sha256") not in (None, sha256(shipped)):
@@ -127,22 +133,35 @@ def distill_table(results: Path) -> list[str]:
     return lines
 
 
+def _against_labels(r: dict, arm: str) -> dict:
+    """An arm's Dice minus the labels-only student's, seed by seed (benchmarks/seeds.py)."""
+    rows = {int(seed): arms for seed, arms in r["per_seed"].items()}
+    return seeds.paired_difference(rows, {"arm": arm}, {"arm": "labels"}, "dice")
+
+
 def _longer_budget(results: Path, teacher: dict) -> list[str]:
     """The same comparison at a longer budget (benchmarks/results/distill_long.json, a run of
     `benchmarks.distill --iterations N --out ...`), when one was measured."""
     r = _load(results, "distill_long")
     if r is None or not r["rows"]:
         return []
-    s, seeds = r["settings"], ", ".join(r["per_seed"])
+    s, seeds_run = r["settings"], ", ".join(r["per_seed"])
     counts = {row["dice"]["n"] for row in r["rows"]}  # a run stopped part-way: say per arm
     arms = "; ".join(
         f"{row['arm']} {_over_seeds(row['dice'])}"
         + (f" ({row['dice']['n']} seed(s))" if len(counts) > 1 else "")
         for row in r["rows"]
     )
-    kept = "" if r["dice_kept"] is None else f"; the distilled student keeps {r['dice_kept']:.2f}"
+    taught = [row for row in r["rows"] if row["arm"] != "labels" and row["dice"]["mean"]]
+    ahead = "; ".join(
+        f"{row['arm']} keeps {row['dice']['mean'] / teacher['dice']:.2f} of the teacher's Dice, "
+        f"{_signed(_against_labels(r, row['arm']))} against labels alone "
+        f"({_spread(_against_labels(r, row['arm']))})"
+        for row in taught
+    )
     return [
         "",
-        f"A longer budget, {s['iterations']} iterations ({s['student']}, seed(s) {seeds}): Dice "
-        f"{arms}{kept} of the teacher's {teacher['dice']:.3f}; `{_command(r)}`.",
+        f"A longer budget, {s['iterations']} iterations ({s['student']}, seed(s) {seeds_run}): "
+        f"Dice {arms}, the teacher {teacher['dice']:.3f}; `{_command(r)}`."
+        + (f" Paired by seed: {ahead}." if ahead else ""),
     ]

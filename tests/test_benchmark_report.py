@@ -243,6 +243,15 @@ def test_distill_students_of_other_settings_train_apart_and_the_table_names_the_
     assert "0.60 of the teacher's time on this scan" in text  # 1 - 2.0 / 5.0
     assert "0.60 of the teacher's time (target <= 0.25: **missed**)" in text  # 3.0 / 5.0
     assert "A longer budget" not in text
+    with_features = SimpleNamespace(**{**vars(args), "arms": ["labels", "distilled", "features"]})
+    rows[0].append({"arm": "features", **row, "dice": 0.62})
+    args.out.write_text(json.dumps(distill.results(with_features, teacher, rows, (0, 0, 0))))
+    text = "\n".join(distill_table(args.out.parent))
+    assert (
+        "That student keeps 0.97 of the teacher's Dice (target >= 0.95: met); against labels "
+        "alone +0.020 (target: ahead, met; one seed, no spread yet)" in text
+    )
+    rows[0].pop()
     longer = distill.results(
         SimpleNamespace(**{**vars(args), "iterations": 1600}),
         teacher,
@@ -252,13 +261,23 @@ def test_distill_students_of_other_settings_train_apart_and_the_table_names_the_
     (args.out.parent / "distill_long.json").write_text(json.dumps(longer))  # fmt: skip
     text = "\n".join(distill_table(args.out.parent))
     assert "A longer budget, 1600 iterations (tsfm-fast, seed(s) 0): Dice labels 0.600" in text
-    assert "distilled 0.608; the distilled student keeps 0.95 of the teacher's 0.640" in text
+    assert "distilled 0.608, the teacher 0.640" in text
+    assert "distilled keeps 0.95 of the teacher's Dice, +0.008 against labels alone" in text
     longer["rows"].append({"arm": "features", "dice": {"mean": 0.63, "std": None, "n": 1}})
+    longer["per_seed"][0].append({"arm": "features", **row, "dice": 0.63})
+    longer["per_seed"][1] = [{"arm": "labels", **row, "dice": 0.61},
+                               {"arm": "distilled", **row, "dice": 0.60}]  # fmt: skip
     for row in longer["rows"][:2]:
         row["dice"] |= {"n": 2, "std": 0.01}
     (args.out.parent / "distill_long.json").write_text(json.dumps(longer))
     text = "\n".join(distill_table(args.out.parent))
     assert "labels 0.600 +- 0.010 (2 seed(s))" in text and "features 0.630 (1 seed(s))" in text
+    # paired by seed: distilled - labels is +0.008 on seed 0 and -0.010 on seed 1
+    assert (
+        "distilled keeps 0.95 of the teacher's Dice, -0.001 +- 0.013 against labels alone "
+        "(not larger than its spread); features keeps 0.98 of the teacher's Dice, +0.030 "
+        "against labels alone (one seed, no spread yet)" in text
+    )
 
 
 def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
