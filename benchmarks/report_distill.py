@@ -19,6 +19,10 @@ def _signed(stats: dict) -> str:
     return f"{stats['mean']:+.3f}" + ("" if stats["std"] is None else f" +- {stats['std']:.3f}")
 
 
+def _ahead(gain: dict) -> bool:
+    return gain["mean"] is not None and gain["mean"] > 0
+
+
 def _spread(gain: dict) -> str:
     if gain["n"] < 2:
         return "one seed, no spread yet"
@@ -61,7 +65,7 @@ def distill_table(results: Path) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    beats = gain["mean"] is not None and gain["mean"] > 0
+    beats = _ahead(gain)
     if not r.get("complete", True):
         done = "; ".join(
             f"seed {k}: {', '.join(x['arm'] for x in v)}" for k, v in r["per_seed"].items()
@@ -111,7 +115,7 @@ def distill_table(results: Path) -> list[str]:
                 f" That student keeps {kept:.2f} of the teacher's Dice (target >= "
                 f"{targets['dice_kept']:g}: {verdict(kept >= targets['dice_kept'])}); against "
                 f"labels alone {_signed(ahead)} (target: ahead, "
-                f"{verdict((ahead['mean'] or 0) > 0)}; {_spread(ahead)})."
+                f"{verdict(_ahead(ahead))}; {_spread(ahead)})."
             )
     shipped = ROOT / "models" / teacher["bundle"] / WEIGHTS
     if shipped.is_file() and r.get("teacher_weights_sha256") not in (None, sha256(shipped)):
@@ -152,12 +156,15 @@ def _longer_budget(results: Path, teacher: dict) -> list[str]:
         + (f" ({row['dice']['n']} seed(s))" if len(counts) > 1 else "")
         for row in r["rows"]
     )
-    taught = [row for row in r["rows"] if row["arm"] != "labels" and row["dice"]["mean"]]
+    gains = {
+        row["arm"]: (row["dice"]["mean"], _against_labels(r, row["arm"]))
+        for row in r["rows"]
+        if row["arm"] != "labels" and row["dice"]["mean"]
+    }
     ahead = "; ".join(
-        f"{row['arm']} keeps {row['dice']['mean'] / teacher['dice']:.2f} of the teacher's Dice, "
-        f"{_signed(_against_labels(r, row['arm']))} against labels alone "
-        f"({_spread(_against_labels(r, row['arm']))})"
-        for row in taught
+        f"{arm} keeps {dice / teacher['dice']:.2f} of the teacher's Dice, {_signed(gain)} against "
+        f"labels alone ({_spread(gain)})"
+        for arm, (dice, gain) in gains.items()
     )
     return [
         "",
