@@ -18,7 +18,7 @@ from .report_accuracy import accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
 from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
 from .report_interactive import interactive_table
-from .report_synth import synth_table, usefulness_table
+from .report_synth import pretraining_table, synth_table, usefulness_table
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -238,19 +238,6 @@ def other_lines(results: Path) -> list[str]:
                 f"{fast['scans']}, Dice mean +- standard deviation over the cases (wall time for "
                 f"all): {'; '.join(parts)}; `{BENCH}.predict --fast-accuracy`."
             )
-    if mini := _load(results, "pretrain_real_mini"):
-        s, last = mini["settings"], mini["curve"][-1]
-        found = [
-            f"{c} ({dataset}) {d:.2f}"
-            for dataset, part in last["val_dice"].items()
-            for c, d in part.items()
-            if d
-        ]
-        lines.append(
-            f"- Pretraining {s['model']} on the real-mini pool, {last['step']} iterations of "
-            f"{'x'.join(map(str, s['patch']))} ({mini['minutes']} min): validation pseudo-Dice "
-            f"{', '.join(found)}; every other class 0. `{BENCH}.pretrain_real_mini`."
-        )
     return lines
 
 
@@ -266,6 +253,7 @@ def section(results: Path = RESULTS) -> str:
     lines += ["", "### Tumour synthesis", ""]
     lines += synth_table(results)
     lines += ["", *usefulness_table(results)]
+    lines += ["", *pretraining_table(results)]
     lines += ["", "### Interactive refinement: Dice per click", ""]
     lines += interactive_table(results)
     lines += ["", "### Distillation: a small, fast student", ""]

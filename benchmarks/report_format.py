@@ -49,3 +49,17 @@ def _mb(mb: float | None) -> str:
 
 def _num(value, digits: int = 3) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _machines(result: dict) -> str:
+    """The CPU of a table whose seeds ran in several sessions: the file's own where every row
+    agrees (or none says), else each seed's (`machine` in its rows, benchmarks.measure.cpu)."""
+    per_seed = {
+        seed: {_cpu({"machine": row["machine"]}) if "machine" in row else "not recorded"
+               for row in rows}
+        for seed, rows in result.get("per_seed", {}).items()
+    }  # fmt: skip
+    named = set().union(*per_seed.values()) if per_seed else set()
+    if len(named) <= 1 or named == {"not recorded"}:
+        return _cpu(result)
+    return "; ".join(f"seed {seed} on {', '.join(sorted(cpus))}" for seed, cpus in per_seed.items())

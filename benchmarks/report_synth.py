@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import seeds
 from .report_accuracy import _over_seeds
-from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _num, _s
+from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _num, _s
 
 ARMS = {
     "procedural": "procedural, Hu et al.'s liver-tumour intensities",
@@ -140,35 +141,7 @@ def usefulness_table(results: Path) -> list[str]:
             f"Real sarcomas with synthetic tumours: not measured yet: `{PRODUCT}.synth_useful`."
         )
     else:
-        s = r["settings"]
-        measured = list(r["per_seed"])  # an incomplete run holds fewer than its settings ask
-        patch, seeds = "x".join(map(str, s["patch"])), ", ".join(measured)
-        seeds = (
-            f"mean +- standard deviation over seeds {seeds}"
-            if len(measured) > 1
-            else f"one seed ({seeds}) so far, no spread yet"
-        )
-        lines += [
-            f"Few labels: {s['model']} from scratch on {s['train_cases']} real sarcoma CTs drawn "
-            f"per seed, {s['iterations']} iterations (lowres plan, patch {patch}), with and "
-            f"without procedural tumours (shift and texture measured on the same "
-            f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
-            f"sarcomas, {seeds}; {_cpu(r)}; "
-            f"`{_command(r)}`.",
-            "",
-            "| training data | Dice on held-out sarcomas | median HD95 mm | epochs' wall time |",
-            "|---|---:|---:|---:|",
-        ]
-        for row in r["rows"]:
-            hd95, seconds = _over_seeds(row["hd95_median"], 1), _s(row["train_seconds"]["mean"])
-            lines.append(f"| {row['arm']} | {_over_seeds(row['dice'])} | {hd95} | {seconds} |")
-        gain, goal = r["gain"], r["target"]
-        verdict = "met" if gain["mean"] is not None and gain["mean"] >= goal else "**missed**"
-        spread = "larger" if gain["beats_spread"] else "not larger"
-        spread = f"{spread} than its spread over seeds" if gain["n"] > 1 else "one seed"
-        lines += ["", f"Gain {_over_seeds(gain)} Dice (target +{goal:g}: {verdict}; {spread})."]
-        if not r.get("complete", True):
-            lines += ["", f"**Incomplete run**: seeds {', '.join(map(str, s['seeds']))} asked."]
+        lines += _few_labels(r)
     lines.append("")
     r = _load(results, "synth_labelfree")
     if r is None:
@@ -193,4 +166,82 @@ def usefulness_table(results: Path) -> list[str]:
             f"| {_over_seeds(row['liver_dice'])} |"
         )
     lines += ["", f"Synthetic minus real: {_over_seeds(r['synthetic_minus_real'])} Dice."]
+    return lines
+
+
+def pretraining_table(results: Path) -> list[str]:
+    """Issue 15 (c): the real-mini pool pretrained as written and with online synthetic tumours
+    (pretrain_real_mini.json): the last validation pseudo-Dice of every class either arm learns,
+    and of the synthesised tumour class whatever it is."""
+    r = _load(results, "pretrain_real_mini")
+    if r is None or "arms" not in r:
+        return [
+            f"Pretraining with synthetic tumours: not measured: `{PRODUCT}.pretrain_real_mini`."
+        ]
+    s, arms = r["settings"], r["arms"]
+    ((dataset, spec),) = s["synthesis"].items()
+    last = {arm: a["curve"][-1] for arm, a in arms.items()}
+    step = next(iter(last.values()))["step"]
+    keys = [(d, c) for d, per in next(iter(last.values()))["val_dice"].items() for c in per]
+    shown = [
+        (d, c)
+        for d, c in keys
+        if c == spec["tumour"] or any(point["val_dice"][d][c] for point in last.values())
+    ]
+    lines = [
+        f"Pretraining with synthetic tumours: {s['model']} on the real-mini pool, {step} "
+        f"iterations of {'x'.join(map(str, s['patch']))}, seed {s['seed']}, as written and with "
+        f"procedural tumours labelled {spec['tumour']} (the engine's defaults) in "
+        f"{spec['probability']:g} of {dataset}'s samples, whose {spec['organ']}s have none; "
+        f"validation pseudo-Dice at the last step on real validation patches (every class "
+        f"above 0 in either arm, and {spec['tumour']}); one seed, no spread; {_cpu(r)}; "
+        f"`{_command(r)}`.",
+        "",
+        "| dataset | class | " + " | ".join(arms) + " |",
+        "|---|---|" + "---:|" * len(arms),
+    ]
+    for d, c in shown:
+        values = " | ".join(_num(point["val_dice"][d][c], 2) for point in last.values())
+        lines.append(f"| {d} | {c} | {values} |")
+    minutes = " | ".join(f"{a['minutes']} min" for a in arms.values())
+    return lines + [f"| pretraining time | | {minutes} |"]
+
+
+def _few_labels(r: dict) -> list[str]:
+    """synth_useful.json: the table over the seeds whose two arms both ran (a run spans
+    sessions), and what a seed measured so far holds, apart."""
+    s, arms = r["settings"], len(r["rows"])
+    complete = {seed: rows for seed, rows in r["per_seed"].items() if len(rows) == arms}
+    partial = {seed: rows for seed, rows in r["per_seed"].items() if len(rows) < arms}
+    patch, names = "x".join(map(str, s["patch"])), ", ".join(complete)
+    over = (
+        f"mean +- standard deviation over seeds {names}"
+        if len(complete) > 1
+        else f"one seed ({names}) so far, no spread yet"
+    )
+    lines = [
+        f"Few labels: {s['model']} from scratch on {s['train_cases']} real sarcoma CTs drawn "
+        f"per seed, {s['iterations']} iterations (lowres plan, patch {patch}), with and "
+        f"without procedural tumours (shift and texture measured on the same "
+        f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
+        f"sarcomas, {over}; {_machines(r)}; `{_command(r)}`.",
+        "",
+        "| training data | Dice on held-out sarcomas | median HD95 mm | epochs' wall time |",
+        "|---|---:|---:|---:|",
+    ]
+    fields = ["dice", "hd95_median", "train_seconds"]
+    for row in seeds.merge(complete, ("arm",), fields):
+        hd95, seconds = _over_seeds(row["hd95_median"], 1), _s(row["train_seconds"]["mean"])
+        lines.append(f"| {row['arm']} | {_over_seeds(row['dice'])} | {hd95} | {seconds} |")
+    gain = seeds.paired_difference(complete, {"arm": "real+synthetic"}, {"arm": "real"}, "dice")
+    goal = r["target"]
+    verdict = "met" if gain["mean"] is not None and gain["mean"] >= goal else "**missed**"
+    spread = "larger" if gain["beats_spread"] else "not larger"
+    spread = f"{spread} than its spread over seeds" if gain["n"] > 1 else "one seed"
+    lines += ["", f"Gain {_over_seeds(gain)} Dice (target +{goal:g}: {verdict}; {spread})."]
+    for seed, rows in partial.items():
+        done = "; ".join(f"{row['arm']} {row['dice']:.3f}" for row in rows)
+        lines += ["", f"Seed {seed} so far: {done}; its other arm is still to run."]
+    if missing := [str(seed) for seed in s["seeds"] if str(seed) not in r["per_seed"]]:
+        lines += ["", f"**Incomplete run**: seeds {', '.join(missing)} asked, not run yet."]
     return lines

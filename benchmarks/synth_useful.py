@@ -32,7 +32,7 @@ from tumorfm.synth.dataset import source_of
 
 from . import seeds
 from .common import BIN, DATA, add_work_and_out, case_ids, parser_for
-from .measure import provenance, run
+from .measure import cpu, provenance, run
 from .scoring import case_scores, evaluated, predicted, stats
 from .shipped_model import DATASETS, fixed_split, held_out
 
@@ -132,6 +132,7 @@ def _row(arm: str, out: Path, predictions: Path, split: dict, synthesis: dict | 
         "train_seconds": round(sum(e["seconds"] for e in epochs), 1),
         "train_cases": split["sarcoma_ct"]["train"],
         "synthesis": synthesis,
+        "machine": cpu(),
     }
 
 

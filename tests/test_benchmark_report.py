@@ -6,6 +6,8 @@ import re
 import shutil
 from pathlib import Path
 
+import yaml
+
 from benchmarks import report
 from benchmarks.seeds import merge, paired_difference
 
@@ -394,3 +396,49 @@ def test_the_tuner_refuses_a_box_fade_it_cannot_use():
                               cwd=Path(__file__).parents[1])  # fmt: skip
         assert done.returncode == 2
         assert f"--box-fades {fade}: each must be above 1, or 0 for no fade" in done.stderr
+
+
+def test_pretraining_with_synthesis_shows_learnt_classes_and_the_synthesised_one(tmp_path):
+    from benchmarks.pretrain_real_mini import ARMS, SYNTHESIS, synthetic_pool
+
+    pool = yaml.safe_load(synthetic_pool(tmp_path).read_text())
+    multi = next(d for d in pool["datasets"] if d["name"] == "phantom_multi_organ")
+    assert multi["synthesis"]["tumour"] == "liver_tumour" and Path(multi["path"]).is_absolute()
+
+    def arm(liver_tumour: float, minutes: float) -> dict:
+        dice = {"phantom_liver": {"liver": 0.9, "liver_tumour": liver_tumour},
+                "brain_mr": {"brain_tumour": 0.0}}  # fmt: skip
+        return {"minutes": minutes, "curve": [{"step": 600, "val_dice": dice}]}
+
+    r = {"settings": {"model": "tsfm-small", "patch": [48, 96, 96], "seed": 0,
+                      "synthesis": SYNTHESIS},
+         "arms": {ARMS[0]: arm(0.0, 18.7), ARMS[1]: arm(0.41, 20.2)},
+         "command": "x", "machine": {}}  # fmt: skip
+    (tmp_path / "pretrain_real_mini.json").write_text(json.dumps(r))
+    section = report.section(tmp_path)
+    assert f"| dataset | class | {ARMS[0]} | {ARMS[1]} |" in section
+    assert "| phantom_liver | liver_tumour | 0.00 | 0.41 |" in section  # shown though 0 in one
+    assert "| phantom_liver | liver | 0.90 | 0.90 |" in section
+    assert "brain_tumour" not in section.split("Pretraining with synthetic")[1].split("###")[0]
+    assert "| pretraining time | | 18.7 min | 20.2 min |" in section
+
+
+def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machine(tmp_path):
+    def row(arm: str, dice: float, cpu: str) -> dict:
+        return {"arm": arm, "dice": dice, "hd95_median": 20.0, "train_seconds": 600.0,
+                "machine": {"cpu": cpu, "avx512_bf16": cpu == "Xeon"}}  # fmt: skip
+
+    per_seed = {"0": [row("real", 0.50, "Xeon"), row("real+synthetic", 0.60, "Xeon")],
+                "1": [row("real", 0.70, "EPYC"), row("real+synthetic", 0.76, "EPYC")],
+                "2": [row("real", 0.10, "EPYC")]}  # fmt: skip
+    r = {"settings": {"model": "tsfm-tiny", "train_cases": 8, "iterations": 400,
+                      "patch": [48, 96, 96], "seeds": [0, 1, 2]},
+         "rows": [{"arm": "real"}, {"arm": "real+synthetic"}], "per_seed": per_seed,
+         "target": 0.05, "complete": False, "command": "x", "machine": {"cpu": "EPYC"}}  # fmt: skip
+    (tmp_path / "synth_useful.json").write_text(json.dumps(r))
+    section = report.section(tmp_path)
+    assert "| real | 0.600 +- 0.141 |" in section  # seeds 0 and 1: seed 2's 0.10 left out
+    assert "| real+synthetic | 0.680 +- 0.113 |" in section
+    assert "Gain 0.080 +- 0.028 Dice (target +0.05: met; larger than" in section
+    assert "Seed 2 so far: real 0.100; its other arm is still to run." in section
+    assert "seed 0 on Xeon, AVX-512 bf16; seed 1 on EPYC, no bf16; seed 2 on EPYC" in section

@@ -176,6 +176,11 @@ def test_cli_pool_show(tmp_path):
     assert "soft_tissue_sarcoma" in result.stdout and "1->brain_tumour" in result.stdout
     paper = run_cli("pool", "show", CONFIGS / "paper-10.yaml", "--no-check-paths")
     assert paper.returncode == 0 and "2778 cases" in paper.stdout
+    synthesis = {"organ_hu": [-20, 100], "tumour": "soft_tissue_sarcoma", "probability": 0.3}
+    entry = {"name": "sarcoma", "path": str(SARCOMA), "labels": {1: "soft_tissue_sarcoma"}}
+    shown = run_cli("pool", "show", _pool(tmp_path, [{**entry, "synthesis": synthesis}]))
+    row = next(line for line in shown.stdout.splitlines() if "soft_tissue_sarcoma  " in line)
+    assert row.endswith("sarcoma, sarcoma (synthetic, 0.3 of samples)"), row
 
 
 def test_cli_pool_errors_are_one_line(tmp_path):

@@ -103,6 +103,11 @@ def pool_show(
     typer.echo("global label  class                      annotated by")
     for index, name in enumerate(pool.classes, start=1):
         owners = [d.name for d in pool.datasets if name in d.annotated]
+        owners += [  # online synthesis annotates the class in that share of a dataset's samples
+            f"{d.name} (synthetic, {d.entry.synthesis.probability:g} of samples)"
+            for d in pool.datasets
+            if d.entry.synthesis and d.entry.synthesis.tumour == name
+        ]
         if name in pool.parents:
             name = f"{name} (in {pool.parents[name]})"
         typer.echo(f"{index:>12}  {name:<26} {', '.join(owners)}")
