@@ -34,6 +34,12 @@ def test_demo_runs_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "liver_tumour" in html
     assert "demo finished" in result.stdout and "report.html" in result.stdout
+    steps = summary["step_seconds"]  # each step timed, the seven adding up to the whole
+    assert list(steps) == ["phantoms", "check", "pretrain", "finetune", "predict",
+                           "evaluate_and_report", "real_scans"]  # fmt: skip
+    assert all(v >= 0 for v in steps.values()) and steps["pretrain"] > 0
+    assert abs(sum(steps.values()) - summary["seconds"]) < 1.0
+    assert "steps: phantoms " in result.stdout
     # then the shipped model segmented tests/data's real scans, which it never trained on
     real = summary["real_scans"]
     assert real["model"] == "tsfm-real-lowres"

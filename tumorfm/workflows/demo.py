@@ -96,6 +96,11 @@ def run_demo(
     patch_size: tuple[int, int, int] = DEMO_PATCH,
 ) -> dict:
     started = time.perf_counter()
+    steps: dict[str, float] = {}  # seconds per step: where a slow machine spends the demo
+
+    def done(step: str) -> None:
+        steps[step] = round(time.perf_counter() - started - sum(steps.values()), 1)
+
     out = ensure_writable(Path(out))
     phantoms = out / "phantoms"
     print(f"1/7 writing synthetic phantom sites into {phantoms}")
@@ -105,6 +110,7 @@ def run_demo(
     test_folder = write_phantom_pool(
         out / "test", cases_per_site=test_cases, seed=seed + 1, sites=(HELD_OUT,)
     )[0]
+    done("phantoms")
     print("2/7 checking every dataset")
     for folder in [*train_folders, test_folder]:
         problems = [p for p in check_dataset(folder, workers=workers) if not p.startswith(WARNING)]
@@ -112,6 +118,7 @@ def run_demo(
             raise TumorFMError("\n".join(problems))
     held_out = [f for f in train_folders if f.name == HELD_OUT.folder_name]
     others = [f for f in train_folders if f.name != HELD_OUT.folder_name]
+    done("check")
     print(f"3/7 pretraining on {len(others)} sites (the {HELD_OUT.name} site is held out)")
     pool_file = write_pool_file(others, phantoms / "pretrain-pool.yaml")
     common = dict(
@@ -120,6 +127,7 @@ def run_demo(
     pretrained, pretrain_info = _train(
         pool_file, out / "cache" / "pretrain", out / "pretrain", workers, epochs=epochs, **common
     )
+    done("pretrain")
     print(f"4/7 fine-tuning on the held-out {HELD_OUT.name} site ({cases_per_site} cases)")
     target_file = write_pool_file(held_out, phantoms / "finetune-pool.yaml", "phantom-liver")
     bundle = out / "pretrain" / "best"
@@ -133,11 +141,13 @@ def run_demo(
         **common,
     )
     model = out / "finetune" / "best"
+    done("finetune")
     print(f"5/7 segmenting {test_cases} unseen test cases with {model}")
     predictions = out / "predictions"
     shutil.rmtree(predictions, ignore_errors=True)
     options = PredictOptions()  # nnU-Net's defaults: mirroring, overlap 0.5, no post-processing
     predict(test_folder / "imagesTr", model, predictions, options, statistics=True)
+    done("predict")
     print("6/7 scoring against the ground truth and writing the report")
     scores = evaluate(predictions, test_folder / "labelsTr", predictions / "evaluation")
     print("\n" + format_summary(scores))
@@ -157,7 +167,9 @@ def run_demo(
         "tumorfm demo: fine-tuned on a held-out phantom site",
         notes,
     )
+    done("evaluate_and_report")
     real = segment_real_scans(out / "real")
+    done("real_scans")
     summary = {
         "tumorfm_version": tumorfm.__version__,
         "workers": workers,
@@ -175,9 +187,11 @@ def run_demo(
         "report": str(report),
         "real_scans": real,
         "seconds": round(time.perf_counter() - started, 1),
+        "step_seconds": steps,
     }
     write_json(out / "demo.json", summary)
     print(f"\ndemo finished in {summary['seconds']:.0f} s; open {report}")
+    print("steps: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items()))
     for plan, page in real.get("reports", {}).items():
         print(f"the shipped model on real {plan} scans: open {page}")
     print(f"settings and results: {out / 'demo.json'}")
