@@ -6,8 +6,8 @@
 
 Each runs as `python -m benchmarks.NAME` from the repository root; its minutes go to
 results/runs.json. On 2 cores of an Intel Xeon with AVX-512 bf16 the speed benchmarks took 34 min,
-transfer 23, accuracy 41 at --budget 0.5 (its default budget 1 trains twice as long),
-pretrain_real_mini about 80 (two pretrainings).
+transfer 23, accuracy 41 at --budget 0.5 (its default budget 1 trains twice as long);
+pretrain_real_mini's two pretrainings took 70 on an AMD EPYC without bf16.
 
 Benchmarks run strictly in sequence: on a small machine two PyTorch processes at once slow each
 other several-fold (their OpenMP threads fight for the cores), which would corrupt every timing.

@@ -240,13 +240,13 @@ def machine(load_before: tuple[float, ...]) -> dict:
     }
 
 
+CPU_KEYS = ("cpu", "avx512_bf16", "amx_bf16")
+
+
 def cpu() -> dict:
     """The part of `machine` a row measured in one session of a multi-session run keeps: which CPU
     it ran on, and whether bf16 was native there (seeds of one table may span machines)."""
     return {k: v for k, v in machine(os.getloadavg()).items() if k in CPU_KEYS}
-
-
-CPU_KEYS = ("cpu", "avx512_bf16", "amx_bf16")
 
 
 def git_state() -> dict:

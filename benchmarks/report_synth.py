@@ -181,8 +181,9 @@ def pretraining_table(results: Path) -> list[str]:
     s, arms = r["settings"], r["arms"]
     ((dataset, spec),) = s["synthesis"].items()
     last = {arm: a["curve"][-1] for arm, a in arms.items()}
-    step = next(iter(last.values()))["step"]
-    keys = [(d, c) for d, per in next(iter(last.values()))["val_dice"].items() for c in per]
+    first = next(iter(last.values()))  # the arms share steps, datasets and classes
+    step = first["step"]
+    keys = [(d, c) for d, per in first["val_dice"].items() for c in per]
     shown = [
         (d, c)
         for d, c in keys
