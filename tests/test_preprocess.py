@@ -130,6 +130,25 @@ def test_rerun_skips_finished_and_redoes_broken(tmp_path):
     assert third["datasets"]["sarcoma"]["written"] == 3
 
 
+def test_interrupted_preprocess_leaves_no_usable_cache(tmp_path, monkeypatch, sarcoma):
+    """A killed preprocess must not leave a cache that pretrain takes for a whole one."""
+    import tumorfm.data.preprocess as module
+
+    out = tmp_path / "cache"
+    pool = load_pool(_pool_file(tmp_path, sarcoma=sarcoma))
+    preprocess_pool(pool, out, progress=False)
+    assert (out / "pool.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run_parallel", killed)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_pool(pool, out, progress=False, config="lowres")
+    result = run_cli("pretrain", out, "-o", tmp_path / "run", "--profile", "cpu")
+    assert_one_line_error(result, str(out), "no pool.json")
+
+
 def test_source_is_never_modified(tmp_path):
     before = {p: p.read_bytes() for p in SARCOMA.rglob("*") if p.is_file()}
     preprocess_pool(load_pool(_pool_file(tmp_path)), tmp_path / "c", progress=False)

@@ -107,7 +107,10 @@ def read_pool(cache: Path) -> dict:
     """The pool summary `tumorfm preprocess` wrote beside the cases; refuses another format."""
     path = cache / "pool.json"
     if not path.is_file():
-        raise TumorFMError(f"{cache}: not a tumorfm cache (no pool.json); run tumorfm preprocess")
+        raise TumorFMError(
+            f"{cache}: no pool.json: not a tumorfm cache, or its preprocess did not finish; "
+            "run tumorfm preprocess (it keeps the cases already done)"
+        )
     pool = json.loads(path.read_text())
     if pool.get("cache_format") != CACHE_FORMAT:
         raise TumorFMError(

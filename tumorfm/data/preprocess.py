@@ -180,7 +180,7 @@ def preprocess_pool(
         "lowres_patch": list(lowres_patch) if "lowres" in configs else None,
         "datasets": {},
     }
-    write_json(out / "pool.json", {**pool.summary(), "cache_format": CACHE_FORMAT})
+    (out / "pool.json").unlink(missing_ok=True)  # written last: it marks a finished cache
     for dataset in pool.datasets:
         folder = ensure_writable(out / dataset.name)
         remove_stale_temporaries(folder)
@@ -222,6 +222,7 @@ def preprocess_pool(
             )
     report["seconds"] = round(time.perf_counter() - started, 2)
     write_json(out / "preprocess_report.json", report)
+    write_json(out / "pool.json", {**pool.summary(), "cache_format": CACHE_FORMAT})
     return report
 
 
