@@ -30,10 +30,10 @@ import yaml
 
 from .common import RESULTS, ROOT, WORK, add_tumorfm, parser_for
 from .measure import provenance
+from .support import SYNTHETIC_LIVER_TUMOURS
 
 POOL = ROOT / "configs" / "pools" / "real-mini.yaml"
-LIVER_TUMOURS = {"organ": "liver", "tumour": "liver_tumour", "probability": 0.5}
-SYNTHESIS = {"phantom_multi_organ": LIVER_TUMOURS}  # dataset -> its synthesis block
+SYNTHESIS = SYNTHETIC_LIVER_TUMOURS  # dataset -> its synthesis block
 ARMS = ("real-mini", "real-mini + synthetic liver tumours")
 
 

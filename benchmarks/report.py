@@ -18,7 +18,12 @@ from .report_accuracy import accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
 from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
 from .report_interactive import interactive_table
-from .report_synth import pretraining_table, synth_table, usefulness_table
+from .report_synth import (
+    pretraining_table,
+    synth_table,
+    transfer_synthesis_lines,
+    usefulness_table,
+)
 
 
 def _met(ratio: float | None, target: float | None) -> str:
@@ -254,6 +259,7 @@ def section(results: Path = RESULTS) -> str:
     lines += synth_table(results)
     lines += ["", *usefulness_table(results)]
     lines += ["", *pretraining_table(results)]
+    lines += ["", *transfer_synthesis_lines(results)]
     lines += ["", "### Interactive refinement: Dice per click", ""]
     lines += interactive_table(results)
     lines += ["", "### Distillation: a small, fast student", ""]

@@ -246,3 +246,41 @@ def _few_labels(r: dict) -> list[str]:
     if missing := [str(seed) for seed in s["seeds"] if str(seed) not in r["per_seed"]]:
         lines += ["", f"**Incomplete run**: seeds {', '.join(missing)} asked, not run yet."]
     return lines
+
+
+def transfer_synthesis_lines(results: Path) -> list[str]:
+    """Issue 15 (c), second half: the transfer study's pretrained-minus-scratch gap when the
+    pretraining had online synthetic tumours (transfer_synthesis.json) and when it had none
+    (transfer.json), both at the synthesis run's smallest budget, seed by seed."""
+    r, plain = _load(results, "transfer_synthesis"), _load(results, "transfer")
+    command = f"{BENCH}.transfer --synthesis --budgets 2 --skip-nnunet"
+    if r is None or plain is None:
+        return [
+            f"Transfer after pretraining with synthetic tumours: not measured yet: `{command}`."
+        ]
+    budget = min(r["settings"]["budgets"])
+
+    def gap(result: dict) -> dict:
+        pretrained, scratch = ({"arm": arm, "epochs": budget} for arm in ("pretrained", "scratch"))
+        return seeds.paired_difference(result["rows_per_seed"], pretrained, scratch, "mean_dice")
+
+    def scratch(result: dict) -> dict:
+        rows = {seed: [row for row in rows if row["arm"] == "scratch" and row["epochs"] == budget]
+                for seed, rows in result["rows_per_seed"].items()}  # fmt: skip
+        return seeds.over_seeds({seed: rows[0]["mean_dice"] for seed, rows in rows.items() if rows})
+
+    def learnt(result: dict):  # the synthesised class, on PhantomLiver's real validation patches
+        return result["pretrain"]["val_dice"].get("phantom_liver", {}).get("liver_tumour")
+
+    iterations, with_synthesis, without = budget * r["settings"]["iterations"], gap(r), gap(plain)
+    return [
+        f"Transfer after pretraining with synthetic tumours: the transfer study above, its "
+        f"pretraining with procedural liver tumours in half of phantom_multi_organ's samples: "
+        f"pretrained - scratch at {iterations} iterations {_over_seeds(with_synthesis)} Dice "
+        f"(seeds {', '.join(map(str, with_synthesis['per_seed']))}; {_cpu(r)}; `{_command(r)}`), "
+        f"without synthesis {_over_seeds(without)} ({_cpu(plain)}). The scratch arm, the same "
+        f"recipe on the same splits in both runs, scored {_over_seeds(scratch(r))} and "
+        f"{_over_seeds(scratch(plain))}: what the machine and the run alone move. The "
+        f"pretraining's validation pseudo-Dice of liver_tumour on PhantomLiver: with synthesis "
+        f"{_num(learnt(r), 2)}, without {_num(learnt(plain), 2)}.",
+    ]

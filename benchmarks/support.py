@@ -13,6 +13,11 @@ import SimpleITK as sitk
 from .measure import run
 
 PARENTS = {"liver_tumour": "liver", "pancreas_tumour": "pancreas"}  # the phantoms' tumours
+# online synthesis in a pretraining pool (issue 15 (c)): procedural liver tumours (the engine's
+# defaults) in half of PhantomMultiOrgan's samples, whose livers have none, labelled liver_tumour
+SYNTHETIC_LIVER_TUMOURS = {
+    "phantom_multi_organ": {"organ": "liver", "tumour": "liver_tumour", "probability": 0.5}
+}
 SINGLES = {  # case -> (dataset folder, modality, class name of label 1)
     "lung1": ("Dataset811_Lung1", "CT", "lung_tumour"),
     "brain1": ("Dataset812_Brain1", "MR", "brain_tumour"),

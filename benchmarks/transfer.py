@@ -33,6 +33,11 @@ split, and a later run of the same settings keeps what is recorded, so the seeds
 rows can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).
+
+`--synthesis` (issue 15 (c)) pretrains with online procedural liver tumours in half of
+PhantomMultiOrgan's samples (benchmarks/support.py), in its own work folder, and writes
+transfer_synthesis.json: does the pretrained-vs-scratch gap grow? The smallest budget is the one
+the target reads, so `--budgets 2 --skip-nnunet` answers it in about 100 minutes on 2 CPUs.
 """
 
 from __future__ import annotations
@@ -73,9 +78,16 @@ from .nnunet_peer import (
     write_bench_plans,
 )
 from .scoring import evaluated
-from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
+from .support import (
+    PARENTS,
+    SYNTHETIC_LIVER_TUMOURS,
+    add_plan_and_seeds,
+    parameter_count,
+    support_datasets,
+)
 
 SARCOMA_ID, SARCOMA = 101, "Dataset101_SarcomaCT"
+SYNTHETIC = "transfer_synthesis"  # --synthesis: its work folder and results file
 
 
 def pretrain_pool(args, work: Path) -> Path:
@@ -88,8 +100,11 @@ def pretrain_pool(args, work: Path) -> Path:
         }
     ]
     datasets += support_datasets(args.tumorfm, args.data, work, args.phantom_cases, args.timeout)
+    for dataset in datasets if args.synthesis else []:
+        if spec := SYNTHETIC_LIVER_TUMOURS.get(dataset["name"]):
+            dataset["synthesis"] = spec
     pool = {
-        "name": "transfer-pretrain",
+        "name": "transfer-pretrain" + ("-synthetic" if args.synthesis else ""),
         "description": "every real and synthetic set here except the sarcoma CT set",
         "parents": PARENTS,
         "datasets": datasets,
@@ -245,7 +260,8 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
 
 
 SAME_RUN = ("model", "patch", "config", "batch", "iterations", "budgets", "factor",
-            "pretrain_epochs", "phantom_cases", "full", "device")  # fmt: skip
+            "pretrain_epochs", "phantom_cases", "full", "device", "synthesis")  # fmt: skip
+ADDED_LATER = {"synthesis": False}  # settings a file recorded before they existed: their value
 
 
 def recorded(out: Path, args) -> dict:
@@ -255,7 +271,9 @@ def recorded(out: Path, args) -> dict:
         return {}
     old = json.loads(out.read_text())
     settings = old.get("settings", {})
-    if "pretrain_per_seed" not in old or any(settings.get(k) != getattr(args, k) for k in SAME_RUN):
+    if "pretrain_per_seed" not in old or any(
+        settings.get(k, ADDED_LATER.get(k)) != getattr(args, k) for k in SAME_RUN
+    ):
         return {}
     keys = ("studies", "nnunet", "rows_per_seed", "pretrain_per_seed")
     return {k: {int(seed): v for seed, v in (old.get(k) or {}).items()} for k in keys}
@@ -325,6 +343,9 @@ def main() -> None:
     parser.add_argument("--phantom-cases", type=int, default=8, help="per phantom site")
     parser.add_argument("--nnunet-val-iterations", type=int, default=5)
     parser.add_argument("--skip-nnunet", action="store_true", help="tumorfm rows only")
+    parser.add_argument("--synthesis", action="store_true",
+                        help="pretrain with online synthetic liver tumours in PhantomMultiOrgan "
+                        "(issue 15 (c)): own work folder, transfer_synthesis.json")  # fmt: skip
     parser.add_argument("--full", action="store_true",
                         help="for a GPU: nnU-Net's own patch, 250 iterations per epoch, the "
                         "paper's budgets (50 and 100 epochs; nnU-Net 1000)")  # fmt: skip
@@ -335,6 +356,11 @@ def main() -> None:
     add_tumorfm(parser)
     add_work_and_out(parser, "transfer")
     args = parser.parse_args()
+    if args.synthesis:  # a pretraining of its own: never mixed with the one without synthesis
+        for name in ("work", "out"):
+            if getattr(args, name) == parser.get_default(name):
+                default = parser.get_default(name)
+                setattr(args, name, default.with_name(default.name.replace("transfer", SYNTHETIC)))
     if args.full:
         args.patch, args.iterations, args.budgets, args.pretrain_epochs = None, 250, [50, 100], 1000
         args.factor = 20  # nnU-Net's 1000 epochs vs 50 (5%) and 100 (10%)

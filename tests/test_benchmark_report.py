@@ -442,3 +442,42 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     assert "Gain 0.080 +- 0.028 Dice (target +0.05: met; larger than" in section
     assert "Seed 2 so far: real 0.100; its other arm is still to run." in section
     assert "seed 0 on Xeon, AVX-512 bf16; seed 1 on EPYC, no bf16; seed 2 on EPYC" in section
+
+
+def test_transfer_with_synthesis_pretrains_its_own_pool_and_reports_both_gaps(
+    tmp_path, monkeypatch
+):
+    from argparse import Namespace
+
+    from benchmarks import transfer
+
+    multi = {"name": "phantom_multi_organ", "path": "p", "labels": {2: "liver"}}
+    monkeypatch.setattr(transfer, "support_datasets", lambda *args: [dict(multi)])
+    args = Namespace(data=tmp_path, tumorfm=None, phantom_cases=8, timeout=1, synthesis=True)
+    pool = yaml.safe_load(transfer.pretrain_pool(args, tmp_path).read_text())
+    assert pool["datasets"][1]["synthesis"]["tumour"] == "liver_tumour"
+    assert pool["name"] == "transfer-pretrain-synthetic"
+    args.synthesis = False
+    assert "synthesis" not in yaml.safe_load(transfer.pretrain_pool(args, tmp_path).read_text())[
+        "datasets"][1]  # fmt: skip
+
+    assert "not measured yet: `.venv-bench/bin/python -m benchmarks.transfer --synthesis" in (
+        report.section(tmp_path))  # fmt: skip
+
+    def run(gaps: list[float], liver_tumour: float) -> dict:
+        row = {"epochs": 2, "iterations": 100}
+        rows_per_seed = {seed: [{**row, "arm": "pretrained", "mean_dice": 0.4 + gap},
+                                {**row, "arm": "scratch", "mean_dice": 0.4}]
+                         for seed, gap in enumerate(gaps)}  # fmt: skip
+        result = _transfer_seeds(rows_per_seed) | {"rows_per_seed": rows_per_seed}
+        result["settings"] |= {"budgets": [2], "iterations": 50}
+        result["pretrain"]["val_dice"] = {"phantom_liver": {"liver_tumour": liver_tumour}}
+        return result | {"machine": {"cpu": "EPYC", "avx512_bf16": False}}
+
+    (tmp_path / "transfer.json").write_text(json.dumps(run([0.02, 0.04, 0.03], 0.0)))
+    (tmp_path / "transfer_synthesis.json").write_text(json.dumps(run([0.1, 0.2, 0.15], 0.3)))
+    line = next(x for x in report.section(tmp_path).splitlines() if "synthetic tumours: the" in x)
+    assert "scratch at 100 iterations 0.150 +- 0.050 Dice (seeds 0, 1, 2;" in line
+    assert "without synthesis 0.030 +- 0.010 (" in line
+    assert "scored 0.400 +- 0.000 and 0.400 +- 0.000" in line
+    assert "liver_tumour on PhantomLiver: with synthesis 0.30, without 0.00." in line
