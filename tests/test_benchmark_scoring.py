@@ -40,11 +40,12 @@ def test_predicted_reports_the_stages_predict_json_records(tmp_path):
 def test_an_nnunet_row_is_scored_as_the_transfer_study_scores_its_rows(tmp_path):
     from argparse import Namespace
 
-    from benchmarks import transfer
     from benchmarks.common import BIN
+    from benchmarks.transfer_nnunet import SARCOMA as FOLDER
+    from benchmarks.transfer_nnunet import nnunet_row
 
     data = tmp_path / "data"
-    shutil.copytree(SARCOMA, data / transfer.SARCOMA)
+    shutil.copytree(SARCOMA, data / FOLDER)
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     held = sorted(p.name.removesuffix(".nii.gz") for p in (SARCOMA / "labelsTr").glob("*.nii.gz"))
@@ -52,6 +53,6 @@ def test_an_nnunet_row_is_scored_as_the_transfer_study_scores_its_rows(tmp_path)
         shutil.copy(SARCOMA / "labelsTr" / f"{case}.nii.gz", predictions)
     args = Namespace(data=data, tumorfm=BIN / "tumorfm", timeout=600)
     reference = {"split": {"train": held[2:], "val": held[:2]}, "predictions": str(predictions)}
-    row = transfer.nnunet_row(args, tmp_path / "work", 0, reference)
+    row = nnunet_row(args, tmp_path / "work", 0, reference)
     assert row["arm"] == "nnunet" and row["epochs"] is None and row["mean_dice"] == 1.0
     assert {"sarcoma_dice", "sarcoma_hd95", "sarcoma_nsd"} <= set(row)
