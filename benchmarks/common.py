@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -72,3 +73,16 @@ def require_nnunet(*tools: str) -> None:
                 "nnU-Net v2 is not in this environment: run `make bench-env` and use "
                 ".venv-bench/bin/python"
             )
+
+
+def pretrain_or_resume(fresh: list[str], out: Path) -> list[str]:
+    """The command of a benchmark's `tumorfm pretrain ... -o OUT` run: `fresh` (OUT cleared
+    first), or `--resume OUT` where a former run stopped midway (a session's end): the epochs it
+    finished are kept and the rest continue exactly, so a long pretraining spans sessions."""
+    from tumorfm.train.checkpoint import has_state
+
+    if has_state(out):
+        print(f"{out}: resuming the run a former session left")
+        return [fresh[0], "pretrain", "--resume", str(out)]
+    shutil.rmtree(out, ignore_errors=True)
+    return fresh

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tumorfm.synth.appearance import measure
 from tumorfm.synth.dataset import source_of
 
 from . import seeds
-from .common import BIN, DATA, add_work_and_out, case_ids, parser_for
+from .common import BIN, DATA, add_work_and_out, case_ids, parser_for, pretrain_or_resume
 from .measure import cpu, provenance, run
 from .scoring import case_scores, evaluated, predicted, stats
 from .shipped_model import DATASETS, fixed_split, held_out
@@ -95,11 +94,11 @@ def one_run(args, arm: str, seed: int) -> dict:
     predictions = out / "held-out"
     if _finished(out, epochs):  # a run of an interrupted benchmark: kept, not run again
         return _row(arm, out, predictions, split, synthesis)
-    shutil.rmtree(out, ignore_errors=True)
     command = [tumorfm, "pretrain", str(cache), "-o", str(out), "--profile", "cpu", "--model",
                args.model, "--patch", *map(str, args.patch), "--batch", "2", "--epochs",
                str(epochs), "--iterations", str(args.per_epoch), "--val-every", str(epochs),
                "--split", str(out.parent / "split.json"), "--seed", str(seed)]  # fmt: skip
+    command = pretrain_or_resume(command, out)
     run(command, dict(os.environ), out.parent / f"{arm}.log", 6 * 3600, f"{arm} {seed}")
     images, labels = held_out(args.data, split, "sarcoma_ct", work / "held-out")
     (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, CLASS: 1}}))

@@ -61,6 +61,7 @@ from .common import (
     add_work_and_out,
     command_line,
     parser_for,
+    pretrain_or_resume,
     require_nnunet,
     require_tumorfm,
     sha256,
@@ -103,11 +104,15 @@ def pretrain_pool(args, work: Path) -> Path:
 
 
 def pretrain(args, work: Path) -> dict:
-    out = work / "pretrain"
-    if (out / "last" / "config.json").is_file() and not args.fresh:
+    """The pretraining every seed's study starts from: reused once finished (pretrain.json is
+    written at its end), resumed where a session ended midway, else run afresh."""
+    out, record = work / "pretrain", work / "pretrain.json"
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+        record.unlink(missing_ok=True)
+    if record.is_file() and (out / "last" / "config.json").is_file():
         print(f"pretraining: reusing {out}")
-        return json.loads((work / "pretrain.json").read_text())  # one per session, every seed
-    shutil.rmtree(out, ignore_errors=True)
+        return json.loads(record.read_text())
     pool, cache = pretrain_pool(args, work), work / "pretrain-cache"
     command = [str(args.tumorfm), "preprocess", str(pool), "-o", str(cache)]
     command += ["--workers", str(args.workers), "--config", args.config]
@@ -119,21 +124,25 @@ def pretrain(args, work: Path) -> dict:
     command += ["--batch", str(args.batch), "--epochs", str(args.pretrain_epochs)]
     command += ["--iterations", str(args.iterations), "--workers", str(args.workers)]
     command += ["--val-every", str(args.pretrain_epochs), "--device", args.device]
+    command = pretrain_or_resume(command, out)
     train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 4,
                 "tumorfm pretrain")  # fmt: skip
-    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    last = epochs[-1]
     result = {
         "pool": yaml.safe_load(pool.read_text()),
         "command": " ".join(command),
         "iterations": args.pretrain_epochs * args.iterations,
         "preprocess_seconds": prep["wall_seconds"],
-        "train_seconds": train["wall_seconds"],
+        "train_seconds": train["wall_seconds"],  # this session's part, where it was resumed
+        "epochs_seconds": round(sum(epoch["seconds"] for epoch in epochs), 1),
+        "resumed": "--resume" in command,
         "peak_mb": train.get("peak_tree_pss_mb"),
         "val_mean_dice": last.get("val_mean_dice"),
         "val_dice": last.get("val_dice"),
         "weights_sha256": sha256(out / "last" / "model.safetensors"),
     }
-    (work / "pretrain.json").write_text(json.dumps(result, indent=1))
+    record.write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -1,0 +1,60 @@
+"""How the benchmarks' long runs span sessions: a pretraining a session left midway is resumed,
+never taken for a finished one nor thrown away."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+from benchmarks.common import pretrain_or_resume
+from tumorfm.train.checkpoint import STATE
+
+
+def _left_midway(out: Path) -> None:
+    """What a killed `tumorfm pretrain` leaves after its first epoch: a state, a `last` bundle."""
+    (out / STATE).mkdir(parents=True)
+    (out / STATE / "state.json").write_text("{}")
+    (out / "last").mkdir()
+    (out / "last" / "config.json").write_text("{}")
+    (out / "log.jsonl").write_text(json.dumps({"epoch": 0, "seconds": 10.0}) + "\n")
+
+
+def test_a_run_with_a_state_is_resumed_and_one_without_starts_afresh(tmp_path):
+    out = tmp_path / "run"
+    fresh = ["tumorfm", "pretrain", "cache", "-o", str(out)]
+    out.mkdir()
+    (out / "stale.txt").write_text("from a run that never saved a state")
+    assert pretrain_or_resume(fresh, out) == fresh and not out.exists()
+    out.mkdir()
+    _left_midway(out)
+    assert pretrain_or_resume(fresh, out) == ["tumorfm", "pretrain", "--resume", str(out)]
+    assert (out / STATE / "state.json").is_file()  # kept
+
+
+def test_transfer_resumes_its_pretraining_and_reuses_only_a_finished_one(tmp_path, monkeypatch):
+    from benchmarks import transfer
+
+    commands = []
+
+    def fake_run(command, env, log, timeout, what):
+        commands.append(command)
+        out = tmp_path / "pretrain"
+        if "pretrain" in command:  # the epochs the resumed run adds
+            lines = [json.dumps({"epoch": e, "seconds": 10.0, "val_dice": {}}) for e in (0, 1)]
+            (out / "log.jsonl").write_text("\n".join(lines) + "\n")
+            (out / "last" / "model.safetensors").write_bytes(b"weights")
+        return {"wall_seconds": 5.0}
+
+    monkeypatch.setattr(transfer, "run", fake_run)
+    monkeypatch.setattr(transfer, "pretrain_pool", lambda args, work: work / "pool.yaml")
+    (tmp_path / "pool.yaml").write_text("name: p\n")
+    args = Namespace(tumorfm="tumorfm", workers=2, config="lowres", patch=[48, 96, 96],
+                     model="tsfm-tiny", batch=2, pretrain_epochs=2, iterations=50,
+                     device="cpu", timeout=60, fresh=False)  # fmt: skip
+    _left_midway(tmp_path / "pretrain")
+    result = transfer.pretrain(args, tmp_path)
+    assert commands[-1][1:3] == ["pretrain", "--resume"] and result["resumed"]
+    assert result["epochs_seconds"] == 20.0 and (tmp_path / "pretrain.json").is_file()
+    count = len(commands)
+    assert transfer.pretrain(args, tmp_path) == result and len(commands) == count  # reused
