@@ -16,6 +16,7 @@ from tumorfm.infer.predictor import PredictOptions
 from tumorfm.model import create_model
 from tumorfm.model.bundle import save_bundle
 from tumorfm.train.finetune import finetune
+from tumorfm.train.logs import read_rows
 from tumorfm.workflows.study import ARMS, transfer_study
 
 QUICK = dict(
@@ -190,6 +191,28 @@ def test_transfer_study_k_folds_hold_out_every_case_once(pretrained, tmp_path):
     assert sorted(c["case"] for c in scored["cases"]) == every
     with pytest.raises(TumorFMError, match="--folds 1"):
         transfer_study(SARCOMA, pretrained, study, [1], 2, folds=1)
+
+
+def test_an_interrupted_study_run_is_resumed_not_scored_half_trained(pretrained, tmp_path):
+    """A run killed after its first of two epochs holds a last/ bundle: the study must resume it
+    (not score a half-trained model), and restart one killed before its first epoch."""
+    from tumorfm.workflows.study import _train
+
+    quick = {k: v for k, v in QUICK.items() if k != "iterations_per_epoch"}
+    args = dict(dataset=SARCOMA, bundle=pretrained, cache=tmp_path / "cache", workers=1,
+                iterations_per_epoch=2, new_head=True, **quick)  # fmt: skip
+    killed = tmp_path / "pretrained-2"
+    finetune(out=killed, epochs=2, progress=False, stop_after_epoch=0, **args)
+    assert [r["epoch"] for r in read_rows(killed)] == [0] and (killed / "last").is_dir()
+    early = tmp_path / "scratch-2"  # killed during its first epoch: settings written, no state
+    early.mkdir()
+    shutil.copy(killed / "settings.json", early / "settings.json")
+    for run in (killed, early):
+        _train(run, 2, False, **args)
+        assert [r["epoch"] for r in read_rows(run)] == [0, 1], run  # one epoch on, or both
+    stamp = (killed / "log.jsonl").stat().st_mtime_ns
+    _train(killed, 2, False, **args)  # finished: kept as it is
+    assert (killed / "log.jsonl").stat().st_mtime_ns == stamp
 
 
 def test_finetune_plans_as_the_bundle_was_planned(tmp_path):

@@ -140,6 +140,7 @@ def finetune(
     progress: bool = True,
     plan_config: str | None = None,
     synthesis: dict | None = None,
+    stop_after_epoch: int | None = None,
     **settings,
 ) -> dict:
     """Fine-tune `bundle` on `dataset` into the run folder `out` (bundles in OUT/best and
@@ -150,6 +151,7 @@ def finetune(
     not its weights: the baseline of the transfer study. `plan_config` (fullres, lowres) plans the
     dataset; by default as the bundle was planned, lowres at the training patch. `synthesis` is a
     pool file's synthesis block: online synthetic tumours in the training patches.
+    `stop_after_epoch` ends the run there as a kill would, resumable (the trainer's own).
     """
     if mode not in MODES:
         raise TumorFMError(f"mode '{mode}': choose one of {', '.join(MODES)}")
@@ -172,4 +174,4 @@ def finetune(
     cache = prepare_cache(
         dataset, out, labels, meta, plan_config, config, synthesis, cache, workers, progress
     )
-    return pretrain(cache, out, config, progress=progress)
+    return pretrain(cache, out, config, stop_after_epoch=stop_after_epoch, progress=progress)

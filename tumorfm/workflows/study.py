@@ -3,7 +3,8 @@
 At each epoch budget, the same network is trained twice on the same fixed split: from the
 pretrained bundle and from scratch (the bundle's architecture, fresh weights); each final model
 segments the held-out cases, which are scored. A finished run is reused when the study is run
-again, so an interrupted study continues where it stopped. A reference row (e.g. nnU-Net v2 at its
+again, and a run a kill stopped midway is resumed exactly, so an interrupted study continues where
+it stopped. A reference row (e.g. nnU-Net v2 at its
 full budget, trained on the same split in its own environment) is added by scoring a folder of
 its predictions for the same held-out cases.
 """
@@ -26,7 +27,10 @@ from tumorfm.eval.model import evaluate_model
 from tumorfm.eval.plot import line_chart
 from tumorfm.files import ensure_writable, write_json, write_text
 from tumorfm.infer.predictor import PredictOptions
+from tumorfm.train.checkpoint import has_state
 from tumorfm.train.finetune import finetune
+from tumorfm.train.logs import read_rows
+from tumorfm.train.trainer import pretrain
 
 ARMS = ("pretrained", "scratch")
 
@@ -86,6 +90,20 @@ def _scores(run: Path, dataset: Path, cases: list[str], mirror: bool, progress: 
     return scores
 
 
+def _train(run: Path, epochs: int, progress: bool, **finetune_args) -> None:
+    """One arm's run at one budget: kept when its log holds every epoch, resumed exactly when a
+    kill stopped it after an epoch, started afresh when it stopped before its first (nothing of it
+    is worth keeping; its last/ bundle alone does not make a run finished)."""
+    rows = read_rows(run)
+    if (run / "last" / "config.json").is_file() and rows and rows[-1]["epoch"] + 1 >= epochs:
+        return
+    if has_state(run):
+        pretrain(resume=run, progress=progress)
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    finetune(out=run, epochs=epochs, progress=progress, **finetune_args)
+
+
 def _pool_predictions(folders: list[Path], out: Path) -> Path:
     """One folder holding every fold's label maps (hard links, or copies across devices)."""
     pooled = out / "predictions"
@@ -134,13 +152,12 @@ def transfer_study(
             predicted, cases = [], []
             for fold in range(max(folds, 1)):
                 run = out / (f"{arm}-{epochs}" + (f"-fold{fold}" if folds else ""))
-                if not (run / "last" / "config.json").is_file():
-                    finetune(
-                        dataset, bundle, run, epochs, "full", mapping, new_head=True,
-                        from_scratch=arm == "scratch", cache=out / "cache", workers=workers,
-                        progress=progress, iterations_per_epoch=iterations_per_epoch,
-                        patch_size=tuple(patch_size), folds=folds, fold=fold, **settings,
-                    )  # fmt: skip
+                _train(
+                    run, epochs, progress, dataset=dataset, bundle=bundle, mode="full",
+                    mapping=mapping, new_head=True, from_scratch=arm == "scratch",
+                    cache=out / "cache", workers=workers, iterations_per_epoch=iterations_per_epoch,
+                    patch_size=tuple(patch_size), folds=folds, fold=fold, **settings,
+                )  # fmt: skip
                 split = json.loads((run / "split.json").read_text())
                 held_out = sorted(c for part in split.values() for c in part["val"])
                 scores = _scores(run, dataset, held_out, mirror, progress)
