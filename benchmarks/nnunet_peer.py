@@ -26,6 +26,9 @@ line to OUTPUT_FOLDER/bench_epochs.jsonl: seconds of the training loop (next(bat
 as nnUNetTrainer.run_training runs them), seconds waited for batches, and nnU-Net's own pseudo
 Dice. The full-case validation after training is skipped.
 
+TRAIN_BENCH_SAVE_EVERY (default nnU-Net's 50) writes checkpoint_latest.pth every that many epochs,
+so `nnUNetv2_train ... --c` can continue a run a session's end stopped.
+
 TRAIN_BENCH_SECONDS gives a wall-clock budget instead of an epoch count: after every epoch the
 number of epochs is re-planned from the mean epoch time so far (at least the epochs already run),
 the poly learning rate is stretched to end at that epoch, and training stops there (final
@@ -74,6 +77,7 @@ class nnUNetTrainerTrainBench(nnUNetTrainer):
         self.num_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_ITERATIONS", 20))
         self.num_val_iterations_per_epoch = int(os.environ.get("TRAIN_BENCH_VAL_ITERATIONS", 20))
         self.budget_seconds = float(os.environ.get("TRAIN_BENCH_SECONDS", 0)) or None
+        self.save_every = int(os.environ.get("TRAIN_BENCH_SAVE_EVERY", self.save_every))
         if self.budget_seconds:
             self.num_epochs = 100000  # re-planned after every epoch
 

@@ -29,7 +29,8 @@ GPU (`--device cuda`).
 Run from the repository root in the benchmark environment. Every seed's study runs first, then
 nnU-Net on each seed's split (about 100 minutes a seed on 2 CPUs: its data augmentation, not its
 network, sets the pace); each step is written to the results file as it ends, with the seed's
-split, and a later run of the same settings keeps what is recorded, so the seeds and the nnU-Net
+split, and a later run of the same settings keeps what is recorded (a pretraining or an nnU-Net
+training a session's end stopped continues from its last epoch), so the seeds and the nnU-Net
 rows can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).

@@ -46,6 +46,17 @@ def nnunet_row(args, work: Path, seed: int, reference: dict) -> dict:
     return row
 
 
+def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[str]:
+    """`nnUNetv2_train` continuing (`--c`) from the latest checkpoint a former session left
+    (about 100 minutes a seed here: longer than what is left of many sessions), else from scratch
+    in a cleared results folder; `fresh` (new settings or plans) always starts over."""
+    if not fresh and (results / "checkpoint_latest.pth").is_file():
+        print(f"{results}: nnU-Net continues from its latest checkpoint")
+        return [*command, "--c"]
+    shutil.rmtree(results, ignore_errors=True)
+    return command
+
+
 def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing) -> dict:
     """Plan, preprocess, train on seed `seed`'s `split` (tumorfm's: fold 0 of a splits file of
     one, results in a folder of the seed's own) with factor x the smallest budget, predict its
@@ -68,6 +79,7 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
         "TRAIN_BENCH_EPOCHS": str(epochs),
         "TRAIN_BENCH_ITERATIONS": str(args.iterations),
         "TRAIN_BENCH_VAL_ITERATIONS": str(args.nnunet_val_iterations),
+        "TRAIN_BENCH_SAVE_EVERY": "1",  # a checkpoint an epoch: a session's end loses one at most
     }
     results = (
         Path(env["nnUNet_results"]) / SARCOMA / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
@@ -76,9 +88,9 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
     command += ["-tr", TRAINER, "-device", args.device]
     record = nn / f"train-seed{seed}.json"
     if not (results / "checkpoint_final.pth").is_file() or args.fresh or stale:
-        shutil.rmtree(results, ignore_errors=True)
+        command = continue_or_restart(command, results, fresh=args.fresh or stale)
         train = run(command, env, nn / f"train-seed{seed}.log", args.timeout * 8, "nnU-Net train")
-        record.write_text(json.dumps(train))
+        record.write_text(json.dumps({**train, "continued": "--c" in command}))
     train = json.loads(record.read_text())
     images = nn / f"validation_images-seed{seed}"
     shutil.rmtree(images, ignore_errors=True)

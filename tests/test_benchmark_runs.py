@@ -58,3 +58,21 @@ def test_transfer_resumes_its_pretraining_and_reuses_only_a_finished_one(tmp_pat
     assert result["epochs_seconds"] == 20.0 and (tmp_path / "pretrain.json").is_file()
     count = len(commands)
     assert transfer.pretrain(args, tmp_path) == result and len(commands) == count  # reused
+
+
+def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(tmp_path):
+    from benchmarks.nnunet_peer import TRAINER_SOURCE
+    from benchmarks.transfer_nnunet import continue_or_restart
+
+    results, command = tmp_path / "fold_0", ["nnUNetv2_train", "101", "3d_fullres", "0"]
+    results.mkdir()
+    (results / "debug.json").write_text("{}")  # a run killed before its first checkpoint
+    assert continue_or_restart(command, results, fresh=False) == command
+    assert not results.exists()
+    results.mkdir()
+    (results / "checkpoint_latest.pth").write_bytes(b"epoch 7")
+    assert continue_or_restart(command, results, fresh=False) == [*command, "--c"]
+    assert (results / "checkpoint_latest.pth").is_file()
+    assert continue_or_restart(command, results, fresh=True) == command  # new plans: start over
+    assert not results.exists()
+    assert 'os.environ.get("TRAIN_BENCH_SAVE_EVERY"' in TRAINER_SOURCE  # the checkpoints exist
