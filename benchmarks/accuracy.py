@@ -9,7 +9,9 @@ case; nnU-Net is given tumorfm's), then segments the held-out scans without mirr
 evaluate` scores every model's label maps against the truth (Dice, HD95, NSD at 2 mm). Each model
 trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pretraining holds the
 split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
-deviation over seeds (benchmarks/seeds.py).
+deviation over seeds (benchmarks/seeds.py). A seed takes about two hours here: a run keeps the
+rows a former run of the same settings wrote to its results file (`--fresh` measures them again),
+so the seeds can be measured over several sessions, seed by seed.
 
   tumorfm    `tumorfm pretrain` tsfm-tiny on a pool of both sets' training cases (the split file
              keeps the held-out ones out), the single real cases and the four phantom sites, then
@@ -24,8 +26,9 @@ paid once. Its time is reported on its own row. Wall time and peak memory (PSS o
 tree) of each training and prediction. `--full` is for a GPU: 250 iterations per epoch and the
 paper's budgets (`--device cuda --patch 64 160 192` for nnU-Net's own sarcoma patch).
 
-Run from the repository root in the benchmark environment (~2 h with the defaults on 2 CPUs):
-    make bench-env && .venv-bench/bin/python -m benchmarks.accuracy [--budget 0.5]
+Run from the repository root in the benchmark environment (with the defaults on 2 CPUs, about 3 h
+a seed and the pretraining once; `--seeds 0` in one session and `--seeds 1 2` in the next add up):
+    make bench-env && .venv-bench/bin/python -m benchmarks.accuracy [--seeds 0] [--budget 0.5]
 Writes benchmarks/results/accuracy.json.
 """
 
@@ -33,17 +36,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from . import seeds
+from .accuracy_cases import fixed_split, held_out_folders, recorded, same, to_measure
 from .common import (
     BIN,
     DATA,
@@ -53,6 +55,7 @@ from .common import (
     case_ids,
     command_line,
     parser_for,
+    pretrain_or_resume,
     require_nnunet,
     require_tumorfm,
 )
@@ -73,32 +76,6 @@ DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --m
     "sarcoma_ct": ("Dataset101_SarcomaCT", 101, "sarcoma", []),
     "brain_mr": ("Task102_BrainTumour", 102, "brain_tumour", ["--map", "tumour=brain_tumour"]),
 }
-
-
-def fixed_split(name: str, ids: list[str]) -> dict:
-    """Seed 0; brain scans are grouped by patient (btp_NN_pre / _post) so none straddles."""
-    groups: dict[str, list[str]] = {}
-    for case in ids:
-        key = re.sub(r"_(pre|post)$", "", case) if name == "brain_mr" else case
-        groups.setdefault(key, []).append(case)
-    order = np.random.default_rng(0).permutation(sorted(groups)).tolist()
-    held = max(1, round(0.2 * len(order)))
-    val = sorted(c for g in order[:held] for c in groups[g])
-    return {"train": sorted(set(ids) - set(val)), "val": val}
-
-
-def held_out_folders(folder: Path, split: dict, out: Path) -> tuple[Path, Path]:
-    """images/<case>_0000.nii.gz and labels/<case>.nii.gz of the held-out cases, as symlinks."""
-    images, labels = out / "images", out / "labels"
-    for sub in (images, labels):
-        shutil.rmtree(sub, ignore_errors=True)
-        sub.mkdir(parents=True)
-    for case in split["val"]:
-        source = folder / "imagesTr" / f"{case}_0000.nii.gz"
-        source = source if source.exists() else folder / "imagesTr" / f"{case}.nii.gz"
-        (images / f"{case}_0000.nii.gz").symlink_to(source.resolve())
-        (labels / f"{case}.nii.gz").symlink_to((folder / "labelsTr" / f"{case}.nii.gz").resolve())
-    return images, labels
 
 
 def score(predictions: Path, labels: Path, args, work: Path) -> dict:
@@ -123,43 +100,48 @@ def _measured(process: dict) -> dict:
 
 
 def pretrain(args, work: Path, splits: dict) -> dict:
-    out = work / "pretrain"
-    if (work / "pretrain.json").is_file() and not args.fresh:
-        print(f"pretraining: reusing {out}")
-        return json.loads((work / "pretrain.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    datasets = [
-        {"name": name, "path": str((args.data / folder).resolve()), "labels": {1: label}}
-        for name, (folder, _, label, _) in DATASETS.items()
-    ]
-    datasets += support_datasets(args.tumorfm, args.data, work, 8, args.timeout)
-    pool = {
-        "name": "accuracy-pretrain",
-        "parents": PARENTS,
-        "datasets": datasets,
-    }
-    (work / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
-    split_file = work / "pool-split.json"  # held-out cases validate, never train
-    split_file.write_text(json.dumps(splits, indent=1))
-    cache = work / "pretrain-cache"
-    command = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2,
-                  "--config", args.config, "--patch", args.patch)  # fmt: skip
-    prep = run(command, dict(os.environ), work / "pretrain-prep.log", args.timeout,
-               "tumorfm preprocess (pool)")  # fmt: skip
+    """The pretraining every seed fine-tunes from: reused once finished with these settings
+    (pretrain.json is written at its end), resumed where a session ended midway, else afresh."""
+    out, record = work / "pretrain", work / "pretrain.json"
+    cache, split_file = work / "pretrain-cache", work / "pool-split.json"
     epochs = max(1, round(args.pretrain_iterations * args.budget / args.per_epoch))
     command = cli(args.tumorfm, "pretrain", cache, "-o", out, "--profile", "cpu", "--model",
                   args.model, "--patch", args.patch, "--batch", args.batch, "--epochs", epochs,
                   "--iterations", args.per_epoch, "--val-every", epochs, "--split", split_file,
                   "--device", args.device)  # fmt: skip
+    intended, former = " ".join(command), work / "pretrain-command.txt"
+    if args.fresh or not former.is_file() or former.read_text() != intended:
+        shutil.rmtree(out, ignore_errors=True)  # other settings' weights: never reused
+        record.unlink(missing_ok=True)
+    if record.is_file() and (out / "last" / "config.json").is_file():
+        print(f"pretraining: reusing {out}")
+        return json.loads(record.read_text())
+    datasets = [
+        {"name": name, "path": str((args.data / folder).resolve()), "labels": {1: label}}
+        for name, (folder, _, label, _) in DATASETS.items()
+    ]
+    datasets += support_datasets(args.tumorfm, args.data, work, 8, args.timeout)
+    pool = {"name": "accuracy-pretrain", "parents": PARENTS, "datasets": datasets}
+    (work / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+    split_file.write_text(json.dumps(splits, indent=1))  # held-out cases validate, never train
+    prep = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2,
+               "--config", args.config, "--patch", args.patch)  # fmt: skip
+    prep = run(prep, dict(os.environ), work / "pretrain-prep.log", args.timeout,
+               "tumorfm preprocess (pool)")  # fmt: skip
+    former.write_text(intended)
+    command = pretrain_or_resume(command, out)  # a session may have ended midway
     train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 8,
                 "tumorfm pretrain")  # fmt: skip
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
     result = {
-        "command": " ".join(command),
+        "command": intended,
         "iterations": epochs * args.per_epoch,
         "preprocess_seconds": prep["wall_seconds"],
-        **_measured(train),
+        "seconds": round(sum(epoch["seconds"] for epoch in log), 1),  # every session's epochs
+        "resumed": "--resume" in command,
+        "peak_mb": train.get("peak_tree_pss_mb"),
     }
-    (work / "pretrain.json").write_text(json.dumps(result, indent=1))
+    record.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -214,28 +196,33 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed
     return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
 
 
-def lowres_spacing(work: Path, name: str) -> list[float] | None:
-    """The target spacing tumorfm's fine-tuning planned `name` at, when that plan is lowres."""
-    plans = list((work / "runs" / "seed0" / f"tumorfm-{name}" / "cache").glob("*/plan.json"))
-    plan = json.loads(plans[0].read_text()) if plans else {}
+def lowres_spacing(work: Path, name: str, seed: int) -> list[float] | None:
+    """The target spacing tumorfm's fine-tuning of this seed planned `name` at, when that plan is
+    lowres (None: lowres equals full resolution there, and the plan says so)."""
+    cache = work / "runs" / f"seed{seed}" / f"tumorfm-{name}" / "cache"
+    plans = list(cache.glob("*/plan.json"))
+    if not plans:
+        sys.exit(f"{cache}: no plan.json; nnU-Net takes its lowres spacing from tumorfm's run")
+    plan = json.loads(plans[0].read_text())
     return plan["target_spacing_zyx"] if plan.get("configuration") == "3d_lowres" else None
 
 
-def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
+def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
     """nnU-Net on `split`, once per seed: fold k of its splits_final.json is the same split, so
-    each fold is one more training with nnU-Net's own randomness (its CLI takes no seed)."""
+    fold `seed` is one more training with nnU-Net's own randomness (its CLI takes no seed)."""
+    fold = seed
     folder, dataset_id, _, _ = DATASETS[name]
     nn = work / "nnunet"
     env = nnunet_env(nn, 2)
     pre = raw_and_planned(args.data / folder, dataset_id, nn, env, args.timeout)
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
-    spacing = lowres_spacing(work, name) if args.config == "lowres" else None
+    spacing = lowres_spacing(work, name, seed) if args.config == "lowres" else None
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
     log = nn / f"preprocess-bench-{name}.log"
     write_bench_plans(pre, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
-    (pre / "splits_final.json").write_text(json.dumps([split] * len(args.seeds)))
+    (pre / "splits_final.json").write_text(json.dumps([split] * (seed + 1)))
     install_trainer()
     env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
            "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
@@ -245,7 +232,7 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, fold) -> dict:
                   TRAINER, "-device", args.device)  # fmt: skip
     log = nn / f"train-{name}-fold{fold}.log"
     train = run(command, env, log, args.timeout * 8, f"nnU-Net train ({name}, fold {fold})")
-    predictions = work / "predictions" / f"seed{fold}" / f"nnunet-{name}"
+    predictions = work / "predictions" / f"seed{seed}" / f"nnunet-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
                   "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", fold, "--disable_tta",
@@ -316,12 +303,17 @@ def main() -> None:
         name: fixed_split(name, case_ids(args.data / folder))
         for name, (folder, *_) in DATASETS.items()
     }
-    pretrained = pretrain(args, work, splits) if "tumorfm" in args.models else None
+    before = {} if args.fresh else recorded(args.out, args)
+    rows, pretrained = before.get("rows_per_seed", []), before.get("pretrain")
+    sessions = before.get("sessions", [])
     epochs = max(1, round(args.iterations * args.budget / args.per_epoch))
-    rows = []
 
     def write(complete: bool) -> None:
         """After every model, so a failure later keeps what was measured ("complete": false)."""
+        measured = sorted({r["seed"] for r in rows})
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        session = {"command": command_line("accuracy"), "cpu": machine(load_before)["cpu"],
+                   "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
         result = {
             "benchmark": "accuracy",
             "command": command_line("accuracy"),
@@ -333,43 +325,42 @@ def main() -> None:
                 "nnunetv2": version("nnunetv2"),
                 **git_state(),
             },
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "settings": settings | {"seeds": measured},
             "splits": splits,
             "pretrain": pretrained,
+            "sessions": [*sessions, session],
             "rows_per_seed": rows,
             "rows": seeds.merge(
-                {s: [r for r in rows if r["seed"] == s] for s in args.seeds},
+                {s: [r for r in rows if r["seed"] == s] for s in measured},
                 ("dataset", "model", "cases", "iterations", "parameters"),
                 ["dice", "hd95", "nsd", "train_seconds", "predict_seconds"],
             ),
-            "total_seconds": round(time.perf_counter() - started, 1),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
-    for name in args.datasets:
-        folder = args.data / DATASETS[name][0]
-        split_file = work / f"split-{name}.json"
-        split_file.write_text(json.dumps([splits[name]], indent=1))  # nnU-Net's format
-        images, labels = held_out_folders(folder, splits[name], work / "held-out" / name)
-        common = {
-            "dataset": name,
-            "cases": len(splits[name]["val"]),
-            "iterations": epochs * args.per_epoch,
-        }
-        for fold, seed in enumerate(args.seeds):
-            for model in args.models:
+    for seed in args.seeds:  # seed by seed: a session that ends midway leaves whole seeds
+        for name in args.datasets:
+            folder = args.data / DATASETS[name][0]
+            split_file = work / f"split-{name}.json"
+            split_file.write_text(json.dumps([splits[name]], indent=1))  # nnU-Net's format
+            images, labels = held_out_folders(folder, splits[name], work / "held-out" / name)
+            common = {"dataset": name, "cases": len(splits[name]["val"]),
+                      "iterations": epochs * args.per_epoch, "seed": seed}  # fmt: skip
+            for model in to_measure(args, rows, work, name, seed):
                 if model == "tumorfm":
+                    pretrained = pretrain(args, work, splits)
                     row = tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed)
                 elif model == "nnunet":
-                    row = nnunet_arm(args, work, name, splits[name], images, labels, epochs, fold)
+                    row = nnunet_arm(args, work, name, splits[name], images, labels, epochs, seed)
                 else:
                     iterations = epochs * args.per_epoch
                     row = swinunetr_arm(
                         args, work, name, split_file, images, labels, iterations, seed
                     )
                 timing = {f"{k}_seconds": row[k]["seconds"] for k in ("train", "predict")}
-                rows.append({**common, **row, **timing, "seed": seed})
+                rows = [r for r in rows if not same(r, name, model, seed)]
+                rows.append({**common, "arm": model, **row, **timing})
                 write(complete=False)
                 print(f"{name} {row['model']}, seed {seed}: Dice {row['dice']:.3f}", flush=True)
     write(complete=True)

@@ -66,6 +66,12 @@ def accuracy_seeds_table(r: dict) -> list[str]:
         )
     if not r.get("complete", True):
         lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
+    if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
+        each = "; ".join(f"`{s['command']}` on {s['cpu']}" for s in sessions)
+        lines += [
+            "",
+            f"Measured in {len(sessions)} sessions, each keeping the former's rows: {each}.",
+        ]
     if pre:
         lines += [
             "",

@@ -20,7 +20,7 @@ import shutil
 from importlib.metadata import version
 from pathlib import Path
 
-from .accuracy import held_out_folders
+from .accuracy_cases import held_out_folders
 from .common import (
     BIN,
     DATA,

@@ -123,6 +123,12 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "| tumorfm | 1.30M | 400 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
     assert "| nnU-Net | 1.30M | 400 | 0.600 |" in text  # one seed known: no spread claimed
+    assert "sessions" not in text
+    result["sessions"] = [{"command": "accuracy --seeds 0", "cpu": "AMD EPYC"},
+                          {"command": "accuracy --seeds 1", "cpu": "Intel Xeon"}]  # fmt: skip
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "Measured in 2 sessions" in text and "`accuracy --seeds 1` on Intel Xeon" in text
 
 
 def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):

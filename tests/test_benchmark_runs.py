@@ -76,3 +76,63 @@ def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(t
     assert continue_or_restart(command, results, fresh=True) == command  # new plans: start over
     assert not results.exists()
     assert 'os.environ.get("TRAIN_BENCH_SAVE_EVERY"' in TRAINER_SOURCE  # the checkpoints exist
+
+
+def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_rest(
+    tmp_path, monkeypatch
+):
+    import pytest
+
+    from benchmarks import accuracy
+
+    for folder in ("Dataset101_SarcomaCT", "Task102_BrainTumour"):
+        (tmp_path / "data" / folder / "labelsTr").mkdir(parents=True)
+        (tmp_path / "data" / folder / "dataset.json").write_text("{}")
+        for case in ("c1", "c2", "c3", "c4", "c5"):
+            (tmp_path / "data" / folder / "labelsTr" / f"{case}.nii.gz").write_bytes(b"")
+    ran, stop_at = [], {"seed": 1, "model": "nnunet"}
+
+    def arm(model):
+        def fake(args, work, name, *rest):
+            seed = rest[-1]
+            if {"seed": seed, "model": model} == stop_at:
+                raise SystemExit("the session ended")
+            ran.append((name, model, seed))
+            (work / "runs" / f"seed{seed}" / f"tumorfm-{name}" / "last").mkdir(parents=True,
+                                                                                exist_ok=True)  # fmt: skip
+            return {"model": model, "train": {"seconds": 1.0}, "predict": {"seconds": 1.0},
+                    "dice": 0.5 + seed / 10, "hd95": 9.0, "nsd": 0.4, "parameters": 1e6}  # fmt: skip
+
+        return fake
+
+    monkeypatch.setattr(accuracy, "tumorfm_arm", arm("tumorfm"))
+    monkeypatch.setattr(accuracy, "nnunet_arm", arm("nnunet"))
+    monkeypatch.setattr(accuracy, "swinunetr_arm", arm("swinunetr"))
+    monkeypatch.setattr(accuracy, "pretrain", lambda args, work, splits: {"iterations": 8})
+    monkeypatch.setattr(accuracy, "require_nnunet", lambda: None)
+    monkeypatch.setattr(accuracy, "version", lambda name: "x")
+    out, work = tmp_path / "accuracy.json", tmp_path / "work"
+    argv = ["accuracy", "--data", str(tmp_path / "data"), "--tumorfm", __file__, "--out", str(out),
+            "--work", str(work), "--seeds", "0", "1"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="the session ended"):
+        accuracy.main()
+    first = json.loads(out.read_text())
+    assert first["settings"]["seeds"] == [0, 1] and not first["complete"]
+    assert len(ran) == 7  # seed 0: 2 datasets x 3 models; seed 1: tumorfm on sarcoma, then stop
+    ran.clear()
+    stop_at = {}
+    (work / "runs" / "seed1" / "tumorfm-sarcoma_ct" / "last").rmdir()  # its run folder is lost
+    accuracy.main()
+    result = json.loads(out.read_text())
+    assert ran == [("sarcoma_ct", "tumorfm", 1), ("sarcoma_ct", "nnunet", 1),
+                   ("sarcoma_ct", "swinunetr", 1), ("brain_mr", "tumorfm", 1),
+                   ("brain_mr", "nnunet", 1), ("brain_mr", "swinunetr", 1)]  # fmt: skip
+    assert result["complete"] and len(result["rows_per_seed"]) == 12
+    assert len(result["sessions"]) == 2
+    tumorfm_ct = next(r for r in result["rows"] if r["dataset"] == "sarcoma_ct"
+                      and r["model"] == "tumorfm")  # fmt: skip
+    assert tumorfm_ct["dice"]["per_seed"] == {"0": 0.5, "1": 0.6}
+    monkeypatch.setattr("sys.argv", [*argv, "--batch", "4"])  # other settings: nothing kept
+    accuracy.main()
+    assert len(ran) == 6 + 12
