@@ -98,10 +98,11 @@ def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_re
             if {"seed": seed, "model": model} == stop_at:
                 raise SystemExit("the session ended")
             ran.append((name, model, seed))
-            (work / "runs" / f"seed{seed}" / f"tumorfm-{name}" / "last").mkdir(parents=True,
-                                                                                exist_ok=True)  # fmt: skip
-            return {"model": model, "train": {"seconds": 1.0}, "predict": {"seconds": 1.0},
-                    "dice": 0.5 + seed / 10, "hd95": 9.0, "nsd": 0.4, "parameters": 1e6}  # fmt: skip
+            run_folder = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
+            (run_folder / "last").mkdir(parents=True, exist_ok=True)
+            timing = {"train": {"seconds": 1.0}, "predict": {"seconds": 1.0}}
+            scores = {"dice": 0.5 + seed / 10, "hd95": 9.0, "nsd": 0.4, "parameters": 1e6}
+            return {"model": model, **timing, **scores}
 
         return fake
 

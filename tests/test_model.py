@@ -160,3 +160,43 @@ def test_strided_stem_runs_at_half_resolution_and_returns_the_input_grid():
         TSFMConfig(stem_stride=3)
     with pytest.raises(ValueError, match="divide by the stem stride"):
         TSFMConfig(patch_size=(33, 32, 32), stem_stride=2)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding",
+    [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, (1, 2, 2), 0), (3, (1, 2, 2), 1)],
+)
+def test_one_window_on_a_cpu_runs_onednn_with_the_same_answer(kernel, stride, padding):
+    """PyTorch's own rule sends a batch of one 8-channel 32x64x64 window to its slow im2col kernel
+    (tumorfm.model.blocks.Conv3d): ours gives it to oneDNN, with nn.Conv3d's answer."""
+    from torch.profiler import profile
+
+    from tumorfm.model.blocks import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(8, 8, kernel, stride=stride, padding=padding)
+    x = torch.randn(1, 8, 16, 32, 32)
+    with torch.inference_mode():
+        with profile() as trace:
+            ours = conv(x)
+        theirs = torch.nn.Conv3d.forward(conv, x)
+    kernels = {event.key for event in trace.key_averages()}
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+    for layout in (torch.channels_last_3d, torch.contiguous_format):  # prediction's and training's
+        conv.to(memory_format=layout)
+        with torch.inference_mode():
+            assert torch.allclose(conv(x.to(memory_format=layout)), theirs, atol=1e-5)
+    y = conv(x.requires_grad_())  # training: nn.Conv3d's own path, gradients flow
+    y.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_a_whole_network_window_never_takes_the_slow_kernel():
+    from torch.profiler import profile
+
+    model = create_model("tsfm-tiny", patch_size=(32, 64, 64), num_classes=2).eval()
+    with torch.inference_mode(), profile() as trace:
+        model(torch.randn(1, 1, 32, 64, 64))
+    kernels = {event.key for event in trace.key_averages()}
+    assert "aten::slow_conv3d_forward" not in kernels and "aten::mkldnn_convolution" in kernels

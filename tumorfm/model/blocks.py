@@ -28,6 +28,32 @@ class InstanceNorm(nn.InstanceNorm3d):
         return super().forward(x)
 
 
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d that gives one float32 window on a CPU to oneDNN. PyTorch picks its CPU kernel
+    by a rule written for 2D images: a batch of one goes to oneDNN only when N*C*D*H > 20480, so
+    an 8-channel 32x64x64 window runs the generic im2col kernel, about 5x slower (0.23 s vs 0.05
+    s measured on an AMD EPYC). Prediction runs one window at a time, so without this tsfm-tiny
+    spent four fifths of a window there. Same weights and state dict; outputs agree to 1e-6.
+    Training (gradients on), autocast and other dtypes take nn.Conv3d's own path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.shape[0] == 1
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and self.weight.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")  # bf16 prediction: autocast's own conv
+            and torch.backends.mkldnn.is_available()
+        ):
+            return torch.mkldnn_convolution(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+            )
+        return super().forward(x)
+
+
 def _norm(channels: int) -> InstanceNorm:
     return InstanceNorm(channels, eps=1e-5, affine=True)
 
@@ -42,15 +68,15 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride=1, pre_activation: bool = True):
         super().__init__()
         self.pre_activation = pre_activation
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv3d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.conv2 = Conv3d(out_channels, out_channels, 3, padding=1)
         self.norm1 = _norm(in_channels if pre_activation else out_channels)
         self.norm2 = _norm(out_channels)
         self.act = _act()
         strided = any(s != 1 for s in (stride if isinstance(stride, tuple) else (stride,)))
         needs_projection = in_channels != out_channels or strided
         self.skip = (
-            nn.Conv3d(in_channels, out_channels, 1, stride=stride)
+            Conv3d(in_channels, out_channels, 1, stride=stride)
             if needs_projection
             else nn.Identity()
         )
@@ -88,7 +114,7 @@ class UpStage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, blocks: int, pre_activation: bool):
         super().__init__()
-        self.reduce = nn.Conv3d(in_channels, out_channels, 1)
+        self.reduce = Conv3d(in_channels, out_channels, 1)
         self.blocks = nn.Sequential(
             ResidualBlock(2 * out_channels, out_channels, 1, pre_activation),
             *[

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tumorfm.model.blocks import EncoderStage, ResidualBlock, UpStage, _act, _norm
+from tumorfm.model.blocks import Conv3d, EncoderStage, ResidualBlock, UpStage, _act, _norm
 from tumorfm.model.transformer import TransformerBottleneck
 
 MIN_BOTTLENECK_EDGE = 3  # an axis is halved only while it stays at least this long
@@ -113,7 +113,7 @@ class TSFM(nn.Module):
         c, widths, blocks = config, config.widths, config.blocks_per_stage
         if len(blocks) != len(widths):
             raise ValueError(f"blocks {blocks} needs one entry per stage ({len(widths)})")
-        self.stem = nn.Conv3d(c.in_channels, widths[0], 3, stride=c.stem_stride, padding=1)
+        self.stem = Conv3d(c.in_channels, widths[0], 3, stride=c.stem_stride, padding=1)
         self.encoder = nn.ModuleList(
             [EncoderStage(widths[0], widths[0], blocks[0], 1, c.pre_activation)]
         )
@@ -145,13 +145,13 @@ class TSFM(nn.Module):
             for i in reversed(range(len(widths) - 1))
         )
         self.final = nn.Sequential(_norm(widths[0]), _act()) if c.pre_activation else nn.Identity()
-        self.head = nn.Conv3d(widths[0], c.num_classes, 1)
+        self.head = Conv3d(widths[0], c.num_classes, 1)
         # deep supervision: one head per lower decoder stage, coarsest last
         self.aux_heads = (
             nn.ModuleList(
-                nn.Sequential(_norm(widths[i]), _act(), nn.Conv3d(widths[i], c.num_classes, 1))
+                nn.Sequential(_norm(widths[i]), _act(), Conv3d(widths[i], c.num_classes, 1))
                 if c.pre_activation
-                else nn.Conv3d(widths[i], c.num_classes, 1)
+                else Conv3d(widths[i], c.num_classes, 1)
                 for i in range(1, len(widths) - 1)
             )
             if c.deep_supervision

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tumorfm.model.adapters import Adapter, LoRALinear
+from tumorfm.model.blocks import Conv3d
 
 
 class Attention(nn.Module):
@@ -99,14 +100,14 @@ class TransformerBottleneck(nn.Module):
     ):
         super().__init__()
         padding = projection_kernel // 2
-        self.proj_in = nn.Conv3d(channels, width, projection_kernel, padding=padding)
+        self.proj_in = Conv3d(channels, width, projection_kernel, padding=padding)
         self.position = nn.Parameter(torch.zeros(1, width, *grid))
         self.layers = nn.ModuleList(
             TransformerLayer(width, heads, mlp_width, adapter_dim, lora_rank, lora_alpha)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
-        self.proj_out = nn.Conv3d(width, channels, projection_kernel, padding=padding)
+        self.proj_out = Conv3d(width, channels, projection_kernel, padding=padding)
         self.checkpointing = checkpointing
         nn.init.trunc_normal_(self.position, std=0.02)
         # a fresh bottleneck starts near identity: the residual carries the CNN's features
