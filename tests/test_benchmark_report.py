@@ -448,6 +448,18 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     assert "Gain 0.080 +- 0.028 Dice (target +0.05: met; larger than" in section
     assert "Seed 2 so far: real 0.100; its other arm is still to run." in section
     assert "seed 0 on Xeon, AVX-512 bf16; seed 1 on EPYC, no bf16; seed 2 on EPYC" in section
+    variant = {**row("real+synthetic p=0.2", 0.55, "EPYC"), "synthesis": {"probability": 0.2}}
+    per_seed["0"].append(dict(variant))
+    per_seed["1"].append({**variant, "dice": 0.78})
+    r["command"] = ".venv/bin/python -m benchmarks.synth_useful --probability 0.2"
+    (tmp_path / "synth_useful.json").write_text(json.dumps(r))
+    section = report.section(tmp_path)
+    assert "| real+synthetic | 0.680 +- 0.113 |" in section  # the main table is as it was
+    assert "| real+synthetic p=0.2 |" not in section
+    assert "`.venv/bin/python -m benchmarks.synth_useful`." in section
+    line = next(x for x in section.splitlines() if x.startswith("Synthetic tumours in 0.2"))
+    assert "(seeds 0, 1; `.venv/bin/python -m benchmarks.synth_useful --probability 0.2`)" in line
+    assert "Dice 0.665 +- 0.163, minus real 0.065 +- 0.021 (target +0.05: met; larger" in line
 
 
 def test_transfer_with_synthesis_pretrains_its_own_pool_and_reports_both_gaps(

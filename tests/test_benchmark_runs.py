@@ -7,6 +7,8 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
 from benchmarks.common import pretrain_or_resume
 from tumorfm.train.checkpoint import STATE
 
@@ -81,8 +83,6 @@ def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(t
 def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_rest(
     tmp_path, monkeypatch
 ):
-    import pytest
-
     from benchmarks import accuracy
 
     for folder in ("Dataset101_SarcomaCT", "Task102_BrainTumour"):
@@ -137,3 +137,35 @@ def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_re
     monkeypatch.setattr("sys.argv", [*argv, "--batch", "4"])  # other settings: nothing kept
     accuracy.main()
     assert len(ran) == 6 + 12
+
+
+def test_synth_useful_measures_another_probability_beside_the_recorded_arms(tmp_path, monkeypatch):
+    from benchmarks import synth_useful
+
+    ran = []
+
+    def fake_run(args, arm, spec, seed):
+        ran.append((arm, seed, spec and spec["probability"]))
+        return {"arm": arm, "dice": 0.5 + seed / 10 + (0.01 if spec else 0.0), "synthesis": spec,
+                "hd95_median": 9.0, "train_seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(synth_useful, "one_run", fake_run)
+    monkeypatch.setattr(synth_useful, "provenance", lambda *a: {"command": "x"})
+    out = tmp_path / "synth_useful.json"
+    argv = ["synth_useful", "--out", str(out), "--work", str(tmp_path / "w"), "--seeds", "0", "1"]
+    monkeypatch.setattr("sys.argv", argv)
+    synth_useful.main()
+    assert ran == [("real", 0, None), ("real+synthetic", 0, 0.5), ("real", 1, None),
+                   ("real+synthetic", 1, 0.5)]  # fmt: skip
+    ran.clear()
+    monkeypatch.setattr("sys.argv", [*argv, "--probability", "0.2"])
+    synth_useful.main()
+    assert ran == [("real+synthetic p=0.2", 0, 0.2), ("real+synthetic p=0.2", 1, 0.2)]
+    result = json.loads(out.read_text())
+    assert [r["arm"] for r in result["per_seed"]["0"]] == [
+        "real", "real+synthetic", "real+synthetic p=0.2"]  # fmt: skip
+    assert set(result["gains"]) == {"real+synthetic", "real+synthetic p=0.2"}
+    assert result["complete"] and abs(result["gain"]["mean"] - 0.01) < 1e-9
+    monkeypatch.setattr("sys.argv", [*argv, "--probability", "0"])
+    with pytest.raises(SystemExit):
+        synth_useful.main()
