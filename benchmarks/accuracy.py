@@ -281,7 +281,7 @@ def main() -> None:
         "the paper's budgets; add --patch 64 160 192 for nnU-Net's own patch",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fresh", action="store_true", help="pretrain again")
+    parser.add_argument("--fresh", action="store_true", help="pretrain and measure every row again")
     add_timeout(parser, 3600, "short command")
     add_tumorfm(parser)
     add_work_and_out(parser, "accuracy")
