@@ -499,3 +499,4 @@ def test_transfer_with_synthesis_pretrains_its_own_pool_and_reports_both_gaps(
     assert "without synthesis 0.030 +- 0.010 (" in line
     assert "scored 0.400 +- 0.000 and 0.400 +- 0.000" in line
     assert "liver_tumour on PhantomLiver: with synthesis 0.30, without 0.00." in line
+    assert "changed the gap by 0.120 +- 0.040 (larger than its spread over seeds 0, 1, 2)" in line
