@@ -9,7 +9,7 @@ case; nnU-Net is given tumorfm's), then segments the held-out scans without mirr
 evaluate` scores every model's label maps against the truth (Dice, HD95, NSD at 2 mm). Each model
 trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pretraining holds the
 split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
-deviation over seeds (benchmarks/seeds.py). A seed takes about two hours here: a run keeps the
+deviation over seeds (benchmarks/seeds.py). A seed takes about three hours here: a run keeps the
 rows a former run of the same settings wrote to its results file (`--fresh` measures them again),
 so the seeds can be measured over several sessions, seed by seed.
 
@@ -312,13 +312,14 @@ def main() -> None:
         """After every model, so a failure later keeps what was measured ("complete": false)."""
         measured = sorted({r["seed"] for r in rows})
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        session = {"command": command_line("accuracy"), "cpu": machine(load_before)["cpu"],
+        command, host = command_line("accuracy"), machine(load_before)
+        session = {"command": command, "cpu": host["cpu"],
                    "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
         result = {
             "benchmark": "accuracy",
-            "command": command_line("accuracy"),
+            "command": command,
             "complete": complete,
-            "machine": machine(load_before),
+            "machine": host,
             "versions": {
                 "torch_bench_env": version("torch"),
                 "monai": version("monai"),
