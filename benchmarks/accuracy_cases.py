@@ -3,12 +3,13 @@ the rows a former run of the same settings recorded (three seeds outlast a sessi
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from . import seeds
 
 
 def fixed_split(name: str, ids: list[str]) -> dict:
@@ -44,11 +45,8 @@ SAME_RUN = ("budget", "iterations", "pretrain_iterations", "per_epoch", "model",
 def recorded(out: Path, args) -> dict:
     """What a former run of these settings wrote to `out` (its rows per seed, its pretraining and
     sessions), else {}: three seeds outlast a session."""
-    if not out.is_file():
-        return {}
-    old = json.loads(out.read_text())
-    settings = old.get("settings", {})
-    if any(settings.get(k) != getattr(args, k) for k in SAME_RUN):
+    old = seeds.former_run(out, args, SAME_RUN)
+    if old is None:
         return {}
     rows = [r for r in old.get("rows_per_seed", []) if "arm" in r]
     return {"rows_per_seed": rows, "pretrain": old.get("pretrain"),

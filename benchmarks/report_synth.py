@@ -303,7 +303,7 @@ def transfer_synthesis_lines(results: Path) -> list[str]:
     change = {seed: with_synthesis["per_seed"][seed] - without["per_seed"][seed]
               for seed in with_synthesis["per_seed"] if seed in without["per_seed"]}  # fmt: skip
     change = seeds.over_seeds(change)
-    beats = change["std"] is not None and abs(change["mean"]) > change["std"]
+    larger = "larger" if seeds.beats_spread(change) else "not larger"
     return [
         f"Transfer after pretraining with synthetic tumours: the transfer study above, its "
         f"pretraining with procedural liver tumours in half of phantom_multi_organ's samples: "
@@ -314,6 +314,6 @@ def transfer_synthesis_lines(results: Path) -> list[str]:
         f"{_over_seeds(scratch(plain))}: what the machine and the run alone move. The "
         f"pretraining's validation pseudo-Dice of liver_tumour on PhantomLiver: with synthesis "
         f"{_num(learnt(r), 2)}, without {_num(learnt(plain), 2)}. Seed by seed, synthesis "
-        f"changed the gap by {_over_seeds(change)} ({'larger' if beats else 'not larger'} than "
+        f"changed the gap by {_over_seeds(change)} ({larger} than "
         f"its spread over seeds {', '.join(map(str, change['per_seed']))}).",
     ]

@@ -43,6 +43,12 @@ def merge(rows_per_seed: dict[int, list[dict]], key: tuple[str, ...], fields: li
     return [{**row, **{f: over_seeds(row[f]) for f in fields}} for row in merged.values()]
 
 
+def beats_spread(result: dict) -> bool:
+    """Whether an `over_seeds` difference is larger than its own spread over seeds."""
+    mean, std = result["mean"], result["std"]
+    return mean is not None and std is not None and abs(mean) > std
+
+
 def paired_difference(rows_per_seed: dict[int, list[dict]], a: dict, b: dict, field: str) -> dict:
     """Row `a` minus row `b` (each selected by its key fields) seed by seed, on the same split;
     `beats_spread` when the mean difference is larger than its standard deviation."""
@@ -55,22 +61,29 @@ def paired_difference(rows_per_seed: dict[int, list[dict]], a: dict, b: dict, fi
         x, y = pick(rows, a), pick(rows, b)
         differences[seed] = x - y if _finite(x) and _finite(y) else None
     result = over_seeds(differences)
-    mean, std = result["mean"], result["std"]
-    result["beats_spread"] = mean is not None and std is not None and abs(mean) > std
+    result["beats_spread"] = beats_spread(result)
     return result
 
 
-def recorded(out: Path, args, same: tuple[str, ...], **fixed) -> dict[int, dict[str, dict]]:
-    """{seed: {arm: row}} of the results file `out` when it was measured with these settings
-    (the attributes `same` of `args`) and these top-level fields (`fixed`), else {}: a
-    benchmark writes its file after every arm and keeps what such a file holds, because a run of
-    several seeds outlasts a session, and its work folder may not outlive the session."""
+def former_run(out: Path, args, same: tuple[str, ...], added_later=None, **fixed) -> dict | None:
+    """The results file `out` when a former run wrote it with these settings (the attributes
+    `same` of `args`; `added_later` gives the value a setting had in files written before it
+    existed) and these top-level fields (`fixed`), else None. Every benchmark of several seeds
+    keeps such a file's rows, because the run outlasts a session and its work folder may not."""
     if not out.is_file():
-        return {}
+        return None
     old = json.loads(out.read_text())
-    settings = old.get("settings", {})
+    settings, added_later = old.get("settings", {}), added_later or {}
     if any(old.get(k) != v for k, v in fixed.items()) or any(
-        settings.get(k) != getattr(args, k) for k in same
+        settings.get(k, added_later.get(k)) != getattr(args, k) for k in same
     ):
+        return None
+    return old
+
+
+def recorded(out: Path, args, same: tuple[str, ...], **fixed) -> dict[int, dict[str, dict]]:
+    """{seed: {arm: row}} of a former run of these settings (`former_run`), else {}."""
+    old = former_run(out, args, same, **fixed)
+    if old is None:
         return {}
     return {int(seed): {row["arm"]: row for row in rows} for seed, rows in old["per_seed"].items()}

@@ -179,13 +179,8 @@ ADDED_LATER = {"synthesis": False}  # settings a file recorded before they exist
 def recorded(out: Path, args) -> dict:
     """What a former run of these settings wrote to `out` (its seeds' rows, studies, nnU-Net
     runs, pretrainings), else {}: a run of three seeds outlasts a session and its work folder."""
-    if not out.is_file():
-        return {}
-    old = json.loads(out.read_text())
-    settings = old.get("settings", {})
-    if "pretrain_per_seed" not in old or any(
-        settings.get(k, ADDED_LATER.get(k)) != getattr(args, k) for k in SAME_RUN
-    ):
+    old = seeds.former_run(out, args, SAME_RUN, ADDED_LATER)
+    if old is None or "pretrain_per_seed" not in old:
         return {}
     keys = ("studies", "nnunet", "rows_per_seed", "pretrain_per_seed")
     return {k: {int(seed): v for seed, v in (old.get(k) or {}).items()} for k in keys}
