@@ -8,7 +8,7 @@ Here each labelled tumour gives two numbers, in the units procedural.synthesise 
 - shift: its mean HU minus the median HU of its tissue in a shell around it (3-15 mm out);
 - texture: the standard deviation of its HU smoothed over one voxel (scan noise taken out, as the
   engine keeps the scan's own noise and adds a smooth texture on top);
-- quantiles: that smoothed HU's distribution, standardised (procedural.QUANTILES): real sarcomas
+- quantiles: that smoothed HU's distribution, standardised (look.QUANTILES): real sarcomas
   hold fat, necrosis or calcification, and their tails tell them from a Gaussian texture.
 
 The ranges handed to the engine are the 10th-90th percentiles over tumours.
@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import Source, organ_label, read_scan_and_label
+from tumorfm.synth.look import QUANTILES, checked_looks
 from tumorfm.synth.online import hu_window_organ
-from tumorfm.synth.procedural import QUANTILES, SHELL_MM, checked_looks
+from tumorfm.synth.procedural import SHELL_MM
 
 MIN_VOXELS = 50  # tumour and shell voxels below which a case says nothing
 PERCENTILES = (10, 90)

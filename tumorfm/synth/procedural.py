@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from tumorfm.errors import TumorFMError
+from tumorfm.synth.look import QUANTILES, checked_look
 
 SIZES: dict[str, tuple[float, float]] = {
     # Radius range per axis, mm. Hu et al.'s code (MrGiovanni/SyntheticTumors,
@@ -59,9 +60,6 @@ MASS_REACH_MM = 10.0  # nor moved by the mass effect
 # a tumour made from one is set against the same shell of its organ
 SHELL_MM = (3.0, 15.0)
 SHELL_MIN_VOXELS = 50  # a thinner shell says nothing: the organ's median stands in
-# percent levels of a measured look's quantiles: a real tumour's standardised HU distribution,
-# tails included (fat, necrosis, calcification make real sarcomas heavy-tailed)
-QUANTILES = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5)
 
 
 def reach_mm(mass_effect: bool) -> float:
@@ -115,7 +113,7 @@ def synthesise(
     distribution (its tails too), not a Gaussian one. A measured shift is set against the organ
     tissue SHELL_MM around the new tumour, as it was measured."""
     image, organ, spacing, modality = _check(image, organ, spacing_zyx, seed, modality, count, size)
-    look = _look(shift_hu, texture_hu, modality, looks)
+    look = checked_look(shift_hu, texture_hu, modality, looks)
     rng = np.random.default_rng(seed)
     values = image[organ].astype(np.float64)
     if modality == "CT":
@@ -172,62 +170,6 @@ def _check(image, organ, spacing_zyx, seed, modality, count, size):
     if not organ.any():
         raise TumorFMError("organ mask is empty: no voxel to put a tumour in")
     return image, organ, spacing, str(modality).upper()
-
-
-def _look(shift_hu, texture_hu, modality, looks=None) -> dict:
-    """The checked appearance ranges, or measured looks: HU only make sense on CT."""
-    if looks is not None:
-        if shift_hu is not None or texture_hu is not None:
-            raise TumorFMError("give measured looks or shift_hu / texture_hu ranges, not both")
-        if modality != "CT":
-            raise TumorFMError("looks are in HU: CT only (MR tumours are set from percentiles)")
-        return {"looks": checked_looks(looks)}
-    look = {}
-    for name, span in (("shift_hu", shift_hu), ("texture_hu", texture_hu)):
-        if span is None:
-            continue
-        if modality != "CT":
-            raise TumorFMError(f"{name} is in HU: CT only (MR tumours are set from percentiles)")
-        try:
-            low, high = (float(v) for v in span)
-        except (TypeError, ValueError):
-            raise TumorFMError(f"{name} {span!r} must be two numbers, low and high") from None
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise TumorFMError(f"{name} {[low, high]} must be finite with low <= high")
-        if name == "texture_hu" and low < 0:
-            raise TumorFMError(f"texture_hu {[low, high]} is a standard deviation: not negative")
-        look[name] = (low, high)
-    return look
-
-
-def checked_looks(looks) -> list[tuple[float, float, np.ndarray]]:
-    """(shift, texture, quantiles) per look; a look that cannot be one is a one-line error."""
-    checked = []
-    for i, one in enumerate(list(looks)):
-        try:
-            shift, texture = float(one["shift_hu"]), float(one["texture_hu"])
-            quantiles = np.asarray(one["quantiles"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError):
-            raise TumorFMError(
-                f"look {i}: needs shift_hu, texture_hu and quantiles (synth appearance's cases)"
-            ) from None
-        if not (math.isfinite(shift) and math.isfinite(texture) and texture >= 0):
-            raise TumorFMError(
-                f"look {i}: shift_hu {shift}, texture_hu {texture}: finite, std >= 0"
-            )
-        if (
-            quantiles.shape != (len(QUANTILES),)
-            or not np.all(np.isfinite(quantiles))
-            or np.any(np.diff(quantiles) < 0)
-        ):
-            raise TumorFMError(
-                f"look {i}: quantiles must be {len(QUANTILES)} non-decreasing numbers "
-                f"(at {', '.join(f'{q:g}' for q in QUANTILES)} %)"
-            )
-        checked.append((shift, texture, quantiles))
-    if not checked:
-        raise TumorFMError("looks: none given; measure some with `tumorfm synth appearance`")
-    return checked
 
 
 def _room(organ: np.ndarray, spacing: np.ndarray, exact: bool):
