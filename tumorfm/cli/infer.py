@@ -36,8 +36,8 @@ def evaluate_model(
     workers: Workers = 1,
 ) -> None:
     """Zero-shot evaluation: predict a labelled dataset with no tuning and score it."""
-    from tumorfm.eval.evaluate import format_summary
     from tumorfm.eval.model import evaluate_model as run_evaluation
+    from tumorfm.eval.tables import format_summary
     from tumorfm.infer.predictor import PredictOptions
 
     options = PredictOptions(plan=plan, fast=fast)
@@ -254,8 +254,9 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score label maps against the ground truth: Dice, HD95, NSD, lesion and patient detection."""
-    from tumorfm.eval.evaluate import default_output, format_summary, parse_tolerances
+    from tumorfm.eval.evaluate import default_output, parse_tolerances
     from tumorfm.eval.evaluate import evaluate as run_evaluate
+    from tumorfm.eval.tables import format_summary
 
     out = out or default_output(pred)
     tolerances = parse_tolerances(tolerance or [])

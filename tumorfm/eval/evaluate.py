@@ -9,12 +9,10 @@ every class gets means and medians over cases, pooled lesion-wise and patient-le
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -26,11 +24,10 @@ from tumorfm.data.formats import msd_labels, nnunet_labels
 from tumorfm.data.io import VOLUME_SUFFIXES, Geometry, read_volume, volume_suffix
 from tumorfm.errors import TumorFMError
 from tumorfm.eval import metrics
+from tumorfm.eval.tables import csv_text, format_summary, json_safe
 from tumorfm.files import ensure_writable, read_json_object, write_json, write_text
 from tumorfm.parallel import run_parallel
 
-CSV_COLUMNS = ["case", "class", "pred_value", "gt_value", "dice", "hd95", "nsd", "tolerance_mm"]
-CSV_COLUMNS += ["pred_ml", "gt_ml", *(f.name for f in fields(metrics.LesionCounts))]
 EMPTY = np.zeros((1, 1, 1), bool)  # a class neither mask holds: scored as two empty masks
 
 
@@ -256,67 +253,6 @@ def _score_case(options: dict, job: tuple[str, Path, Path]) -> dict:
     }
 
 
-def _json_safe(value):
-    """NaN becomes null: strict JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _csv_text(result: dict) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    values = {c["name"]: c for c in result["settings"]["classes"]}
-    for case in result["cases"]:
-        for name, row in case["scores"].items():
-            cells = [case["case"], name, values[name]["pred_value"], values[name]["gt_value"]]
-            cells += [row[k] for k in CSV_COLUMNS[4:]]
-            writer.writerow(["" if isinstance(c, float) and math.isnan(c) else c for c in cells])
-    return buffer.getvalue()
-
-
-def _cell(value: float, digits: int = 3) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def format_summary(result: dict) -> str:
-    """The Markdown table of summary.md: one row per class."""
-    settings = result["settings"]
-    lines = [
-        f"# Evaluation of {len(result['cases'])} case(s)",
-        "",
-        f"Prediction `{settings['pred']}`, ground truth `{settings['gt']}`; classes matched by "
-        f"{settings['matching']}.",
-        "",
-        "| class | cases | Dice mean ± std | HD95 median (mm) | NSD mean | lesion sensitivity "
-        "| lesion precision | lesion F1 | patient sensitivity | patient specificity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, row in result["aggregates"].items():
-        dice, nsd, lesions, patient = row["dice"], row["nsd"], row["lesions"], row["patient"]
-        lines.append(
-            f"| {name} | {row['cases']} | {_cell(dice['mean'])} ± {_cell(dice['std'])} "
-            f"| {_cell(row['hd95']['median'], 2)} | {_cell(nsd['mean'])} at "
-            f"{nsd['tolerance_mm']:g} mm | {_cell(lesions['sensitivity'])} "
-            f"({lesions['detected']}/{lesions['gt_lesions']}) | {_cell(lesions['precision'])} "
-            f"({lesions['true_positive_pred']}/{lesions['pred_lesions']}) "
-            f"| {_cell(lesions['f1'])} | {_cell(patient['sensitivity'])} "
-            f"| {_cell(patient['specificity'])} |"
-        )
-    conventions = metrics.CONVENTIONS
-    lines += [
-        "",
-        f"Both masks empty: {conventions['both_empty']}. One empty: {conventions['one_empty']}. "
-        "Lesion counts are pooled over cases.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def default_output(pred: Path) -> Path:
     """PRED/evaluation for a folder, <case>_evaluation beside a single file."""
     pred = Path(pred)
@@ -397,7 +333,7 @@ def evaluate(
     result = {"settings": settings, "aggregates": aggregates, "cases": cases}
     if out is not None:
         out = ensure_writable(Path(out))
-        write_text(out / "metrics.csv", _csv_text(result))
+        write_text(out / "metrics.csv", csv_text(result))
         write_text(out / "summary.md", format_summary(result))
-        write_json(out / "metrics.json", _json_safe(result))
+        write_json(out / "metrics.json", json_safe(result))
     return result

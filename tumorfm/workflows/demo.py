@@ -27,8 +27,9 @@ from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.defaults import DEMO_PATCH
 from tumorfm.errors import TumorFMError
-from tumorfm.eval.evaluate import evaluate, format_summary
+from tumorfm.eval.evaluate import evaluate
 from tumorfm.eval.report import report_from_evaluation
+from tumorfm.eval.tables import format_summary
 from tumorfm.files import ensure_writable, write_json
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions
