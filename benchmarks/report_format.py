@@ -52,14 +52,19 @@ def _num(value, digits: int = 3) -> str:
 
 
 def _machines(result: dict) -> str:
-    """The CPU of a table whose seeds ran in several sessions: the file's own where every row
-    agrees (or none says), else each seed's (`machine` in its rows, benchmarks.measure.cpu)."""
+    """The CPU of a table whose seeds ran in several sessions: the rows' own where they all
+    agree, the file's where none says, else each seed's (`machine` in its rows,
+    benchmarks.measure.cpu; a seed whose arms ran on two CPUs names both)."""
     per_seed = {
         seed: {_cpu({"machine": row["machine"]}) if "machine" in row else "not recorded"
                for row in rows}
         for seed, rows in result.get("per_seed", {}).items()
     }  # fmt: skip
     named = set().union(*per_seed.values()) if per_seed else set()
-    if len(named) <= 1 or named == {"not recorded"}:
+    if not named or named == {"not recorded"}:
         return _cpu(result)
-    return "; ".join(f"seed {seed} on {', '.join(sorted(cpus))}" for seed, cpus in per_seed.items())
+    if len(named) == 1:
+        return next(iter(named))
+    return "; ".join(
+        f"seed {seed} on {' and '.join(sorted(cpus))}" for seed, cpus in per_seed.items()
+    )

@@ -222,6 +222,8 @@ def _few_labels(r: dict) -> list[str]:
     partial = {seed: rows for seed, rows in partial.items() if rows and seed not in complete}
     patch, names = "x".join(map(str, s["patch"])), ", ".join(complete)
     command = re.sub(r" --probability \S+", "", _command(r))
+    main_rows = {seed: [by[a] for a in MAIN if a in by] for seed, by in arms.items()}
+    machines = _machines(r | {"per_seed": main_rows})  # another arm's seeds may have run elsewhere
     over = (
         f"mean +- standard deviation over seeds {names}"
         if len(complete) > 1
@@ -232,7 +234,7 @@ def _few_labels(r: dict) -> list[str]:
         f"per seed, {s['iterations']} iterations (lowres plan, patch {patch}), with and "
         f"without procedural tumours (shift and texture measured on the same "
         f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
-        f"sarcomas, {over}; {_machines(r)}; `{command}`.",
+        f"sarcomas, {over}; {machines}; `{command}`.",
         "",
         "| training data | Dice on held-out sarcomas | median HD95 mm | epochs' wall time |",
         "|---|---:|---:|---:|",
@@ -260,7 +262,8 @@ def _few_labels(r: dict) -> list[str]:
         lines += [
             "",
             f"Synthetic tumours in {probability:g} of the patches instead (seeds "
-            f"{', '.join(paired)}; `{command} --probability {probability:g}`): Dice "
+            f"{', '.join(paired)}; {_machines(r | {'per_seed': paired})}; "
+            f"`{command} --probability {probability:g}`): Dice "
             f"{_over_seeds(row['dice'])}, minus real {_over_seeds(gain)} "
             f"({_verdict(gain, r['target'])}).",
         ]

@@ -458,8 +458,15 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     assert "| real+synthetic p=0.2 |" not in section
     assert "`.venv/bin/python -m benchmarks.synth_useful`." in section
     line = next(x for x in section.splitlines() if x.startswith("Synthetic tumours in 0.2"))
-    assert "(seeds 0, 1; `.venv/bin/python -m benchmarks.synth_useful --probability 0.2`)" in line
+    assert "seed 0 on Xeon, AVX-512 bf16; seed 1 on EPYC, no bf16; seed 2 on EPYC" in section
+    assert "(seeds 0, 1; seed 0 on EPYC, no bf16 and Xeon, AVX-512 bf16; seed 1 on EPYC, " in line
+    assert "; `.venv/bin/python -m benchmarks.synth_useful --probability 0.2`)" in line
     assert "Dice 0.665 +- 0.163, minus real 0.065 +- 0.021 (target +0.05: met; larger" in line
+    del per_seed["0"]  # seed 1 alone: its rows' CPU, not the file's
+    r["machine"] = {"cpu": "Xeon", "avx512_bf16": True}
+    (tmp_path / "synth_useful.json").write_text(json.dumps(r))
+    line = next(x for x in report.section(tmp_path).splitlines() if x.startswith("Synthetic"))
+    assert "(seeds 1; EPYC, no bf16; `" in line
 
 
 def test_transfer_with_synthesis_pretrains_its_own_pool_and_reports_both_gaps(
