@@ -202,11 +202,14 @@ def main() -> None:
             ["--plan", "sarcoma_ct"],
         )  # fmt: skip
     teacher_file.write_text(json.dumps(teacher | {"sha": weights}, indent=1))
-    rows: dict[int, list[dict]] = {}
+    # every seed and arm a former run recorded stays in the file from its first write: a run of
+    # other seeds or arms, or one killed midway, loses none of them
+    rows = {seed: list(by_arm.values()) for seed, by_arm in sorted(before.items())}
     for seed in args.seeds:
+        kept = before.get(seed, {})
         for arm in (a for a in ARMS if a in args.arms):
-            row = before.get(seed, {}).get(arm) or student(args, arm, seed)
-            rows.setdefault(seed, []).append(row)
+            kept[arm] = kept.get(arm) or student(args, arm, seed)
+            rows = dict(sorted({**rows, seed: [kept[a] for a in ARMS if a in kept]}.items()))
             result = results(args, teacher, rows, load) | {"teacher_weights_sha256": weights}
             args.out.write_text(json.dumps(result, indent=1))  # after every arm: nothing is lost
     print(f"teacher: Dice {teacher['dice']:.3f}, {teacher['predict_seconds_per_scan']:.1f} s/scan")

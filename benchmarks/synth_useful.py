@@ -169,12 +169,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     before = seeds.recorded(args.out, args, SAME_RUN, synthesis=SYNTHESIS)
-    rows: dict[int, list[dict]] = {}
+    # every seed and arm a former run recorded (other seeds and probabilities too) stays in the
+    # file from its first write: a run of seeds 1 2, or one killed in seed 0, loses none of them
+    rows = {seed: list(by_arm.values()) for seed, by_arm in sorted(before.items())}
     for seed in args.seeds:
-        kept = before.get(seed, {})  # every arm a former run recorded, other probabilities too
+        kept = before.get(seed, {})
         for arm, spec in arms.items():
             kept[arm] = kept.get(arm) or one_run(args, arm, spec, seed)
-            rows[seed] = list(kept.values())
+            rows = dict(sorted({**rows, seed: list(kept.values())}.items()))
             synthetic = sorted({r["arm"] for rs in rows.values() for r in rs} - {"real"})
             gains = {
                 name: seeds.paired_difference(rows, {"arm": name}, {"arm": "real"}, "dice")

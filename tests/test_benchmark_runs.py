@@ -166,6 +166,24 @@ def test_synth_useful_measures_another_probability_beside_the_recorded_arms(tmp_
         "real", "real+synthetic", "real+synthetic p=0.2"]  # fmt: skip
     assert set(result["gains"]) == {"real+synthetic", "real+synthetic p=0.2"}
     assert result["complete"] and abs(result["gain"]["mean"] - 0.01) < 1e-9
+    # seeds 1 and 2 only: seed 0's recorded rows stay in the file from its first write on
+    other = ["synth_useful", "--out", str(out), "--work", str(tmp_path / "w"), "--seeds", "1", "2"]
+    monkeypatch.setattr("sys.argv", [*other, "--probability", "0.001"])
+    seen = []  # the seeds in the file as each arm starts
+
+    def watched(*a):
+        seen.append(list(json.loads(out.read_text())["per_seed"]))
+        return fake_run(*a)
+
+    monkeypatch.setattr(synth_useful, "one_run", watched)
+    synth_useful.main()
+    assert seen == [["0", "1"], ["0", "1"], ["0", "1", "2"]]  # seed 1's p=0.001; seed 2's two
+    result = json.loads(out.read_text())
+    assert list(result["per_seed"]) == ["0", "1", "2"]
+    assert [r["arm"] for r in result["per_seed"]["0"]] == [
+        "real", "real+synthetic", "real+synthetic p=0.2"]  # fmt: skip
+    assert result["gains"]["real+synthetic"]["n"] == 2  # seeds 0 and 1: seed 2 has no such arm
+    assert result["gains"]["real+synthetic p=0.001"]["n"] == 2
     monkeypatch.setattr("sys.argv", [*argv, "--probability", "0"])
     with pytest.raises(SystemExit):
         synth_useful.main()
