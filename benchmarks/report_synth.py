@@ -262,12 +262,38 @@ def _few_labels(r: dict) -> list[str]:
         lines += [
             "",
             f"Synthetic tumours in {probability:g} of the patches instead (seeds "
-            f"{', '.join(paired)}; {_machines(r | {'per_seed': paired})}; "
+            f"{', '.join(paired)}{_changed(paired)}; {_machines(r | {'per_seed': paired})}; "
             f"`{command} --probability {probability:g}`): Dice "
             f"{_over_seeds(row['dice'])}, minus real {_over_seeds(gain)} "
             f"({_verdict(gain, r['target'])}).",
         ]
+        if _control(paired):
+            lines[-1] += (
+                " A control: the runs differ from the real ones in those few patches only, so "
+                "this difference is what a training moves when almost nothing changes."
+            )
     return lines
+
+
+def _drawn(paired: dict) -> tuple[list[int], int] | None:
+    """Each seed's patches drawn for synthesis and the run's patches (rows record them since
+    synth_useful counts them)."""
+    counts = [rows[1].get("synthetic_patches") for rows in paired.values()]
+    if None in counts:
+        return None
+    return [c["drawn"] for c in counts], counts[0]["of"]
+
+
+def _changed(paired: dict) -> str:
+    if (drawn := _drawn(paired)) is None:
+        return ""
+    counts, total = drawn
+    return f"; synthetic tumours in {' and '.join(map(str, counts))} of each seed's {total} patches"
+
+
+def _control(paired: dict) -> bool:
+    """Below 1% of the patches changed: the arm measures the run-to-run noise, not synthesis."""
+    return (drawn := _drawn(paired)) is not None and max(drawn[0]) < 0.01 * drawn[1]
 
 
 def _verdict(gain: dict, goal: float) -> str:

@@ -14,7 +14,10 @@ own geometry. The difference is reported per seed and as mean and spread (benchm
 issue's target is +0.05 Dice. The results file is written after every arm; a run with the same
 settings keeps the arms it records (benchmarks/seeds.recorded). `--probability P` measures the
 synthetic arm with tumours in a share P of the patches instead of half, as one more arm beside the
-recorded ones (the real arms are shared): the README gives it a line of its own.
+recorded ones (the real arms are shared): the README gives it a line of its own. Each synthetic row
+counts the patches its run drew for synthesis (the loader's own rule), the only ones that differ
+from the real arm's: `--probability 0.001` changes a handful of 800, a control that shows what a
+training moves when almost nothing changes.
 Results: benchmarks/results/synth_useful.json.
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from tumorfm.data.loader import synthesis_draw
 from tumorfm.synth.appearance import measure
 from tumorfm.synth.dataset import source_of
 
@@ -40,6 +44,7 @@ from .shipped_model import DATASETS, fixed_split, held_out
 CLASS = "soft_tissue_sarcoma"
 SYNTHESIS = {"organ_hu": [-20, 100], "tumour": CLASS, "probability": 0.5, "size": "mixed"}
 MAIN = "real+synthetic"  # the synthetic arm at SYNTHESIS's probability
+BATCH = 2
 
 
 def arms_for(probability: float) -> dict[str, dict | None]:
@@ -109,7 +114,7 @@ def one_run(args, arm: str, spec: dict | None, seed: int) -> dict:
     if _finished(out, epochs):  # a run of an interrupted benchmark: kept, not run again
         return _row(arm, out, predictions, split, synthesis)
     command = [tumorfm, "pretrain", str(cache), "-o", str(out), "--profile", "cpu", "--model",
-               args.model, "--patch", *map(str, args.patch), "--batch", "2", "--epochs",
+               args.model, "--patch", *map(str, args.patch), "--batch", str(BATCH), "--epochs",
                str(epochs), "--iterations", str(args.per_epoch), "--val-every", str(epochs),
                "--split", str(out.parent / "split.json"), "--seed", str(seed)]  # fmt: skip
     command = pretrain_or_resume(command, out)
@@ -149,6 +154,14 @@ def _row(arm: str, out: Path, predictions: Path, split: dict, synthesis: dict | 
     }
 
 
+def synthetic_patches(args, seed: int, synthesis: dict) -> dict:
+    """How many of the run's patches the loader drew for synthesis (the only ones that differ
+    from the real arm's), by the loader's own rule, and of how many."""
+    steps, p = range(args.iterations // args.per_epoch * args.per_epoch), synthesis["probability"]
+    drawn = sum(synthesis_draw(seed, s, i, p)[0] for s in steps for i in range(BATCH))
+    return {"drawn": drawn, "of": len(steps) * BATCH}
+
+
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -177,6 +190,8 @@ def main() -> None:
         for arm, spec in arms.items():
             kept[arm] = kept.get(arm) or one_run(args, arm, spec, seed)
             rows = dict(sorted({**rows, seed: list(kept.values())}.items()))
+            for at, row in ((at, row) for at, rs in rows.items() for row in rs if row["synthesis"]):
+                row["synthetic_patches"] = synthetic_patches(args, at, row["synthesis"])
             synthetic = sorted({r["arm"] for rs in rows.values() for r in rs} - {"real"})
             gains = {
                 name: seeds.paired_difference(rows, {"arm": name}, {"arm": "real"}, "dice")

@@ -184,6 +184,11 @@ def test_synth_useful_measures_another_probability_beside_the_recorded_arms(tmp_
         "real", "real+synthetic", "real+synthetic p=0.2"]  # fmt: skip
     assert result["gains"]["real+synthetic"]["n"] == 2  # seeds 0 and 1: seed 2 has no such arm
     assert result["gains"]["real+synthetic p=0.001"]["n"] == 2
+    # every synthetic row counts the patches its run drew for synthesis, of 8 x 50 x 2
+    drawn = {r["arm"]: r["synthetic_patches"] for r in result["per_seed"]["1"] if r["synthesis"]}
+    assert drawn["real+synthetic p=0.001"]["of"] == 800 and drawn["real+synthetic"]["of"] == 800
+    assert drawn["real+synthetic p=0.001"]["drawn"] < 8 < 340 < drawn["real+synthetic"]["drawn"]
+    assert drawn["real+synthetic p=0.2"]["drawn"] < 240
     monkeypatch.setattr("sys.argv", [*argv, "--probability", "0"])
     with pytest.raises(SystemExit):
         synth_useful.main()

@@ -12,7 +12,7 @@ import yaml
 from conftest import CASES
 
 from tumorfm.data.cache import cached_cases
-from tumorfm.data.loader import PatchBatches
+from tumorfm.data.loader import PatchBatches, synthesis_draw
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
@@ -87,6 +87,21 @@ def test_patches_get_darker_tumours_in_the_liver_marked_annotated(cache):
     again = _batches(cache)[3]
     assert torch.equal(again["image"], synthetic["image"])  # a pure function of (seed, step)
     assert not torch.equal(_batches(cache)[4]["target"], synthetic["target"])
+
+
+def test_the_samples_drawn_for_synthesis_are_the_only_ones_that_change(cache):
+    """synthesis_draw is the loader's rule: benchmarks count a run's synthetic patches by it."""
+    batches, real = _batches(cache), _batches(cache, synthesis=False)
+    for spec in batches.synthesis.values():
+        spec["probability"] = 0.5
+    drawn = []
+    for step in range(3):
+        with_synthesis, without = batches[step], real[step]
+        for i in range(4):
+            drawn.append(synthesis_draw(5, step, i, 0.5)[0])
+            same = torch.equal(with_synthesis["image"][i], without["image"][i])
+            assert same != drawn[-1], (step, i)
+    assert any(drawn) and not all(drawn)
 
 
 def test_pretraining_with_synthesis_runs_and_validates_on_real_patches(cache, tmp_path):

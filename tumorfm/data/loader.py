@@ -33,6 +33,13 @@ from tumorfm.synth.online import insert_tumours
 SYNTHESIS_STREAM = 1  # the fourth key of a sample's synthesis generator
 
 
+def synthesis_draw(seed: int, step: int, index: int, probability: float):
+    """Whether sample `index` of step `step` gets synthetic tumours, and the generator that then
+    makes them: a pure function of these, so a benchmark can count the patches a run changed."""
+    synth = np.random.default_rng([seed, int(step), int(index), SYNTHESIS_STREAM])
+    return probability > 0 and synth.random() < probability, synth
+
+
 class PatchBatches(Dataset):
     """Map-style: batches[step] -> this rank's part of the batch of training step `step`."""
 
@@ -116,8 +123,7 @@ class PatchBatches(Dataset):
         annotated = self.annotated[case_index]
         # synthesis draws from a stream of its own: runs without it sample as they always did
         spec = self.synthesis.get(case.properties["dataset"])
-        synth = spec and np.random.default_rng([self.seed, int(step), int(index), SYNTHESIS_STREAM])
-        chosen = bool(spec) and synth.random() < spec["probability"]
+        chosen, synth = synthesis_draw(self.seed, step, index, spec["probability"] if spec else 0)
         organ = spec["organ_value"] if chosen else None  # None for an HU-window organ
         force = index >= self.first_forced or organ is not None
         start, forced_label = self._location(label.shape, case if force else None, rng, organ)
