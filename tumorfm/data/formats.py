@@ -97,6 +97,25 @@ def msd_labels(meta: dict, path: Path) -> dict[int, str]:
         raise TumorFMError(f"{path}: MSD 'labels' keys must be label values 0, 1, ...") from None
 
 
+def labels_of_either_layout(labels, path: Path) -> dict[int, str]:
+    """{value: name} from a 'labels' object of either layout: MSD's {"1": "liver"} or nnU-Net's
+    {"liver": 1}."""
+    msd = isinstance(labels, dict) and all(str(key).isdigit() for key in labels)
+    return (msd_labels if msd else nnunet_labels)({"labels": labels}, path)
+
+
+def label_names(path: Path, parents: int = 0) -> tuple[Path | None, dict[int, str] | None]:
+    """The dataset.json with 'labels' in `path`'s folder or up to `parents` folders above (nnU-Net
+    keeps it beside labelsTr): its path and {value: name}."""
+    start = path if path.is_dir() else path.parent
+    for folder in [start, *start.parents][: parents + 1]:
+        file = folder / "dataset.json"
+        labels = read_json_object(file, "").get("labels") if file.is_file() else None
+        if labels is not None:
+            return file, labels_of_either_layout(labels, file)
+    return None, None
+
+
 def _volume_files(folder: Path, ending: str) -> list[Path]:
     if not folder.is_dir():
         return []

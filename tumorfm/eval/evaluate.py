@@ -20,12 +20,12 @@ import numpy as np
 from scipy import ndimage
 
 import tumorfm
-from tumorfm.data.formats import msd_labels, nnunet_labels
+from tumorfm.data.formats import label_names
 from tumorfm.data.io import VOLUME_SUFFIXES, Geometry, read_volume, volume_suffix
 from tumorfm.errors import TumorFMError
 from tumorfm.eval import metrics
 from tumorfm.eval.tables import csv_text, format_summary, json_safe
-from tumorfm.files import ensure_writable, read_json_object, write_json, write_text
+from tumorfm.files import ensure_writable, write_json, write_text
 from tumorfm.parallel import run_parallel
 
 EMPTY = np.zeros((1, 1, 1), bool)  # a class neither mask holds: scored as two empty masks
@@ -104,19 +104,6 @@ def match_cases(
             file=sys.stderr,
         )
     return [(name, preds[name], gts[name]) for name in sorted(gts)]
-
-
-def label_names(path: Path, parents: int = 0) -> tuple[Path | None, dict[int, str] | None]:
-    """The dataset.json with 'labels' in `path`'s folder or up to `parents` folders above (nnU-Net
-    keeps it beside labelsTr): its path and {value: name}."""
-    start = path if path.is_dir() else path.parent
-    for folder in [start, *start.parents][: parents + 1]:
-        file = folder / "dataset.json"
-        labels = read_json_object(file, "").get("labels") if file.is_file() else None
-        if labels is not None:
-            msd = isinstance(labels, dict) and all(str(k).isdigit() for k in labels)  # {"1": "a"}
-            return file, (msd_labels if msd else nnunet_labels)({"labels": labels}, file)
-    return None, None
 
 
 def resolve_classes(

@@ -22,7 +22,9 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.distance import cdist
 
 from tumorfm.data import classes as class_rules
+from tumorfm.data.formats import label_names, labels_of_either_layout
 from tumorfm.errors import TumorFMError
+from tumorfm.files import read_json_object
 
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected: diagonal neighbours touch
 MAX_LABEL = 65535  # label values of a label map read from a file (uint16)
@@ -226,17 +228,12 @@ def statistics(
 def _class_names(label_map: Path, labels: Path | None) -> tuple[Path | None, dict | None]:
     """{value: name} from `labels` or from the dataset.json beside the label map (or one folder
     above it, as nnU-Net keeps labelsTr)."""
-    from tumorfm.data.formats import msd_labels, nnunet_labels
-    from tumorfm.eval.evaluate import label_names
-    from tumorfm.files import read_json_object
-
     if labels is None:
         return label_names(label_map, parents=1)
     table = read_json_object(labels, "it names the label values").get("labels")
     if not isinstance(table, dict):
         raise TumorFMError(f"{labels}: no 'labels' object naming the label values")
-    msd = all(str(key).isdigit() for key in table)  # {"1": "liver"}, else {"liver": 1}
-    return labels, (msd_labels if msd else nnunet_labels)({"labels": table}, labels)
+    return labels, labels_of_either_layout(table, labels)
 
 
 def label_array(path: Path, array: np.ndarray, top: int = MAX_LABEL) -> np.ndarray:
