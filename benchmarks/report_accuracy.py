@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _mb, _num, _s
+from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _mb, _num, _s
 
 
 def accuracy_table(results: Path) -> list[str]:
@@ -112,6 +112,13 @@ def _over_seeds(stats: dict | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}{std}"
 
 
+def _rows_of(r: dict, tumorfm: bool) -> dict:
+    """transfer.json's rows per seed of tumorfm's arms, or of nnU-Net's (their CPUs may differ)."""
+    rows = r.get("rows_per_seed", {}).items()
+    chosen = {seed: [x for x in rs if (x["arm"] != "nnunet") == tumorfm] for seed, rs in rows}
+    return {seed: rs for seed, rs in chosen.items() if rs}
+
+
 def transfer_seeds_table(r: dict) -> list[str]:
     """transfer.json of several seeds: every row as mean +- std over seeds, paired targets."""
     s, t = r["settings"], r["targets"]
@@ -120,7 +127,8 @@ def transfer_seeds_table(r: dict) -> list[str]:
         f"Sarcoma CT, {'/'.join(map(str, held))} held-out cases per split, {len(r['studies'])} "
         f"seed(s) (each its own split and initialisation), {s['config']} plan, patch "
         f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
-        f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; {_cpu(r)}; "
+        f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; "
+        f"{_machines(r | {'per_seed': _rows_of(r, tumorfm=True)})}; "
         f"`{_transfer_command(r)}`. Mean +- standard deviation over seeds.",
         "",
         "| model | iterations | Dice | HD95 mm | NSD |",
@@ -135,6 +143,13 @@ def transfer_seeds_table(r: dict) -> list[str]:
         )
     measured = sorted(int(k) for k in (r.get("nnunet") or {}))
     missing = [int(k) for k in r["studies"] if int(k) not in measured]
+    if measured:
+        lines += [
+            "",
+            f"nnU-Net v2 trained on seed(s) {', '.join(map(str, measured))}'s splits, "
+            f"{nnunet['iterations']} iterations at tumorfm's lowres spacing, fp32; "
+            f"{_machines(r | {'per_seed': _rows_of(r, tumorfm=False)})}.",
+        ]
     if missing:
         lines += [
             "",

@@ -67,7 +67,7 @@ from .common import (
     require_tumorfm,
     sha256,
 )
-from .measure import git_state, machine, run
+from .measure import CPU_KEYS, cpu, git_state, machine, run
 from .support import (
     PARENTS,
     SYNTHETIC_LIVER_TUMOURS,
@@ -183,7 +183,11 @@ def recorded(out: Path, args) -> dict:
     if old is None or "pretrain_per_seed" not in old:
         return {}
     keys = ("studies", "nnunet", "rows_per_seed", "pretrain_per_seed")
-    return {k: {int(seed): v for seed, v in (old.get(k) or {}).items()} for k in keys}
+    kept = {k: {int(seed): v for seed, v in (old.get(k) or {}).items()} for k in keys}
+    ran_on = {k: v for k, v in old.get("machine", {}).items() if k in CPU_KEYS}
+    for row in (row for rows in kept["rows_per_seed"].values() for row in rows):
+        row.setdefault("machine", ran_on)  # rows recorded before rows named their CPU
+    return kept
 
 
 def summarise(args, load_before, pretrained, studies, references, rows_per_seed) -> dict:
@@ -306,13 +310,14 @@ def main() -> None:
             studies[seed] = transfer_study(args, work, seed, None)
             split, spacing = study_split(work, seed, min(args.budgets))
             studies[seed] |= {"split": split, "lowres_spacing_zyx": spacing}
-            rows_per_seed[seed] = studies[seed].pop("rows")
+            rows_per_seed[seed] = [row | {"machine": cpu()} for row in studies[seed].pop("rows")]
         elif seed not in references:  # the seed's split, nnU-Net at tumorfm's lowres spacing
             study = studies[seed]
             params = parameter_count(args.model, args.patch)
             references[seed] = nnunet(args, work, study["split"], seed, params,
                                       study["lowres_spacing_zyx"])  # fmt: skip
-            rows_per_seed[seed].append(nnunet_row(args, work, seed, references[seed]))
+            row = nnunet_row(args, work, seed, references[seed])
+            rows_per_seed[seed].append(row | {"machine": cpu()})
         else:
             continue
         write()

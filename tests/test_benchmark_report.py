@@ -286,7 +286,7 @@ def test_distill_students_of_other_settings_train_apart_and_the_table_names_the_
     )
 
 
-def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
+def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path, monkeypatch):
     """A run of three seeds outlasts a session: the results file written after a seed is what a
     later run of the same settings starts from, and a run of other settings starts afresh."""
     from argparse import Namespace
@@ -306,12 +306,32 @@ def test_transfer_seeds_are_kept_across_runs_of_the_same_settings(tmp_path):
     assert gap["n"] == 2 and abs(gap["mean"] - 0.305) < 1e-9 and result["targets"]["meets_gap_0.15"]
     args.out.write_text(json.dumps(result))
     kept = transfer.recorded(args.out, args)
-    assert sorted(kept["rows_per_seed"]) == [0, 1] and kept["rows_per_seed"][1] == rows[1]
+    assert sorted(kept["rows_per_seed"]) == [0, 1]
+    assert [r | {"machine": None} for r in kept["rows_per_seed"][1]] == [
+        r | {"machine": None} for r in rows[1]
+    ]
     text = "\n".join(report.transfer_table(tmp_path))
     assert (
         "| 0.605 +- 0.007 | 20.0 +- 0.0 |" in text and " 2 seed(s) " in text
     )  # measured, not asked
     assert transfer.recorded(args.out, Namespace(**{**vars(args), "budgets": [1, 2]})) == {}
+    # rows recorded before rows named their CPU ran on the file's; nnU-Net's may run elsewhere
+    result["machine"] = {"cpu": "Xeon", "avx512_bf16": True, "platform": "Linux"}
+    args.out.write_text(json.dumps(result))
+    kept = transfer.recorded(args.out, args)
+    assert kept["rows_per_seed"][0][0]["machine"] == {"cpu": "Xeon", "avx512_bf16": True}
+    epyc = {"cpu": "EPYC", "avx512_bf16": False}
+    nnunet = {"arm": "nnunet", "epochs": None, "iterations": None, "mean_dice": 0.5,
+              "sarcoma_hd95": 9.0, "sarcoma_nsd": 0.2, "machine": epyc}  # fmt: skip
+    kept["rows_per_seed"][0].append(nnunet)
+    monkeypatch.setattr(transfer, "version", lambda name: "2.6")  # nnU-Net lives in .venv-bench
+    result = transfer.summarise(args, (0, 0, 0), pretrained, studies, {0: {"iterations": 1000}},
+                                kept["rows_per_seed"])  # fmt: skip
+    args.out.write_text(json.dumps(result | {"machine": epyc}))
+    text = "\n".join(report.transfer_table(tmp_path))
+    assert "without the sarcoma set; Xeon, AVX-512 bf16; `" in text
+    assert "nnU-Net v2 trained on seed(s) 0's splits, 1000 iterations at tumorfm's lowres " in text
+    assert "spacing, fp32; EPYC, no bf16." in text and "not measured yet for seed(s) 1 (" in text
 
 
 def test_interactive_table_names_the_best_arm_and_checks_it_against_the_classic_one(tmp_path):
