@@ -221,7 +221,13 @@ def _few_labels(r: dict) -> list[str]:
     partial = {seed: [by[a] for a in MAIN if a in by] for seed, by in arms.items()}
     partial = {seed: rows for seed, rows in partial.items() if rows and seed not in complete}
     patch, names = "x".join(map(str, s["patch"])), ", ".join(complete)
-    command = re.sub(r" --probability \S+", "", _command(r))
+    plain = re.sub(r" --(probability|seeds)( [^-]\S*)+", "", _command(r))
+
+    def command(seeds: list[str], probability: float | None = None) -> str:
+        """The run's own command for these seeds: the file keeps only its latest run's."""
+        other = f" --probability {probability:g}" if probability is not None else ""
+        return f"{plain} --seeds {' '.join(seeds)}{other}"
+
     main_rows = {seed: [by[a] for a in MAIN if a in by] for seed, by in arms.items()}
     machines = _machines(r | {"per_seed": main_rows})  # another arm's seeds may have run elsewhere
     over = (
@@ -234,7 +240,7 @@ def _few_labels(r: dict) -> list[str]:
         f"per seed, {s['iterations']} iterations (lowres plan, patch {patch}), with and "
         f"without procedural tumours (shift and texture measured on the same "
         f"{s['train_cases']} scans) in half the patches' soft tissue; Dice on the 7 held-out "
-        f"sarcomas, {over}; {machines}; `{command}`.",
+        f"sarcomas, {over}; {machines}; `{command(list(complete))}`.",
         "",
         "| training data | Dice on held-out sarcomas | median HD95 mm | epochs' wall time |",
         "|---|---:|---:|---:|",
@@ -259,19 +265,21 @@ def _few_labels(r: dict) -> list[str]:
         probability = paired[next(iter(paired))][1]["synthesis"]["probability"]
         (row,) = [m for m in seeds.merge(paired, ("arm",), ["dice"]) if m["arm"] == arm]
         gain = seeds.paired_difference(paired, {"arm": arm}, {"arm": "real"}, "dice")
+        control = _control(paired)
+        per_seed = ", ".join(f"{d:+.3f}" for d in gain["per_seed"].values() if d is not None)
+        verdict = (
+            f"seed by seed {per_seed}; a control, no target: the runs differ from the real ones in "
+            "those few patches only, so this is what a training moves when almost nothing changes"
+            if control
+            else _verdict(gain, r["target"])
+        )
         lines += [
             "",
             f"Synthetic tumours in {probability:g} of the patches instead (seeds "
             f"{', '.join(paired)}{_changed(paired)}; {_machines(r | {'per_seed': paired})}; "
-            f"`{command} --probability {probability:g}`): Dice "
-            f"{_over_seeds(row['dice'])}, minus real {_over_seeds(gain)} "
-            f"({_verdict(gain, r['target'])}).",
+            f"`{command(list(paired), probability)}`): Dice "
+            f"{_over_seeds(row['dice'])}, minus real {_over_seeds(gain)} ({verdict}).",
         ]
-        if _control(paired):
-            lines[-1] += (
-                " A control: the runs differ from the real ones in those few patches only, so "
-                "this difference is what a training moves when almost nothing changes."
-            )
     return lines
 
 
@@ -287,8 +295,12 @@ def _drawn(paired: dict) -> tuple[list[int], int] | None:
 def _changed(paired: dict) -> str:
     if (drawn := _drawn(paired)) is None:
         return ""
-    counts, total = drawn
-    return f"; synthetic tumours in {' and '.join(map(str, counts))} of each seed's {total} patches"
+    counts, total = map(str, drawn[0]), drawn[1]
+    return f"; synthetic tumours in {_and(list(counts))} of each seed's {total} patches"
+
+
+def _and(items: list[str]) -> str:
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _control(paired: dict) -> bool:

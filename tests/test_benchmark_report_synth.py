@@ -79,18 +79,19 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     variant = {**row("real+synthetic p=0.2", 0.55, "EPYC"), "synthesis": {"probability": 0.2}}
     per_seed["0"].append(dict(variant))
     per_seed["1"].append({**variant, "dice": 0.78})
-    r["command"] = ".venv/bin/python -m benchmarks.synth_useful --probability 0.2"
+    r["command"] = ".venv/bin/python -m benchmarks.synth_useful --seeds 1 --probability 0.2"
     (tmp_path / "synth_useful.json").write_text(json.dumps(r))
     section = report.section(tmp_path)
     assert "| real+synthetic | 0.680 +- 0.113 |" in section  # the main table is as it was
     assert "| real+synthetic p=0.2 |" not in section
-    assert "`.venv/bin/python -m benchmarks.synth_useful`." in section
+    # each line gives the command of its own seeds, whatever the file's latest run asked
+    assert "`.venv/bin/python -m benchmarks.synth_useful --seeds 0 1`." in section
     line = next(x for x in section.splitlines() if x.startswith("Synthetic tumours in 0.2"))
     assert "seed 0 on Xeon, AVX-512 bf16; seed 1 on EPYC, no bf16; seed 2 on EPYC" in section
     assert "(seeds 0, 1; seed 0 on EPYC, no bf16 and Xeon, AVX-512 bf16; seed 1 on EPYC, " in line
-    assert "; `.venv/bin/python -m benchmarks.synth_useful --probability 0.2`)" in line
+    assert "; `.venv/bin/python -m benchmarks.synth_useful --seeds 0 1 --probability 0.2`)" in line
     assert "Dice 0.665 +- 0.163, minus real 0.065 +- 0.021 (target +0.05: met; larger" in line
-    assert "A control" not in line and "patches;" not in line  # rows without the count
+    assert "a control" not in line and "patches;" not in line  # rows without the count
     control = {**row("real+synthetic p=0.001", 0.64, "EPYC"), "synthesis": {"probability": 1e-3}}
     per_seed["0"].append({**control, "synthetic_patches": {"drawn": 4, "of": 800}})
     per_seed["1"].append({**control, "synthetic_patches": {"drawn": 2, "of": 800}})
@@ -98,11 +99,12 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     lines = report.section(tmp_path).splitlines()
     line = next(x for x in lines if x.startswith("Synthetic tumours in 0.001"))
     assert "(seeds 0, 1; synthetic tumours in 4 and 2 of each seed's 800 patches; " in line
-    assert line.endswith("this difference is what a training moves when almost nothing changes.")
+    assert "minus real 0.040 +- 0.141 (seed by seed +0.140, -0.060; a control, no target:" in line
+    assert line.endswith("this is what a training moves when almost nothing changes).")
     for seed in ("0", "1"):
         per_seed[seed][-1]["synthetic_patches"]["drawn"] = 8  # 1% of them: no longer a control
     (tmp_path / "synth_useful.json").write_text(json.dumps(r))
-    assert "A control" not in report.section(tmp_path)
+    assert "a control" not in report.section(tmp_path)
     per_seed["1"].pop()
     del per_seed["0"]  # seed 1 alone: its rows' CPU, not the file's
     r["machine"] = {"cpu": "Xeon", "avx512_bf16": True}
