@@ -156,7 +156,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
             f"nnU-Net v2 on the same splits ({s.get('factor', 10)}x the smallest budget's "
             f"iterations): "
             f"not measured yet for seed(s) {', '.join(map(str, sorted(missing)))} (the same "
-            f"command without `--skip-nnunet` adds it; about 100 minutes a seed on this CPU).",
+            f"command without `--skip-nnunet` adds it; hours a seed on 2 CPUs).",
         ]
     gap = t["pretrained_minus_scratch_at_smallest_budget"]
     lines += [
