@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import typer
 from conftest import assert_one_line_error, run_cli
@@ -61,3 +65,18 @@ def test_phantom_cli_writes_sites(tmp_path):
     assert len(result.stdout.split()) == 4 and all(
         (tmp_path / n).is_dir() for n in result.stdout.split()
     )
+
+
+def test_help_texts_flow_as_paragraphs():
+    """A docstring wrapped at 100 columns printed ragged in rich's box: each paragraph is one line
+    for rich to wrap, and indented lines and list items keep theirs."""
+    from tumorfm.cli.app import reflow
+
+    text = "First line\nof one paragraph.\n\nAnother:\n  indented\n- an item\n- another"
+    assert (
+        reflow(text) == "First line of one paragraph.\n\nAnother:\n  indented\n- an item\n- another"
+    )
+    wide = {**os.environ, "COLUMNS": "250"}
+    shown = subprocess.run([sys.executable, "-m", "tumorfm", "synth", "--help"], env=wide,
+                           capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    assert "differ from their tissue (mean HU shift, texture, HU distribution), for" in shown

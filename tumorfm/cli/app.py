@@ -29,12 +29,27 @@ def _escape_help(command) -> None:
     # without rich, click prints help as plain text: brackets need no escape there
     if getattr(command, "rich_markup_mode", None) == "rich" and not hasattr(command, "_escaped"):
         command._escaped = True
-        command.help = command.help and escape(command.help)
+        command.help = command.help and escape(reflow(command.help))
         for param in command.params:
             if getattr(param, "help", None):
                 param.help = escape(param.help)
     for sub in getattr(command, "commands", {}).values():
         _escape_help(sub)
+
+
+def reflow(text: str) -> str:
+    """A docstring's paragraphs as one line each: rich keeps every newline, so a docstring wrapped
+    at 100 columns printed ragged inside the help's narrower box. Indented lines and list items
+    keep their own line."""
+    lines = text.split("\n")
+    out = lines[:1]
+    for line in lines[1:]:
+        joins = out[-1].strip() and line.strip() and not line[:1].isspace()
+        if joins and not line.lstrip().startswith(("- ", "* ")):
+            out[-1] = f"{out[-1].rstrip()} {line.strip()}"
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 app = typer.Typer(
