@@ -129,12 +129,13 @@ def model_list() -> None:
     from tumorfm.model.bundle import list_shipped, models_folder
     from tumorfm.model.shipped import describe
 
+    shipped = list_shipped()
+    width = max(len(name) for name in [*list_models(), *shipped])  # one column for both lists
     typer.echo("presets (build with `pretrain --model NAME`):")
     for name in list_models():
         with torch.device("meta"):
             count = sum(p.numel() for p in create_model(name).parameters())
-        typer.echo(f"  {name:<14} {count / 1e6:>10,.1f}M parameters")
-    shipped = list_shipped()
+        typer.echo(f"  {name:<{width}} {count / 1e6:>10,.1f}M parameters")
     typer.echo(f"shipped bundles in {models_folder()} (use with `predict -m NAME`):")
     for name in shipped:
         info = describe(name)
@@ -145,7 +146,7 @@ def model_list() -> None:
             for dataset, plan in info["plans"].items()
         )
         typer.echo(
-            f"  {name:<14} {info['preset']}, {info['megabytes']} MB; classes "
+            f"  {name:<{width}}  {info['preset']}, {info['megabytes']} MB; classes "
             f"{', '.join(info['classes'])}; plans {plans}"
         )
     if not shipped:
