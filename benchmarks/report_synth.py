@@ -267,9 +267,11 @@ def _few_labels(r: dict) -> list[str]:
         gain = seeds.paired_difference(paired, {"arm": arm}, {"arm": "real"}, "dice")
         control = _control(paired)
         per_seed = ", ".join(f"{d:+.3f}" for d in gain["per_seed"].values() if d is not None)
+        moved = [s for s, pair in paired.items() if len({_cpu(x) for x in pair}) > 1]
+        also = f" and, for seed {', '.join(moved)}, in the machine" if moved else " only"
         verdict = (
             f"seed by seed {per_seed}; a control, no target: the runs differ from the real ones in "
-            "those few patches only, so this is what a training moves when almost nothing changes"
+            f"those few patches{also}, so this is what a training moves when almost nothing changes"
             if control
             else _verdict(gain, r["target"])
         )

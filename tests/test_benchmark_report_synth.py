@@ -101,6 +101,7 @@ def test_few_labels_table_keeps_a_half_run_seed_apart_and_names_each_seeds_machi
     assert "(seeds 0, 1; synthetic tumours in 4 and 2 of each seed's 800 patches; " in line
     assert "minus real 0.040 +- 0.141 (seed by seed +0.140, -0.060; a control, no target:" in line
     assert line.endswith("this is what a training moves when almost nothing changes).")
+    assert "those few patches and, for seed 0, in the machine, so" in line  # Xeon vs EPYC
     for seed in ("0", "1"):
         per_seed[seed][-1]["synthetic_patches"]["drawn"] = 8  # 1% of them: no longer a control
     (tmp_path / "synth_useful.json").write_text(json.dumps(r))
