@@ -297,8 +297,8 @@ def _drawn(paired: dict) -> tuple[list[int], int] | None:
 def _changed(paired: dict) -> str:
     if (drawn := _drawn(paired)) is None:
         return ""
-    counts, total = map(str, drawn[0]), drawn[1]
-    return f"; synthetic tumours in {_and(list(counts))} of each seed's {total} patches"
+    counts, total = drawn
+    return f"; synthetic tumours in {_and([str(c) for c in counts])} of each seed's {total} patches"
 
 
 def _and(items: list[str]) -> str:

@@ -191,7 +191,8 @@ def main() -> None:
             kept[arm] = kept.get(arm) or one_run(args, arm, spec, seed)
             rows = dict(sorted({**rows, seed: list(kept.values())}.items()))
             for at, row in ((at, row) for at, rs in rows.items() for row in rs if row["synthesis"]):
-                row["synthetic_patches"] = synthetic_patches(args, at, row["synthesis"])
+                if "synthetic_patches" not in row:  # new rows, and rows recorded before the count
+                    row["synthetic_patches"] = synthetic_patches(args, at, row["synthesis"])
             synthetic = sorted({r["arm"] for rs in rows.values() for r in rs} - {"real"})
             gains = {
                 name: seeds.paired_difference(rows, {"arm": name}, {"arm": "real"}, "dice")

@@ -312,7 +312,8 @@ def main() -> None:
             studies[seed] = transfer_study(args, work, seed, None)
             split, spacing = study_split(work, seed, min(args.budgets))
             studies[seed] |= {"split": split, "lowres_spacing_zyx": spacing}
-            rows_per_seed[seed] = [row | {"machine": cpu()} for row in studies[seed].pop("rows")]
+            ran_on = cpu()  # one look at the machine for the seed's rows
+            rows_per_seed[seed] = [row | {"machine": ran_on} for row in studies[seed].pop("rows")]
         elif seed not in references:  # the seed's split, nnU-Net at tumorfm's lowres spacing
             study = studies[seed]
             params = parameter_count(args.model, args.patch)
