@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _mb, _num, _s
+from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _mb, _num, _ratio, _s
 
 
 def accuracy_table(results: Path) -> list[str]:
@@ -228,6 +228,8 @@ def shipped_table(results: Path) -> list[str]:
     in_stages = f" in {len(stages)} stages" if len(stages) > 1 else ""
     mirrored = all(s.get("mirror", True) for s in r["scores"].values())
     how = "mirroring, overlap 0.5: its defaults" if mirrored else "without mirroring"
+    if "scored_on" in r:  # `rescore`: today's predict on the shipped weights, maybe elsewhere
+        how += f"; scored again by `rescore` on {_cpu({'machine': r['scored_on']})}"
     lines = [
         f"`models/{r['name']}`: {t['model']} ({r['parameters'] / 1e6:.1f}M parameters, "
         f"{r['megabytes']:.1f} MB in float16), pretrained {iterations:,} iterations of "
@@ -235,16 +237,18 @@ def shipped_table(results: Path) -> list[str]:
         f"({minutes:.0f} min, {_cpu(r)}); held-out scans segmented "
         f"by `tumorfm predict` ({how}) and scored in their own geometry; mean +- standard "
         f"deviation over scans. `{PRODUCT}.shipped_model train` then `ship` (and `train --more "
-        "EPOCHS`, `ship` for each further stage).",
+        "EPOCHS`, `ship` for each further stage; `rescore` scores the shipped weights again).",
         "",
-        "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| plan | class | held-out scans | Dice | Dice min - max | HD95 mm (median) | NSD "
+        "| volume predicted / reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for plan, s in r["scores"].items():
         lines.append(
             f"| {plan} | {s['class']} | {s['cases']} | {s['dice']['mean']:.3f} +- "
             f"{s['dice']['std']:.3f} | {s['dice']['min']:.3f} - {s['dice']['max']:.3f} | "
-            f"{_num(s['hd95']['median'], 1)} | {s['nsd']['mean']:.3f} +- {s['nsd']['std']:.3f} |"
+            f"{_num(s['hd95']['median'], 1)} | {s['nsd']['mean']:.3f} +- {s['nsd']['std']:.3f} | "
+            f"{_ratio(s.get('volume_ratio'))} |"
         )
     return lines + [""] + shipped_against_nnunet(results, r) + continued_trial(results, r)
 

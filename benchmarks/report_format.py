@@ -51,6 +51,13 @@ def _num(value, digits: int = 3) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _ratio(summary: dict | None) -> str:
+    """A ratio over cases (scoring.stats): its median and range, "-" where not recorded."""
+    if summary is None:
+        return "-"
+    return f"{summary['median']:.2f}x ({summary['min']:.2f} - {summary['max']:.2f})"
+
+
 def _machines(result: dict) -> str:
     """The CPU of a table whose seeds ran in several sessions: the rows' own where they all
     agree, the file's where none says, else each seed's (`machine` in its rows,

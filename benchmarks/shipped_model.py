@@ -25,6 +25,7 @@ import numpy as np
 
 from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
 from .measure import git_state, machine, run
+from .report_format import _ratio
 from .scoring import case_scores, evaluated, predicted, stats
 
 NAME = "tsfm-real-lowres"
@@ -122,11 +123,38 @@ def score(args, bundle: Path, split: dict) -> dict:
             "held_out": split[name]["val"],
             **{m: stats([c[m] for c in cases.values()]) for m in ("dice", "hd95", "nsd")},
             "per_case_dice": {case: c["dice"] for case, c in cases.items()},
+            **volumes(cases),
             "mirror": args.mirror,
             "predict_seconds": timing["wall_seconds"],
             "predict_peak_mb": timing.get("peak_tree_pss_mb"),
         }
     return scores
+
+
+def volumes(cases: dict) -> dict:
+    """Predicted and reference volume (ml) of each scan and their ratio over scans: a clinician
+    reads the volume `predict --statistics` gives, so a model that over-segments must say so."""
+    ratios = [c["pred_ml"] / c["gt_ml"] for c in cases.values() if c["gt_ml"] > 0]
+    return {
+        "volume_ratio": stats(ratios),
+        "per_case_ml": {case: [c["pred_ml"], c["gt_ml"]] for case, c in cases.items()},
+    }
+
+
+def volume_limit(scores: dict) -> str:
+    """The card's line for each plan whose predicted volumes run a quarter or more off."""
+    lines = []
+    for name, s in scores.items():
+        r = s.get("volume_ratio")
+        if r is None or 0.8 < r["median"] < 1.25:
+            continue
+        lines.append(
+            f"- On {name} the predicted volume is a median {r['median']:.1f}x the reference "
+            f"({r['min']:.1f}x - {r['max']:.1f}x over the held-out scans): it "
+            f"{'over' if r['median'] > 1 else 'under'}-segments, and the volumes of "
+            "`predict --statistics` are off by as much.\n"
+        )
+    return "".join(lines)
 
 
 def _fmt(summary: dict, digits: int = 2) -> str:
@@ -139,7 +167,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     rows = "\n".join(
         f"| {name} | {s['class']} | {s['cases']} | {_fmt(s['dice'], 3)} | "
         f"{s['dice']['min']:.3f} - {s['dice']['max']:.3f} | {s['hd95']['median']:.1f} | "
-        f"{_fmt(s['nsd'], 3)} |"
+        f"{_fmt(s['nsd'], 3)} | {_ratio(s.get('volume_ratio'))} |"
         for name, s in scores.items()
     )
     held = "\n".join(f"- {name}: {', '.join(s['held_out'])}" for name, s in scores.items())
@@ -161,7 +189,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
         f"- On {name} it finds no tumour yet: Dice 0 on every held-out scan.\n"
         for name, s in scores.items()
         if s["dice"]["max"] == 0
-    )
+    ) + volume_limit(scores)
 
     def relative(command: str) -> str:
         return command.replace(f"{ROOT}/", "")
@@ -218,10 +246,11 @@ measurement) and its fewer false-positive components. Neither had learnt the gli
 
 ## Held-out scores
 `tumorfm predict` {how}, scored by `tumorfm evaluate` in each scan's own
-geometry. Mean +- standard deviation over scans (HD95: median).
+geometry. Mean +- standard deviation over scans (HD95: median; volume: predicted / reference,
+median and range over scans).
 
-| plan | class | scans | Dice | Dice range | HD95 mm | NSD (2 mm) |
-|---|---|---:|---:|---:|---:|---:|
+| plan | class | scans | Dice | Dice range | HD95 mm | NSD (2 mm) | volume |
+|---|---|---:|---:|---:|---:|---:|---:|
 {rows}
 
 ## Limits
@@ -287,7 +316,7 @@ def rescore(args) -> None:
         info.pop(key, None)
     target = models_folder() / NAME
     scores = score(args, target, info["split"])
-    info["machine"] = machine(os.getloadavg())
+    info["scored_on"] = machine(os.getloadavg())  # info["machine"]: where it was trained
     config = json.loads((target / "config.json").read_text())
     config["extra"]["held_out"] = scores
     (target / "config.json").write_text(json.dumps(config, indent=2))

@@ -57,6 +57,22 @@ def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[
     return command
 
 
+def training_loop(results: Path) -> dict:
+    """nnU-Net's training-loop time over every session of a run (`--c` continued it; the last
+    process times only its own part): each epoch's seconds from bench_epochs.jsonl, an epoch a
+    session's end cut off and ran again counted once (its last run), and the median iteration.
+    Pauses (another job on the machine, SIGSTOP) are in the seconds, not in the median."""
+    per_epoch = {}
+    for line in (results / "bench_epochs.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        per_epoch[row["epoch"]] = row
+    iterations = [t for row in per_epoch.values() for t in row["iteration_seconds"]]
+    return {
+        "train_loop_seconds": round(sum(row["seconds"] for row in per_epoch.values()), 1),
+        "median_iteration_seconds": round(statistics.median(iterations), 2),
+    }
+
+
 def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing) -> dict:
     """Plan, preprocess, train on seed `seed`'s `split` (tumorfm's: fold 0 of a splits file of
     one, results in a folder of the seed's own) with factor x the smallest budget, predict its
@@ -114,7 +130,8 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
         "spacing_zyx": list(spacing) if spacing is not None else None,
         "epochs": epochs,
         "iterations": epochs * args.iterations,
-        "train_seconds": train["wall_seconds"],
+        "train_seconds": train["wall_seconds"],  # the last session's process
+        **training_loop(results),
         "train_peak_mb": train.get("peak_tree_pss_mb"),
         "predict_seconds": predict["wall_seconds"],
         "predictions": str(predictions),

@@ -80,6 +80,19 @@ def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(t
     assert 'os.environ.get("TRAIN_BENCH_SAVE_EVERY"' in TRAINER_SOURCE  # the checkpoints exist
 
 
+def test_nnunet_training_time_adds_up_its_sessions_counting_a_rerun_epoch_once(tmp_path):
+    from benchmarks.transfer_nnunet import training_loop
+
+    epochs = [(0, 100.0, [40.0, 60.0]), (1, 30.0, [10.0, 20.0]), (1, 50.0, [20.0, 30.0])]
+    (tmp_path / "bench_epochs.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "seconds": s, "iteration_seconds": i}) + "\n"
+        for e, s, i in epochs
+    ))  # fmt: skip
+    # epoch 1 was cut off by a session's end and ran again: its second run counts
+    expected = {"train_loop_seconds": 150.0, "median_iteration_seconds": 35.0}
+    assert training_loop(tmp_path) == expected
+
+
 def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_rest(
     tmp_path, monkeypatch
 ):

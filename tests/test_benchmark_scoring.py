@@ -21,6 +21,24 @@ def test_a_perfect_prediction_scores_dice_one_per_case(tmp_path):
     assert len(scores) >= 2 and all(s["dice"] == 1.0 for s in scores.values())
     summary = stats([s["dice"] for s in scores.values()] + [float("nan")])  # NaN left out
     assert summary["mean"] == summary["min"] == 1.0 and summary["std"] == 0.0
+    from benchmarks.shipped_model import volume_limit, volumes
+
+    ratio = volumes(scores)["volume_ratio"]  # evaluate's volumes, as the shipped card reads them
+    assert ratio["min"] == ratio["max"] == 1.0
+    assert volume_limit({"sarcoma_ct": {"volume_ratio": ratio}}) == ""
+
+
+def test_the_shipped_card_says_when_predicted_volumes_run_off():
+    from benchmarks.shipped_model import volume_limit, volumes
+
+    volumes_ml = {"a": (30.0, 10.0), "b": (12.0, 10.0), "c": (18.0, 10.0), "empty": (2.0, 0.0)}
+    cases = {case: {"pred_ml": p, "gt_ml": g} for case, (p, g) in volumes_ml.items()}
+    found = volumes(cases)
+    assert found["volume_ratio"]["median"] == 1.8 and found["per_case_ml"]["a"] == [30.0, 10.0]
+    line = volume_limit({"sarcoma_ct": found})
+    assert "median 1.8x" in line and "1.2x - 3.0x" in line and "over-segments" in line
+    under = volumes({"a": {"pred_ml": 5.0, "gt_ml": 10.0}})
+    assert "under-segments" in volume_limit({"brain_mr": under})
 
 
 def test_predicted_reports_the_stages_predict_json_records(tmp_path):
