@@ -165,7 +165,7 @@ def gmacs(model, batch: int, patch, channels: int = 1, backward: bool = True) ->
     return counter.get_total_flops() / 2e9
 
 
-def _nnunet_model(arch: dict, outputs: int):
+def nnunet_network(arch: dict, outputs: int):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     return get_network_from_plans(
@@ -225,13 +225,13 @@ def bench_plans(
         features = [min(cap, base * 2**i) for i in range(n)]
         kwargs["features_per_stage"] = features
         with torch.device("meta"):
-            return count_params(_nnunet_model(arch, outputs)), features
+            return count_params(nnunet_network(arch, outputs)), features
 
     options = [params_with(cap) for cap in range(base, base * 2**n + 1, 8)]
     count, features = min(options, key=lambda o: abs(o[0] - target_params))
     kwargs["features_per_stage"] = features
     with torch.device("meta"):
-        model = _nnunet_model(arch, outputs)
+        model = nnunet_network(arch, outputs)
         macs = gmacs(model, batch, patch_t)
     return plans, {
         "network": "PlainConvUNet (nnU-Net default)",

@@ -6,7 +6,18 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _mb, _num, _ratio, _s
+from .report_format import (
+    BENCH,
+    PRODUCT,
+    _command,
+    _cpu,
+    _load,
+    _mb,
+    _num,
+    _ratio,
+    _s,
+    _transfer_machines,
+)
 
 
 def accuracy_table(results: Path) -> list[str]:
@@ -112,13 +123,6 @@ def _over_seeds(stats: dict | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}{std}"
 
 
-def _rows_of(r: dict, tumorfm: bool) -> dict:
-    """transfer.json's rows per seed of tumorfm's arms, or of nnU-Net's (their CPUs may differ)."""
-    rows = r.get("rows_per_seed", {}).items()
-    chosen = {seed: [x for x in rs if (x["arm"] != "nnunet") == tumorfm] for seed, rs in rows}
-    return {seed: rs for seed, rs in chosen.items() if rs}
-
-
 def transfer_seeds_table(r: dict) -> list[str]:
     """transfer.json of several seeds: every row as mean +- std over seeds, paired targets."""
     s, t = r["settings"], r["targets"]
@@ -128,7 +132,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
         f"seed(s) (each its own split and initialisation), {s['config']} plan, patch "
         f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
         f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; "
-        f"{_machines(r | {'per_seed': _rows_of(r, tumorfm=True)})}; "
+        f"{_transfer_machines(r, tumorfm=True)}; "
         f"`{_transfer_command(r)}`. Mean +- standard deviation over seeds.",
         "",
         "| model | iterations | Dice | HD95 mm | NSD |",
@@ -148,7 +152,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
             "",
             f"nnU-Net v2 trained on seed(s) {', '.join(map(str, measured))}'s splits, "
             f"{nnunet['iterations']} iterations at tumorfm's lowres spacing, fp32; "
-            f"{_machines(r | {'per_seed': _rows_of(r, tumorfm=False)})}.",
+            f"{_transfer_machines(r, tumorfm=False)}.",
         ]
     if missing:
         lines += [
@@ -158,6 +162,7 @@ def transfer_seeds_table(r: dict) -> list[str]:
             f"not measured yet for seed(s) {', '.join(map(str, sorted(missing)))} (the same "
             f"command without `--skip-nnunet` adds it; hours a seed on 2 CPUs).",
         ]
+    lines += _network_costs(r)
     gap = t["pretrained_minus_scratch_at_smallest_budget"]
     lines += [
         "",
@@ -175,6 +180,27 @@ def transfer_seeds_table(r: dict) -> list[str]:
     else:
         lines[-1] += "."
     return lines
+
+
+def _network_costs(r: dict) -> list[str]:
+    """What an iteration costs each side: the targets count iterations, not compute."""
+    costs = r.get("networks") or {}
+    ours, theirs = costs.get("tumorfm"), costs.get("nnunet")
+    if not ours or not theirs:
+        return []
+    s, model = r["settings"], r["settings"]["model"]
+    ratio = theirs["forward_backward_gmacs"] / ours["forward_backward_gmacs"]
+    return [
+        "",
+        f"Matched by parameters ({theirs['params'] / 1e6:.2f}M and {ours['params'] / 1e6:.2f}M), "
+        f"the networks differ in compute: a training iteration (forward and backward, batch "
+        f"{s['batch']}, {'x'.join(map(str, s['patch']))}) is {theirs['forward_backward_gmacs']:.0f}"
+        f" GMAC for nnU-Net's PlainConvUNet and {ours['forward_backward_gmacs']:.0f} for "
+        f"{model}, {ratio:.1f}x (their full-resolution stages are "
+        f"{theirs['features_per_stage'][0]} and {ours['features_per_stage'][0]} features wide): "
+        f"with a tenth of "
+        f"nnU-Net's iterations {model} spends {10 / ratio:.1f}% of its multiply-adds.",
+    ]
 
 
 def transfer_table(results: Path) -> list[str]:

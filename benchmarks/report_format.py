@@ -75,3 +75,11 @@ def _machines(result: dict) -> str:
     return "; ".join(
         f"seed {seed} on {' and '.join(sorted(cpus))}" for seed, cpus in per_seed.items()
     )
+
+
+def _transfer_machines(r: dict, tumorfm: bool) -> str:
+    """The CPUs of a transfer results file's tumorfm arms, or of its nnU-Net rows: each row names
+    its own (a run that only rewrote the summary elsewhere does not relabel them)."""
+    rows = r.get("rows_per_seed", {}).items()
+    chosen = {seed: [x for x in rs if (x["arm"] != "nnunet") == tumorfm] for seed, rs in rows}
+    return _machines(r | {"per_seed": {seed: rs for seed, rs in chosen.items() if rs}})

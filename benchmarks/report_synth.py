@@ -8,7 +8,17 @@ from pathlib import Path
 
 from . import seeds
 from .report_accuracy import _over_seeds
-from .report_format import BENCH, PRODUCT, _command, _cpu, _load, _machines, _num, _s
+from .report_format import (
+    BENCH,
+    PRODUCT,
+    _command,
+    _cpu,
+    _load,
+    _machines,
+    _num,
+    _s,
+    _transfer_machines,
+)
 
 ARMS = {
     "procedural": "procedural, Hu et al.'s liver-tumour intensities",
@@ -352,11 +362,11 @@ def transfer_synthesis_lines(results: Path) -> list[str]:
         f"pretraining with procedural liver tumours in half of phantom_multi_organ's samples: "
         f"pretrained - scratch at {iterations} iterations {_over_seeds(with_synthesis)} Dice "
         f"(seeds {', '.join(map(str, with_synthesis['per_seed']))}; {_cpu(r)}; `{_command(r)}`), "
-        f"without synthesis {_over_seeds(without)} ({_cpu(plain)}). The scratch arm, the same "
-        f"recipe on the same splits in both runs, scored {_over_seeds(scratch(r))} and "
-        f"{_over_seeds(scratch(plain))}: what the machine and the run alone move. The "
-        f"pretraining's validation pseudo-Dice of liver_tumour on PhantomLiver: with synthesis "
-        f"{_num(learnt(r), 2)}, without {_num(learnt(plain), 2)}. Seed by seed, synthesis "
-        f"changed the gap by {_over_seeds(change)} ({larger} than "
+        f"without synthesis {_over_seeds(without)} ({_transfer_machines(plain, tumorfm=True)}). "
+        f"The scratch arm, the same recipe on the same splits in both runs, scored "
+        f"{_over_seeds(scratch(r))} and {_over_seeds(scratch(plain))}: what the machine and "
+        f"the run alone move. The pretraining's validation pseudo-Dice of liver_tumour on "
+        f"PhantomLiver: with synthesis {_num(learnt(r), 2)}, without {_num(learnt(plain), 2)}. "
+        f"Seed by seed, synthesis changed the gap by {_over_seeds(change)} ({larger} than "
         f"its spread over seeds {', '.join(map(str, change['per_seed']))}).",
     ]

@@ -35,7 +35,9 @@ split, and a later run of the same settings keeps what is recorded (a pretrainin
 training a session's end stopped continues from its last epoch), so the seeds and the nnU-Net
 rows can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
-Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets).
+Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets,
+each network's parameters and multiply-adds per iteration). A run with nothing left to measure
+rewrites the summary and keeps the command, machine and versions of the run that measured.
 
 `--synthesis` (issue 15 (c)) pretrains with online procedural liver tumours in half of
 PhantomMultiOrgan's samples (benchmarks/support.py), in its own work folder, and writes
@@ -70,6 +72,7 @@ from .common import (
     sha256,
 )
 from .measure import CPU_KEYS, cpu, git_state, machine, run
+from .nnunet_peer import gmacs
 from .support import (
     PARENTS,
     SYNTHETIC_LIVER_TUMOURS,
@@ -77,7 +80,7 @@ from .support import (
     parameter_count,
     support_datasets,
 )
-from .transfer_nnunet import SARCOMA, nnunet, nnunet_row
+from .transfer_nnunet import SARCOMA, nnunet, nnunet_row, planned_network
 
 SYNTHETIC = "transfer_synthesis"  # --synthesis: its work folder and results file
 
@@ -175,6 +178,7 @@ def study_split(work: Path, seed: int, budget: int) -> tuple[dict, list[float] |
 
 SAME_RUN = ("model", "patch", "config", "batch", "iterations", "budgets", "factor",
             "pretrain_epochs", "phantom_cases", "full", "device", "synthesis")  # fmt: skip
+PROVENANCE = ("command", "machine", "versions", "session_seconds")  # of the run that measured
 ADDED_LATER = {"synthesis": False}  # settings a file recorded before they existed: their value
 
 
@@ -190,6 +194,28 @@ def recorded(out: Path, args) -> dict:
     for row in (row for rows in kept["rows_per_seed"].values() for row in rows):
         row.setdefault("machine", ran_on)  # rows recorded before rows named their CPU
     return kept
+
+
+def network_costs(args, work: Path, references: dict) -> dict:
+    """Each network's parameters and multiply-adds of a training iteration (forward and backward,
+    `--batch` patches): matched by parameters, nnU-Net's PlainConvUNet keeps 32 features at full
+    resolution, so its iteration costs several of tsfm's; the targets count iterations."""
+    import torch
+
+    from tumorfm.model import create_model
+
+    with torch.device("meta"):
+        model = create_model(args.model, 1, 1, tuple(args.patch))
+        macs = gmacs(model, args.batch, args.patch)
+    tumorfm = {"params": parameter_count(args.model, args.patch),
+               "forward_backward_gmacs": round(macs, 1),
+               "features_per_stage": list(model.config.widths)}  # fmt: skip
+    trained = next((ref["network"] for ref in references.values()), None)
+    if trained is not None:
+        theirs = {k: trained[k] for k in ("params", "forward_backward_gmacs", "features_per_stage")}
+    else:
+        theirs = planned_network(work, args.batch)
+    return {"tumorfm": tumorfm, "nnunet": theirs}
 
 
 def summarise(args, load_before, pretrained, studies, references, rows_per_seed) -> dict:
@@ -296,9 +322,16 @@ def main() -> None:
     rows_per_seed = dict(before.get("rows_per_seed", {}))
     pretrained = dict(before.get("pretrain_per_seed", {}))
 
+    former = json.loads(args.out.read_text()) if before else {}
+    measured = False
+
     def write() -> None:  # after every step: a session may end at any point
         result = summarise(args, load_before, pretrained, studies, references, rows_per_seed)
+        result["networks"] = network_costs(args, work, references)
         result["session_seconds"] = round(time.perf_counter() - started, 1)
+        if not measured:  # the summary rewritten: where and by what code the rows were measured
+            result |= {k: former[k] for k in PROVENANCE if k in former}
+            result["summary_rewritten"] = {"command": command_line("transfer"), **git_state()}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
@@ -323,6 +356,9 @@ def main() -> None:
             rows_per_seed[seed].append(row | {"machine": cpu()})
         else:
             continue
+        measured = True
+        write()
+    if not measured:  # nothing left to measure: the summary brought up to date all the same
         write()
     result = json.loads(args.out.read_text())
     rows, targets = result["rows"], result["targets"]

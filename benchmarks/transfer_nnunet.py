@@ -3,6 +3,7 @@ split at tumorfm's lowres spacing and scored by the command that scores the stud
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import statistics
@@ -14,8 +15,11 @@ from .nnunet_peer import (
     PLANS,
     TRAINER,
     bench_plans,
+    count_params,
+    gmacs,
     install_trainer,
     nnunet_env,
+    nnunet_network,
     raw_and_planned,
     write_bench_plans,
 )
@@ -55,6 +59,23 @@ def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[
         return [*command, "--c"]
     shutil.rmtree(results, ignore_errors=True)
     return command
+
+
+def planned_network(work: Path, batch: int) -> dict | None:
+    """Parameters and multiply-adds of a training iteration of the PlainConvUNet the bench plans
+    in `work` hold (None before nnU-Net is planned, or without nnunetv2 installed)."""
+    path = work / "nnunet" / "nnUNet_preprocessed" / SARCOMA / f"{PLANS}.json"
+    if not path.is_file() or importlib.util.find_spec("nnunetv2") is None:
+        return None
+    import torch
+
+    full = json.loads(path.read_text())["configurations"]["3d_fullres"]
+    with torch.device("meta"):
+        model = nnunet_network(full["architecture"], 2)  # as trained: softmax, background too
+        macs = gmacs(model, batch, full["patch_size"])
+    features = full["architecture"]["arch_kwargs"]["features_per_stage"]
+    return {"params": count_params(model), "forward_backward_gmacs": round(macs, 1),
+            "features_per_stage": features}  # fmt: skip
 
 
 def training_loop(results: Path) -> dict:

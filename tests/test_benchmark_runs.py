@@ -93,6 +93,23 @@ def test_nnunet_training_time_adds_up_its_sessions_counting_a_rerun_epoch_once(t
     assert training_loop(tmp_path) == expected
 
 
+def test_transfer_records_what_an_iteration_costs_each_network(tmp_path):
+    from benchmarks.report_accuracy import _network_costs
+    from benchmarks.transfer import network_costs
+
+    args = Namespace(model="tsfm-tiny", patch=[48, 96, 96], batch=2)
+    assert network_costs(args, tmp_path, {})["nnunet"] is None  # not planned yet: not guessed
+    trained = {"params": 1_209_560, "forward_backward_gmacs": 411.2, "features_per_stage": [32, 48]}
+    costs = network_costs(args, tmp_path, {0: {"network": {**trained, "strides": []}}})
+    ours = costs["tumorfm"]
+    assert costs["nnunet"] == trained and ours["features_per_stage"][0] == 8
+    assert 1.2e6 < ours["params"] < 1.4e6 and 20 < ours["forward_backward_gmacs"] < 100
+    r = {"networks": costs, "settings": {"model": "tsfm-tiny", "batch": 2, "patch": [48, 96, 96]}}
+    (line,) = [x for x in _network_costs(r) if x]
+    ratio = 411.2 / ours["forward_backward_gmacs"]
+    assert f"{ratio:.1f}x" in line and f"spends {10 / ratio:.1f}% of its multiply-adds" in line
+
+
 def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_rest(
     tmp_path, monkeypatch
 ):
