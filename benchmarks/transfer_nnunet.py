@@ -52,7 +52,7 @@ def nnunet_row(args, work: Path, seed: int, reference: dict) -> dict:
 
 def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[str]:
     """`nnUNetv2_train` continuing (`--c`) from the latest checkpoint a former session left
-    (1,000 iterations: up to 4.5 hours a seed on 2 cores, see transfer), else from scratch
+    (1,000 iterations: about 5 hours a seed on 2 cores, see transfer), else from scratch
     in a cleared results folder; `fresh` (new settings or plans) always starts over."""
     if not fresh and (results / "checkpoint_latest.pth").is_file():
         print(f"{results}: nnU-Net continues from its latest checkpoint")
