@@ -11,7 +11,8 @@ trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pre
 split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
 deviation over seeds (benchmarks/seeds.py). A seed takes about three hours here: a run keeps the
 rows a former run of the same settings wrote to its results file (`--fresh` measures them again),
-so the seeds can be measured over several sessions, seed by seed.
+and an nnU-Net training a session's end stopped continues from its last epoch, so the seeds can be
+measured over several sessions, seed by seed.
 
   tumorfm    `tumorfm pretrain` tsfm-tiny on a pool of both sets' training cases (the split file
              keeps the held-out ones out), the single real cases and the four phantom sites, then
@@ -67,6 +68,7 @@ from .nnunet_peer import (
     install_trainer,
     nnunet_env,
     raw_and_planned,
+    trained_across_sessions,
     write_bench_plans,
 )
 from .scoring import evaluated
@@ -152,7 +154,11 @@ def predicted_and_scored(args, work, name, model, out, train, predict, predictio
     return {
         "model": model,
         "parameters": json.loads((out / "settings.json").read_text())["parameters"],
-        "train": _measured(train),
+        "train": {
+            "seconds": _train_seconds(train),
+            "peak_mb": train.get("peak_tree_pss_mb"),
+            "continued": bool(train.get("continued")),
+        },
         "predict": _measured(inference),
         **score(predictions, labels, args, work),
     }
@@ -207,6 +213,14 @@ def lowres_spacing(work: Path, name: str, seed: int) -> list[float] | None:
     return plan["target_spacing_zyx"] if plan.get("configuration") == "3d_lowres" else None
 
 
+def _train_seconds(train: dict) -> float:
+    """nnU-Net's training time: its process's wall time, or for a run continued over sessions
+    (or whose process left no measurement) the training loops of all its sessions."""
+    if train.get("continued") or train.get("wall_seconds") is None:
+        return train["train_loop_seconds"]
+    return train["wall_seconds"]
+
+
 def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
     """nnU-Net on `split`, once per seed: fold k of its splits_final.json is the same split, so
     fold `seed` is one more training with nnU-Net's own randomness (its CLI takes no seed)."""
@@ -221,17 +235,18 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
     log = nn / f"preprocess-bench-{name}.log"
-    write_bench_plans(pre, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
+    stale = write_bench_plans(pre, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
     (pre / "splits_final.json").write_text(json.dumps([split] * (seed + 1)))
     install_trainer()
     env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
            "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
     results = nn / "nnUNet_results" / pre.name / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
-    shutil.rmtree(results, ignore_errors=True)
     command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", fold, "-p", PLANS, "-tr",
                   TRAINER, "-device", args.device)  # fmt: skip
-    log = nn / f"train-{name}-fold{fold}.log"
-    train = run(command, env, log, args.timeout * 8, f"nnU-Net train ({name}, fold {fold})")
+    record, log = nn / f"train-{name}-fold{fold}.json", nn / f"train-{name}-fold{fold}.log"
+    train = trained_across_sessions(command, env, results, record, log, args.timeout * 8,
+                                    f"nnU-Net train ({name}, fold {fold})",
+                                    fresh=args.fresh or stale)  # fmt: skip
     predictions = work / "predictions" / f"seed{seed}" / f"nnunet-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
     predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
@@ -249,7 +264,11 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
         "model": "nnU-Net v2 (PlainConvUNet, matched size"
         + (", tumorfm's lowres spacing)" if spacing else ", 3d_fullres)"),
         "parameters": network["params"],
-        "train": _measured(train),
+        "train": {
+            "seconds": _train_seconds(train),
+            "peak_mb": train.get("peak_tree_pss_mb"),
+            "continued": bool(train.get("continued")),
+        },
         "predict": _measured(inference),
         "network": network,
         **score(predictions, labels, args, work),

@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -318,3 +319,56 @@ def raw_and_planned(source: Path, dataset_id: int, work: Path, env: dict, timeou
                    "3d_fullres", "-np", "2", "--no_pbar"]  # fmt: skip
         run(command, env, work / f"preprocess-{name}.log", timeout * 2, "nnU-Net preprocess")
     return pre / name
+
+
+def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[str]:
+    """`nnUNetv2_train` continuing (`--c`) from the latest checkpoint a former session left,
+    else from scratch in a cleared results folder; `fresh` (new settings or plans) always starts
+    over."""
+    if not fresh and (results / "checkpoint_latest.pth").is_file():
+        print(f"{results}: nnU-Net continues from its latest checkpoint")
+        return [*command, "--c"]
+    shutil.rmtree(results, ignore_errors=True)
+    return command
+
+
+def training_loop(results: Path) -> dict:
+    """nnU-Net's training-loop time over every session of a run (`--c` continued it; the last
+    process times only its own part): each epoch's seconds from bench_epochs.jsonl, an epoch a
+    session's end cut off and ran again counted once (its last run), and the median iteration.
+    Pauses (another job on the machine, SIGSTOP) are in the seconds; the median passes them by."""
+    per_epoch = {}
+    for line in (results / "bench_epochs.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        per_epoch[row["epoch"]] = row
+    iterations = [t for row in per_epoch.values() for t in row["iteration_seconds"]]
+    return {
+        "train_loop_seconds": round(sum(row["seconds"] for row in per_epoch.values()), 1),
+        "median_iteration_seconds": round(statistics.median(iterations), 2),
+    }
+
+
+def trained_across_sessions(
+    command: list[str], env: dict, results: Path, record: Path, log: Path, timeout: float,
+    what: str, fresh: bool,
+) -> dict:  # fmt: skip
+    """`nnUNetv2_train` (`command`) to its final checkpoint in `results`, over as many sessions
+    as it takes: a checkpoint every epoch, a run a session's end stopped continued from its
+    latest, a finished one kept unless `fresh` (new plans). The run's settings (env's
+    TRAIN_BENCH_*) go to `record` before it starts, so a later run with other settings starts
+    over instead of continuing. Returns the last process's measurement, the command it ran and
+    the training loop over every session (training_loop)."""
+    env = {**env, "TRAIN_BENCH_SAVE_EVERY": "1"}  # a session's end loses one epoch at most
+    settings = {k: v for k, v in sorted(env.items()) if k.startswith("TRAIN_BENCH_")}
+    former = json.loads(record.read_text()) if record.is_file() else None
+    fresh = fresh or (former is not None and former.get("settings") != settings)
+    if fresh or not (results / "checkpoint_final.pth").is_file():
+        command = continue_or_restart(command, results, fresh)
+        started = {
+            "settings": settings,
+            "command": " ".join(command),
+            "continued": "--c" in command,
+        }
+        record.write_text(json.dumps(started))
+        record.write_text(json.dumps(started | run(command, env, log, timeout, what)))
+    return json.loads(record.read_text()) | training_loop(results)

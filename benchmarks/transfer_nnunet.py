@@ -21,6 +21,7 @@ from .nnunet_peer import (
     nnunet_env,
     nnunet_network,
     raw_and_planned,
+    trained_across_sessions,
     write_bench_plans,
 )
 from .scoring import evaluated
@@ -50,17 +51,6 @@ def nnunet_row(args, work: Path, seed: int, reference: dict) -> dict:
     return row
 
 
-def continue_or_restart(command: list[str], results: Path, fresh: bool) -> list[str]:
-    """`nnUNetv2_train` continuing (`--c`) from the latest checkpoint a former session left
-    (1,000 iterations: about 5 hours a seed on 2 cores, see transfer), else from scratch
-    in a cleared results folder; `fresh` (new settings or plans) always starts over."""
-    if not fresh and (results / "checkpoint_latest.pth").is_file():
-        print(f"{results}: nnU-Net continues from its latest checkpoint")
-        return [*command, "--c"]
-    shutil.rmtree(results, ignore_errors=True)
-    return command
-
-
 def planned_network(work: Path, batch: int) -> dict | None:
     """Parameters and multiply-adds of a training iteration of the PlainConvUNet the bench plans
     in `work` hold (None before nnU-Net is planned, or without nnunetv2 installed)."""
@@ -76,22 +66,6 @@ def planned_network(work: Path, batch: int) -> dict | None:
     features = full["architecture"]["arch_kwargs"]["features_per_stage"]
     return {"params": count_params(model), "forward_backward_gmacs": round(macs, 1),
             "features_per_stage": features}  # fmt: skip
-
-
-def training_loop(results: Path) -> dict:
-    """nnU-Net's training-loop time over every session of a run (`--c` continued it; the last
-    process times only its own part): each epoch's seconds from bench_epochs.jsonl, an epoch a
-    session's end cut off and ran again counted once (its last run), and the median iteration.
-    Pauses (another job on the machine, SIGSTOP) are in the seconds, not in the median."""
-    per_epoch = {}
-    for line in (results / "bench_epochs.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        per_epoch[row["epoch"]] = row
-    iterations = [t for row in per_epoch.values() for t in row["iteration_seconds"]]
-    return {
-        "train_loop_seconds": round(sum(row["seconds"] for row in per_epoch.values()), 1),
-        "median_iteration_seconds": round(statistics.median(iterations), 2),
-    }
 
 
 def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing) -> dict:
@@ -116,19 +90,15 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
         "TRAIN_BENCH_EPOCHS": str(epochs),
         "TRAIN_BENCH_ITERATIONS": str(args.iterations),
         "TRAIN_BENCH_VAL_ITERATIONS": str(args.nnunet_val_iterations),
-        "TRAIN_BENCH_SAVE_EVERY": "1",  # a checkpoint an epoch: a session's end loses one at most
     }
     results = (
         Path(env["nnUNet_results"]) / SARCOMA / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
     )
     command = [str(BIN / "nnUNetv2_train"), str(SARCOMA_ID), "3d_fullres", str(fold), "-p", PLANS]
     command += ["-tr", TRAINER, "-device", args.device]
-    record = nn / f"train-seed{seed}.json"
-    if not (results / "checkpoint_final.pth").is_file() or args.fresh or stale:
-        command = continue_or_restart(command, results, fresh=args.fresh or stale)
-        train = run(command, env, nn / f"train-seed{seed}.log", args.timeout * 8, "nnU-Net train")
-        record.write_text(json.dumps({**train, "continued": "--c" in command}))
-    train = json.loads(record.read_text())
+    record, log = nn / f"train-seed{seed}.json", nn / f"train-seed{seed}.log"
+    train = trained_across_sessions(command, env, results, record, log, args.timeout * 8,
+                                    "nnU-Net train", fresh=args.fresh or stale)  # fmt: skip
     images = nn / f"validation_images-seed{seed}"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
@@ -144,15 +114,16 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
     log = nn / f"predict-seed{seed}.log"
     predict = run(predict_command, env, log, args.timeout, "nnU-Net predict")
     return {
-        "train_command": " ".join(command),
+        "train_command": train.get("command", " ".join(command)),
         "predict_command": " ".join(predict_command),
         "network": network,
         "patch": list(patch),
         "spacing_zyx": list(spacing) if spacing is not None else None,
         "epochs": epochs,
         "iterations": epochs * args.iterations,
-        "train_seconds": train["wall_seconds"],  # the last session's process
-        **training_loop(results),
+        "train_seconds": train.get("wall_seconds"),  # the last session's process
+        "train_loop_seconds": train["train_loop_seconds"],  # every session's
+        "median_iteration_seconds": train["median_iteration_seconds"],
         "train_peak_mb": train.get("peak_tree_pss_mb"),
         "predict_seconds": predict["wall_seconds"],
         "predictions": str(predictions),

@@ -63,8 +63,7 @@ def test_transfer_resumes_its_pretraining_and_reuses_only_a_finished_one(tmp_pat
 
 
 def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(tmp_path):
-    from benchmarks.nnunet_peer import TRAINER_SOURCE
-    from benchmarks.transfer_nnunet import continue_or_restart
+    from benchmarks.nnunet_peer import TRAINER_SOURCE, continue_or_restart
 
     results, command = tmp_path / "fold_0", ["nnUNetv2_train", "101", "3d_fullres", "0"]
     results.mkdir()
@@ -81,7 +80,7 @@ def test_nnunet_continues_from_its_latest_checkpoint_unless_told_to_start_over(t
 
 
 def test_nnunet_training_time_adds_up_its_sessions_counting_a_rerun_epoch_once(tmp_path):
-    from benchmarks.transfer_nnunet import training_loop
+    from benchmarks.nnunet_peer import training_loop
 
     epochs = [(0, 100.0, [40.0, 60.0]), (1, 30.0, [10.0, 20.0]), (1, 50.0, [20.0, 30.0])]
     (tmp_path / "bench_epochs.jsonl").write_text("".join(
@@ -91,6 +90,45 @@ def test_nnunet_training_time_adds_up_its_sessions_counting_a_rerun_epoch_once(t
     # epoch 1 was cut off by a session's end and ran again: its second run counts
     expected = {"train_loop_seconds": 150.0, "median_iteration_seconds": 35.0}
     assert training_loop(tmp_path) == expected
+
+
+def test_nnunet_training_continues_across_sessions_only_with_the_same_settings(
+    tmp_path, monkeypatch
+):
+    from benchmarks import nnunet_peer
+
+    calls = []
+
+    def fake_run(command, env, log, timeout, what):  # nnUNetv2_train: one epoch, then done
+        calls.append(command)
+        results.mkdir(exist_ok=True)
+        epoch = {"epoch": len(calls), "seconds": 10.0, "iteration_seconds": [5.0, 5.0]}
+        with open(results / "bench_epochs.jsonl", "a") as stream:
+            stream.write(json.dumps(epoch) + "\n")
+        (results / "checkpoint_final.pth").write_bytes(b"done")
+        return {"wall_seconds": 12.0}
+
+    monkeypatch.setattr(nnunet_peer, "run", fake_run)
+    results, record, command = tmp_path / "fold_0", tmp_path / "train.json", ["nnUNetv2_train"]
+    results.mkdir()
+    (results / "checkpoint_latest.pth").write_bytes(b"epoch 0")  # a former session's, no record
+    (results / "bench_epochs.jsonl").write_text(json.dumps(
+        {"epoch": 0, "seconds": 30.0, "iteration_seconds": [15.0, 15.0]}) + "\n")  # fmt: skip
+    env = {"TRAIN_BENCH_EPOCHS": "2", "PATH": "/bin"}
+
+    def train(env, fresh=False):
+        return nnunet_peer.trained_across_sessions(
+            command, env, results, record, tmp_path / "log", 60, "train", fresh
+        )
+
+    first = train(env)  # continued: both sessions' loops count
+    assert calls[-1] == [*command, "--c"] and first["continued"]
+    assert first["train_loop_seconds"] == 40.0 and first["wall_seconds"] == 12.0
+    assert json.loads(record.read_text())["settings"]["TRAIN_BENCH_SAVE_EVERY"] == "1"
+    assert train(env) == first and len(calls) == 1  # finished: kept, not trained again
+    other = train({**env, "TRAIN_BENCH_EPOCHS": "4"})  # other settings: starts over
+    assert calls[-1] == command and not other["continued"] and other["train_loop_seconds"] == 10.0
+    assert train({**env, "TRAIN_BENCH_EPOCHS": "4"}, fresh=True)["continued"] is False
 
 
 def test_transfer_records_what_an_iteration_costs_each_network(tmp_path):
