@@ -184,6 +184,8 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
 
     mirrored = all(s["mirror"] for s in scores.values())
     how = "with its defaults (mirroring, overlap 0.5)" if mirrored else "without mirroring"
+    if "scored_on" in info:  # `rescore`: the shipped weights scored again, maybe on another CPU
+        how += f" (scored again by `rescore` on {info['scored_on']['cpu']})"
 
     misses = "".join(
         f"- On {name} it finds no tumour yet: Dice 0 on every held-out scan.\n"
