@@ -154,11 +154,7 @@ def predicted_and_scored(args, work, name, model, out, train, predict, predictio
     return {
         "model": model,
         "parameters": json.loads((out / "settings.json").read_text())["parameters"],
-        "train": {
-            "seconds": _train_seconds(train),
-            "peak_mb": train.get("peak_tree_pss_mb"),
-            "continued": bool(train.get("continued")),
-        },
+        "train": _measured(train),
         "predict": _measured(inference),
         **score(predictions, labels, args, work),
     }
