@@ -187,7 +187,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     if "scored_on" in info:  # `rescore`: the shipped weights scored again, maybe on another CPU
         how += f" (scored again by `rescore` on {info['scored_on']['cpu']})"
 
-    misses = "".join(
+    limits = "".join(
         f"- On {name} it finds no tumour yet: Dice 0 on every held-out scan.\n"
         for name, s in scores.items()
         if s["dice"]["max"] == 0
@@ -256,7 +256,7 @@ median and range over scans).
 {rows}
 
 ## Limits
-{misses}- Sarcoma CTs here are crops around the tumour; on a whole-body CT the model has never
+{limits}- Sarcoma CTs here are crops around the tumour; on a whole-body CT the model has never
   seen the rest of the body and will find false positives there.
 - The MR set is small (12 training scans) and its spacing unknown; expect less on other scanners.
 - Trained for minutes on a CPU, not the paper's 250,000 iterations of a 1.6B network on GPUs.

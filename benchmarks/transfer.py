@@ -72,7 +72,7 @@ from .common import (
     sha256,
 )
 from .measure import CPU_KEYS, cpu, git_state, machine, run
-from .nnunet_peer import gmacs
+from .nnunet_peer import count_params, gmacs
 from .support import (
     PARENTS,
     SYNTHETIC_LIVER_TUMOURS,
@@ -207,7 +207,7 @@ def network_costs(args, work: Path, references: dict) -> dict:
     with torch.device("meta"):
         model = create_model(args.model, 1, 1, tuple(args.patch))
         macs = gmacs(model, args.batch, args.patch)
-    tumorfm = {"params": parameter_count(args.model, args.patch),
+    tumorfm = {"params": count_params(model),  # the model parameter_count builds, built once
                "forward_backward_gmacs": round(macs, 1),
                "features_per_stage": list(model.config.widths)}  # fmt: skip
     trained = next((ref["network"] for ref in references.values()), None)
