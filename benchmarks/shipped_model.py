@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.shipped_model train  # split, preprocess, pretrain (~100 min)
     .venv/bin/python -m benchmarks.shipped_model ship   # held-out scores, models/<name>/, its card
+    .venv/bin/python -m benchmarks.shipped_model calibrate  # thresholds on the training scans
     .venv/bin/python -m benchmarks.shipped_model rescore  # the shipped bundle scored again
 
 Pool: the real scans of ../shared/data alone (configs/pools/real.yaml: sarcoma CT, glioblastoma
@@ -25,10 +26,9 @@ import numpy as np
 
 from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
 from .measure import git_state, machine, run
-from .report_format import _ratio
 from .scoring import case_scores, evaluated, predicted, stats
+from .shipped_card import NAME, _fmt, card
 
-NAME = "tsfm-real-lowres"
 POOL = ROOT / "configs" / "pools" / "real.yaml"
 DATASETS = {  # pool name -> folder under --data, layout suffix of its images, tests/data cases
     "sarcoma_ct": ("Dataset101_SarcomaCT", "_0000", ["STS_008", "STS_019", "STS_025"]),
@@ -85,13 +85,14 @@ def train(args) -> None:
     (work / "train.json").write_text(json.dumps(info))
 
 
-def held_out(data: Path, split: dict, name: str, out: Path) -> tuple[Path, Path]:
-    """images/<case>_0000.nii.gz and labels/<case>.nii.gz of a dataset's held-out scans."""
+def held_out(data: Path, split: dict, name: str, out: Path, part: str = "val") -> tuple[Path, Path]:
+    """images/<case>_0000.nii.gz and labels/<case>.nii.gz of a dataset's held-out scans (or, with
+    `part="train"`, its training scans)."""
     folder, suffix, _ = DATASETS[name]
     images, labels = out / "images", out / "labels"
     for sub in (images, labels):
         sub.mkdir(parents=True, exist_ok=True)
-    for case in split[name]["val"]:
+    for case in split[name][part]:
         for link, source in (
             (images / f"{case}_0000.nii.gz", data / folder / "imagesTr" / f"{case}{suffix}.nii.gz"),
             (labels / f"{case}.nii.gz", data / folder / "labelsTr" / f"{case}.nii.gz"),
@@ -113,9 +114,7 @@ def score(args, bundle: Path, split: dict) -> dict:
         timing = predicted(bundle, images, predictions, log, flags, pss_interval=1.0)
         # the truth's label 1 is the class the prediction names (whose value is its class id in
         # the bundle): say so, so that evaluate matches by name, as a user's dataset.json would
-        names = json.loads((predictions / "dataset.json").read_text())["labels"]
-        (cls,) = [n for n in names if n != "background"]
-        (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, cls: 1}}))
+        cls = name_the_truth(predictions, labels)
         cases = case_scores(evaluated(predictions, labels, work / f"evaluate-{name}.log"), cls)
         scores[name] = {
             "class": cls,
@@ -131,6 +130,16 @@ def score(args, bundle: Path, split: dict) -> dict:
     return scores
 
 
+def name_the_truth(predictions: Path, labels: Path) -> str:
+    """The predicted class. The truth's label 1 is that class (whose value in the prediction is
+    its class id in the bundle): say so in labels/dataset.json, as a user's dataset.json would,
+    so that evaluate and calibrate pair the two by name."""
+    names = json.loads((predictions / "dataset.json").read_text())["labels"]
+    (cls,) = [n for n in names if n != "background"]
+    (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, cls: 1}}))
+    return cls
+
+
 def volumes(cases: dict) -> dict:
     """Predicted and reference volume (ml) of each scan and their ratio over scans: a clinician
     reads the volume `predict --statistics` gives, so a model that over-segments must say so."""
@@ -139,150 +148,6 @@ def volumes(cases: dict) -> dict:
         "volume_ratio": stats(ratios),
         "per_case_ml": {case: [c["pred_ml"], c["gt_ml"]] for case, c in cases.items()},
     }
-
-
-def volume_limit(scores: dict) -> str:
-    """The card's line for each plan whose predicted volumes run a quarter or more off."""
-    lines = []
-    for name, s in scores.items():
-        r = s.get("volume_ratio")
-        if r is None or 0.8 < r["median"] < 1.25:
-            continue
-        lines.append(
-            f"- On {name} the predicted volume is a median {r['median']:.1f}x the reference "
-            f"({r['min']:.1f}x - {r['max']:.1f}x over the held-out scans): it "
-            f"{'over' if r['median'] > 1 else 'under'}-segments, and the volumes of "
-            "`predict --statistics` are off by as much.\n"
-        )
-    return "".join(lines)
-
-
-def _fmt(summary: dict, digits: int = 2) -> str:
-    return f"{summary['mean']:.{digits}f} +- {summary['std']:.{digits}f}"
-
-
-def card(info: dict, scores: dict, size_mb: float) -> str:
-    """MODEL_CARD.md, every figure from the results of this script."""
-    t = info["train"]
-    rows = "\n".join(
-        f"| {name} | {s['class']} | {s['cases']} | {_fmt(s['dice'], 3)} | "
-        f"{s['dice']['min']:.3f} - {s['dice']['max']:.3f} | {s['hd95']['median']:.1f} | "
-        f"{_fmt(s['nsd'], 3)} | {_ratio(s.get('volume_ratio'))} |"
-        for name, s in scores.items()
-    )
-    held = "\n".join(f"- {name}: {', '.join(s['held_out'])}" for name, s in scores.items())
-    stages = info.get("earlier", []) + [info]
-    minutes = sum(stage["pretrain"]["wall_seconds"] for stage in stages) / 60
-    iterations = sum(stage["train"]["epochs"] * stage["train"]["iterations"] for stage in stages)
-    trials = json.loads((RESULTS / "shipped_model_trials.json").read_text())
-    trial_rows = "\n".join(
-        f"| {m} | {r['iterations']} | {r['train_seconds'] / 60:.0f} min | "
-        f"{r['sarcoma']['dice_mean']:.3f} +- {r['sarcoma']['dice_std']:.3f} | "
-        f"{r['brain']['dice_mean']:.3f} |"
-        for m, r in trials["runs"].items()
-    )
-
-    mirrored = all(s["mirror"] for s in scores.values())
-    how = "with its defaults (mirroring, overlap 0.5)" if mirrored else "without mirroring"
-    if "scored_on" in info:  # `rescore`: the shipped weights scored again, maybe on another CPU
-        how += f" (scored again by `rescore` on {info['scored_on']['cpu']})"
-
-    limits = "".join(
-        f"- On {name} it finds no tumour yet: Dice 0 on every held-out scan.\n"
-        for name, s in scores.items()
-        if s["dice"]["max"] == 0
-    ) + volume_limit(scores)
-
-    def relative(command: str) -> str:
-        return command.replace(f"{ROOT}/", "")
-
-    return f"""# {NAME}
-
-A TSFM network ({t["model"]}, {info["parameters"] / 1e6:.1f}M parameters) pretrained on the real
-scans beside this repository, for {minutes:.0f} minutes on a CPU: the sarcoma CTs at a coarse
-(3d_lowres) spacing sized for a {"x".join(map(str, t["patch"]))} patch, the glioblastoma MRs at full
-resolution. It segments soft-tissue sarcomas on CT and glioblastomas on T1 post-contrast MR.
-**Research use only: not a medical device, not for clinical decisions.**
-
-```
-tumorfm predict -i scan.nii.gz -o out/ -m {NAME} --plan sarcoma_ct   # CT, soft-tissue sarcoma
-tumorfm predict -i scan.nii.gz -o out/ -m {NAME} --plan brain_mr     # T1c MR, glioblastoma
-```
-
-## Training data and licences
-- Soft-tissue sarcoma CT: TCIA Soft-tissue-Sarcoma (Vallieres et al. 2015, DOI
-  10.7937/K9/TCIA.2015.7GO2GSKS), as cropped 5 cm around the tumour in the IBSI validation set;
-  CC BY 3.0. 36 cases; label: gross tumour volume.
-- Glioblastoma T1 post-contrast MR: TCIA Brain-Tumor-Progression (Schmainda & Prah 2018); CC BY
-  3.0. 16 scans of 8 patients (pre and post treatment). The source lost the real voxel spacing
-  (identity 1 mm affine), so this plan's spacing is in that unit, not in millimetres.
-
-## Split
-A fixed fifth of each dataset never trained (the held-out scans below are scored; the training
-run validated on them too, but the shipped weights are its last epoch, not a selection on them):
-{held}
-
-## Training
-{_training(stages, relative)}
-(`python -m benchmarks.shipped_model train` runs the first stage with the split above,
-`train --more EPOCHS` a further one from the shipped weights; `... ship` scores the held-out scans
-and writes this folder.) {iterations:,} iterations in all, batch {t["batch"]}, SGD Nesterov 0.99,
-lr 1e-2 poly in each stage, the partial-label loss, deep supervision, nnU-Net's augmentation.
-The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
-samples (the target is sarcoma Dice) and keeps the glioblastomas at full resolution (at the lowres
-spacing a tumour shrinks to a few hundred voxels, and an earlier run never found one). Weights
-stored in float16 ({size_mb:.1f} MB); loading
-restores float32.
-
-The preset was chosen on two short runs at equal wall time (one thread each, side by side, on
-the split of benchmarks/accuracy.py; held-out scans predicted without mirroring; the commands are
-in benchmarks/results/shipped_model_trials.json):
-
-| preset | iterations | training | sarcoma Dice | glioblastoma Dice |
-|---|---:|---:|---:|---:|
-{trial_rows}
-
-A tie on the sarcomas within their spread; {t["model"]} was kept for its capacity (a longer run
-favours the larger network: tsfm-small reached 0.78 at 1,350 iterations in an earlier
-measurement) and its fewer false-positive components. Neither had learnt the glioblastomas yet.
-
-## Held-out scores
-`tumorfm predict` {how}, scored by `tumorfm evaluate` in each scan's own
-geometry. Mean +- standard deviation over scans (HD95: median; volume: predicted / reference,
-median and range over scans).
-
-| plan | class | scans | Dice | Dice range | HD95 mm | NSD (2 mm) | volume |
-|---|---|---:|---:|---:|---:|---:|---:|
-{rows}
-
-## Limits
-{limits}- Sarcoma CTs here are crops around the tumour; on a whole-body CT the model has never
-  seen the rest of the body and will find false positives there.
-- The MR set is small (12 training scans) and its spacing unknown; expect less on other scanners.
-- Trained for minutes on a CPU, not the paper's 250,000 iterations of a 1.6B network on GPUs.
-"""
-
-
-def _training(stages: list[dict], relative) -> str:
-    """The card's account of each training stage: its time, machine and commands."""
-    parts = []
-    for number, stage in enumerate(stages, 1):
-        t, minutes = stage["train"], stage["pretrain"]["wall_seconds"] / 60
-        start = (
-            "from random weights" if number == 1 else f"from the weights stage {number - 1} shipped"
-        )
-        commands = [stage["pretrain"]["command"]]
-        if "preprocess" in stage:
-            commands.insert(0, stage["preprocess"]["command"])
-        parts.append(
-            f"Stage {number}: {t['epochs']} epochs x {t['iterations']} iterations {start}, "
-            f"{minutes:.0f} minutes on a 2-core {stage['machine']['cpu']} (bf16 where the CPU "
-            f"has it), from the repository root:\n\n```\n"
-            + "\n".join(relative(c) for c in commands)
-            + "\n```\n"
-            + (f"\n{stage['note']}\n" if stage.get("note") else "")
-        )
-    return "\n".join(parts)
 
 
 def ship(args) -> None:
@@ -325,6 +190,38 @@ def rescore(args) -> None:
     write_scores(info, scores, target)
 
 
+def calibrate(args) -> None:
+    """Each class's decision threshold, chosen by `tumorfm model calibrate` on the bundle's own
+    training scans (predicted as the held-out scans are) and stored in models/<name>; then the
+    held-out scans are scored again with it (`rescore`). The scores at 0.5 are kept beside."""
+    from tumorfm.model.bundle import models_folder
+
+    info = json.loads((RESULTS / "shipped_model.json").read_text())
+    target = models_folder() / NAME
+    if "calibration" not in info:  # scored at 0.5 so far: what the thresholds are measured against
+        info["scores_at_0.5"] = info["scores"]
+    info["calibration"] = {}
+    for name in DATASETS:
+        images, labels = held_out(args.data, info["split"], name,
+                                  args.work / "training-scans" / name, part="train")  # fmt: skip
+        predictions = args.work / "calibration" / name
+        flags = ["--plan", name, "--save-probabilities"] + ([] if args.mirror else ["--no-mirror"])
+        log = args.work / f"calibrate-{name}.log"
+        timing = predicted(target, images, predictions, log, flags)
+        cls = name_the_truth(predictions, labels)
+        command = [str(BIN / "tumorfm"), "model", "calibrate", str(predictions), str(labels)]
+        run(command, dict(os.environ), log, 3600, f"calibrate ({name})")
+        record = json.loads((predictions / "calibration.json").read_text())["classes"][cls]
+        info["calibration"][name] = {
+            "class": cls, **record, "command": " ".join(command),
+            "predict_seconds": timing["wall_seconds"], "mirror": args.mirror,
+        }  # fmt: skip
+        print(f"{name}: {cls} threshold {record['threshold']} (training mean Dice "
+              f"{record['mean_dice_at_0.5']:.3f} at 0.5, {record['mean_dice']:.3f})")  # fmt: skip
+    (RESULTS / "shipped_model.json").write_text(json.dumps(info, indent=1))
+    rescore(args)
+
+
 def write_scores(info: dict, scores: dict, target: Path) -> None:
     """The model card and benchmarks/results/shipped_model.json."""
     size = (target / "model.safetensors").stat().st_size / 1e6
@@ -343,7 +240,7 @@ def write_scores(info: dict, scores: dict, target: Path) -> None:
 
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
-    parser.add_argument("step", choices=("train", "ship", "rescore"))
+    parser.add_argument("step", choices=("train", "ship", "calibrate", "rescore"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=WORK / "shipped")
     parser.add_argument(
@@ -356,7 +253,8 @@ def main() -> None:
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()
-    {"train": train, "ship": ship, "rescore": rescore}[args.step](args)
+    steps = {"train": train, "ship": ship, "calibrate": calibrate, "rescore": rescore}
+    steps[args.step](args)
 
 
 if __name__ == "__main__":

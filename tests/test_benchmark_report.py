@@ -160,6 +160,39 @@ def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
     assert "earlier training of the bundle" in "\n".join(shipped_table(results))
 
 
+def test_a_calibrated_bundle_says_its_thresholds_and_compares_at_them(tmp_path):
+    from benchmarks.report_accuracy import shipped_table
+
+    shipped = json.loads((ROOT / "benchmarks" / "results" / "shipped_model.json").read_text())
+    scores = shipped["scores"]
+    shipped["scores_at_0.5"] = json.loads(json.dumps(scores))
+    scores["sarcoma_ct"]["per_case_dice"] = {"a": 0.8, "b": 0.6, "c": 0.7}
+    shipped["calibration"] = {
+        "sarcoma_ct": {"class": "soft_tissue_sarcoma", "threshold": 0.75, "cases": 29,
+                       "mean_dice_at_0.5": 0.779, "mean_dice": 0.791, "mirror": False,
+                       "median_volume_ratio_at_0.5": 1.2, "median_volume_ratio": 1.02}
+    }  # fmt: skip
+    (tmp_path / "shipped_model.json").write_text(json.dumps(shipped))
+    comparison = {
+        "tumorfm": {"bundle": shipped["name"], "dice": {"mean": 0.6, "std": 0.1}},
+        "nnunet": {"dice": {"mean": 0.6, "std": 0.1}, "iterations": 900, "parameters": 11.5e6,
+                   "per_case_dice": {"a": 0.7, "b": 0.7, "c": 0.5}},
+        "budget_seconds": 100.0, "mirror": False, "dice_difference": 0.0,
+        "bundle_pretrain_wall_seconds": shipped["pretrain"]["wall_seconds"],
+        "per_case_difference": {"a": 0.1, "b": -0.1, "c": 0.0},
+        "machine": {"cpu": "AMD EPYC"},
+    }  # fmt: skip
+    (tmp_path / "shipped_nnunet.json").write_text(json.dumps(comparison))
+    text = "\n".join(shipped_table(tmp_path))
+    assert "sarcoma_ct 0.75 (on its 29 training scans, mean Dice 0.779 at 0.5" in text
+    assert "median volume 1.20x and 1.02x the reference" in text
+    assert "sarcoma Dice (at threshold 0.5) 0.600" in text
+    assert (
+        "At its calibrated threshold (0.75) the bundle scores 0.700 on the same 3 scans: "
+        "+0.067 +- 0.153 against nnU-Net, ahead on 2 of 3." in text
+    )
+
+
 def test_commands_show_as_modules_also_where_a_results_file_recorded_the_script(tmp_path):
     assert not re.search(r"benchmarks/\w+\.py", report.section())  # `python -m benchmarks.NAME`
     result = {"settings": {"patch": [48, 96, 96], "batch": 2, "budget": 0.5}, "rows": [],

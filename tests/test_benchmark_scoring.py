@@ -21,7 +21,8 @@ def test_a_perfect_prediction_scores_dice_one_per_case(tmp_path):
     assert len(scores) >= 2 and all(s["dice"] == 1.0 for s in scores.values())
     summary = stats([s["dice"] for s in scores.values()] + [float("nan")])  # NaN left out
     assert summary["mean"] == summary["min"] == 1.0 and summary["std"] == 0.0
-    from benchmarks.shipped_model import volume_limit, volumes
+    from benchmarks.shipped_card import volume_limit
+    from benchmarks.shipped_model import volumes
 
     ratio = volumes(scores)["volume_ratio"]  # evaluate's volumes, as the shipped card reads them
     assert ratio["min"] == ratio["max"] == 1.0
@@ -29,7 +30,8 @@ def test_a_perfect_prediction_scores_dice_one_per_case(tmp_path):
 
 
 def test_the_shipped_card_says_when_predicted_volumes_run_off():
-    from benchmarks.shipped_model import volume_limit, volumes
+    from benchmarks.shipped_card import volume_limit
+    from benchmarks.shipped_model import volumes
 
     volumes_ml = {"a": (30.0, 10.0), "b": (12.0, 10.0), "c": (18.0, 10.0), "empty": (2.0, 0.0)}
     cases = {case: {"pred_ml": p, "gt_ml": g} for case, (p, g) in volumes_ml.items()}

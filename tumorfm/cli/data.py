@@ -18,7 +18,8 @@ from tumorfm.errors import TumorFMError
 pool_app = typer.Typer(help="Inspect pool files.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 model_app = typer.Typer(
-    help="Inspect the network presets and the shipped bundles.", no_args_is_help=True
+    help="Inspect the network presets and the shipped bundles; calibrate a bundle.",
+    no_args_is_help=True,
 )
 app.add_typer(model_app, name="model")
 
@@ -172,6 +173,40 @@ def model_summary(
         raise TumorFMError(f"--patch {' '.join(map(str, patch))}: each axis at least 8 voxels")
     summary = summarize(preset_config(name, in_channels, classes, patch))
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(name, summary))
+
+
+@model_app.command("calibrate")
+def model_calibrate(
+    predictions: Annotated[
+        Path, typer.Argument(help="A folder of `tumorfm predict --save-probabilities`.")
+    ],
+    labels: Annotated[Path, typer.Argument(help="The reference label maps of those scans.")],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="BUNDLE_CLASS=LABEL_CLASS where the names differ (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the thresholds; change neither the bundle nor the folder.")
+    ] = False,
+) -> None:
+    """Choose each class's decision threshold on labelled scans (best mean Dice) and store it in
+    the bundle that predicted them: predict, refine and view then use it instead of 0.5."""
+    from tumorfm.cli.app import pairs
+    from tumorfm.eval.calibrate import calibrate
+
+    record = calibrate(predictions, labels, pairs(map_, "--map"), write=not dry_run)
+    for name, c in record["classes"].items():
+        volume = ""
+        if c["median_volume_ratio"] is not None:
+            volume = (f"; volume {c['median_volume_ratio']:.2f}x the reference, median (at 0.50: "
+                      f"{c['median_volume_ratio_at_0.5']:.2f}x)")  # fmt: skip
+        typer.echo(
+            f"{name}: threshold {c['threshold']:.2f}, mean Dice {c['mean_dice']:.3f} over "
+            f"{c['cases']} scan(s) (at 0.50: {c['mean_dice_at_0.5']:.3f}){volume}"
+        )
+    if not dry_run:
+        typer.echo(f"stored in {record['bundle']} (plan {record['plan']}); calibration.json "
+                   f"written to {predictions}")  # fmt: skip
 
 
 @app.command()

@@ -9,9 +9,10 @@ CPU, batches of windows measured no faster and held more activations), optionall
 the 8 mirrorings. A bundle's network predicts channels-last (tumorfm.model.blocks.InstanceNorm)
 with the weights that autocast would cast stored at its precision (tumorfm.model.precision). Each
 class's sigmoid probability is resampled back to the cropped grid one class at a time (memory
-stays at one volume per class), thresholded at 0.5 and painted in the bundle's order (organs
-first, their tumours over them), then the crop is undone so the label map has the input's size,
-spacing, origin and direction.
+stays at one volume per class), thresholded (at 0.5, or at the threshold `tumorfm model calibrate`
+chose for the class on labelled scans and stored in the bundle) and painted in the bundle's order
+(organs first, their tumours over them), then the crop is undone so the label map has the input's
+size, spacing, origin and direction.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle
 from tumorfm.model.precision import autocast, store_lower
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
+THRESHOLD = 0.5  # a class's decision threshold unless the bundle stores a calibrated one
 OVERLAP = 0.5  # nnU-Net's
 FAST_OVERLAP = 0.25  # still blended: windows of overlap 0 would leave seams between tiles
 
@@ -97,6 +99,20 @@ def choose_plan(meta: dict, name: str | None, folder: Path) -> tuple[str, Plan]:
         raise TumorFMError(f"{folder / CONFIG}: plan '{name}' is invalid ({error})") from None
 
 
+def stored_thresholds(extra: dict, plan: str, classes: list[str], folder: Path) -> dict:
+    """The decision thresholds the bundle stores for `plan` ({class: t}, 0 < t < 1), checked."""
+    stored = (extra.get("thresholds") or {}).get(plan) or {}
+    where = f"{folder / CONFIG}: extra.thresholds.{plan}"
+    if not isinstance(stored, dict):
+        raise TumorFMError(f"{where}: must map class names to thresholds")
+    for name, t in stored.items():
+        if name not in classes:
+            raise TumorFMError(f"{where}: '{name}' is not a class of the bundle")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+            raise TumorFMError(f"{where}.{name}: {t!r} is not a threshold between 0 and 1")
+    return {name: float(t) for name, t in stored.items()}
+
+
 def choose_device(name: str) -> torch.device:
     """auto: cuda, else mps, else cpu; a named device must exist here."""
     if name == "auto":
@@ -138,6 +154,7 @@ class Predictor:
         source: str = "(in memory)",
         preset: str | None = None,
         lesions: list[str] | None = None,
+        thresholds: dict[str, float] | None = None,
     ):
         self.options = options = options or PredictOptions()
         self.plan, self.plan_name, self.classes = plan, plan_name, list(classes)
@@ -158,6 +175,9 @@ class Predictor:
         self.channels = [self.classes.index(name) for name in self.labels]
         self.parents = parents or {}
         self.lesions = self.lesion_classes(lesions)
+        self.thresholds = {name: THRESHOLD for name in self.labels} | {
+            name: t for name, t in (thresholds or {}).items() if name in self.labels
+        }
         self.autocast, self.precision = autocast(options.precision, self.device)
 
     def lesion_classes(self, names: list[str] | None) -> set[str]:
@@ -197,6 +217,7 @@ class Predictor:
             default_classes=[c for c in loaded.classes if c in annotated] if annotated else None,
             plan_name=plan_name, source=str(folder), preset=loaded.preset,
             lesions=loaded.lesions,
+            thresholds=stored_thresholds(loaded.extra, plan_name, loaded.classes, folder),
         )  # fmt: skip
         store_lower(predictor.network, predictor.precision)  # its own network, run in autocast
         predictor.network.to(memory_format=torch.channels_last_3d)  # see model.blocks.InstanceNorm
@@ -220,6 +241,7 @@ class Predictor:
             "device": str(self.device),
             "precision": self.precision,
             "labels": self.labels,
+            "thresholds": self.thresholds,
             "lesion_classes": sorted(self.lesions),
             "min_lesion_ml": o.min_lesion_ml,
             "largest_component": o.largest_component,
@@ -282,7 +304,7 @@ class Predictor:
             if name not in self.labels:
                 continue
             back = grid.back(probabilities[index[name]])
-            cropped_label[back >= 0.5] = self.labels[name]
+            cropped_label[back >= self.thresholds[name]] = self.labels[name]
             if full is not None:
                 full[(index[name], *grid.region)] = back
         label = np.zeros(grid.shape_before_cropping, dtype=dtype)

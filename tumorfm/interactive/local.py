@@ -5,22 +5,23 @@ A network's probabilities already rank the voxels; what it gets wrong is mostly 
 falls. A click says where it should fall near the clicked voxel: a positive click on a voxel of
 probability p adds the voxels around it that are at least as likely (p - MARGIN or more, the region
 connected to it), a negative click on p removes those that are no more likely (p + MARGIN or less).
-The click's threshold holds at the click and slides back to 0.5 at REACH_MM, linearly with the
-distance: a click is sure of its own neighbourhood and less of what lies farther away, so a negative
-click on a confident false alarm (p near 1) erases it without erasing the whole confident tumour it
-touches, as one flat threshold out to REACH_MM did (the Dice-per-click curve then fell after some
-clicks). A click never acts past the midway to a click of the other sign (a positive box counts by
-its centre), so two clicks never fight over a voxel. A positive box keeps the mask inside the
-positive boxes, a negative one erases its inside; and a box says more than where the object is: a
-tumour fills its box about as the inscribed ellipsoid does, not into the corners. So inside a
-positive box the probabilities are kept within that ellipsoid and fade to 0 at BOX_FADE times its
-radii: a network that spills into the tissue around a tumour (the shipped bundle does, on new scans)
-spills less. Without a box, positive clicks select the object: what remains is the connected parts
-that hold one of them (as a reader who points at one tumour means that one); a box has already
-chosen the object, and a click inside it on a part the network missed adds that part. Interactive
-tools have long done this with an intensity threshold at the click (a "smart brush"); here the
-threshold is on the network's probability, which separates tumour from tissue far better than a CT's
-HU (benchmarks/interactive.py measures the two).
+The click's threshold holds at the click and slides back to the class's decision threshold (0.5
+unless the bundle is calibrated) at REACH_MM, linearly with the distance: a click is sure of its
+own neighbourhood and less of what lies farther away, so a negative click on a confident false
+alarm (p near 1) erases it without erasing the whole confident tumour it touches, as one flat
+threshold out to REACH_MM did (the Dice-per-click curve then fell after some clicks). A click never
+acts past the midway to a click of the other sign (a positive box counts by its centre), so two
+clicks never fight over a voxel. A positive box keeps the mask inside the positive boxes, a
+negative one erases its inside; and a box says more than where the object is: a tumour fills its
+box about as the inscribed ellipsoid does, not into the corners. So inside a positive box the
+probabilities are kept within that ellipsoid and fade to 0 at BOX_FADE times its radii: a network
+that spills into the tissue around a tumour (the shipped bundle does, on new scans) spills less.
+Without a box, positive clicks select the object: what remains is the connected parts that hold one
+of them (as a reader who points at one tumour means that one); a box has already chosen the object,
+and a click inside it on a part the network missed adds that part. Interactive tools have long done
+this with an intensity threshold at the click (a "smart brush"); here the threshold is on the
+network's probability, which separates tumour from tissue far better than a CT's HU
+(benchmarks/interactive.py measures the two).
 
 Coordinates are those of tumorfm.interactive.prompts (voxel indices z, y, x of `probability`).
 """
@@ -34,10 +35,10 @@ from scipy import ndimage
 
 from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 
-# A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at 0.5 at
-# REACH_MM. Both chosen on the shipped bundle's training sarcomas, never held-out ones
-# (benchmarks.interactive_tune: of margins 0.05-0.15 and reaches 60-150 mm, the best after 5
-# clicks; the flat threshold this replaced did best at 0.05 and 60 mm)
+# A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at the
+# decision threshold at REACH_MM. Both chosen on the shipped bundle's training sarcomas, never
+# held-out ones (benchmarks.interactive_tune: of margins 0.05-0.15 and reaches 60-150 mm, the best
+# after 5 clicks, at threshold 0.5; the flat threshold this replaced did best at 0.05 and 60 mm)
 MARGIN = 0.1
 REACH_MM = 120.0
 # The box's ellipsoid, scaled by BOX_FADE, is where probabilities have faded to 0 (1.0 would be
@@ -77,15 +78,16 @@ def refine(
     margin: float = MARGIN,
     reach_mm: float = REACH_MM,
     box_fade: float = BOX_FADE,
+    threshold: float = 0.5,
 ) -> np.ndarray:
-    """The mask (bool, `probability`'s shape) that `probability` >= 0.5 becomes under the
-    reader's `points` (applied in order) and `boxes`."""
+    """The mask (bool, `probability`'s shape) that `probability` >= `threshold` (the class's
+    decision threshold) becomes under the reader's `points` (applied in order) and `boxes`."""
     probability = np.asarray(probability, dtype=np.float32)
     shape, spacing = probability.shape, tuple(float(s) for s in spacing_zyx)
     positive_boxes = [b for b in boxes if b.positive]
     if positive_boxes and box_fade:
         probability = probability * _ellipsoid_fade(positive_boxes, box_fade, shape)
-    mask = probability >= 0.5
+    mask = probability >= threshold
     if positive_boxes:
         inside = np.zeros(shape, bool)
         for box in positive_boxes:
@@ -113,11 +115,11 @@ def refine(
             if p < FLOOR:  # nothing to follow: the click's own ball
                 grown = near & (distance <= POINT_RADIUS_MM)
             else:
-                level = 0.5 + (max(p - margin, FLOOR) - 0.5) * weight
+                level = threshold + (max(p - margin, FLOOR) - threshold) * weight
                 grown = _connected(near & (probability[box] >= level), local)
             part |= grown
         elif not point.positive and part[local]:
-            level = 0.5 + (p + margin - 0.5) * weight
+            level = threshold + (p + margin - threshold) * weight
             part &= ~_connected(near & part & (probability[box] <= level), local)
         mask[box] = part
     if any(p.positive for p in points) and not positive_boxes:  # select the pointed-at object

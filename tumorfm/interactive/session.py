@@ -347,6 +347,7 @@ class AutomaticSession(Session):
             device=str(predictor.device), precision=predictor.options.precision,
         )  # fmt: skip
         self.predictor, self.object_class = predictor, next(iter(predictor.labels))
+        self.threshold = predictor.thresholds[self.object_class]  # the mask before any prompt
         self._network: tuple[np.ndarray, np.ndarray] | None = None  # plan grid, scan grid
         # the local clicks' settings: see tumorfm.interactive.local
         self.margin, self.reach_mm, self.box_fade = local.MARGIN, local.REACH_MM, local.BOX_FADE
@@ -383,11 +384,12 @@ class AutomaticSession(Session):
             for b in self.boxes
         ]
         self._refined = local.refine(
-            self._scan, points, boxes, self._spacing, self.margin, self.reach_mm, self.box_fade
-        )
+            self._scan, points, boxes, self._spacing, self.margin, self.reach_mm, self.box_fade,
+            self.threshold,
+        )  # fmt: skip
         self._window = tuple(slice(0, n) for n in self._probability.shape)
         self._mask = None
         self.seconds = time.perf_counter() - timer
 
     def _cropped_mask(self) -> np.ndarray:
-        return self._scan >= 0.5 if self._refined is None else self._refined
+        return self._scan >= self.threshold if self._refined is None else self._refined
