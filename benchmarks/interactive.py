@@ -198,6 +198,7 @@ def evaluate(args, name: str) -> dict:
     ]
     return {
         "arms": {arm: ARMS[arm] for arm in ARMS if arm in args.arms},
+        "bundle_thresholds": automatic.thresholds,  # the automatic and local arms start there
         "rows": rows,
         "per_case": curves,
         "seconds_per_click": {

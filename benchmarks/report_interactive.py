@@ -91,12 +91,18 @@ def dataset_table(r: dict, scans: str, goal: dict, targeted: bool) -> list[str]:
     trained = r.get("promptable_settings") or s
     own = r.get("git_commit")
     present = {row["arm"].split(",")[0] for row in r["rows"]}
+    calibrated = [t for t in r.get("bundle_thresholds", {}).values() if t != 0.5]
+    cut = (
+        f", cut at its calibrated threshold {calibrated[0]:g} away from clicks"
+        if calibrated
+        else ""
+    )
     described = {
         "promptable": f"the promptable bundle (`finetune --promptable` from the shipped one, "
         f"{trained['epochs']} epochs of {trained['iterations']} iterations, seed "
         f"{trained['seed']}; one forward per click)",
         "local": "the shipped automatic bundle with each click a local threshold on its "
-        "probabilities (tumorfm.interactive.local: the network runs once per scan)",
+        f"probabilities (tumorfm.interactive.local: the network runs once per scan){cut}",
         "automatic": "the automatic bundle alone, which ignores prompts",
         "classic": "SimpleITK's ConfidenceConnected region growing from the clicks",
     }

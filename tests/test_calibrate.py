@@ -10,13 +10,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import CASES, assert_one_line_error, ct_bundle, run_cli
 
+from tumorfm.errors import TumorFMError
 from tumorfm.eval import metrics
-from tumorfm.eval.calibrate import GRID, best_threshold, dice_per_threshold
+from tumorfm.eval.calibrate import GRID, best_threshold, calibrate, dice_per_threshold
 from tumorfm.interactive import local
 
 CT = CASES / "totalseg_example_ct_sm.nii.gz"
 CASE = "totalseg_example_ct_sm"
-FP32 = ("--device", "cpu", "--precision", "fp32")
+FP32 = ("--device", "cpu", "--precision", "fp32", "--no-mirror")  # one forward a window
 
 
 def test_dice_per_threshold_is_dice_at_every_threshold():
@@ -74,12 +75,14 @@ def test_calibrate_stores_the_threshold_and_predict_uses_it(predicted, tmp_path)
     record["settings"]["bundle"] = str(bundle)  # this test's copy of the bundle
     (run / "predict.json").write_text(json.dumps(record))
 
-    dry = run_cli("model", "calibrate", run, labels, "--dry-run")
-    assert f"threshold {chosen:.2f}, mean Dice 1.000" in dry.stdout
+    dry = calibrate(run, labels, write=False)
+    assert dry["classes"]["tumour"]["threshold"] == chosen
     assert "thresholds" not in json.loads((bundle / "config.json").read_text())["extra"]
+    assert not (run / "calibration.json").exists()
 
     result = run_cli("model", "calibrate", run, labels)
     assert result.returncode == 0, result.stderr
+    assert f"threshold {chosen:.2f}, mean Dice 1.000 over 1 scan(s)" in result.stdout
     extra = json.loads((bundle / "config.json").read_text())["extra"]
     assert extra["thresholds"] == {"ct_site": {"tumour": chosen}}
     assert extra["calibration"]["ct_site"]["tumour"]["mean_dice"] == 1.0
@@ -109,23 +112,28 @@ def test_local_clicks_start_from_the_threshold():
 
 
 def test_calibrate_refuses_what_it_cannot_use(predicted, tmp_path):
-    bundle, out, labels, _, _ = predicted
-    plain = tmp_path / "plain"
-    run_cli("predict", "-i", CT, "-o", plain, "-m", bundle, *FP32)
-    assert_one_line_error(run_cli("model", "calibrate", plain, labels), "--save-probabilities")
-    assert_one_line_error(run_cli("model", "calibrate", labels, labels), "predict.json")
+    _, out, labels, chosen, _ = predicted
+    plain = shutil.copytree(out, tmp_path / "plain")
+    record = json.loads((plain / "predict.json").read_text())
+    record["settings"]["outputs"]["probabilities"] = False  # as predict without the flag writes
+    (plain / "predict.json").write_text(json.dumps(record))
+    with pytest.raises(TumorFMError, match="--save-probabilities"):
+        calibrate(plain, labels, write=False)
+    with pytest.raises(TumorFMError, match="no predict.json"):
+        calibrate(labels, labels, write=False)
     named = tmp_path / "named"
     shutil.copytree(labels, named)
     (named / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
     result = run_cli("model", "calibrate", out, named, "--dry-run")
     assert_one_line_error(result, "'tumour'", "--map tumour=")
-    result = run_cli("model", "calibrate", out, named, "--map", "tumour=liver", "--dry-run")
-    assert result.returncode == 0, result.stderr
+    found = calibrate(out, named, {"tumour": "liver"}, write=False)
+    assert found["classes"]["tumour"]["threshold"] == chosen
+    with pytest.raises(TumorFMError, match="--map organ"):
+        calibrate(out, named, {"organ": "liver"}, write=False)
 
 
 @pytest.mark.parametrize("bad", [1.5, 0, "high", float("nan"), True, {"organ": 0.6}, [0.6]])
 def test_a_damaged_threshold_in_a_bundle_is_refused(bad):
-    from tumorfm.errors import TumorFMError
     from tumorfm.infer.predictor import stored_thresholds
 
     stored = bad if isinstance(bad, (dict, list)) else {"tumour": bad}
@@ -142,3 +150,27 @@ def test_predict_with_a_damaged_threshold_says_so_in_one_line(predicted, tmp_pat
     result = run_cli("predict", "-i", CT, "-o", tmp_path / "out", "-m", bundle, *FP32)
     assert_one_line_error(result, "extra.thresholds.ct_site.tumour", "1.5")
     assert not (tmp_path / "out" / f"{CASE}.nii.gz").exists()
+
+
+def test_a_threshold_given_to_predict_overrides_the_stored_one(predicted, tmp_path):
+    from tumorfm.infer.predictor import PredictOptions, Predictor
+
+    bundle = shutil.copytree(predicted[0], tmp_path / "bundle")
+    config = json.loads((bundle / "config.json").read_text())
+    config["extra"]["thresholds"] = {"ct_site": {"tumour": 0.7}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    assert Predictor.from_bundle(bundle, PredictOptions(device="cpu")).thresholds == {"tumour": 0.7}
+    options = PredictOptions(device="cpu", thresholds={"tumour": 0.3})
+    assert Predictor.from_bundle(bundle, options).thresholds == {"tumour": 0.3}
+
+
+@pytest.mark.parametrize(
+    "given, fragment",
+    [("tumour=high", "not a number"), ("tumour=nan", "between 0 and 1"),
+     ("organ=0.6", "not a class of the bundle")],
+)  # fmt: skip
+def test_a_bad_threshold_option_is_a_one_line_error(predicted, tmp_path, given, fragment):
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", CT, "-o", out, "-m", predicted[0], "--threshold", given)
+    assert_one_line_error(result, "--threshold", fragment)
+    assert not (out / f"{CASE}.nii.gz").exists()

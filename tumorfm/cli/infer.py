@@ -23,6 +23,17 @@ def _names(text: str | None, option: str) -> list[str] | None:
     return names
 
 
+def _thresholds(items: list[str] | None) -> dict[str, float]:
+    """--threshold CLASS=T options as {class: T}, or a one-line error naming the bad one."""
+    found = {}
+    for name, text in pairs(items, "--threshold").items():
+        try:
+            found[name] = float(text)
+        except ValueError:
+            raise TumorFMError(f"--threshold {name}={text}: not a number") from None
+    return found
+
+
 @app.command("evaluate-model")
 def evaluate_model(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder.")],
@@ -64,6 +75,10 @@ def predict(
     ] = None,
     mirror: Annotated[bool, typer.Option(help="Average over the 8 mirrorings.")] = True,
     fast: Fast = False,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="CLASS=T: cut this class at T, not at the bundle's (repeatable)."),
+    ] = None,
     save_probabilities: Annotated[bool, typer.Option(help="Also write CASE_probabilities.npz.")] = (
         False
     ),
@@ -136,6 +151,7 @@ def predict(
         precision=precision,
         min_lesion_ml=min_lesion_ml,
         largest_component=largest_component,
+        thresholds=_thresholds(threshold),
     )
     if overwrite and continue_:
         raise TumorFMError("--overwrite and --continue: choose one")

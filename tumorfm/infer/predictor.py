@@ -58,6 +58,7 @@ class PredictOptions:
     precision: str = "auto"
     min_lesion_ml: float = 0.0
     largest_component: bool = False
+    thresholds: dict[str, float] | None = None  # class -> threshold, over the bundle's own
 
     def __post_init__(self):
         if self.fast:
@@ -66,6 +67,9 @@ class PredictOptions:
             self.overlap = FAST_OVERLAP if self.fast else OVERLAP
         if not 0.0 <= self.overlap < 1.0:  # NaN fails too
             raise TumorFMError(f"overlap {self.overlap}: must be at least 0 and below 1")
+        for name, t in (self.thresholds or {}).items():
+            if not 0.0 < t < 1.0:
+                raise TumorFMError(f"--threshold {name}={t}: must be between 0 and 1")
 
 
 @dataclass
@@ -175,8 +179,16 @@ class Predictor:
         self.channels = [self.classes.index(name) for name in self.labels]
         self.parents = parents or {}
         self.lesions = self.lesion_classes(lesions)
+        unknown = [name for name in options.thresholds or {} if name not in self.classes]
+        if unknown:
+            raise TumorFMError(
+                f"--threshold {unknown[0]}: not a class of the bundle "
+                f"(it has {', '.join(self.classes)})"
+            )
         self.thresholds = {name: THRESHOLD for name in self.labels} | {
-            name: t for name, t in (thresholds or {}).items() if name in self.labels
+            name: t
+            for name, t in {**(thresholds or {}), **(options.thresholds or {})}.items()
+            if name in self.labels
         }
         self.autocast, self.precision = autocast(options.precision, self.device)
 
