@@ -130,6 +130,16 @@ def test_calibrate_refuses_what_it_cannot_use(predicted, tmp_path):
     assert found["classes"]["tumour"]["threshold"] == chosen
     with pytest.raises(TumorFMError, match="--map organ"):
         calibrate(out, named, {"organ": "liver"}, write=False)
+    bundle = shutil.copytree(predicted[0], tmp_path / "bundle")
+    blocked = shutil.copytree(out, tmp_path / "blocked")  # moved: its files are found beside it
+    record = json.loads((blocked / "predict.json").read_text())
+    record["settings"]["bundle"] = str(bundle)
+    (blocked / "predict.json").write_text(json.dumps(record))
+    (blocked / "calibration.json").mkdir()
+    before = (bundle / "config.json").read_text()
+    with pytest.raises(TumorFMError, match="calibration.json: cannot write"):
+        calibrate(blocked, labels)
+    assert (bundle / "config.json").read_text() == before  # nothing half-written
 
 
 @pytest.mark.parametrize("bad", [1.5, 0, "high", float("nan"), True, {"organ": 0.6}, [0.6]])

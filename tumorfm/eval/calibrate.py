@@ -73,7 +73,8 @@ def _prediction_run(predictions: Path) -> dict:
 
 def _probabilities(run: dict, case: str, where: Path) -> tuple[np.ndarray, list[str]]:
     files = ((run.get("cases") or {}).get(case) or {}).get("files") or {}
-    path = Path(files.get("probabilities", where / f"{case}_probabilities.npz"))
+    # beside the label maps, by its name: the folder may have moved since predict wrote it
+    path = where / Path(files.get("probabilities", f"{case}_probabilities.npz")).name
     if not path.is_file():
         raise TumorFMError(f"{path}: missing; predict again with --save-probabilities")
     try:
@@ -184,6 +185,9 @@ def calibrate(
             | {"mirror": record["mirror"]}
             for name, c in record["classes"].items()
         })  # fmt: skip
-        write_json(predictions / "calibration.json", record)
-        write_json(folder / CONFIG, meta)
+        for path, data in ((predictions / "calibration.json", record), (folder / CONFIG, meta)):
+            try:
+                write_json(path, data)
+            except OSError as error:  # a shipped bundle in a read-only install, say
+                raise TumorFMError(f"{path}: cannot write ({error.strerror})") from None
     return record
