@@ -72,7 +72,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
 A TSFM network ({t["model"]}, {info["parameters"] / 1e6:.1f}M parameters) pretrained on the real
 scans beside this repository, for {minutes:.0f} minutes on a CPU: the sarcoma CTs at a coarse
 (3d_lowres) spacing sized for a {"x".join(map(str, t["patch"]))} patch, the glioblastoma MRs at full
-resolution. It segments soft-tissue sarcomas on CT and glioblastomas on T1 post-contrast MR.
+resolution. {_purpose(scores)}
 **Research use only: not a medical device, not for clinical decisions.**
 
 ```
@@ -132,6 +132,19 @@ median and range over scans).
 - The MR set is small (12 training scans) and its spacing unknown; expect less on other scanners.
 - Trained for minutes on a CPU, not the paper's 250,000 iterations of a 1.6B network on GPUs.
 """
+
+
+TUMOURS = {"sarcoma_ct": "soft-tissue sarcomas on CT", "brain_mr": "glioblastomas on T1c MR"}
+
+
+def _purpose(scores: dict) -> str:
+    """What it segments, and which of its plans has not learnt its tumour (Limits says more)."""
+    trained = " and ".join(TUMOURS.get(plan, plan) for plan in scores)
+    missing = [TUMOURS.get(p, p) for p, s in scores.items() if s["dice"]["max"] < FOUND]
+    if not missing:
+        return f"It segments {trained}."
+    missing_text = " or ".join(missing)
+    return f"It was trained to segment {trained}; it does not find the {missing_text} yet (Limits)."
 
 
 def _thresholds(info: dict) -> str:
