@@ -5,16 +5,18 @@ scans the shipped bundle trained on, never on the held-out scans benchmarks.inte
                                                     [--box-fades ...]
 
 For each of the first N training sarcomas of the shipped split (benchmarks/shipped_model.py) the
-shipped bundle's network runs once (AutomaticSession, as the `local` arm of benchmarks.interactive);
-the same simulated reader (a first point, or the jittered box, then 10 corrective clicks at the
-centre of the largest error) then segments the scan once per setting (margin, reach, box fade: the
-product of the lists given), with the same random draws for every setting. Reported per setting: the
-mean Dice after 1, 3, 5 and 10 corrective clicks over the cases and both first prompts. The best
-setting after 5 clicks (the issue's target) is local.py's default when the two agree; the results
-say whether they do. A run keeps the settings an earlier run on the same cases and seed measured
-(rows measured before the box fade existed ran without it: box fade 0), so a sweep of one setting
-adds to the others'. The bundle has seen these scans, so its probabilities are sharper here than on
-new ones: a choice made here can favour a smaller margin than new scans would. Results:
+shipped bundle's network runs once (AutomaticSession, as the `local` arm of
+benchmarks.interactive); the same simulated reader (a first point, or the jittered box, then 10
+corrective clicks at the centre of the largest error) then segments the scan once per setting
+(margin, reach, box fade: the product of the lists given), with the same random draws for every
+setting. Reported per setting: the mean Dice after 1, 3, 5 and 10 corrective clicks over the cases
+and both first prompts. The best setting after 5 clicks (the issue's target) is local.py's default
+when the two agree; the results say whether they do. A run keeps the settings an earlier run on the
+same cases and seed measured (rows measured before the box fade existed ran without it: box fade
+0), so a sweep of one setting adds to the others', unless the bundle's decision threshold, where
+the clicks slide back to, has changed since (`tumorfm model calibrate`): then the sweep starts
+over. The bundle has seen these scans, so its probabilities are sharper here than on new ones: a
+choice made here can favour a smaller margin than new scans would. Results:
 benchmarks/results/interactive_tune.json.
 """
 
@@ -44,10 +46,9 @@ COUNTS = (1, 3, 5, 10)  # corrective clicks reported
 FIRST = ("point", "box")
 
 
-def tune(args, cases: list[str]) -> dict:
+def tune(args, cases: list[str], session: Session) -> dict:
     """{(margin, reach, box fade): {first: {case: Dice per click}}} over `cases`."""
     folder, suffix, _ = DATASETS["sarcoma_ct"]
-    session = Session.from_bundle(SHIPPED, device="cpu", plan="sarcoma_ct")
     pairs = list(itertools.product(args.margins, args.reaches, args.box_fades))
     curves: dict = {pair: {first: {} for first in FIRST} for pair in pairs}
     for index, case in enumerate(cases):
@@ -83,9 +84,14 @@ def main() -> None:
         parser.error(f"--box-fades {bad[0]:g}: each must be above 1, or 0 for no fade")
     load, started = os.getloadavg(), time.perf_counter()
     cases = fixed_split(args.data)["sarcoma_ct"]["train"][: args.cases]
-    curves = tune(args, cases)
+    session = Session.from_bundle(SHIPPED, device="cpu", plan="sarcoma_ct")
+    curves = tune(args, cases, session)
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    same = earlier.get("cases") == cases and earlier.get("seed", 0) == args.seed
+    same = (
+        earlier.get("cases") == cases
+        and earlier.get("seed", 0) == args.seed
+        and earlier.get("bundle_threshold", 0.5) == session.threshold  # where clicks slide back to
+    )
     kept = {setting_key(row): row for row in earlier.get("rows", [])} if same else {}
     for (margin, reach, fade), by_first in curves.items():
         per_case = [scores for cases in by_first.values() for scores in cases.values()]
@@ -101,6 +107,7 @@ def main() -> None:
         "sarcomas (Dice after corrective clicks, both first prompts)",
         "cases": cases,
         "seed": args.seed,
+        "bundle_threshold": session.threshold,
         "rows": rows,
         "best_after_5": {k: best[k] for k in ("margin", "reach_mm", "box_fade")},
         "default": default,  # when measured (the README compares today's)

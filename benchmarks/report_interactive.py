@@ -60,11 +60,13 @@ def tuning_lines(results: Path, default: tuple[float, float] | None = None) -> l
         score = chosen["dice_after_5"]["mean"]
         verdict = f"today's default, {setting(chosen)} ({score:.3f}), is {best}"
     minutes = r.get("minutes", 0) + r.get("minutes_before", 0)
+    threshold = r.get("bundle_threshold", 0.5)
+    base = f", around its decision threshold {threshold:g}" if threshold != 0.5 else ""
     return [
         f"The local clicks' settings were chosen on {len(r['cases'])} of the shipped "
         f"bundle's training sarcomas, never the held-out ones ({len(rows)} settings over "
-        f"{minutes:.0f} min, both first prompts, Dice after 5 clicks): best {setting(rows[0])} "
-        f"({rows[0]['dice_after_5']['mean']:.3f}), worst {setting(rows[-1])} "
+        f"{minutes:.0f} min, both first prompts, Dice after 5 clicks{base}): best "
+        f"{setting(rows[0])} ({rows[0]['dice_after_5']['mean']:.3f}), worst {setting(rows[-1])} "
         f"({rows[-1]['dice_after_5']['mean']:.3f}); {verdict}. {_cpu(r)}; `{_command(r)}`."
     ]
 

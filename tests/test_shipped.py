@@ -81,11 +81,16 @@ def test_lfs_pointer_and_truncated_weights_are_refused(models):
 
 
 def test_model_list_shows_presets_and_shipped_bundles(models):
+    config_path = models[0] / "demo-model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["extra"]["thresholds"] = {"ct_set": {"lesion": 0.7}}  # as `model calibrate` stores
+    config_path.write_text(json.dumps(config))
     result = run_cli("model", "list")
     assert result.returncode == 0, result.stderr
     assert "tsfm-compact" in result.stdout and "tsfm-1.6b" in result.stdout
     line = next(x for x in result.stdout.splitlines() if "demo-model" in x)
     assert "tsfm-tiny" in line and "organ, lesion" in line and "3d_lowres" in line
+    assert "lesion cut at 0.7" in line
 
 
 def test_the_shipped_model_segments_real_scans_it_never_saw(tmp_path):

@@ -143,7 +143,9 @@ def model_list() -> None:
         plans = ", ".join(
             f"{dataset} ({plan['configuration']}, "
             + "x".join(f"{s:.3g}" for s in plan["spacing_zyx"])
-            + " mm)"
+            + " mm"
+            + "".join(f", {c} cut at {t:g}" for c, t in plan["thresholds"].items())
+            + ")"
             for dataset, plan in info["plans"].items()
         )
         typer.echo(

@@ -72,6 +72,7 @@ def describe(name: str) -> dict:
             dataset: {
                 "configuration": plan.get("configuration", "3d_fullres"),
                 "spacing_zyx": plan.get("target_spacing_zyx"),
+                "thresholds": ((meta.get("extra") or {}).get("thresholds") or {}).get(dataset, {}),
             }
             for dataset, plan in plans.items()
         },
