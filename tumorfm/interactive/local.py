@@ -38,9 +38,9 @@ from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 # A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at the
 # decision threshold at REACH_MM. Both chosen on the shipped bundle's training sarcomas, never
 # held-out ones (benchmarks.interactive_tune: of margins 0.05-0.15 and reaches 60-150 mm, the best
-# after 5 clicks, at threshold 0.5; the flat threshold this replaced did best at 0.05 and 60 mm)
-MARGIN = 0.1
-REACH_MM = 120.0
+# after 5 clicks around its calibrated threshold 0.75; around 0.5 it was 0.1 and 120 mm)
+MARGIN = 0.05
+REACH_MM = 150.0
 # The box's ellipsoid, scaled by BOX_FADE, is where probabilities have faded to 0 (1.0 would be
 # the ellipsoid itself; 0 turns the fade off); chosen as MARGIN and REACH_MM were
 BOX_FADE = 1.4
