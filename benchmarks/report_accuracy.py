@@ -11,11 +11,13 @@ from .report_format import (
     PRODUCT,
     _command,
     _cpu,
+    _dice_and_volume,
     _load,
     _mb,
     _num,
     _ratio,
     _s,
+    _times,
     _transfer_machines,
 )
 
@@ -280,10 +282,6 @@ def shipped_table(results: Path) -> list[str]:
     return lines + [""] + shipped_against_nnunet(results, r) + continued_trial(results, r)
 
 
-def _ratio_of(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def shipped_thresholds(shipped: dict) -> list[str]:
     """The decision thresholds `shipped_model calibrate` stored, and the held-out scores at 0.5."""
     calibration, before = shipped.get("calibration"), shipped.get("scores_at_0.5")
@@ -292,20 +290,15 @@ def shipped_thresholds(shipped: dict) -> list[str]:
     chosen = "; ".join(
         f"{plan} {c['threshold']:.2f} (on its {c['cases']} training scans, mean Dice "
         f"{c['mean_dice_at_0.5']:.3f} at 0.5 and {c['mean_dice']:.3f} at the threshold; median "
-        f"volume {_ratio_of(c['median_volume_ratio_at_0.5'])} and "
-        f"{_ratio_of(c['median_volume_ratio'])} the reference)"
+        f"volume {_times(c['median_volume_ratio_at_0.5'])} and "
+        f"{_times(c['median_volume_ratio'])} the reference)"
         for plan, c in calibration.items()
-    )
-    at_half = "; ".join(
-        f"{plan} Dice {s['dice']['mean']:.3f} +- {s['dice']['std']:.3f}, volume "
-        f"{_ratio(s.get('volume_ratio'))}"
-        for plan, s in before.items()
     )
     return [
         "",
         f"Each class is cut at the threshold `tumorfm model calibrate` chose on the bundle's own "
         f"training scans (`{PRODUCT}.shipped_model calibrate --no-mirror`; the held-out scans had "
-        f"no say): {chosen}. At 0.5 the held-out scans scored {at_half}.",
+        f"no say): {chosen}. At 0.5 the held-out scans scored {_dice_and_volume(before)}.",
     ]
 
 
@@ -316,15 +309,14 @@ def continued_trial(results: Path, shipped: dict) -> list[str]:
         return []
     t = c["train"]
     # the trial was scored at 0.5: against the shipped weights at 0.5, before any calibration
-    before, at = shipped.get("scores_at_0.5"), ""
-    before, at = (before, ", at 0.5") if before else (shipped["scores"], "")
+    before = shipped.get("scores_at_0.5") or shipped["scores"]
+    at = ", at 0.5" if "scores_at_0.5" in shipped else ""
     scores = "; ".join(
         f"{plan} {s['dice']['mean']:.3f} +- {s['dice']['std']:.3f} "
         f"(shipped{at}: {before[plan]['dice']['mean']:.3f})"
         for plan, s in c["scores"].items()
     )
-    sarcoma = [r["scores"]["sarcoma_ct"]["dice"]["mean"] for r in (c, {"scores": before})]
-    gain = sarcoma[0] - sarcoma[1]
+    gain = c["scores"]["sarcoma_ct"]["dice"]["mean"] - before["sarcoma_ct"]["dice"]["mean"]
     verdict = (
         "not shipped: it did not raise the sarcomas' Dice"
         if gain <= 0

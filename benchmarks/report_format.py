@@ -58,6 +58,20 @@ def _ratio(summary: dict | None) -> str:
     return f"{summary['median']:.2f}x ({summary['min']:.2f} - {summary['max']:.2f})"
 
 
+def _times(ratio: float | None) -> str:
+    """One ratio (a median volume ratio, say), "-" where not recorded."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _dice_and_volume(scores: dict) -> str:
+    """Per plan its Dice over scans and its volume ratio (shipped_model's scores)."""
+    return "; ".join(
+        f"{plan} Dice {s['dice']['mean']:.3f} +- {s['dice']['std']:.3f}, volume "
+        f"{_ratio(s.get('volume_ratio'))}"
+        for plan, s in scores.items()
+    )
+
+
 def _machines(result: dict) -> str:
     """The CPU of a table whose seeds ran in several sessions: the rows' own where they all
     agree, the file's where none says, else each seed's (`machine` in its rows,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .common import RESULTS, ROOT
-from .report_format import _ratio
+from .report_format import _dice_and_volume, _ratio, _times
 
 NAME = "tsfm-real-lowres"
 FOUND = 0.1  # a plan whose best held-out Dice is below this has not learnt its tumour
@@ -175,23 +175,13 @@ use the stored threshold (`python -m benchmarks.shipped_model calibrate --no-mir
 """
 
 
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
-
-
 def _at_half(info: dict) -> str:
     """The held-out Dice and volume at 0.5, before the thresholds, for comparison."""
     before = info.get("scores_at_0.5")
     if not before or not info.get("calibration"):
         return ""
-    return (
-        "\nAt a threshold of 0.5 (before calibration) the same scans scored: "
-        + "; ".join(
-            f"{plan} Dice {_fmt(s['dice'], 3)}, volume {_ratio(s.get('volume_ratio'))}"
-            for plan, s in before.items()
-        )
-        + ".\n"
-    )
+    scored = _dice_and_volume(before)
+    return f"\nAt a threshold of 0.5 (before calibration) the same scans scored: {scored}.\n"
 
 
 def _training(stages: list[dict], relative) -> str:

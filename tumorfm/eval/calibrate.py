@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 import tumorfm
 from tumorfm.data.formats import label_names
+from tumorfm.defaults import DECISION_THRESHOLD
 from tumorfm.errors import TumorFMError
 from tumorfm.eval.evaluate import _read_label_map, match_cases
 from tumorfm.files import read_json_object, write_json
 from tumorfm.model.bundle import CONFIG, bundle_folder, read_bundle_config
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
-DEFAULT = 0.5
+DEFAULT = DECISION_THRESHOLD
 
 
 def threshold_counts(probability: np.ndarray, reference: np.ndarray) -> tuple:

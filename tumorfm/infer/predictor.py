@@ -30,6 +30,7 @@ from tumorfm.data.grid import GridMap, to_plan_grid
 from tumorfm.data.io import Geometry
 from tumorfm.data.orient import Orientation
 from tumorfm.data.plan import Plan
+from tumorfm.defaults import DECISION_THRESHOLD
 from tumorfm.errors import TumorFMError
 from tumorfm.infer import postprocess as post
 from tumorfm.infer.window import sliding_window, window_count
@@ -37,7 +38,6 @@ from tumorfm.model.bundle import CONFIG, bundle_folder, load_bundle, read_bundle
 from tumorfm.model.precision import autocast, store_lower
 
 MIRROR_AXES = (2, 3, 4)  # z, y, x of a (B, C, Z, Y, X) batch
-THRESHOLD = 0.5  # a class's decision threshold unless the bundle stores a calibrated one
 OVERLAP = 0.5  # nnU-Net's
 FAST_OVERLAP = 0.25  # still blended: windows of overlap 0 would leave seams between tiles
 
@@ -185,7 +185,7 @@ class Predictor:
                 f"--threshold {unknown[0]}: not a class of the bundle "
                 f"(it has {', '.join(self.classes)})"
             )
-        self.thresholds = {name: THRESHOLD for name in self.labels} | {
+        self.thresholds = {name: DECISION_THRESHOLD for name in self.labels} | {
             name: t
             for name, t in {**(thresholds or {}), **(options.thresholds or {})}.items()
             if name in self.labels

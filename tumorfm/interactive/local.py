@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from tumorfm.defaults import DECISION_THRESHOLD
 from tumorfm.interactive.prompts import POINT_RADIUS_MM, Box, Point
 
 # A click's threshold sits MARGIN beyond the clicked voxel's probability, and is back at the
@@ -78,7 +79,7 @@ def refine(
     margin: float = MARGIN,
     reach_mm: float = REACH_MM,
     box_fade: float = BOX_FADE,
-    threshold: float = 0.5,
+    threshold: float = DECISION_THRESHOLD,
 ) -> np.ndarray:
     """The mask (bool, `probability`'s shape) that `probability` >= `threshold` (the class's
     decision threshold) becomes under the reader's `points` (applied in order) and `boxes`."""
