@@ -79,7 +79,7 @@ def pretrain_or_resume(fresh: list[str], out: Path) -> list[str]:
     """The command of a benchmark's `tumorfm pretrain ... -o OUT` run: `fresh` (OUT cleared
     first), or `--resume OUT` where a former run stopped midway (a session's end): the epochs it
     finished are kept and the rest continue exactly, so a long pretraining spans sessions."""
-    from tumorfm.train.checkpoint import has_state
+    from tumorfm.checkpoint import has_state
 
     if has_state(out):
         print(f"{out}: resuming the run a former session left")

@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from tumorfm.data.cache import read_pool, split_part
-from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
+from tumorfm.train.loader import PatchBatches, make_loader
 from tumorfm.train.loop import Stepper, make_optimizer
 from tumorfm.train.split import read_split
 

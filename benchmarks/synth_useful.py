@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tumorfm.data.loader import synthesis_draw
 from tumorfm.synth.appearance import measure
 from tumorfm.synth.dataset import source_of
+from tumorfm.train.loader import synthesis_draw
 
 from . import seeds
 from .common import BIN, DATA, add_work_and_out, case_ids, parser_for, pretrain_or_resume

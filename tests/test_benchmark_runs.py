@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import pretrain_or_resume
-from tumorfm.train.checkpoint import STATE
+from tumorfm.checkpoint import STATE
 
 
 def _left_midway(out: Path) -> None:

@@ -11,11 +11,11 @@ import yaml
 
 from tumorfm.data.augment import AugmentConfig, Augmenter
 from tumorfm.data.cache import CachedCase, cached_cases
-from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
+from tumorfm.train.loader import PatchBatches, make_loader
 from tumorfm.workflows.demo import write_pool_file
 
 LIVER, KIDNEY, MULTI = "phantom_liver", "phantom_kidney", "phantom_multi_organ"

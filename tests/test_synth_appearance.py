@@ -42,7 +42,7 @@ def test_a_measured_look_is_copied_whole_tails_included(liver):
     texture and tails; a Gaussian texture would have none."""
     from scipy import stats
 
-    from tumorfm.synth.look import QUANTILES
+    from tumorfm.data.looks import QUANTILES
 
     image, organ, spacing = liver
     z = stats.t.ppf(np.divide(QUANTILES, 100), df=3)  # heavy tails: excess kurtosis > 0

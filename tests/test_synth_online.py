@@ -12,12 +12,12 @@ import yaml
 from conftest import CASES
 
 from tumorfm.data.cache import cached_cases
-from tumorfm.data.loader import PatchBatches, synthesis_draw
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.infer.predictor import Predictor
 from tumorfm.train.config import make_config
+from tumorfm.train.loader import PatchBatches, synthesis_draw
 from tumorfm.train.trainer import pretrain
 
 PATCH = (16, 48, 48)

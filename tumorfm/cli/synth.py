@@ -58,7 +58,7 @@ def tumours(
     ] = None,
 ) -> None:
     """Put new tumours into an organ; write the scans and label maps as a new dataset."""
-    from tumorfm.synth.appearance import read_looks
+    from tumorfm.data.looks import read_looks
     from tumorfm.synth.dataset import source_of, synthesise_dataset
 
     source = source_of(image, labels, modality)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tumorfm.data.classes import lesion_classes
 from tumorfm.data.formats import RawDataset, read_dataset
+from tumorfm.data.looks import read_looks
 from tumorfm.data.pool_file import DatasetEntry, parse_pool_file
 from tumorfm.errors import TumorFMError
 
@@ -81,8 +82,6 @@ class Pool:
         model = spec.model and beside(self.path, spec.model)
         looks = spec.looks and beside(self.path, spec.looks)
         if looks:  # the measured looks themselves, so that the cache holds all it needs
-            from tumorfm.synth.appearance import read_looks
-
             looks = read_looks(looks)
         return {
             **spec.model_dump(),
@@ -155,8 +154,6 @@ def _check_against_dataset(path: Path, entry: DatasetEntry, raw: RawDataset) -> 
     spec = entry.synthesis
     looks = spec and spec.looks
     if looks:
-        from tumorfm.synth.appearance import read_looks
-
         try:
             read_looks(beside(path, looks))
         except TumorFMError as error:

@@ -8,23 +8,21 @@ Here each labelled tumour gives two numbers, in the units procedural.synthesise 
 - shift: its mean HU minus the median HU of its tissue in a shell around it (3-15 mm out);
 - texture: the standard deviation of its HU smoothed over one voxel (scan noise taken out, as the
   engine keeps the scan's own noise and adds a smooth texture on top);
-- quantiles: that smoothed HU's distribution, standardised (look.QUANTILES): real sarcomas
-  hold fat, necrosis or calcification, and their tails tell them from a Gaussian texture.
+- quantiles: that smoothed HU's distribution, standardised (data.looks.QUANTILES): real
+  sarcomas hold fat, necrosis or calcification; their tails tell them from a Gaussian texture.
 
 The ranges handed to the engine are the 10th-90th percentiles over tumours.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from tumorfm.data.looks import QUANTILES
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.dataset import Source, organ_label, read_scan_and_label
-from tumorfm.synth.look import QUANTILES, checked_looks
 from tumorfm.synth.online import hu_window_organ
 from tumorfm.synth.procedural import SHELL_MM
 
@@ -92,26 +90,6 @@ def measure(
         raise TumorFMError(f"no case has a '{tumour}' with enough tissue around it to measure")
     return {**ranges(cases.values()), "tumours": len(cases), "percentiles": list(PERCENTILES),
             "cases": cases}  # fmt: skip
-
-
-def read_looks(path: Path) -> list[dict]:
-    """The measured looks of a `tumorfm synth appearance -o` file, one per real tumour, checked
-    as the engine takes them (procedural.synthesise's `looks`); one-line errors name the file."""
-    from tumorfm.files import read_json_object
-
-    path = Path(path)
-    found = read_json_object(path, "write it with `tumorfm synth appearance -o`")
-    cases = found.get("cases")
-    if not isinstance(cases, dict) or not cases:
-        raise TumorFMError(
-            f"{path}: no measured tumours ('cases'); write it with `tumorfm synth appearance -o`"
-        )
-    looks = list(cases.values())
-    try:
-        checked_looks(looks)
-    except TumorFMError as error:
-        raise TumorFMError(f"{path}: {error}; measure again with this tumorfm") from None
-    return looks
 
 
 def ranges(found) -> dict[str, list[float]]:

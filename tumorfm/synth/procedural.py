@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, special
 
+from tumorfm.data.looks import QUANTILES, checked_look
 from tumorfm.errors import TumorFMError
-from tumorfm.synth.look import QUANTILES, checked_look
 
 SIZES: dict[str, tuple[float, float]] = {
     # Radius range per axis, mm. Hu et al.'s code (MrGiovanni/SyntheticTumors,

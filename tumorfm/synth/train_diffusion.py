@@ -2,7 +2,7 @@
 
     RUN/settings.json   stage, config, training settings, digest of the crops (and autoencoder)
     RUN/log.jsonl       one row per logging interval: step, mean losses, seconds
-    RUN/state/          exact resume state (train/checkpoint.py), saved with every log row
+    RUN/state/          exact resume state (tumorfm/checkpoint.py), saved with every log row
     RUN/bundle/         the synthesis bundle at the end (stage 1: the autoencoder alone)
 
 Stage 1, the autoencoder: L1 reconstruction + KL, and optionally a PatchGAN adversarial loss (no
@@ -30,6 +30,7 @@ from monai.networks.schedulers import DDPMScheduler
 from scipy import ndimage
 from tqdm import tqdm
 
+from tumorfm.checkpoint import has_state, load_state, save_state
 from tumorfm.errors import TumorFMError
 from tumorfm.files import write_json
 from tumorfm.synth.diffusion import (
@@ -46,7 +47,6 @@ from tumorfm.synth.diffusion import (
     save_synth_bundle,
     to_unit,
 )
-from tumorfm.train.checkpoint import has_state, load_state, save_state
 
 SEPARATOR = "."  # between a network's name and its parameter index, in the merged optimiser state
 

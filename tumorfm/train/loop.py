@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tumorfm.checkpoint import save_state
 from tumorfm.errors import TumorFMError
 from tumorfm.model.bundle import save_bundle
-from tumorfm.train.checkpoint import save_state
 from tumorfm.train.logs import RunLogs
 
 

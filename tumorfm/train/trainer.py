@@ -8,7 +8,7 @@ epoch ends with a resumable state, the last model as a bundle, and a line of log
 
     RUN/settings.json   config, versions, cache, pool digest      RUN/log.jsonl  one line an epoch
     RUN/split.json      training / validation cases per dataset   RUN/curves.csv the same, as CSV
-    RUN/state/          exact resume state (see checkpoint.py)    RUN/tensorboard/  events
+    RUN/state/          exact resume state (tumorfm/checkpoint.py) RUN/tensorboard/  events
     RUN/last/, RUN/best/  model bundles (best: validation Dice)
 """
 
@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 import tumorfm
+from tumorfm.checkpoint import has_state, load_state, restore_rng
 from tumorfm.data.cache import read_pool, split_part
 from tumorfm.data.classes import learnt_classes, paint_order
-from tumorfm.data.loader import PatchBatches, make_loader
 from tumorfm.errors import TumorFMError
 from tumorfm.files import read_json_object, write_json
 from tumorfm.interactive.prompts import PROMPT_CHANNELS
@@ -37,9 +37,9 @@ from tumorfm.model.adapters import count_trainable, freeze
 from tumorfm.model.precision import autocast as mixed_precision
 from tumorfm.synth.online import online_specs
 from tumorfm.train import distributed as dist
-from tumorfm.train.checkpoint import has_state, load_state, restore_rng
 from tumorfm.train.config import PretrainConfig
 from tumorfm.train.features import FeatureDistillation
+from tumorfm.train.loader import PatchBatches, make_loader
 from tumorfm.train.logs import RunLogs
 from tumorfm.train.loop import Stepper, make_optimizer, save_epoch, train_epoch
 from tumorfm.train.loss import PartialLabelLoss

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tumorfm.data.loader import PatchBatches
+from tumorfm.train.loader import PatchBatches
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+from tumorfm.checkpoint import has_state
 from tumorfm.data.formats import read_dataset
 from tumorfm.defaults import CPU_PATCH
 from tumorfm.errors import TumorFMError
@@ -27,7 +28,6 @@ from tumorfm.eval.model import evaluate_model
 from tumorfm.eval.plot import line_chart
 from tumorfm.files import ensure_writable, write_json, write_text
 from tumorfm.infer.predictor import PredictOptions
-from tumorfm.train.checkpoint import has_state
 from tumorfm.train.finetune import finetune
 from tumorfm.train.logs import read_rows
 from tumorfm.train.trainer import pretrain

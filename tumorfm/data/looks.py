@@ -1,13 +1,16 @@
 """What a procedural tumour looks like: HU ranges to draw from, or real tumours' measured looks
-(synth.appearance), checked before any tumour is made so a bad one is a one-line error."""
+(a `tumorfm synth appearance -o` file, which a pool file may name), checked before any tumour is
+made so a bad one is a one-line error. Here, under data, because reading a pool file reads it."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from tumorfm.errors import TumorFMError
+from tumorfm.files import read_json_object
 
 # percent levels of a measured look's quantiles: a real tumour's standardised HU distribution,
 # tails included (fat, necrosis, calcification make real sarcomas heavy-tailed)
@@ -68,3 +71,21 @@ def checked_looks(looks) -> list[tuple[float, float, np.ndarray]]:
     if not checked:
         raise TumorFMError("looks: none given; measure some with `tumorfm synth appearance`")
     return checked
+
+
+def read_looks(path: Path) -> list[dict]:
+    """The measured looks of a `tumorfm synth appearance -o` file, one per real tumour, checked
+    as the engine takes them (procedural.synthesise's `looks`); one-line errors name the file."""
+    path = Path(path)
+    found = read_json_object(path, "write it with `tumorfm synth appearance -o`")
+    cases = found.get("cases")
+    if not isinstance(cases, dict) or not cases:
+        raise TumorFMError(
+            f"{path}: no measured tumours ('cases'); write it with `tumorfm synth appearance -o`"
+        )
+    looks = list(cases.values())
+    try:
+        checked_looks(looks)
+    except TumorFMError as error:
+        raise TumorFMError(f"{path}: {error}; measure again with this tumorfm") from None
+    return looks
