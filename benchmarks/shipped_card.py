@@ -57,12 +57,14 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     if "scored_on" in info:  # `rescore`: the shipped weights scored again, maybe on another CPU
         how += f" (scored again by `rescore` on {info['scored_on']['cpu']})"
 
-    limits = "".join(
-        f"- On {name} it has not learnt the tumour yet: a held-out Dice of {s['dice']['max']:.3f} "
-        "at best, its masks lie mostly elsewhere. Do not use it for this plan.\n"
+    unlearnt = "".join(
+        f"- On {name} it has not learnt the tumour yet: a held-out Dice of "
+        f"{s['dice']['max']:.3f} at best, its masks lie mostly elsewhere. Do not use it for "
+        "this plan.\n"
         for name, s in scores.items()
         if s["dice"]["max"] < FOUND
-    ) + volume_limit(scores)
+    )
+    limits = unlearnt + volume_limit(scores) + placement_limit(info)
 
     def relative(command: str) -> str:
         return command.replace(f"{ROOT}/", "")
@@ -173,6 +175,25 @@ use the stored threshold (`python -m benchmarks.shipped_model calibrate --no-mir
 (Scans: the training scans; Dice: their mean; volume: predicted / reference, their median.)
 
 """
+
+
+def placement_limit(info: dict) -> str:
+    """What moving a scan within the sliding-window grid costs this bundle (benchmarks.placement),
+    for a bundle trained with nnU-Net's centred placement."""
+    path = RESULTS / "placement.json"
+    if info.get("placement", "centred") != "centred" or not path.is_file():
+        return ""
+    shipped = json.loads(path.read_text()).get("shipped")
+    if shipped is None:
+        return ""
+    return (
+        "- It was trained with nnU-Net's centred placement on sarcoma crops centred on their "
+        "tumour,\n  and part of what it learnt is where in its window a tumour sits: moved, the "
+        f"held-out sarcomas\n  score {shipped['dice_shifted_mean']:.3f} on average (worst shift "
+        f"{shipped['dice_worst_shift']:.3f}) against {shipped['dice_unshifted']:.3f} as cropped "
+        "(`python -m benchmarks.placement`).\n  On a scan whose tumour is not in the middle, "
+        "expect less than the held-out scores.\n"
+    )
 
 
 def _at_half(info: dict) -> str:

@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.shipped_model ship   # held-out scores, models/<name>/, its card
     .venv/bin/python -m benchmarks.shipped_model calibrate  # thresholds on the training scans
     .venv/bin/python -m benchmarks.shipped_model rescore  # the shipped bundle scored again
+    .venv/bin/python -m benchmarks.shipped_model card     # the model card written again
 
 Pool: the real scans of ../shared/data alone (configs/pools/real.yaml: sarcoma CT, glioblastoma
 MR). The phantom sites stay out: they would take a third of the samples, and a shipped "liver"
@@ -222,6 +223,18 @@ def calibrate(args) -> None:
     rescore(args)
 
 
+def write_card(args) -> None:
+    """The model card written again from benchmarks/results (a change of the card's text or of
+    a result it cites, such as benchmarks.placement's); nothing is predicted."""
+    from tumorfm.model.bundle import models_folder
+
+    info = json.loads((RESULTS / "shipped_model.json").read_text())
+    target = models_folder() / NAME
+    size = (target / "model.safetensors").stat().st_size / 1e6
+    (target / "MODEL_CARD.md").write_text(card(info, info["scores"], size))
+    print(f"wrote {target / 'MODEL_CARD.md'}")
+
+
 def write_scores(info: dict, scores: dict, target: Path) -> None:
     """The model card and benchmarks/results/shipped_model.json."""
     size = (target / "model.safetensors").stat().st_size / 1e6
@@ -240,7 +253,7 @@ def write_scores(info: dict, scores: dict, target: Path) -> None:
 
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
-    parser.add_argument("step", choices=("train", "ship", "calibrate", "rescore"))
+    parser.add_argument("step", choices=("train", "ship", "calibrate", "rescore", "card"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=WORK / "shipped")
     parser.add_argument(
@@ -253,7 +266,8 @@ def main() -> None:
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()
-    steps = {"train": train, "ship": ship, "calibrate": calibrate, "rescore": rescore}
+    steps = {"train": train, "ship": ship, "calibrate": calibrate, "rescore": rescore,
+             "card": write_card}  # fmt: skip
     steps[args.step](args)
 
 

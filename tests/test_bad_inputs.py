@@ -171,13 +171,15 @@ def test_a_pool_file_that_is_not_clean_yaml_is_refused(tmp_path, text, problem):
         (["predict", "-i", CT, "-o", "OUT", "-m", SHIPPED, "--plan", "sarcoma_ct",
           "--precision", "fp8"], "precision 'fp8': choose auto"),
         (["model", "summary", "tsfm-tiny", "--patch", "0", "0", "0"], "each axis at least 8"),
+        (["pretrain", "CACHE", "-o", "OUT", "--placement", "middle"],
+         "placement 'middle': choose one of centred, anywhere"),
     ],
 )  # fmt: skip
 def test_names_and_sizes_out_of_their_set_are_refused(tmp_path, args, problem):
     out = tmp_path / "out"
-    result = run_cli(*[out if a == "OUT" else a for a in args])
+    result = run_cli(*[out if a == "OUT" else tmp_path if a == "CACHE" else a for a in args])
     assert_one_line_error(result, problem)
-    assert not any(out.glob("*.nii.gz"))
+    assert not any(out.glob("*.nii.gz")) and not (out / "settings.json").exists()
 
 
 def test_evaluate_refuses_a_requested_class_no_label_map_holds(tmp_path):

@@ -431,3 +431,47 @@ def test_the_tuner_refuses_a_box_fade_it_cannot_use():
                               cwd=Path(__file__).parents[1])  # fmt: skip
         assert done.returncode == 2
         assert f"--box-fades {fade}: each must be above 1, or 0 for no fade" in done.stderr
+
+
+def test_placement_summary_and_its_lines(tmp_path):
+    from benchmarks.placement import SHIFTS, summary
+
+    def per_shift(dice_when_moved):
+        rows = {}
+        for shift in SHIFTS:
+            moved = any(shift)
+            dice = {"a": dice_when_moved if moved else 0.8, "b": 0.6}
+            rows[str(list(shift))] = {"dice": dice, "agreement": {"a": 0.5 if moved else 1.0}}
+        return rows
+
+    kept, lost = summary(per_shift(0.8)), summary(per_shift(0.4))
+    assert kept["dice_unshifted"] == kept["dice_shifted_mean"] == 0.7
+    assert lost["dice_unshifted"] == 0.7 and abs(lost["dice_shifted_mean"] - 0.5) < 1e-9
+    assert lost["dice_worst_shift"] == 0.5 and lost["agreement_shifted_mean"] == 0.5
+    results = tmp_path / "results"
+    results.mkdir()
+    assert "not measured yet" in "\n".join(report.placement_lines(results))
+    from benchmarks.placement import METRICS, paired
+    from benchmarks.seeds import over_seeds
+
+    arms = {0: {"centred": lost, "anywhere": kept}, 1: {"centred": lost, "anywhere": lost}}
+    settings = {"held_out": ["a", "b"], "shifts": SHIFTS, "epochs": 8, "iterations": 50,
+                "seeds": [0, 1]}  # fmt: skip
+    placement = {
+        "settings": settings,
+        "shipped": {"bundle": "models/x", **lost},
+        "over_seeds": {
+            arm: {m: over_seeds({s: a[arm][m] for s, a in arms.items()}) for m in METRICS}
+            for arm in ("centred", "anywhere")
+        },
+        "anywhere_minus_centred": {m: paired(arms, m) for m in METRICS},
+    }
+    (results / "placement.json").write_text(json.dumps(placement))
+    lines = report.placement_lines(results)
+    row = next(line for line in lines if line.startswith("| the shipped bundle (x)"))
+    assert row.split(" | ")[1:4] == ["0.700", "0.500", "0.500"]
+    row = next(line for line in lines if line.startswith("| tsfm-tiny, `--placement anywhere`"))
+    assert row.split(" | ")[1:3] == ["0.700 +- 0.000", "0.600 +- 0.141"]
+    said = lines[-3]
+    assert "as cropped +0.000 +- 0.000 (**not larger** than its spread)" in said
+    assert "moved +0.100 +- 0.141 (**not larger** than its spread)" in said

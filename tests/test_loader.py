@@ -15,7 +15,7 @@ from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
 from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
-from tumorfm.train.loader import PatchBatches, make_loader
+from tumorfm.train.loader import PatchBatches, crop, make_loader
 from tumorfm.workflows.demo import write_pool_file
 
 LIVER, KIDNEY, MULTI = "phantom_liver", "phantom_kidney", "phantom_multi_organ"
@@ -87,8 +87,37 @@ def test_cases_smaller_than_the_patch_are_padded(pool):
         for image, dataset in zip(batch["image"], batch["dataset"]):
             seen.add(dataset)
             if dataset == LIVER:  # 24x32x32 in a 28x36x36 patch: zero planes on some side
-                assert any((image.movedim(axis, 0)[[0, -1]] == 0).all() for axis in (1, 2, 3))
+                ends = [image.movedim(axis, 0)[end] for axis in (1, 2, 3) for end in (0, -1)]
+                assert any((plane == 0).all() for plane in ends)
     assert seen == {LIVER, MULTI}
+
+
+def test_placement_of_a_small_case_and_of_the_foreground_voxel(pool):
+    """nnU-Net's rule centres a case smaller than the patch, and a forced sample's voxel; the
+    default puts both anywhere in the patch, the case always whole inside it."""
+    summary, by_name = pool
+    case = by_name[LIVER][0]
+    shape = np.array(case.label().shape)  # 24x32x32 under a 28x36x36 patch
+    patch = np.array((28, 36, 36))
+    placed = {}
+    for placement in ("centred", "anywhere"):
+        loader = batches(pool, datasets=(LIVER,), patch_size=tuple(patch), augment=False,
+                         placement=placement)  # fmt: skip
+        starts = {tuple(loader._location(shape, None, np.random.default_rng(i))[0])
+                  for i in range(40)}  # fmt: skip
+        for start in starts:  # the case lies whole inside the patch
+            assert (np.array(start) <= 0).all() and (np.array(start) + patch >= shape).all()
+        spots = []
+        for i in range(40):  # a forced sample holds its label, wherever it puts it
+            start, value = loader._location(shape, case, np.random.default_rng(i))
+            assert (crop(case.label()[None], start, tuple(patch), np.int16) == value).any()
+            spots.append(tuple(start))
+        placed[placement] = (starts, set(spots))
+    assert placed["centred"][0] == {tuple(-((patch - shape) // 2))}
+    assert len(placed["anywhere"][0]) > 10  # spread over the (4+1)^3 places the case fits
+    assert len(placed["anywhere"][1]) > len(placed["centred"][1])
+    with pytest.raises(ValueError, match="placement 'middle'"):
+        batches(pool, placement="middle")
 
 
 def test_same_step_is_identical_and_steps_differ(pool):

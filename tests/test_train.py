@@ -265,6 +265,31 @@ def test_a_half_written_log_line_is_dropped_on_resume(finished_run, tmp_path):
     assert row["epoch"] == 1 and [x["epoch"] for x in lines] == [0, 1]
 
 
+def test_resume_samples_with_the_runs_own_placement(finished_run, tmp_path, monkeypatch):
+    """Exact resume: a run continues with the placement its settings record (one from before the
+    setting existed: nnU-Net's centred rule, the default), whatever today's option says."""
+    import tumorfm.train.trainer as trainer
+
+    seen, batches = [], trainer.PatchBatches
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["placement"])
+        return batches(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "PatchBatches", recording)
+    for placement in ("anywhere", None):
+        run = Path(shutil.copytree(finished_run, tmp_path / f"run-{placement}"))
+        settings = json.loads((run / "settings.json").read_text())
+        assert settings["config"]["placement"] == "centred"  # the default, recorded
+        if placement is None:
+            del settings["config"]["placement"]
+        else:
+            settings["config"]["placement"] = placement
+        (run / "settings.json").write_text(json.dumps(settings))
+        pretrain(resume=run, progress=False)
+    assert seen == ["anywhere", "anywhere", "centred", "centred"]  # training and validation
+
+
 def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(cache, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -41,6 +41,14 @@ def pretrain(
     ] = None,
     split: SplitFile = None,
     fold: Fold = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a case smaller than the patch, and a foreground sample's voxel, sit in "
+            "the patch: centred (default, nnU-Net's rule) or anywhere (for scans cropped "
+            "around their tumour)."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain TSFM on a preprocessed pool (SGD, Nesterov 0.99, poly lr: the paper's recipe)."""
     from tumorfm.train.config import make_config
@@ -69,6 +77,7 @@ def pretrain(
             init_from=str(init_from) if init_from else None,
             split_file=_existing(split),
             fold=fold,
+            placement=placement,
         )
     row = run_pretrain(cache, out, config, resume)
     if os.environ.get("RANK", "0") == "0":

@@ -7,7 +7,7 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields
 
-from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH
+from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH, PLACEMENTS
 from tumorfm.errors import TumorFMError
 from tumorfm.model import list_models
 from tumorfm.model.adapters import MODES
@@ -48,6 +48,7 @@ class PretrainConfig:
     kd_temperature: float = 2.0  # softens the teacher's and the student's sigmoids
     kd_alpha: float = 0.5  # weight of the teacher's term; 1 - kd_alpha: the labels'
     kd_features: bool = False  # the student's stages also learn the teacher's (train/features)
+    placement: str = "centred"  # of a small case and a foreground voxel in a patch (train/loader)
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -59,6 +60,10 @@ class PretrainConfig:
             raise TumorFMError(f"optimizer '{self.optimizer}': choose sgd or adamw")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise TumorFMError(f"precision '{self.precision}': choose auto, bf16, fp16 or fp32")
+        if self.placement not in PLACEMENTS:
+            raise TumorFMError(
+                f"placement '{self.placement}': choose one of {', '.join(PLACEMENTS)}"
+            )
         if self.mode not in MODES:
             raise TumorFMError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
         for name in ("lr", "momentum", "weight_decay", "grad_clip", "val_fraction"):

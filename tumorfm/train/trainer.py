@@ -145,6 +145,7 @@ def pretrain(
         batch_size=config.batch_size,
         rank=processes.rank,
         world_size=processes.world_size,
+        placement=config.placement,
     )
     synthesis = online_specs(cache, pool)  # training patches only: validation stays real
     batches = PatchBatches(
