@@ -47,7 +47,7 @@ METRICS = ("dice_unshifted", "dice_shifted_mean", "dice_worst_shift", "agreement
 SHIPPED = ROOT / "models" / "tsfm-real-lowres"
 
 
-def prepare(args, work: Path) -> dict:
+def prepare(args, work: Path) -> None:
     """The sarcomas alone, preprocessed at the lowres plan, with the shipped split."""
     folder = DATASETS["sarcoma_ct"][0]
     pool = {"name": "sarcoma", "datasets": [{"name": "sarcoma_ct", "path": str(args.data / folder),
@@ -68,7 +68,7 @@ def prepare(args, work: Path) -> dict:
         "--workers",
         "2",
     ]
-    return run(preprocess, dict(os.environ), work / "preprocess.log", 3600, "preprocess")
+    run(preprocess, dict(os.environ), work / "preprocess.log", 3600, "preprocess")
 
 
 def train_arms(args, work: Path, seed: int) -> dict:

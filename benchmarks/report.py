@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .common import parser_for
+from .placement import METRICS
 from .report_accuracy import _over_seeds, accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
 from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
@@ -206,7 +207,6 @@ def placement_lines(results: Path) -> list[str]:
     if r is None or "over_seeds" not in r:
         return ["", f"Placement: not measured yet (`{PRODUCT}.placement`)."]
     s, shipped, seeds = r["settings"], r["shipped"], r["settings"]["seeds"]
-    metrics = ("dice_unshifted", "dice_shifted_mean", "dice_worst_shift", "agreement_shifted_mean")
     lines = [
         "",
         f"**Placement: the tumour, or where it sits in the window?** Each of the "
@@ -222,20 +222,18 @@ def placement_lines(results: Path) -> list[str]:
         "| model | Dice, as cropped | Dice, moved (mean over shifts) | worst shift | agreement |",
         "|---|---:|---:|---:|---:|",
         f"| the shipped bundle ({Path(shipped['bundle']).name}) | "
-        + " | ".join(f"{shipped[m]:.3f}" for m in metrics)
+        + " | ".join(f"{shipped[m]:.3f}" for m in METRICS)
         + " |",
     ]
     for arm, name in (("centred", "nnU-Net's rule, the default"), ("anywhere", "the option")):
-        cells = " | ".join(_over_seeds(r["over_seeds"][arm][m]) for m in metrics)
+        cells = " | ".join(_over_seeds(r["over_seeds"][arm][m]) for m in METRICS)
         lines.append(f"| tsfm-tiny, `--placement {arm}` ({name}) | {cells} |")
     gap = r["anywhere_minus_centred"]
     said = [
         f"{label} {gap[m]['mean']:+.3f}"
         + (f" +- {gap[m]['std']:.3f} ({'larger' if gap[m]['beats_spread'] else '**not larger**'}"
            " than its spread)" if gap[m]["std"] is not None else " (one seed: no spread)")
-        for m, label in (("dice_unshifted", "as cropped"), ("dice_shifted_mean", "moved"),
-                         ("dice_worst_shift", "worst shift"),
-                         ("agreement_shifted_mean", "agreement"))
+        for m, label in zip(METRICS, ("as cropped", "moved", "worst shift", "agreement"))
     ]  # fmt: skip
     centred = r["over_seeds"]["centred"]
     lost = shipped["dice_unshifted"] - shipped["dice_shifted_mean"]

@@ -181,7 +181,7 @@ def placement_limit(info: dict) -> str:
     """What moving a scan within the sliding-window grid costs this bundle (benchmarks.placement),
     for a bundle trained with nnU-Net's centred placement."""
     path = RESULTS / "placement.json"
-    if info.get("placement", "centred") != "centred" or not path.is_file():
+    if info["train"].get("placement", "centred") != "centred" or not path.is_file():
         return ""
     shipped = json.loads(path.read_text()).get("shipped")
     if shipped is None:

@@ -37,7 +37,15 @@ DATASETS = {  # pool name -> folder under --data, layout suffix of its images, t
 }
 SARCOMA_EXTRA = 4  # held-out sarcomas beyond tests/data's three: 7 of 36
 # chosen on two short runs at equal wall time (see the model card); a CPU-sized patch
-TRAIN = dict(model="tsfm-compact", patch=(48, 96, 96), batch=2, epochs=36, iterations=50, val=4)
+TRAIN = dict(
+    model="tsfm-compact",
+    patch=(48, 96, 96),
+    batch=2,
+    epochs=36,
+    iterations=50,
+    val=4,
+    placement="centred",
+)
 
 
 def fixed_split(data: Path) -> dict:
@@ -75,6 +83,7 @@ def train(args) -> None:
                      "--profile", "cpu", "--model", t["model"], "--patch", *map(str, t["patch"]),
                      "--batch", str(t["batch"]), "--epochs", str(t["epochs"]),
                      "--iterations", str(t["iterations"]), "--val-every", str(t["val"]),
+                     "--placement", t["placement"],
                      "--split", str(work / "split.json")]
                     + (["--init-from", str(ROOT / "models" / NAME)] if args.more else []),
     }  # fmt: skip
@@ -230,15 +239,20 @@ def write_card(args) -> None:
 
     info = json.loads((RESULTS / "shipped_model.json").read_text())
     target = models_folder() / NAME
-    size = (target / "model.safetensors").stat().st_size / 1e6
-    (target / "MODEL_CARD.md").write_text(card(info, info["scores"], size))
+    write_model_card(info, info["scores"], target)
     print(f"wrote {target / 'MODEL_CARD.md'}")
+
+
+def write_model_card(info: dict, scores: dict, target: Path) -> float:
+    """MODEL_CARD.md in `target`; returns the weights' size in MB, which the card states."""
+    size = (target / "model.safetensors").stat().st_size / 1e6
+    (target / "MODEL_CARD.md").write_text(card(info, scores, size))
+    return size
 
 
 def write_scores(info: dict, scores: dict, target: Path) -> None:
     """The model card and benchmarks/results/shipped_model.json."""
-    size = (target / "model.safetensors").stat().st_size / 1e6
-    (target / "MODEL_CARD.md").write_text(card(info, scores, size))
+    size = write_model_card(info, scores, target)
     results = RESULTS / "shipped_model.json"
     results.write_text(
         json.dumps(

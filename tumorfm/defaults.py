@@ -16,3 +16,4 @@ DECISION_THRESHOLD = 0.5
 # where a case smaller than the patch, and a sample's foreground voxel, sit in a training patch:
 # centred (the default, nnU-Net's rule) or anywhere (tumorfm.train.loader says when and why)
 PLACEMENTS = ("centred", "anywhere")
+PLACEMENT = "centred"

@@ -7,7 +7,7 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields
 
-from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH, PLACEMENTS
+from tumorfm.defaults import CPU_PROFILE_PATCH, PAPER_PATCH, PLACEMENT, PLACEMENTS
 from tumorfm.errors import TumorFMError
 from tumorfm.model import list_models
 from tumorfm.model.adapters import MODES
@@ -48,7 +48,7 @@ class PretrainConfig:
     kd_temperature: float = 2.0  # softens the teacher's and the student's sigmoids
     kd_alpha: float = 0.5  # weight of the teacher's term; 1 - kd_alpha: the labels'
     kd_features: bool = False  # the student's stages also learn the teacher's (train/features)
-    placement: str = "centred"  # of a small case and a foreground voxel in a patch (train/loader)
+    placement: str = PLACEMENT  # of a small case and a foreground voxel in a patch (train/loader)
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tumorfm.data.augment import AugmentConfig, Augmenter
 from tumorfm.data.cache import CachedCase
-from tumorfm.defaults import PLACEMENTS
+from tumorfm.defaults import PLACEMENT, PLACEMENTS
 from tumorfm.errors import TumorFMError
 from tumorfm.synth.online import insert_tumours
 
@@ -72,7 +72,7 @@ class PatchBatches(Dataset):
         world_size: int = 1,
         augment_config: AugmentConfig | None = None,
         synthesis: dict[str, dict] | None = None,
-        placement: str = "centred",
+        placement: str = PLACEMENT,
     ):
         if not cases:
             raise ValueError("no cases to sample from")
