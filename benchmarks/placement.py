@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .common import BIN, DATA, ROOT, add_work_and_out, parser_for
+from .common import BIN, DATA, ROOT, add_work_and_out, parser_for, sha256
 from .measure import provenance, run
 from .scoring import stats
 from .seeds import beats_spread, over_seeds
@@ -151,7 +151,9 @@ def former_seeds(args) -> dict:
 def scored(bundle: Path, args, cases: list[str], name: str) -> dict:
     print(f"scoring {name} over {len(SHIFTS)} placements of {len(cases)} scans", flush=True)
     per_shift = scores_over_shifts(bundle, args.data, cases)
-    return {"bundle": str(bundle), **summary(per_shift), "per_shift": per_shift}
+    weights = sha256(bundle / "model.safetensors")  # a re-shipped bundle makes this row stale
+    return {"bundle": str(bundle), "weights_sha256": weights, **summary(per_shift),
+            "per_shift": per_shift}  # fmt: skip
 
 
 def paired(arms_per_seed: dict, metric: str) -> dict:

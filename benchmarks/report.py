@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import parser_for
+from .common import ROOT, parser_for, sha256
 from .placement import METRICS
 from .report_accuracy import _over_seeds, accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
@@ -238,14 +238,26 @@ def placement_lines(results: Path) -> list[str]:
     centred = r["over_seeds"]["centred"]
     lost = shipped["dice_unshifted"] - shipped["dice_shifted_mean"]
     short = centred["dice_unshifted"]["mean"] - centred["dice_shifted_mean"]["mean"]
-    return lines + [
-        "",
-        "anywhere - centred, paired by seed: " + "; ".join(said) + ".",
-        "",
+    by_seed = "anywhere - centred, paired by seed: " + "; ".join(said) + "."
+    leans = (
         f"Moved, the shipped bundle (a larger network, 1,800 iterations) loses {lost:.3f} Dice "
-        f"and the short centred runs {short:.3f}: the longer, larger run leans on the place more. "
-        "Whether `--placement anywhere` keeps such a run from it is not measured yet.",
-    ]
+        f"and the short centred runs {short:.3f}: the longer, larger run leans on the place "
+        "more. Whether `--placement anywhere` keeps such a run from it is not measured yet."
+    )
+    return lines + ["", by_seed, "", leans] + _stale_bundle(shipped)
+
+
+def _stale_bundle(shipped: dict) -> list[str]:
+    """A line saying so when the bundle in models/ is not the one a result scored."""
+    name = Path(shipped["bundle"]).name
+    now = ROOT / "models" / name / "model.safetensors"
+    if (
+        "weights_sha256" not in shipped
+        or not now.is_file()
+        or sha256(now) == shipped["weights_sha256"]
+    ):
+        return []
+    return ["", f"(The shipped row scored an earlier {name}: run `{PRODUCT}.placement` again.)"]
 
 
 def other_lines(results: Path) -> list[str]:

@@ -475,3 +475,17 @@ def test_placement_summary_and_its_lines(tmp_path):
     said = lines[-3]
     assert "as cropped +0.000 +- 0.000 (**not larger** than its spread)" in said
     assert "moved +0.100 +- 0.141 (**not larger** than its spread)" in said
+
+
+def test_placement_says_when_the_shipped_bundle_changed_since(tmp_path, monkeypatch):
+    from benchmarks.common import sha256
+
+    weights = tmp_path / "models" / "x" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"the bundle shipped now")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    shipped = {"bundle": "/elsewhere/models/x", "weights_sha256": sha256(weights)}
+    assert report._stale_bundle(shipped) == []
+    assert report._stale_bundle({"bundle": "/elsewhere/models/x"}) == []  # not recorded
+    weights.write_bytes(b"a bundle shipped later")
+    assert "scored an earlier x" in report._stale_bundle(shipped)[-1]
