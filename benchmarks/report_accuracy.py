@@ -94,27 +94,15 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     return lines
 
 
-def _transfer_arm(row: dict, model: str, nnunet: dict | None, nnunet_name: str) -> tuple:
+def _transfer_arm(row: dict, model: str, nnunet: dict | None) -> tuple:
     """A transfer row's label and iterations: the reference row (no budget) is nnU-Net's."""
     if row["iterations"] is None and nnunet:
-        return nnunet_name, nnunet["iterations"]
+        return "nnU-Net v2 (same splits)", nnunet["iterations"]
     names = {
         "pretrained": f"tumorfm {model}, pretrained",
         "scratch": f"tumorfm {model}, from scratch",
     }
     return names.get(row["arm"], row["arm"]), row["iterations"]
-
-
-def _transfer_command(r: dict) -> str:
-    """The command that wrote the file (older files: rebuilt from their settings)."""
-    if "command" in r:
-        return _command(r)
-    s = r["settings"]
-    return (
-        f"{BENCH}.transfer --model {s['model']} --patch {' '.join(map(str, s['patch']))} "
-        f"--iterations {s['iterations']} --budgets {' '.join(map(str, s['budgets']))} "
-        f"--factor {s['factor']} --pretrain-epochs {s['pretrain_epochs']}"
-    )
 
 
 def _over_seeds(stats: dict | None, digits: int = 3) -> str:
@@ -125,8 +113,11 @@ def _over_seeds(stats: dict | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}{std}"
 
 
-def transfer_seeds_table(r: dict) -> list[str]:
-    """transfer.json of several seeds: every row as mean +- std over seeds, paired targets."""
+def transfer_table(results: Path) -> list[str]:
+    """transfer.json: every row as mean +- std over seeds, and the paired targets."""
+    r = _load(results, "transfer")
+    if r is None:
+        return [f"Not measured yet: `{BENCH}.transfer`."]
     s, t = r["settings"], r["targets"]
     held = sorted({len(st["validation_cases"]) for st in r["studies"].values()})
     lines = [
@@ -135,14 +126,14 @@ def transfer_seeds_table(r: dict) -> list[str]:
         f"{'x'.join(map(str, s['patch']))}, {s['model']} pretrained for "
         f"{r['pretrain']['iterations']} iterations on a pool without the sarcoma set; "
         f"{_transfer_machines(r, tumorfm=True)}; "
-        f"`{_transfer_command(r)}`. Mean +- standard deviation over seeds.",
+        f"`{_command(r)}`. Mean +- standard deviation over seeds.",
         "",
         "| model | iterations | Dice | HD95 mm | NSD |",
         "|---|---:|---:|---:|---:|",
     ]
     nnunet = next(iter((r.get("nnunet") or {}).values()), None)
     for row in r["rows"]:
-        arm, iterations = _transfer_arm(row, s["model"], nnunet, "nnU-Net v2 (same splits)")
+        arm, iterations = _transfer_arm(row, s["model"], nnunet)
         lines.append(
             f"| {arm} | {iterations} | {_over_seeds(row['mean_dice'])} | "
             f"{_over_seeds(row['sarcoma_hd95'], 1)} | {_over_seeds(row['sarcoma_nsd'])} |"
@@ -203,46 +194,6 @@ def _network_costs(r: dict) -> list[str]:
         f"with a tenth of "
         f"nnU-Net's iterations {model} spends {10 / ratio:.1f}% of its multiply-adds.",
     ]
-
-
-def transfer_table(results: Path) -> list[str]:
-    r = _load(results, "transfer")
-    if r is None:
-        return [f"Not measured yet: `{BENCH}.transfer`."]
-    if "seeds" in r["settings"]:
-        return transfer_seeds_table(r)
-    s, t = r["settings"], r["targets"]
-    held_out = len(r["study"]["validation_cases"])
-    lines = [
-        f"Sarcoma CT, {held_out} held-out cases, patch {'x'.join(map(str, s['patch']))}, "
-        f"{s['model']} pretrained for {r['pretrain']['iterations']} iterations on a pool without "
-        f"the sarcoma set; {_cpu(r)}; `{_transfer_command(r)}`.",
-        "",
-        "| model | iterations | Dice | HD95 mm (median) | NSD |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in r["rows"]:
-        arm, iterations = _transfer_arm(row, s["model"], r.get("nnunet"), "nnU-Net v2 (same split)")
-        lines.append(
-            f"| {arm} | {iterations} | {_num(row['mean_dice'])} | "
-            f"{_num(row.get('sarcoma_hd95'), 1)} | {_num(row.get('sarcoma_nsd'))} |"
-        )
-    gap = t["pretrained_minus_scratch_at_smallest_budget"]
-    lines += [
-        "",
-        f"Targets: pretrained - scratch at the smallest budget {gap:+.3f} (target "
-        f"+0.15: {'met' if t['meets_gap_0.15'] else '**missed**'})",
-    ]
-    if "nnunet_dice" in t:
-        best = t["pretrained_dice_with_at_most_10pct_of_nnunet_iterations"]
-        lines[-1] += (
-            f"; pretrained with <= 10% of nnU-Net's iterations {_num(best)} vs nnU-Net "
-            f"{_num(t['nnunet_dice'])} (target: at least nnU-Net: "
-            f"{'met' if t['meets_nnunet_with_10pct'] else '**missed**'})."
-        )
-    else:
-        lines[-1] += "."
-    return lines
 
 
 def shipped_table(results: Path) -> list[str]:
