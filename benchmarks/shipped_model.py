@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorfm.defaults import PLACEMENTS
+
 from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
 from .measure import git_state, machine, run
 from .scoring import case_scores, evaluated, predicted, stats
@@ -70,7 +72,7 @@ def train(args) -> None:
     split = fixed_split(args.data)
     (work / "split.json").write_text(json.dumps(split, indent=1))
     tumorfm = str(BIN / "tumorfm")
-    t, earlier = dict(TRAIN), []
+    t, earlier = dict(TRAIN, placement=args.placement), []
     if args.more:  # the stages before this one, as the shipped bundle's results recorded them
         shipped = json.loads((RESULTS / "shipped_model.json").read_text())
         stage = {k: shipped[k] for k in ("train", "pretrain", "machine", "note") if k in shipped}
@@ -87,10 +89,15 @@ def train(args) -> None:
                      "--split", str(work / "split.json")]
                     + (["--init-from", str(ROOT / "models" / NAME)] if args.more else []),
     }  # fmt: skip
+    if args.resume:  # a run a session's end stopped: on from its last epoch, as it started
+        commands = {"pretrain": [tumorfm, "pretrain", str(work / "cache"),
+                                 "--resume", str(work / "run")]}  # fmt: skip
     measured = {}
     for what, command in commands.items():
         measured[what] = {"command": " ".join(command)}
         measured[what] |= run(command, dict(os.environ), work / f"{what}.log", 4 * 3600, what, 30.0)
+    epochs = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
+    measured["pretrain"]["epoch_seconds"] = round(sum(e.get("seconds", 0) for e in epochs), 1)
     info = {"split": split, "train": t, **measured, "earlier": earlier}
     (work / "train.json").write_text(json.dumps(info))
 
@@ -277,6 +284,10 @@ def main() -> None:
         metavar="EPOCHS",
         help="train: continue the shipped bundle for this many epochs",
     )
+    parser.add_argument("--resume", action="store_true",
+                        help="train: continue the run a session's end stopped")  # fmt: skip
+    parser.add_argument("--placement", choices=PLACEMENTS, default=TRAIN["placement"],
+                        help="train: where small cases and foreground sit in a patch")  # fmt: skip
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()
