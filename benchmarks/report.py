@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import ROOT, parser_for, sha256
-from .placement import METRICS
-from .report_accuracy import _over_seeds, accuracy_table, shipped_table, transfer_table
+from .common import parser_for
+from .report_accuracy import accuracy_table, shipped_table, transfer_table
 from .report_distill import distill_table
 from .report_format import BENCH, END, PRODUCT, README, RESULTS, START, _cpu, _load, _mb, _s
 from .report_interactive import interactive_table
+from .report_placement import placement_lines, position_lines
 from .report_synth import (
     pretraining_table,
     synth_table,
@@ -201,65 +201,6 @@ def speed_table(results: Path) -> list[str]:
     return lines
 
 
-def placement_lines(results: Path) -> list[str]:
-    """Whether a model learnt the tumour or its place in the window (benchmarks.placement)."""
-    r = _load(results, "placement")
-    if r is None or "over_seeds" not in r:
-        return ["", f"Placement: not measured yet (`{PRODUCT}.placement`)."]
-    s, shipped, seeds = r["settings"], r["shipped"], r["settings"]["seeds"]
-    lines = [
-        "",
-        f"**Placement: the tumour, or where it sits in the window?** Each of the "
-        f"{len(s['held_out'])} held-out sarcomas scored again after moving it within the "
-        f"sliding-window grid ({len(s['shifts']) - 1} shifts of 16-48 voxels, zero padding on one "
-        f"side). tsfm-tiny trained on the shipped split's sarcomas, both placements side by side "
-        f"for {s['epochs'] * s['iterations']} iterations, one thread each, {len(seeds)} seed(s) "
-        f"(mean +- standard deviation over seeds), scored at 0.5 without mirroring; the shipped "
-        f"bundle (nnU-Net's centred rule) at its threshold; {_cpu(r)}; `{PRODUCT}.placement`. "
-        "Dice is the mean over scans; agreement is the Dice between a moved scan's mask and the "
-        "unmoved one's.",
-        "",
-        "| model | Dice, as cropped | Dice, moved (mean over shifts) | worst shift | agreement |",
-        "|---|---:|---:|---:|---:|",
-        f"| the shipped bundle ({Path(shipped['bundle']).name}) | "
-        + " | ".join(f"{shipped[m]:.3f}" for m in METRICS)
-        + " |",
-    ]
-    for arm, name in (("centred", "nnU-Net's rule, the default"), ("anywhere", "the option")):
-        cells = " | ".join(_over_seeds(r["over_seeds"][arm][m]) for m in METRICS)
-        lines.append(f"| tsfm-tiny, `--placement {arm}` ({name}) | {cells} |")
-    gap = r["anywhere_minus_centred"]
-    said = [
-        f"{label} {gap[m]['mean']:+.3f}"
-        + (f" +- {gap[m]['std']:.3f} ({'larger' if gap[m]['beats_spread'] else '**not larger**'}"
-           " than its spread)" if gap[m]["std"] is not None else " (one seed: no spread)")
-        for m, label in zip(METRICS, ("as cropped", "moved", "worst shift", "agreement"))
-    ]  # fmt: skip
-    centred = r["over_seeds"]["centred"]
-    lost = shipped["dice_unshifted"] - shipped["dice_shifted_mean"]
-    short = centred["dice_unshifted"]["mean"] - centred["dice_shifted_mean"]["mean"]
-    by_seed = "anywhere - centred, paired by seed: " + "; ".join(said) + "."
-    leans = (
-        f"Moved, the shipped bundle (a larger network, 1,800 iterations) loses {lost:.3f} Dice "
-        f"and the short centred runs {short:.3f}: the longer, larger run leans on the place "
-        "more. Whether `--placement anywhere` keeps such a run from it is not measured yet."
-    )
-    return lines + ["", by_seed, "", leans] + _stale_bundle(shipped)
-
-
-def _stale_bundle(shipped: dict) -> list[str]:
-    """A line saying so when the bundle in models/ is not the one a result scored."""
-    name = Path(shipped["bundle"]).name
-    now = ROOT / "models" / name / "model.safetensors"
-    if (
-        "weights_sha256" not in shipped
-        or not now.is_file()
-        or sha256(now) == shipped["weights_sha256"]
-    ):
-        return []
-    return ["", f"(The shipped row scored an earlier {name}: run `{PRODUCT}.placement` again.)"]
-
-
 def other_lines(results: Path) -> list[str]:
     """Measurements without a peer in the same run: one bullet each."""
     lines = []
@@ -310,7 +251,7 @@ def section(results: Path = RESULTS) -> str:
     lines = [START, "", "### Speed and memory, side by side", ""]
     lines += speed_table(results)
     lines += ["", "### The shipped model, on held-out real scans", ""]
-    lines += shipped_table(results) + placement_lines(results)
+    lines += shipped_table(results) + placement_lines(results) + position_lines(results)
     lines += ["", "### Accuracy (the paper's Table 1 protocol)", ""]
     lines += accuracy_table(results)
     lines += ["", "### Transfer (the paper's Table 2 protocol)", ""]

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import report, report_placement
 from benchmarks.seeds import merge, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -483,9 +483,28 @@ def test_placement_says_when_the_shipped_bundle_changed_since(tmp_path, monkeypa
     weights = tmp_path / "models" / "x" / "model.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"the bundle shipped now")
-    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report_placement, "ROOT", tmp_path)
     shipped = {"bundle": "/elsewhere/models/x", "weights_sha256": sha256(weights)}
-    assert report._stale_bundle(shipped) == []
-    assert report._stale_bundle({"bundle": "/elsewhere/models/x"}) == []  # not recorded
+    assert report_placement._stale_bundle(shipped) == []
+    assert report_placement._stale_bundle({"bundle": "/elsewhere/models/x"}) == []  # not recorded
     weights.write_bytes(b"a bundle shipped later")
-    assert "scored an earlier x" in report._stale_bundle(shipped)[-1]
+    assert "Scored an earlier x" in report_placement._stale_bundle(shipped)[-1]
+
+
+def test_position_lines_show_each_bundle_centred_and_moved(tmp_path):
+    from benchmarks.patch_position import OFFSETS, summary
+
+    assert "not measured yet" in "\n".join(report_placement.position_lines(tmp_path))
+    centred_only = {str(list(o)): {"a": {"dice": 0.8 if not any(o) else 0.2}} for o in OFFSETS}
+    anywhere = {str(list(o)): {"a": {"dice": 0.7}} for o in OFFSETS}
+    bundles = [
+        {"bundle": "/x/models/shipped", "rows": {"sarcoma_ct/held_out": summary(centred_only)}},
+        {"bundle": "/w/run/last", "rows": {"sarcoma_ct/held_out": summary(anywhere)}},
+    ]
+    settings = {"offsets": OFFSETS, "threshold": 0.5, "cases": {"sarcoma_ct": {"train": [1, 2]}}}
+    result = {"settings": settings, "bundles": bundles, "machine": {"cpu": "EPYC"}}
+    (tmp_path / "patch_position.json").write_text(json.dumps(result))
+    lines = report_placement.position_lines(tmp_path)
+    assert "| shipped | sarcoma ct, held out | 0.800 | 0.200 | 0.200 | 25% |" in lines
+    assert "| run/last | sarcoma ct, held out | 0.700 | 0.700 | 0.700 | 100% |" in lines
+    assert "first 2 training scans" in "\n".join(lines)

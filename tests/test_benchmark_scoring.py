@@ -76,3 +76,25 @@ def test_an_nnunet_row_is_scored_as_the_transfer_study_scores_its_rows(tmp_path)
     row = nnunet_row(args, tmp_path / "work", 0, reference)
     assert row["arm"] == "nnunet" and row["epochs"] is None and row["mean_dice"] == 1.0
     assert {"sarcoma_dice", "sarcoma_hd95", "sarcoma_nsd"} <= set(row)
+
+
+def test_the_position_probe_puts_the_tumour_where_it_is_asked_and_pads_with_zeros():
+    import numpy as np
+
+    from benchmarks.patch_position import OFFSETS, patch_around, summary
+
+    image = np.ones((1, 20, 60, 50), np.float32)
+    label = np.zeros((20, 60, 50), np.int16)
+    label[8:13, 50:55, 2:7] = 1  # near two borders: the patch runs past them
+    for offset in OFFSETS:
+        patch, truth = patch_around(image, label, (48, 96, 96), offset)
+        assert patch.shape == (1, 48, 96, 96) and truth.shape == (48, 96, 96)
+        assert truth.sum() == label.sum()  # the whole tumour, moved
+        where = np.nonzero(truth)
+        centre = [(int(w.min()) + int(w.max())) // 2 for w in where]
+        assert centre == [p // 2 + o for p, o in zip((48, 96, 96), offset)]
+        assert patch.min() == 0.0 and patch.max() == 1.0  # outside the scan: zeros
+    per_offset = {str(list(o)): {"a": {"dice": 0.8 if o == (0, 0, 0) else 0.4}} for o in OFFSETS}
+    s = summary(per_offset)
+    assert s["dice_centre"] == 0.8 and abs(s["dice_off_centre"] - 0.4) < 1e-9
+    assert abs(s["kept_off_centre"] - 0.5) < 1e-9
