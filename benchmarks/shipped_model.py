@@ -1,6 +1,7 @@
 """The shipped bundle, models/tsfm-real-lowres: how it is trained, scored and written.
 
     .venv/bin/python -m benchmarks.shipped_model train  # split, preprocess, pretrain (~100 min)
+    .venv/bin/python -m benchmarks.shipped_model score  # the run's held-out scores, not shipped
     .venv/bin/python -m benchmarks.shipped_model ship   # held-out scores, models/<name>/, its card
     .venv/bin/python -m benchmarks.shipped_model calibrate  # thresholds on the training scans
     .venv/bin/python -m benchmarks.shipped_model rescore  # the shipped bundle scored again
@@ -190,6 +191,21 @@ def ship(args) -> None:
     write_scores(info, scores, target)
 
 
+def score_run(args) -> None:
+    """The run in --work scored on the held-out scans as `ship` scores, beside the shipped
+    bundle's scores at 0.5 (a new run has no thresholds yet); nothing is shipped."""
+    info = json.loads((args.work / "train.json").read_text())
+    scores = score(args, args.work / "run" / "last", info["split"])
+    (args.work / "scores.json").write_text(json.dumps(scores, indent=1))
+    shipped = json.loads((RESULTS / "shipped_model.json").read_text())
+    before = shipped.get("scores_at_0.5", shipped["scores"])
+    for name, s in scores.items():
+        now, was = (f"Dice {_fmt(r['dice'], 3)}, volume ratio {r['volume_ratio']['median']:.2f}x"
+                    for r in (s, before[name]))  # fmt: skip
+        print(f"{name}: {now} (shipped at 0.5: {was})")
+    print(f"wrote {args.work / 'scores.json'}")
+
+
 def rescore(args) -> None:
     """Score the bundle in models/ as shipped with today's `predict` (no training run needed),
     so that its card and results follow a change in prediction; the weights stay as they are."""
@@ -274,7 +290,7 @@ def write_scores(info: dict, scores: dict, target: Path) -> None:
 
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
-    parser.add_argument("step", choices=("train", "ship", "calibrate", "rescore", "card"))
+    parser.add_argument("step", choices=("train", "score", "ship", "calibrate", "rescore", "card"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=WORK / "shipped")
     parser.add_argument(
@@ -291,8 +307,8 @@ def main() -> None:
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="ship: predict without mirroring (a quick check)")  # fmt: skip
     args = parser.parse_args()
-    steps = {"train": train, "ship": ship, "calibrate": calibrate, "rescore": rescore,
-             "card": write_card}  # fmt: skip
+    steps = {"train": train, "score": score_run, "ship": ship, "calibrate": calibrate,
+             "rescore": rescore, "card": write_card}  # fmt: skip
     steps[args.step](args)
 
 
