@@ -101,7 +101,7 @@ run validated on them too, but the shipped weights are its last epoch, not a sel
 `train --more EPOCHS` a further one from the shipped weights; `... ship` scores the held-out scans
 and writes this folder.) {iterations:,} iterations in all, batch {t["batch"]}, SGD Nesterov 0.99,
 lr 1e-2 poly in each stage, the partial-label loss, deep supervision, nnU-Net's augmentation.
-The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
+{_placed(t)}The pool file (configs/pools/real.yaml) gives the sarcomas three quarters of the
 samples (the target is sarcoma Dice) and keeps the glioblastomas at full resolution (at the lowres
 spacing a tumour shrinks to a few hundred voxels, and an earlier run never found one). Weights
 stored in float16 ({size_mb:.1f} MB); loading
@@ -175,6 +175,18 @@ use the stored threshold (`python -m benchmarks.shipped_model calibrate --no-mir
 (Scans: the training scans; Dice: their mean; volume: predicted / reference, their median.)
 
 """
+
+
+def _placed(t: dict) -> str:
+    """The card's sentence on patch placement, for a bundle trained off nnU-Net's rule."""
+    if t.get("placement", "centred") == "centred":
+        return ""
+    return (
+        "Patches were placed with `--placement anywhere`: a case smaller than the patch anywhere "
+        "inside it, a\nforeground sample's voxel anywhere in it, not at the centre where nnU-Net's "
+        "rule puts them (a\nbundle trained that way learnt where a tumour sits: README, "
+        "Placement).\n"
+    )
 
 
 def placement_limit(info: dict) -> str:

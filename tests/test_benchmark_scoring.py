@@ -43,6 +43,14 @@ def test_the_shipped_card_says_when_predicted_volumes_run_off():
     assert "under-segments" in volume_limit({"brain_mr": under})
 
 
+def test_the_shipped_card_names_the_placement_only_off_nnunets_rule():
+    from benchmarks.shipped_card import _placed, placement_limit
+
+    assert _placed({"placement": "centred"}) == _placed({}) == ""  # older runs: centred
+    assert "`--placement anywhere`" in _placed({"placement": "anywhere"})
+    assert placement_limit({"train": {"placement": "anywhere"}}) == ""  # no centring limit
+
+
 def test_predicted_reports_the_stages_predict_json_records(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
