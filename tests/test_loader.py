@@ -92,30 +92,37 @@ def test_cases_smaller_than_the_patch_are_padded(pool):
     assert seen == {LIVER, MULTI}
 
 
-def test_placement_of_a_small_case_and_of_the_foreground_voxel(pool):
+def test_placement_of_a_case_and_of_the_foreground_voxel(pool):
     """nnU-Net's rule centres a case smaller than the patch, and a forced sample's voxel; the
-    default puts both anywhere in the patch, the case always whole inside it."""
+    option puts the voxel anywhere in the patch, with the patch hanging out of the case by up to
+    half its size. With augmentation, as training runs: the enlarged crop must not pin it back."""
     summary, by_name = pool
     case = by_name[LIVER][0]
     shape = np.array(case.label().shape)  # 24x32x32 under a 28x36x36 patch
     patch = np.array((28, 36, 36))
     placed = {}
     for placement in ("centred", "anywhere"):
-        loader = batches(pool, datasets=(LIVER,), patch_size=tuple(patch), augment=False,
-                         placement=placement)  # fmt: skip
-        starts = {tuple(loader._location(shape, None, np.random.default_rng(i))[0])
-                  for i in range(40)}  # fmt: skip
-        for start in starts:  # the case lies whole inside the patch
-            assert (np.array(start) <= 0).all() and (np.array(start) + patch >= shape).all()
-        spots = []
-        for i in range(40):  # a forced sample holds its label, wherever it puts it
-            start, value = loader._location(shape, case, np.random.default_rng(i))
-            assert (crop(case.label()[None], start, tuple(patch), np.int16) == value).any()
-            spots.append(tuple(start))
-        placed[placement] = (starts, set(spots))
-    assert placed["centred"][0] == {tuple(-((patch - shape) // 2))}
-    assert len(placed["anywhere"][0]) > 10  # spread over the (4+1)^3 places the case fits
-    assert len(placed["anywhere"][1]) > len(placed["centred"][1])
+        loader = batches(pool, datasets=(LIVER,), patch_size=tuple(patch), placement=placement)
+        margin = (np.array(loader.crop_size) - patch) // 2
+        assert (margin > 0).all()  # the augmented path: a crop larger than the patch
+        voxels, starts = [], set()
+        for i in range(60):
+            rng = np.random.default_rng(i)
+            start, value = loader._location(shape, case, rng)
+            inside = start + margin  # where the patch starts in the case
+            label = crop(case.label()[None], inside, tuple(patch), np.int16)
+            assert (label == value).any()  # a forced sample holds its label
+            where = np.argwhere(label[0] == value)
+            voxels.append(where.mean(0))
+            free, _ = loader._location(shape, None, rng)
+            assert (free + margin < shape).all() and (free + margin + patch > 0).all()  # overlaps
+            starts.add(tuple(free))
+        placed[placement] = (np.ptp(np.array(voxels), axis=0), starts)
+    assert placed["centred"][1] == {tuple(-((np.array(loader.crop_size) - shape) // 2))}
+    assert len(placed["anywhere"][1]) > 20
+    # the label's centre in the patch: a narrow band centred, most of the patch anywhere
+    assert (placed["anywhere"][0][1:] > 0.5 * patch[1:]).all(), placed
+    assert (placed["anywhere"][0] > 2 * placed["centred"][0]).all(), placed
     with pytest.raises(ValueError, match="placement 'middle'"):
         batches(pool, placement="middle")
 

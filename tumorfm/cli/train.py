@@ -44,9 +44,9 @@ def pretrain(
     placement: Annotated[
         str | None,
         typer.Option(
-            help="Where a case smaller than the patch, and a foreground sample's voxel, sit in "
-            "the patch: centred (default, nnU-Net's rule) or anywhere (for scans cropped "
-            "around their tumour)."
+            help="Where a foreground sample's voxel, and a case smaller than the patch, sit in "
+            "the patch: centred (default, nnU-Net's rule) or anywhere (the patch may hang out "
+            "of the case by half its size; for scans cropped around their tumour)."
         ),
     ] = None,
 ) -> None:

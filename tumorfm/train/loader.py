@@ -17,11 +17,11 @@ sample centres its voxel ("centred", the default). On scans cropped around their
 sarcoma set) every patch then holds the tumour in the same place, and the network learns where
 in its window a tumour sits as well as what one looks like: the shipped bundle, trained that way,
 scores 0.654 on its held-out sarcomas as cropped and 0.575 on average when each is moved within
-the window grid (0.462 at worst; benchmarks/placement.py). "anywhere" lets such a case lie
-anywhere inside the patch and puts the foreground voxel anywhere in it. Over 3 seeds of 400
-iterations it made the masks of moved scans agree more with the unmoved ones (0.858 against
-0.808), but did not change Dice beyond the spread over seeds, so nnU-Net's rule stays the
-default until a longer run says otherwise.
+the window grid (0.462 at worst; benchmarks/placement.py). "anywhere" lets the patch hang out of
+the case by up to half its size on any side, and puts the foreground voxel anywhere in it, so
+that the tumour of a case cropped around it lands anywhere in the patch. (Keeping such a case
+whole inside the patch, as this option first did, moved nothing: the sarcoma crops nearly fill
+the 48x96x96 patch, and their tumours stayed within 15 voxels of its centre in-plane.)
 
 A dataset with online
 synthesis (pool file) has that share of its samples centred on its organ, with synthetic tumours
@@ -185,8 +185,10 @@ class PatchBatches(Dataset):
         high = shape + need // 2 + need % 2 - crop_size
         margin = (crop_size - patch) // 2  # where the patch starts inside the crop
         anywhere = self.placement == "anywhere"
-        if anywhere:  # a case smaller than the patch: anywhere inside it (others: as before)
-            low, high = np.minimum(low, shape - patch - margin), np.maximum(high, -margin)
+        if anywhere:  # the patch may hang out of the case by half its size, on any side
+            reach = patch // 2
+            low = np.minimum(low, -reach - margin)
+            high = np.maximum(high, shape - patch + reach - margin)
         if case is not None:
             locations = case.class_locations()
             present = sorted(value for value, voxels in locations.items() if len(voxels))
