@@ -108,7 +108,10 @@ def main() -> None:
     bundles = []
     for bundle in args.bundles:
         rows = {}
+        plans = json.loads((bundle / "config.json").read_text())["plan"]["datasets"]
         for dataset, cases in parts.items():
+            if dataset not in plans:  # a bundle trained on the sarcomas alone
+                continue
             for part, names in cases.items():
                 print(f"{bundle}: {dataset}, {len(names)} {part} scans", flush=True)
                 per_offset = probe(bundle, cache, dataset, names)

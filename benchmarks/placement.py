@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,7 @@ def train_arms(args, work: Path, seed: int) -> dict:
     runs.mkdir(parents=True, exist_ok=True)
 
     def train(arm: str) -> dict:
+        shutil.rmtree(runs / arm, ignore_errors=True)  # not kept: stale, or `--fresh` asked
         command = [str(BIN / "tumorfm"), "pretrain", str(work / "cache"), "-o", str(runs / arm),
                    "--profile", "cpu", "--model", "tsfm-tiny", "--patch", *PATCH, "--batch", "2",
                    "--epochs", str(args.epochs), "--iterations", str(args.iterations),
