@@ -10,9 +10,9 @@ value training pads with) and scores it again: a model that learnt the tumour ke
 Arms: the shipped bundle (models/tsfm-real-lowres, trained with nnU-Net's rule, at its calibrated
 threshold), and per seed two tsfm-tiny runs trained side by side for the same iterations on the
 shipped split's sarcomas, one thread each, one with `--placement centred` (nnU-Net's rule) and one
-with `--placement anywhere` (a small case anywhere inside the patch, a foreground voxel anywhere
-in it), scored at 0.5 without mirroring. Per arm and shift: the mean Dice over the 7 held-out
-scans, and how far the masks agree with the unshifted one (Dice between the two).
+with `--placement anywhere` (a foreground voxel anywhere in the patch, which may hang out of the
+case by half its size), scored at 0.5 without mirroring. Per arm and shift: the mean Dice over
+the 7 held-out scans, and how far the masks agree with the unshifted one (Dice between the two).
 
     .venv/bin/python -m benchmarks.placement [--seeds 0 1 2] [--epochs 8] [--iterations 50]
 
