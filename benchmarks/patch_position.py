@@ -88,6 +88,15 @@ def summary(per_offset: dict) -> dict:
     }
 
 
+def label(bundle: Path) -> str:
+    """A shipped bundle by its name; a training run's (RUN/last) by its model, placement, seed."""
+    settings = bundle.parent / "settings.json"
+    if not settings.is_file():
+        return bundle.name
+    c = json.loads(settings.read_text())["config"]
+    return f"{c['model']}, `--placement {c.get('placement', 'centred')}`, seed {c['seed']}"
+
+
 def main() -> None:
     parser = parser_for(__spec__.name, __doc__)
     parser.add_argument("--bundles", type=Path, nargs="+", default=[SHIPPED])
@@ -117,7 +126,8 @@ def main() -> None:
                 per_offset = probe(bundle, cache, dataset, names)
                 rows[f"{dataset}/{part}"] = {**summary(per_offset), "per_offset": per_offset}
         weights = sha256(bundle / "model.safetensors")
-        bundles.append({"bundle": str(bundle), "weights_sha256": weights, "rows": rows})
+        bundles.append({"bundle": str(bundle), "label": label(bundle), "weights_sha256": weights,
+                        "rows": rows})  # fmt: skip
     result = {
         **provenance("patch_position", ".venv", load_before),
         "settings": {"offsets": OFFSETS, "cases": parts, "threshold": 0.5},

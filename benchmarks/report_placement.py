@@ -52,8 +52,15 @@ def placement_lines(results: Path) -> list[str]:
     leans = (
         f"Moved, the shipped bundle (a larger network, 1,800 iterations) loses {lost:.3f} Dice "
         f"and the short centred runs {short:.3f}: the longer, larger run leans on the place "
-        "more. Whether `--placement anywhere` keeps such a run from it is not measured yet."
+        "more. "
     )
+    cropped = gap["dice_unshifted"]
+    if cropped["mean"] < 0 and cropped.get("beats_spread"):
+        leans += (
+            f"In {s['epochs'] * s['iterations']} iterations `--placement anywhere` learns less "
+            "(it places the tumour anywhere, and half of the patch may be padding): "
+        )
+    leans += "whether it keeps a run of the bundle's length from the place is not measured yet."
     return lines + ["", by_seed, "", leans] + _stale_bundle(shipped)
 
 
@@ -94,15 +101,10 @@ def position_lines(results: Path) -> list[str]:
         for name, row in b["rows"].items():
             kept = row["kept_off_centre"]
             lines.append(
-                f"| {_bundle_name(b['bundle'])} | {name.replace('/', ', ').replace('_', ' ')} | "
+                f"| {b.get('label') or Path(b['bundle']).name} | "
+                f"{name.replace('/', ', ').replace('_', ' ')} | "
                 f"{row['dice_centre']:.3f} | {row['dice_off_centre']:.3f} | "
                 f"{row['dice_worst_offset']:.3f} | {'n/a' if kept is None else f'{kept:.0%}'} |"
             )
         lines += _stale_bundle(b, "patch_position")
     return lines
-
-
-def _bundle_name(path: str) -> str:
-    """models/<name> by its name; a training run's bundle (RUN/last) by its run's folder."""
-    p = Path(path)
-    return p.name if p.parent.name == "models" else f"{p.parent.name}/{p.name}"

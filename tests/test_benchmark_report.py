@@ -499,12 +499,27 @@ def test_position_lines_show_each_bundle_centred_and_moved(tmp_path):
     anywhere = {str(list(o)): {"a": {"dice": 0.7}} for o in OFFSETS}
     bundles = [
         {"bundle": "/x/models/shipped", "rows": {"sarcoma_ct/held_out": summary(centred_only)}},
-        {"bundle": "/w/run/last", "rows": {"sarcoma_ct/held_out": summary(anywhere)}},
+        {
+            "bundle": "/w/run/last",
+            "label": "tiny, anywhere",
+            "rows": {"sarcoma_ct/held_out": summary(anywhere)},
+        },  # fmt: skip
     ]
     settings = {"offsets": OFFSETS, "threshold": 0.5, "cases": {"sarcoma_ct": {"train": [1, 2]}}}
     result = {"settings": settings, "bundles": bundles, "machine": {"cpu": "EPYC"}}
     (tmp_path / "patch_position.json").write_text(json.dumps(result))
     lines = report_placement.position_lines(tmp_path)
     assert "| shipped | sarcoma ct, held out | 0.800 | 0.200 | 0.200 | 25% |" in lines
-    assert "| run/last | sarcoma ct, held out | 0.700 | 0.700 | 0.700 | 100% |" in lines
+    assert "| tiny, anywhere | sarcoma ct, held out | 0.700 | 0.700 | 0.700 | 100% |" in lines
     assert "first 2 training scans" in "\n".join(lines)
+
+
+def test_the_position_probe_names_a_run_by_its_settings(tmp_path):
+    from benchmarks.patch_position import label
+
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    assert label(tmp_path / "models" / "tsfm-real-lowres") == "tsfm-real-lowres"
+    config = {"model": "tsfm-tiny", "placement": "anywhere", "seed": 2}
+    (run / "settings.json").write_text(json.dumps({"config": config}))
+    assert label(run / "last") == "tsfm-tiny, `--placement anywhere`, seed 2"
