@@ -182,9 +182,9 @@ def _placed(t: dict) -> str:
     if t.get("placement", "centred") == "centred":
         return ""
     return (
-        "Patches were placed with `--placement anywhere`: a case smaller than the patch anywhere "
-        "inside it, a\nforeground sample's voxel anywhere in it, not at the centre where nnU-Net's "
-        "rule puts them (a\nbundle trained that way learnt where a tumour sits: README, "
+        "Patches were placed with `--placement anywhere`: a foreground sample's voxel anywhere "
+        "in the patch,\nwhich may hang out of a case by half its size, not at the centre where "
+        "nnU-Net's rule puts it\n(a bundle trained that way learnt where a tumour sits: README, "
         "Placement).\n"
     )
 
