@@ -65,9 +65,7 @@ def probe(bundle: Path, cache: Path, dataset: str, cases: list[str]) -> dict:
         label = np.load(cache / dataset / case / "label.npy") > 0
         for offset in OFFSETS:
             patch, truth = patch_around(image, label, predictor.patch_size, offset)
-            with torch.inference_mode():
-                batch = torch.from_numpy(np.ascontiguousarray(patch))[None]
-                probability = predictor._network(batch)[0, 0].numpy()
+            probability = predictor.sliding_window(np.ascontiguousarray(patch))[0]  # one window
             out[str(list(offset))][case] = {
                 "dice": float(dice(probability >= 0.5, truth)),
                 "p_tumour": float(probability[truth].mean()),

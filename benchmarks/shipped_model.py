@@ -90,17 +90,29 @@ def train(args) -> None:
                      "--split", str(work / "split.json")]
                     + (["--init-from", str(ROOT / "models" / NAME)] if args.more else []),
     }  # fmt: skip
+    measured = {what: {"command": " ".join(command)} for what, command in commands.items()}
     if args.resume:  # a run a session's end stopped: on from its last epoch, as it started
-        commands = {"pretrain": [tumorfm, "pretrain", str(work / "cache"),
-                                 "--resume", str(work / "run")]}  # fmt: skip
-    measured = {}
+        resume = [tumorfm, "pretrain", str(work / "cache"), "--resume", str(work / "run")]
+        commands = {"pretrain": resume}
+        measured["pretrain"] |= {"resumed_with": " ".join(resume),
+                                 "resumed_after_seconds": _epoch_seconds(work)}  # fmt: skip
     for what, command in commands.items():
-        measured[what] = {"command": " ".join(command)}
         measured[what] |= run(command, dict(os.environ), work / f"{what}.log", 4 * 3600, what, 30.0)
-    epochs = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
-    measured["pretrain"]["epoch_seconds"] = round(sum(e.get("seconds", 0) for e in epochs), 1)
+    pretrain = measured["pretrain"]
+    pretrain["epoch_seconds"] = _epoch_seconds(work)
+    if args.resume:  # the card adds up wall_seconds: count the stopped part by its epochs
+        pretrain["wall_seconds"] = round(
+            pretrain["wall_seconds"] + pretrain["resumed_after_seconds"], 1
+        )
     info = {"split": split, "train": t, **measured, "earlier": earlier}
     (work / "train.json").write_text(json.dumps(info))
+
+
+def _epoch_seconds(work: Path) -> float:
+    """The training seconds of the epochs run/log.jsonl records (validation not counted)."""
+    log = work / "run" / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return round(sum(json.loads(line).get("seconds", 0) for line in lines), 1)
 
 
 def held_out(data: Path, split: dict, name: str, out: Path, part: str = "val") -> tuple[Path, Path]:

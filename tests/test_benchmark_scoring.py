@@ -106,3 +106,37 @@ def test_the_position_probe_puts_the_tumour_where_it_is_asked_and_pads_with_zero
     s = summary(per_offset)
     assert s["dice_centre"] == 0.8 and abs(s["dice_off_centre"] - 0.4) < 1e-9
     assert abs(s["kept_off_centre"] - 0.5) < 1e-9
+
+
+def test_a_resumed_shipped_run_records_its_first_command_and_its_whole_time(tmp_path, monkeypatch):
+    import json
+    from argparse import Namespace
+
+    from benchmarks import shipped_model
+
+    work = tmp_path / "shipped"
+    (work / "run").mkdir(parents=True)
+    log = [{"epoch": e, "seconds": 100.0} for e in range(3)]  # the part a session's end stopped
+    (work / "run" / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    ran = []
+
+    def fake_run(command, env, log_file, timeout, what, interval):
+        ran.append(command)
+        with (work / "run" / "log.jsonl").open("a") as f:  # the resumed part: two more epochs
+            f.write(json.dumps({"epoch": 3, "seconds": 90.0}) + "\n")
+            f.write(json.dumps({"epoch": 4, "seconds": 90.0}) + "\n")
+        return {"wall_seconds": 200.0}
+
+    monkeypatch.setattr(shipped_model, "run", fake_run)
+    monkeypatch.setattr(shipped_model, "fixed_split", lambda data: {})
+    args = Namespace(work=work, data=tmp_path, placement="centred", more=0, resume=True)
+    shipped_model.train(args)
+    info = json.loads((work / "train.json").read_text())
+    assert len(ran) == 1 and "--resume" in ran[0]  # nothing preprocessed again
+    pretrain = info["pretrain"]
+    assert "--epochs 36" in pretrain["command"] and "--resume" in pretrain["resumed_with"]
+    assert pretrain["resumed_after_seconds"] == 300.0 and pretrain["epoch_seconds"] == 480.0
+    assert pretrain["wall_seconds"] == 500.0  # the card's training time counts both parts
+    assert (
+        "preprocess" in info["preprocess"]["command"] and "wall_seconds" not in info["preprocess"]
+    )
