@@ -21,6 +21,8 @@ from .report_format import (
     _transfer_machines,
 )
 
+PEERS = {"tumorfm": "tumorfm", "nnunet": "nnU-Net v2", "swinunetr": "MONAI SwinUNETR"}
+
 
 def accuracy_table(results: Path) -> list[str]:
     r = _load(results, "accuracy")
@@ -63,22 +65,26 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     lines = [
         f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['config']} plan, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
-        f"{len(s['seeds'])} seeds per model, no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- "
-        f"standard deviation over seeds.",
+        f"no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- standard deviation over the seeds "
+        f"(one training per seed).",
         "",
-        "| dataset | model | parameters | iterations | Dice | HD95 mm | NSD | train | predict |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | model | parameters | iterations | seeds | Dice | HD95 mm | NSD | train "
+        "| predict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         train, predict = row["train_seconds"]["mean"], row["predict_seconds"]["mean"]
         lines.append(
             f"| {row['dataset']} ({row['cases']} held out) | {row['model']} | "
-            f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | "
+            f"{row['parameters'] / 1e6:.2f}M | {row['iterations']} | {row['dice']['n']} | "
             f"{_over_seeds(row['dice'])} | {_over_seeds(row['hd95'], 1)} | "
             f"{_over_seeds(row['nsd'])} | {_s(train)} | {_s(predict)} |"
         )
     if not r.get("complete", True):
         lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
+    measured = {row.get("arm") for row in r.get("rows_per_seed", [])}
+    if missing := [name for arm, name in PEERS.items() if measured and arm not in measured]:
+        lines += ["", f"Not measured yet at these settings: {', '.join(missing)}."]
     if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
         each = "; ".join(f"`{s['command']}` on {s['cpu']}" for s in sessions)
         lines += [

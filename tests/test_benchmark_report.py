@@ -119,9 +119,13 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     result = {"settings": settings, "command": "accuracy.py", "rows": merged}
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
-    assert "| tumorfm | 1.30M | 400 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
-    assert "| nnU-Net | 1.30M | 400 | 0.600 |" in text  # one seed known: no spread claimed
-    assert "sessions" not in text
+    assert "| tumorfm | 1.30M | 400 | 2 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
+    assert "| nnU-Net | 1.30M | 400 | 1 | 0.600 |" in text  # one seed known: no spread claimed
+    assert "sessions" not in text and "Not measured yet" not in text
+    result["rows_per_seed"] = [{"arm": "tumorfm"}, {"arm": "nnunet"}]
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "Not measured yet at these settings: MONAI SwinUNETR." in text
     result["sessions"] = [{"command": "accuracy --seeds 0", "cpu": "AMD EPYC"},
                           {"command": "accuracy --seeds 1", "cpu": "Intel Xeon"}]  # fmt: skip
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
