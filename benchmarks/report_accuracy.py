@@ -158,8 +158,9 @@ def transfer_table(results: Path) -> list[str]:
             "",
             f"nnU-Net v2 on the same splits ({s.get('factor', 10)}x the smallest budget's "
             f"iterations): "
-            f"not measured yet for seed(s) {', '.join(map(str, sorted(missing)))} (the same "
-            f"command without `--skip-nnunet` adds it; hours a seed on 2 CPUs).",
+            f"not measured yet for seed(s) {', '.join(map(str, sorted(missing)))} "
+            f"(`{BENCH}.transfer --seeds 0 1 2` adds them and keeps the rows measured; hours a "
+            f"seed on 2 CPUs).",
         ]
     lines += _network_costs(r)
     gap = t["pretrained_minus_scratch_at_smallest_budget"]
@@ -172,7 +173,8 @@ def transfer_table(results: Path) -> list[str]:
     if "pretrained_at_10pct_minus_nnunet" in t:
         versus = t["pretrained_at_10pct_minus_nnunet"]
         lines[-1] += (
-            f"; pretrained with <= 10% of nnU-Net's iterations minus nnU-Net {_over_seeds(versus)} "
+            f"; pretrained with <= 10% of nnU-Net's iterations minus nnU-Net {_over_seeds(versus)}"
+            f"{' (one seed: no spread yet)' if versus['n'] == 1 else ''} "
             f"(target: at least nnU-Net: "
             f"{'met' if t['meets_nnunet_with_10pct'] else '**missed**'})."
         )
