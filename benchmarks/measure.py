@@ -189,6 +189,7 @@ def run(
     load_before = os.getloadavg()
     busy_before, ours_before = _cpu_jiffies()[0], _own_cpu_seconds()
     started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)  # a seed's folder, say, before its first run
     with open(log, "w") as stream:
         process = subprocess.Popen(
             command, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True

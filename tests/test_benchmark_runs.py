@@ -260,3 +260,13 @@ def test_synth_useful_measures_another_probability_beside_the_recorded_arms(tmp_
     monkeypatch.setattr("sys.argv", [*argv, "--probability", "0"])
     with pytest.raises(SystemExit):
         synth_useful.main()
+
+
+def test_a_measured_run_makes_its_log_folder_a_new_seed_has_not_made_yet(tmp_path):
+    import sys
+
+    from benchmarks.measure import run
+
+    log = tmp_path / "runs" / "seed1" / "tumorfm-sarcoma_ct.log"  # the accuracy arm's first log
+    result = run([sys.executable, "-c", "print('trained')"], {}, log, 60, "a run", 0.1)
+    assert log.read_text().strip() == "trained" and result["wall_seconds"] > 0
