@@ -80,6 +80,21 @@ DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --m
 }
 
 
+# The glioblastoma MRs are 24-slice slabs at 1 mm: the lowres plan coarsens them only in-plane (to
+# 20x109x108, where a tumour is a few hundred voxels; configs/pools/real.yaml keeps them at full
+# resolution for that reason), and a 48-slice patch is over twice their depth. At the lowres
+# setting they keep full resolution, with a patch of about as many voxels that SwinUNETR can take
+# (multiples of 32).
+FULLRES_AT_LOWRES = {"brain_mr": [32, 128, 128]}
+
+
+def plan_of(args, name: str) -> tuple[str, list[int]]:
+    """The plan configuration and patch every model of dataset `name` trains with."""
+    if args.config == "lowres" and name in FULLRES_AT_LOWRES:
+        return "fullres", FULLRES_AT_LOWRES[name]
+    return args.config, list(args.patch)
+
+
 def score(predictions: Path, labels: Path, args, work: Path) -> dict:
     how = {"tumorfm": [str(args.tumorfm)], "timeout": args.timeout, "what": "tumorfm evaluate"}
     result = evaluated(predictions, labels, work / "evaluate.log", **how)
@@ -162,11 +177,12 @@ def predicted_and_scored(args, work, name, model, out, train, predict, predictio
 
 def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> dict:
     folder, _, _, mapping = DATASETS[name]
+    config, patch = plan_of(args, name)
     out = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     shutil.rmtree(out, ignore_errors=True)
     command = cli(args.tumorfm, "finetune", args.data / folder, "--from",
                   work / "pretrain" / "last", "-o", out, "--epochs", epochs, "--iterations",
-                  args.per_epoch, "--patch", args.patch, "--split", split_file,
+                  args.per_epoch, "--patch", patch, "--config", config, "--split", split_file,
                   "--seed", seed, mapping)  # fmt: skip
     train = run(command, dict(os.environ), out.parent / f"tumorfm-{name}.log", args.timeout * 8,
                 f"tumorfm finetune ({name})")  # fmt: skip
@@ -185,8 +201,9 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed
     tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     if not (tumorfm_run / "last").is_dir():
         sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
+    patch = plan_of(args, name)[1]
     command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
-                  "--iterations", iterations, "--patch", args.patch, "--batch", args.batch,
+                  "--iterations", iterations, "--patch", patch, "--batch", args.batch,
                   "--feature-size", args.swin_features, "--seed", seed)  # fmt: skip
     train = run(command, dict(os.environ), out.parent / f"swinunetr-{name}.log",
                 args.timeout * 8, f"SwinUNETR train ({name})")  # fmt: skip
@@ -226,8 +243,8 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
     env = nnunet_env(nn, 2)
     pre = raw_and_planned(args.data / folder, dataset_id, nn, env, args.timeout)
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    patch = args.patch or plans["configurations"]["3d_fullres"]["patch_size"]
-    spacing = lowres_spacing(work, name, seed) if args.config == "lowres" else None
+    config, patch = plan_of(args, name)
+    spacing = lowres_spacing(work, name, seed) if config == "lowres" else None
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
     log = nn / f"preprocess-bench-{name}.log"
@@ -341,7 +358,13 @@ def main() -> None:
                 "nnunetv2": version("nnunetv2"),
                 **git_state(),
             },
-            "settings": settings | {"seeds": measured},
+            "settings": settings
+            | {
+                "seeds": measured,
+                "plans": {
+                    name: dict(zip(("config", "patch"), plan_of(args, name))) for name in DATASETS
+                },
+            },
             "splits": splits,
             "pretrain": pretrained,
             "sessions": [*sessions, session],
@@ -361,8 +384,10 @@ def main() -> None:
             split_file = work / f"split-{name}.json"
             split_file.write_text(json.dumps([splits[name]], indent=1))  # nnU-Net's format
             images, labels = held_out_folders(folder, splits[name], work / "held-out" / name)
-            common = {"dataset": name, "cases": len(splits[name]["val"]),
-                      "iterations": epochs * args.per_epoch, "seed": seed}  # fmt: skip
+            config, patch = plan_of(args, name)
+            common = {"dataset": name, "cases": len(splits[name]["val"]), "seed": seed,
+                      "config": config, "patch": patch,
+                      "iterations": epochs * args.per_epoch}  # fmt: skip
             for model in to_measure(args, rows, work, name, seed):
                 if model == "tumorfm":
                     pretrained = pretrain(args, work, splits)
