@@ -63,7 +63,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     """accuracy.json of several seeds: mean +- std over seeds per dataset and model."""
     s, pre = r["settings"], r.get("pretrain")
     lines = [
-        f"Patch {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['config']} plan, the "
+        f"{_plans(s)}, batch {s['batch']}, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
         f"no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- standard deviation over the seeds "
         f"(one training per seed).",
@@ -98,6 +98,17 @@ def accuracy_seeds_table(r: dict) -> list[str]:
             f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
         ]
     return lines
+
+
+def _plans(settings: dict) -> str:
+    """Each dataset's plan and patch (the same for every model of it)."""
+    plans = settings.get("plans") or {
+        "": {"config": settings["config"], "patch": settings["patch"]}
+    }
+    return "; ".join(
+        f"{name + ': ' if name else ''}{p['config']} plan, patch {'x'.join(map(str, p['patch']))}"
+        for name, p in plans.items()
+    )
 
 
 def _transfer_arm(row: dict, model: str, nnunet: dict | None) -> tuple:
