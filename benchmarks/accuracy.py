@@ -5,7 +5,8 @@ Datasets: the soft-tissue sarcoma CTs (Dataset101_SarcomaCT, 36 cases) and the g
 sarcoma cases, and 2 of the 8 brain patients (both their scans: no patient on both sides) are
 held out. Every model trains `--iterations` (x `--budget`) iterations on the rest, with the same
 patch and batch, at the lowres plan (`--config`: a spacing at which the patch holds most of a
-case; nnU-Net is given tumorfm's), then segments the held-out scans without mirroring; `tumorfm
+case; nnU-Net is given tumorfm's; the glioblastoma slabs keep full resolution and a 32x128x128
+patch, FULLRES_AT_LOWRES), then segments the held-out scans without mirroring; `tumorfm
 evaluate` scores every model's label maps against the truth (Dice, HD95, NSD at 2 mm). Each model
 trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pretraining holds the
 split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
