@@ -63,7 +63,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     """accuracy.json of several seeds: mean +- std over seeds per dataset and model."""
     s, pre = r["settings"], r.get("pretrain")
     lines = [
-        f"{_plans(s)}, batch {s['batch']}, the "
+        f"{_plans(s)}; batch {s['batch']}, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
         f"no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- standard deviation over the seeds "
         f"(one training per seed).",
@@ -89,7 +89,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
         each = "; ".join(f"`{s['command']}` on {s['cpu']}" for s in sessions)
         lines += [
             "",
-            f"Measured in {len(sessions)} sessions, each keeping the former's rows: {each}.",
+            f"Measured by {len(sessions)} runs, each keeping the rows of the former: {each}.",
         ]
     if pre:
         lines += [
@@ -105,10 +105,12 @@ def _plans(settings: dict) -> str:
     plans = settings.get("plans") or {
         "": {"config": settings["config"], "patch": settings["patch"]}
     }
-    return "; ".join(
-        f"{name + ': ' if name else ''}{p['config']} plan, patch {'x'.join(map(str, p['patch']))}"
+    each = [
+        f"{name + ' at the ' if name else 'The '}{p['config']} plan with patch "
+        f"{'x'.join(map(str, p['patch']))}"
         for name, p in plans.items()
-    )
+    ]
+    return ", ".join(each) if "" in plans else "Every model of " + ", ".join(each)
 
 
 def _transfer_arm(row: dict, model: str, nnunet: dict | None) -> tuple:

@@ -122,15 +122,16 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     assert "| tumorfm | 1.30M | 400 | 2 | 0.750 +- 0.071 | 20.5 +- 0.7 | 0.500 +- 0.000 |" in text
     assert "| nnU-Net | 1.30M | 400 | 1 | 0.600 |" in text  # one seed known: no spread claimed
     assert "sessions" not in text and "Not measured yet" not in text
-    assert text.startswith("lowres plan, patch 48x96x96, batch 2")
+    assert text.startswith("The lowres plan with patch 48x96x96; batch 2")
     result["settings"]["plans"] = {
         "sarcoma_ct": {"config": "lowres", "patch": [48, 96, 96]},
         "brain_mr": {"config": "fullres", "patch": [32, 128, 128]},
     }
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
-    assert (
-        "sarcoma_ct: lowres plan, patch 48x96x96; brain_mr: fullres plan, patch 32x128x128" in text
+    assert text.startswith(
+        "Every model of sarcoma_ct at the lowres plan with patch 48x96x96, "
+        "brain_mr at the fullres plan with patch 32x128x128; batch 2"
     )
     result["rows_per_seed"] = [{"arm": "tumorfm"}, {"arm": "nnunet"}]
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
@@ -140,7 +141,7 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
                           {"command": "accuracy --seeds 1", "cpu": "Intel Xeon"}]  # fmt: skip
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
-    assert "Measured in 2 sessions" in text and "`accuracy --seeds 1` on Intel Xeon" in text
+    assert "Measured by 2 runs" in text and "`accuracy --seeds 1` on Intel Xeon" in text
 
 
 def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
