@@ -56,6 +56,7 @@ from .common import (
     add_work_and_out,
     case_ids,
     command_line,
+    logged_epochs,
     parser_for,
     pretrain_or_resume,
     require_nnunet,
@@ -150,7 +151,7 @@ def pretrain(args, work: Path, splits: dict) -> dict:
     command = pretrain_or_resume(command, out)  # a session may have ended midway
     train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 8,
                 "tumorfm pretrain")  # fmt: skip
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    log = logged_epochs(out)
     result = {
         "command": intended,
         "iterations": epochs * args.per_epoch,

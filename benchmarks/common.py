@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ WORK = ROOT / "benchmarks" / "work"  # what the benchmarks write on the way (not
 RESULTS = ROOT / "benchmarks" / "results"  # what the README's results section is written from
 BIN = Path(sys.executable).parent  # this environment's commands: nnUNetv2_*, tumorfm
 PRODUCT_TUMORFM = ROOT / ".venv" / "bin" / "tumorfm"
+
+
+def logged_epochs(run: Path) -> list[dict]:
+    """The rows a tumorfm training wrote to run/log.jsonl, one per epoch."""
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
 
 
 def case_ids(folder: Path) -> list[str]:

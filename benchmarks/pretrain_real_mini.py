@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from .common import RESULTS, ROOT, WORK, add_tumorfm, parser_for
+from .common import RESULTS, ROOT, WORK, add_tumorfm, logged_epochs, parser_for
 from .measure import provenance
 from .support import SYNTHETIC_LIVER_TUMOURS
 
@@ -67,7 +67,7 @@ def pretrain(args, pool: Path, work: Path) -> dict:
          "--model", args.model, "--patch", *map(str, args.patch), "--epochs", str(args.epochs),
          "--iterations", str(args.iterations), "--val-every", str(args.val_every),
          "--workers", "2", "--seed", str(args.seed)])  # fmt: skip
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = logged_epochs(out)
     keys = ("epoch", "step", "train_loss", "val_dice", "val_mean_dice")
     return {
         "minutes": round((time.perf_counter() - started) / 60, 1),

@@ -21,7 +21,11 @@ from .report_format import (
     _transfer_machines,
 )
 
-PEERS = {"tumorfm": "tumorfm", "nnunet": "nnU-Net v2", "swinunetr": "MONAI SwinUNETR"}
+MODELS = {  # accuracy.py --models: the name each row is reported by
+    "tumorfm": "tumorfm",
+    "nnunet": "nnU-Net v2",
+    "swinunetr": "MONAI SwinUNETR",
+}
 
 
 def accuracy_table(results: Path) -> list[str]:
@@ -83,7 +87,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     if not r.get("complete", True):
         lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
     measured = {row.get("arm") for row in r.get("rows_per_seed", [])}
-    if missing := [name for arm, name in PEERS.items() if measured and arm not in measured]:
+    if missing := [name for arm, name in MODELS.items() if measured and arm not in measured]:
         lines += ["", f"Not measured yet at these settings: {', '.join(missing)}."]
     if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
         each = "; ".join(f"`{s['command']}` on {s['cpu']}" for s in sessions)

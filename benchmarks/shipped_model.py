@@ -28,7 +28,7 @@ import numpy as np
 
 from tumorfm.defaults import PLACEMENTS
 
-from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, parser_for
+from .common import BIN, DATA, RESULTS, ROOT, WORK, case_ids, logged_epochs, parser_for
 from .measure import git_state, machine, run
 from .scoring import case_scores, evaluated, predicted, stats
 from .shipped_card import NAME, _fmt, card
@@ -110,9 +110,8 @@ def train(args) -> None:
 
 def _epoch_seconds(work: Path) -> float:
     """The training seconds of the epochs run/log.jsonl records (validation not counted)."""
-    log = work / "run" / "log.jsonl"
-    lines = log.read_text().splitlines() if log.is_file() else []
-    return round(sum(json.loads(line).get("seconds", 0) for line in lines), 1)
+    epochs = logged_epochs(work / "run") if (work / "run" / "log.jsonl").is_file() else []
+    return round(sum(e.get("seconds", 0) for e in epochs), 1)
 
 
 def held_out(data: Path, split: dict, name: str, out: Path, part: str = "val") -> tuple[Path, Path]:

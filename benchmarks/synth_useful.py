@@ -36,7 +36,15 @@ from tumorfm.synth.dataset import source_of
 from tumorfm.train.loader import synthesis_draw
 
 from . import seeds
-from .common import BIN, DATA, add_work_and_out, case_ids, parser_for, pretrain_or_resume
+from .common import (
+    BIN,
+    DATA,
+    add_work_and_out,
+    case_ids,
+    logged_epochs,
+    parser_for,
+    pretrain_or_resume,
+)
 from .measure import cpu, provenance, run
 from .scoring import case_scores, evaluated, predicted, stats
 from .shipped_model import DATASETS, fixed_split, held_out
@@ -141,7 +149,7 @@ def _row(arm: str, out: Path, predictions: Path, split: dict, synthesis: dict | 
     metrics = json.loads((predictions / "evaluation" / "metrics.json").read_text())
     cases = list(case_scores(metrics, CLASS).values())
     dice = stats([c["dice"] for c in cases])
-    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    epochs = logged_epochs(out)
     return {
         "arm": arm,
         "dice": dice["mean"],

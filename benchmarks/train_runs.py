@@ -16,6 +16,7 @@ import yaml
 
 from .common import (
     BIN,
+    logged_epochs,
 )
 from .measure import (
     run,
@@ -143,7 +144,7 @@ def train_tumorfm(args, work: Path, tumorfm: Path, precision: str | None) -> dic
     command += ["--precision", precision] if precision else []
     process = run(command, dict(os.environ), work / f"{name}.log", args.timeout,
                   f"tumorfm pretrain ({precision or 'default precision'})")  # fmt: skip
-    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    rows = logged_epochs(out)
     settings = json.loads((out / "settings.json").read_text())
     if len(rows) != args.epochs or "val_mean_dice" not in rows[-1]:
         sys.exit(

@@ -65,6 +65,7 @@ from .common import (
     add_tumorfm,
     add_work_and_out,
     command_line,
+    logged_epochs,
     parser_for,
     pretrain_or_resume,
     require_nnunet,
@@ -133,7 +134,7 @@ def pretrain(args, work: Path) -> dict:
     command = pretrain_or_resume(command, out)
     train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 4,
                 "tumorfm pretrain")  # fmt: skip
-    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    epochs = logged_epochs(out)
     last = epochs[-1]
     result = {
         "pool": yaml.safe_load(pool.read_text()),
