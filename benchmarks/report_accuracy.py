@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from .report_format import (
@@ -90,7 +91,8 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     if missing := [name for arm, name in MODELS.items() if measured and arm not in measured]:
         lines += ["", f"Not measured yet at these settings: {', '.join(missing)}."]
     if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
-        each = "; ".join(f"`{s['command']}` on {s['cpu']}" for s in sessions)
+        runs = Counter(f"`{s['command']}` on {s['cpu']}" for s in sessions)  # restarts alike
+        each = "; ".join(run + (f" ({n} times)" if n > 1 else "") for run, n in runs.items())
         lines += [
             "",
             f"Measured by {len(sessions)} runs, each keeping the rows of the former: {each}.",

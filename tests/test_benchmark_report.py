@@ -142,6 +142,11 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "Measured by 2 runs" in text and "`accuracy --seeds 1` on Intel Xeon" in text
+    result["sessions"].append({"command": "accuracy --seeds 1", "cpu": "Intel Xeon"})  # a restart
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "Measured by 3 runs" in text and "on Intel Xeon (2 times)." in text
+    assert text.count("`accuracy --seeds 1`") == 1
 
 
 def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):
