@@ -21,6 +21,7 @@ from .report_format import (
     _times,
     _transfer_machines,
 )
+from .report_shipped_trials import continued_trial, stage2_trial
 
 MODELS = {  # accuracy.py --models: the name each row is reported by
     "tumorfm": "tumorfm",
@@ -257,7 +258,8 @@ def shipped_table(results: Path) -> list[str]:
             f"{_ratio(s.get('volume_ratio'))} |"
         )
     lines += shipped_thresholds(r)
-    return lines + [""] + shipped_against_nnunet(results, r) + continued_trial(results, r)
+    trials = continued_trial(results, r) + stage2_trial(results, r)
+    return lines + [""] + shipped_against_nnunet(results, r) + trials
 
 
 def shipped_thresholds(shipped: dict) -> list[str]:
@@ -277,35 +279,6 @@ def shipped_thresholds(shipped: dict) -> list[str]:
         f"Each class is cut at the threshold `tumorfm model calibrate` chose on the bundle's own "
         f"training scans (`{PRODUCT}.shipped_model calibrate --no-mirror`; the held-out scans had "
         f"no say): {chosen}. At 0.5 the held-out scans scored {_dice_and_volume(before)}.",
-    ]
-
-
-def continued_trial(results: Path, shipped: dict) -> list[str]:
-    """A further stage trained from the shipped weights and not shipped: what it scored."""
-    c = _load(results, "shipped_model_continued")
-    if c is None:
-        return []
-    t = c["train"]
-    # the trial was scored at 0.5: against the shipped weights at 0.5, before any calibration
-    before = shipped.get("scores_at_0.5") or shipped["scores"]
-    at = ", at 0.5" if "scores_at_0.5" in shipped else ""
-    scores = "; ".join(
-        f"{plan} {s['dice']['mean']:.3f} +- {s['dice']['std']:.3f} "
-        f"(shipped{at}: {before[plan]['dice']['mean']:.3f})"
-        for plan, s in c["scores"].items()
-    )
-    gain = c["scores"]["sarcoma_ct"]["dice"]["mean"] - before["sarcoma_ct"]["dice"]["mean"]
-    verdict = (
-        "not shipped: it did not raise the sarcomas' Dice"
-        if gain <= 0
-        else "ahead on the sarcomas, not shipped yet"
-    )
-    return [
-        "",
-        f"Trained further: {t['epochs'] * t['iterations']:,} more iterations from the shipped "
-        f"weights ({c['pretrain']['wall_seconds'] / 60:.0f} min, {_cpu(c)}; `{PRODUCT}."
-        f"shipped_model train --more {t['epochs']}`, then `ship`), held-out Dice {scores}; "
-        f"{verdict} (benchmarks/results/shipped_model_continued.json).",
     ]
 
 
