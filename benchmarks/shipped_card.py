@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .common import RESULTS, ROOT
 from .report_format import _dice_and_volume, _ratio, _times
@@ -64,7 +65,7 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
         for name, s in scores.items()
         if s["dice"]["max"] < FOUND
     )
-    limits = unlearnt + volume_limit(scores) + placement_limit(info)
+    limits = unlearnt + stage2_limit(scores) + volume_limit(scores) + placement_limit(info)
 
     def relative(command: str) -> str:
         return command.replace(f"{ROOT}/", "")
@@ -187,6 +188,26 @@ def _placed(t: dict) -> str:
         "nnU-Net's rule puts it\n(a bundle trained that way learnt where a tumour sits: README, "
         "Placement).\n"
     )
+
+
+def stage2_limit(scores: dict, results: Path = RESULTS) -> str:
+    """For a plan the bundle has not learnt: what fine-tuning it on that plan's scans alone
+    reached (benchmarks.shipped_stage2), the first thing a user would try."""
+    path = results / "shipped_stage2.json"
+    if not path.is_file():
+        return ""
+    lines = []
+    for row in json.loads(path.read_text())["rows"]:
+        if row["dataset"] in scores and scores[row["dataset"]]["dice"]["max"] < FOUND:
+            lines.append(
+                f"- Fine-tuned on {row['dataset']}'s training scans alone (`tumorfm finetune "
+                f"--from` this bundle, "
+                f"{row['iterations']} iterations, {row['config']}, patch "
+                f"{'x'.join(map(str, row['patch']))}), it reached a held-out Dice of "
+                f"{row['dice']['mean']:.3f}\n  with {_times(row['volume_ratio']['median'])} the "
+                "tumour's volume (`python -m benchmarks.shipped_stage2`): a start, not a model.\n"
+            )
+    return "".join(lines)
 
 
 def placement_limit(info: dict) -> str:

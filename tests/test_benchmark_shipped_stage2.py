@@ -48,3 +48,19 @@ def test_the_stage_lines_pair_scans_and_say_whether_the_gain_beats_its_spread(tm
     assert "paired by scan +0.300 +- 0.000, ahead on 2 of 2 (larger than its spread)" in text
     assert "the brain_mr stage gains beyond its spread but predicts 3.00x" in text
     assert "the sarcoma_ct stage gains" not in text
+
+
+def test_the_card_names_the_stage_only_for_a_plan_the_bundle_has_not_learnt(tmp_path):
+    from benchmarks.shipped_card import stage2_limit
+
+    scores = {"sarcoma_ct": {"dice": {"max": 0.83}}, "brain_mr": {"dice": {"max": 0.007}}}
+    assert stage2_limit(scores, tmp_path) == ""  # no stage run
+    rows = [
+        {"dataset": name, "iterations": 400, "config": "fullres", "patch": [32, 128, 128],
+         "dice": {"mean": dice}, "volume_ratio": {"median": 7.5}}
+        for name, dice in (("sarcoma_ct", 0.63), ("brain_mr", 0.116))
+    ]  # fmt: skip
+    (tmp_path / "shipped_stage2.json").write_text(json.dumps({"rows": rows}))
+    text = stage2_limit(scores, tmp_path)
+    assert text.startswith("- Fine-tuned on brain_mr's training scans alone") and "0.116" in text
+    assert "sarcoma_ct" not in text and text.count("\n- ") == 0
