@@ -22,6 +22,7 @@ from .report_format import (
     _transfer_machines,
 )
 from .report_shipped_trials import continued_trial, stage2_trial
+from .seeds import paired_difference
 
 MODELS = {  # accuracy.py --models: the name each row is reported by
     "tumorfm": "tumorfm",
@@ -88,9 +89,9 @@ def accuracy_seeds_table(r: dict) -> list[str]:
         )
     if not r.get("complete", True):
         lines += ["", "**Incomplete run**: the benchmark stopped before its last model."]
-    measured = {row.get("arm") for row in r.get("rows_per_seed", [])}
-    if missing := [name for arm, name in MODELS.items() if measured and arm not in measured]:
-        lines += ["", f"Not measured yet at these settings: {', '.join(missing)}."]
+    if missing := _not_measured(r.get("rows_per_seed", [])):
+        lines += ["", f"Not measured yet at these settings: {missing}."]
+    lines += _against_peers(r.get("rows_per_seed", []))
     if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
         runs = Counter(f"`{s['command']}` on {s['cpu']}" for s in sessions)  # restarts alike
         each = "; ".join(run + (f" ({n} times)" if n > 1 else "") for run, n in runs.items())
@@ -105,6 +106,46 @@ def accuracy_seeds_table(r: dict) -> list[str]:
             f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
         ]
     return lines
+
+
+def _not_measured(rows: list[dict]) -> str:
+    """Which model, dataset and seed has no row yet, against every seed any row has."""
+    seeds = sorted({row["seed"] for row in rows})
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    parts = []
+    for arm, name in MODELS.items():
+        have = {(row["dataset"], row["seed"]) for row in rows if row["arm"] == arm}
+        if not have:
+            parts += [name] if rows else []
+            continue
+        for dataset in datasets:
+            lacking = [seed for seed in seeds if (dataset, seed) not in have]
+            if lacking:
+                listed = ", ".join(map(str, lacking))
+                word = "seeds" if len(lacking) > 1 else "seed"
+                which = "" if len(lacking) == len(seeds) else f" {word} {listed}"
+                parts.append(f"{name} on {dataset}{which}")
+    return "; ".join(parts)
+
+
+def _against_peers(rows: list[dict]) -> list[str]:
+    """tumorfm minus each peer, Dice paired by seed (the same split and seed): is the difference
+    larger than its spread over seeds?"""
+    per_seed: dict[int, list[dict]] = {}
+    for row in rows:
+        per_seed.setdefault(row["seed"], []).append(row)
+    said = []
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        for arm, name in MODELS.items():
+            ours, theirs = {"dataset": dataset, "arm": "tumorfm"}, {"dataset": dataset, "arm": arm}
+            d = paired_difference(per_seed, ours, theirs, "dice")
+            if arm == "tumorfm" or d["n"] == 0:
+                continue
+            larger = "larger" if d["beats_spread"] else "**not larger**"
+            spread = "one seed: no spread yet" if d["n"] == 1 else f"{larger} than its spread"
+            said.append(f"{dataset}, tumorfm - {name} {_over_seeds(d)} over {d['n']} "
+                        f"seed(s) ({spread})")  # fmt: skip
+    return ["", "Dice paired by seed: " + "; ".join(said) + "."] if said else []
 
 
 def _plans(settings: dict) -> str:

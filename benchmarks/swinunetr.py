@@ -11,6 +11,9 @@ and AdamW, lr 1e-3 with poly decay (MONAI's tutorials use 1e-4 for 30,000 iterat
 budget needs the larger step), fp32, gradient clipping at 12. Prediction reuses tumorfm's
 Predictor (crop, normalise, resample, Gaussian sliding window, resample back into the scan's
 geometry) with the network swapped, so pre- and post-processing are identical to tumorfm's.
+SwinUNETR takes only sides that are multiples of 32 (five halvings): a patch it cannot take (the
+sarcomas' 48x96x96) is zero-padded inside the network to the next one and its logits cropped back,
+so it sees the patch every model sees; the padding's compute is its own cost.
 """
 
 from __future__ import annotations
@@ -35,8 +38,22 @@ from tumorfm.train.split import read_split
 from .common import parser_for
 
 
+class PaddedSwinUNETR(SwinUNETR):
+    """SwinUNETR on any patch: zero-padded to sides of multiples of 32, its logits cropped back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        pads = [(-side) % 32 for side in size]  # per axis z, y, x
+        if not any(pads):
+            return super().forward(x)
+        before = [pad // 2 for pad in pads]
+        flat = [p for pad, b in zip(reversed(pads), reversed(before)) for p in (b, pad - b)]
+        logits = super().forward(torch.nn.functional.pad(x, flat))
+        return logits[(..., *(slice(b, b + side) for b, side in zip(before, size)))]
+
+
 def network(in_channels: int, classes: int, feature_size: int) -> SwinUNETR:
-    return SwinUNETR(
+    return PaddedSwinUNETR(
         in_channels=in_channels, out_channels=classes, feature_size=feature_size, spatial_dims=3
     )
 

@@ -133,10 +133,31 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
         "Every model of sarcoma_ct at the lowres plan with patch 48x96x96, "
         "brain_mr at the fullres plan with patch 32x128x128; batch 2"
     )
-    result["rows_per_seed"] = [{"arm": "tumorfm"}, {"arm": "nnunet"}]
+
+    def per_seed(seed, dataset, arm, dice):
+        return {"seed": seed, "dataset": dataset, "arm": arm, "dice": dice}
+
+    result["rows_per_seed"] = [  # tumorfm on 3 seeds of both; nnU-Net on 2 of the sarcomas'
+        *(per_seed(s, d, "tumorfm", 0.7 + 0.1 * s) for s in range(3) for d in ("sarcoma", "brain")),
+        per_seed(0, "sarcoma", "nnunet", 0.6), per_seed(1, "sarcoma", "nnunet", 0.6),
+    ]  # fmt: skip
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
-    assert "Not measured yet at these settings: MONAI SwinUNETR." in text
+    assert (
+        "Not measured yet at these settings: nnU-Net v2 on sarcoma seed 2; "
+        "nnU-Net v2 on brain; MONAI SwinUNETR." in text
+    )
+    # paired by seed: +0.1 and +0.2, mean 0.15 +- 0.071: larger than its spread
+    assert "sarcoma, tumorfm - nnU-Net v2 0.150 +- 0.071 over 2 seed(s) (larger than" in text
+    result["rows_per_seed"][-1]["dice"] = 0.9  # +0.1 and -0.1: not larger
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "0.000 +- 0.141 over 2 seed(s) (**not larger** than its spread)" in text
+    result["rows_per_seed"].pop()  # one seed: no spread
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "0.100 over 1 seed(s) (one seed: no spread yet)" in text
+    assert "nnU-Net v2 on sarcoma seeds 1, 2; nnU-Net v2 on brain;" in text
     result["sessions"] = [{"command": "accuracy --seeds 0", "cpu": "AMD EPYC"},
                           {"command": "accuracy --seeds 1", "cpu": "Intel Xeon"}]  # fmt: skip
     (tmp_path / "accuracy.json").write_text(json.dumps(result))

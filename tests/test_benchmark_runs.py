@@ -281,3 +281,21 @@ def test_accuracy_keeps_the_glioblastoma_slabs_at_full_resolution_with_a_patch_t
     assert config == "fullres" and patch[0] <= 2 * 20 and all(p % 32 == 0 for p in patch)
     fullres = Namespace(config="fullres", patch=[32, 64, 64])
     assert plan_of(fullres, "brain_mr") == ("fullres", [32, 64, 64])
+
+
+def test_swinunetr_takes_every_plans_patch_padded_inside_and_cropped_back():
+    """SwinUNETR needs sides of multiples of 32; the sarcomas' lowres patch is 48 deep."""
+    import torch
+    from monai.networks.nets import SwinUNETR
+
+    from benchmarks.swinunetr import network
+
+    model = network(1, 2, 12).eval()
+    x = torch.randn(1, 1, 33, 32, 40)  # pads 31 (15 before, 16 after), 0, 24 (12, 12)
+    with torch.no_grad():
+        logits = model(x)
+        padded = SwinUNETR.forward(model, torch.nn.functional.pad(x, [12, 12, 0, 0, 15, 16]))
+    assert logits.shape == (1, 2, 33, 32, 40)
+    assert torch.equal(logits, padded[:, :, 15:48, :, 12:52])
+    with pytest.raises(ValueError, match="divisible"):  # what it did before: refused the patch
+        SwinUNETR.forward(model, x)
