@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from .report_format import PRODUCT, _cpu, _load, _s, _times
+from .seeds import beats_spread
 
 
 def continued_trial(results: Path, shipped: dict) -> list[str]:
@@ -50,8 +51,9 @@ def stage2_trial(results: Path, shipped: dict) -> list[str]:
         was = row["shipped_at_0.5"]
         diffs = [d - was["per_case_dice"][case] for case, d in row["per_case_dice"].items()]
         mean, std = statistics.mean(diffs), statistics.stdev(diffs)
-        larger = "larger" if abs(mean) > std else "**not larger**"
-        if mean > std:
+        beyond = beats_spread({"mean": mean, "std": std})  # the rule every spread claim uses
+        larger = "larger" if beyond else "**not larger**"
+        if beyond and mean > 0:
             volume = _times(row["volume_ratio"]["median"])
             gains.append(f"the {row['dataset']} stage gains beyond its spread but predicts "
                          f"{volume} the tumour's volume")  # fmt: skip

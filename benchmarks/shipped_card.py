@@ -12,6 +12,11 @@ NAME = "tsfm-real-lowres"
 FOUND = 0.1  # a plan whose best held-out Dice is below this has not learnt its tumour
 
 
+def unlearnt(scores: dict) -> list[str]:
+    """The plans whose tumour the bundle has not learnt (best held-out Dice below FOUND)."""
+    return [plan for plan, s in scores.items() if s["dice"]["max"] < FOUND]
+
+
 def volume_limit(scores: dict) -> str:
     """The card's line for each plan whose predicted volumes run a quarter or more off."""
     lines = []
@@ -58,14 +63,13 @@ def card(info: dict, scores: dict, size_mb: float) -> str:
     if "scored_on" in info:  # `rescore`: the shipped weights scored again, maybe on another CPU
         how += f" (scored again by `rescore` on {info['scored_on']['cpu']})"
 
-    unlearnt = "".join(
+    not_learnt = "".join(
         f"- On {name} it has not learnt the tumour yet: a held-out Dice of "
-        f"{s['dice']['max']:.3f} at best, its masks lie mostly elsewhere. Do not use it for "
-        "this plan.\n"
-        for name, s in scores.items()
-        if s["dice"]["max"] < FOUND
+        f"{scores[name]['dice']['max']:.3f} at best, its masks lie mostly elsewhere. Do not use "
+        "it for this plan.\n"
+        for name in unlearnt(scores)
     )
-    limits = unlearnt + stage2_limit(scores) + volume_limit(scores) + placement_limit(info)
+    limits = not_learnt + stage2_limit(scores) + volume_limit(scores) + placement_limit(info)
 
     def relative(command: str) -> str:
         return command.replace(f"{ROOT}/", "")
@@ -143,7 +147,7 @@ TUMOURS = {"sarcoma_ct": "soft-tissue sarcomas on CT", "brain_mr": "glioblastoma
 def _purpose(scores: dict) -> str:
     """What it segments, and which of its plans has not learnt its tumour (Limits says more)."""
     trained = " and ".join(TUMOURS.get(plan, plan) for plan in scores)
-    missing = [TUMOURS.get(p, p) for p, s in scores.items() if s["dice"]["max"] < FOUND]
+    missing = [TUMOURS.get(p, p) for p in unlearnt(scores)]
     if not missing:
         return f"It segments {trained}."
     missing_text = " or ".join(missing)
@@ -198,7 +202,7 @@ def stage2_limit(scores: dict, results: Path = RESULTS) -> str:
         return ""
     lines = []
     for row in json.loads(path.read_text())["rows"]:
-        if row["dataset"] in scores and scores[row["dataset"]]["dice"]["max"] < FOUND:
+        if row["dataset"] in unlearnt(scores):
             lines.append(
                 f"- Fine-tuned on {row['dataset']}'s training scans alone (`tumorfm finetune "
                 f"--from` this bundle, "

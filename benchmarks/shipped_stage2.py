@@ -98,8 +98,9 @@ def main() -> None:
     rows = []
     for name in args.datasets:
         row = stage(args, name, split)
-        row["shipped_at_0.5"] = {k: before[name][k] for k in ("dice", "per_case_dice")}
-        row["shipped_at_0.5"]["volume_ratio"] = before[name]["volume_ratio"]
+        row["shipped_at_0.5"] = {
+            k: before[name][k] for k in ("dice", "per_case_dice", "volume_ratio")
+        }
         rows.append(row)
         print(f"{name}: Dice {row['dice']['mean']:.3f} +- {row['dice']['std']:.3f} (shipped at "
               f"0.5: {before[name]['dice']['mean']:.3f}), volume "
