@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help=f"of {ITERATIONS} iterations")
     add_work_and_out(parser, "shipped_stage2")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: a stage needs at least one epoch")
     shipped = json.loads((RESULTS / "shipped_model.json").read_text())
     split = fixed_split(args.data)
     if split != shipped["split"]:

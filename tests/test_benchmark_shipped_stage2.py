@@ -64,3 +64,17 @@ def test_the_card_names_the_stage_only_for_a_plan_the_bundle_has_not_learnt(tmp_
     text = stage2_limit(scores, tmp_path)
     assert text.startswith("- Fine-tuned on brain_mr's training scans alone") and "0.116" in text
     assert "sarcoma_ct" not in text and text.count("\n- ") == 0
+
+
+def test_a_stage_of_no_epochs_is_refused_in_one_line(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks import shipped_stage2
+
+    monkeypatch.setattr(sys, "argv", ["shipped_stage2", "--epochs", "0"])
+    with pytest.raises(SystemExit) as stopped:
+        shipped_stage2.main()
+    assert stopped.value.code != 0
+    assert "--epochs 0: a stage needs at least one epoch" in capsys.readouterr().err
