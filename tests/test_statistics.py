@@ -20,7 +20,7 @@ from tumorfm.data.pool import load_pool
 from tumorfm.data.preprocess import preprocess_pool
 from tumorfm.errors import TumorFMError
 from tumorfm.infer.postprocess import axial_diameters, intensities, max_diameter_mm, statistics
-from tumorfm.infer.predict import predict
+from tumorfm.infer.predict import predict, predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
 from tumorfm.model import create_model
 from tumorfm.model.bundle import read_bundle_config, save_bundle
@@ -210,6 +210,19 @@ def test_predict_statistics_measure_the_chosen_lesions_and_the_scan(tmp_path):
     assert stats["liver"]["intensity_std"] == pytest.approx(inside.std(), abs=1e-3)
     settings = json.loads((tmp_path / "out" / "predict.json").read_text())["settings"]
     assert settings["lesion_classes"] == ["liver"]
+
+
+def test_largest_component_on_lesions_alone_says_it_changes_nothing(tmp_path, capsys):
+    """Tumours may be multifocal: the option keeps organs' largest components, and a run whose
+    classes are all lesions is told so rather than left to think its masks were cleaned."""
+    bundle = _bundle(tmp_path / "b", ["lymphoma"])
+    for classes, noted in ((["lymphoma"], True), (["liver", "lymphoma"], False)):
+        options = PredictOptions(plan="ct", classes=classes, largest_component=True)
+        list(predict_iter([], bundle, None, options, progress=False))
+        assert ("changes nothing here" in capsys.readouterr().err) is noted, classes
+    options = PredictOptions(plan="ct", classes=["lymphoma"])  # the option off: no note
+    list(predict_iter([], bundle, None, options, progress=False))
+    assert "largest" not in capsys.readouterr().err
 
 
 def _write(array, path, spacing=(0.5, 0.5, 3.0), direction=None):

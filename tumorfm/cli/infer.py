@@ -98,7 +98,8 @@ def predict(
         float, typer.Option(min=0, help="Drop lesions smaller than this (ml).")
     ] = 0.0,
     largest_component: Annotated[
-        bool, typer.Option(help="Keep only each organ's largest component.")
+        bool,
+        typer.Option(help="Keep only each organ's largest component (lesions stay as they are)."),
     ] = False,
     device: Annotated[
         str, typer.Option(help="auto (cuda, else mps, else cpu), cpu, cuda or mps.")

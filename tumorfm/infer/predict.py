@@ -11,6 +11,7 @@ records, or the user names) counts and diameters (tumorfm.infer.postprocess); in
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -126,6 +127,12 @@ def predict_iter(
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
     if lesion_classes is not None:
         predictor.lesions = predictor.lesion_classes(lesion_classes)
+    if predictor.options.largest_component and set(predictor.labels) <= predictor.lesions:
+        print(  # a tumour may be multifocal: the option leaves lesions as they are
+            f"tumorfm: note: --largest-component keeps organs' largest components; "
+            f"{', '.join(predictor.labels)} are lesion classes, so it changes nothing here",
+            file=sys.stderr,
+        )
     scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
     outputs = {"probabilities": save_probabilities, "statistics": statistics}
