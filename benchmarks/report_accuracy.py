@@ -69,10 +69,12 @@ def accuracy_table(results: Path) -> list[str]:
 def accuracy_seeds_table(r: dict) -> list[str]:
     """accuracy.json of several seeds: mean +- std over seeds per dataset and model."""
     s, pre = r["settings"], r.get("pretrain")
+    sessions = r.get("sessions", [])
+    by = "the runs named below" if len(sessions) > 1 else f"`{_command(r)}`"  # not the last alone
     lines = [
         f"{_plans(s)}; batch {s['batch']}, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
-        f"no mirroring; {_cpu(r)}; `{_command(r)}`. Mean +- standard deviation over the seeds "
+        f"no mirroring; {_cpu(r)}; {by}. Mean +- standard deviation over the seeds "
         f"(one training per seed).",
         "",
         "| dataset | model | parameters | iterations | seeds | Dice | HD95 mm | NSD | train "
@@ -92,7 +94,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     if missing := _not_measured(r.get("rows_per_seed", [])):
         lines += ["", f"Not measured yet at these settings: {missing}."]
     lines += _against_peers(r.get("rows_per_seed", []))
-    if len(sessions := r.get("sessions", [])) > 1:  # seeds measured over several sessions
+    if len(sessions) > 1:  # seeds measured over several sessions
         runs = Counter(f"`{s['command']}` on {s['cpu']}" for s in sessions)  # restarts alike
         each = "; ".join(run + (f" ({n} times)" if n > 1 else "") for run, n in runs.items())
         lines += [

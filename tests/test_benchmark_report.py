@@ -163,6 +163,7 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "Measured by 2 runs" in text and "`accuracy --seeds 1` on Intel Xeon" in text
+    assert "; the runs named below. Mean" in text and "`accuracy.py`" not in text  # not the last
     result["sessions"].append({"command": "accuracy --seeds 1", "cpu": "Intel Xeon"})  # a restart
     (tmp_path / "accuracy.json").write_text(json.dumps(result))
     text = "\n".join(report.accuracy_table(tmp_path))
