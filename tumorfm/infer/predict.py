@@ -128,9 +128,11 @@ def predict_iter(
     if lesion_classes is not None:
         predictor.lesions = predictor.lesion_classes(lesion_classes)
     if predictor.options.largest_component and set(predictor.labels) <= predictor.lesions:
+        names = ", ".join(predictor.labels)
+        kind = "are lesion classes" if len(predictor.labels) > 1 else "is a lesion class"
         print(  # a tumour may be multifocal: the option leaves lesions as they are
             f"tumorfm: note: --largest-component keeps organs' largest components; "
-            f"{', '.join(predictor.labels)} are lesion classes, so it changes nothing here",
+            f"{names} {kind}, so it changes nothing here",
             file=sys.stderr,
         )
     scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
