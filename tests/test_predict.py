@@ -1,6 +1,7 @@
 """Prediction: label maps in the input's exact geometry, options, Python API, bad input."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ from tumorfm.data.fingerprint import DatasetFingerprint
 from tumorfm.data.io import Geometry, read_volume
 from tumorfm.data.plan import Plan, plan_dataset
 from tumorfm.errors import TumorFMError
+from tumorfm.infer.inputs import list_inputs
 from tumorfm.infer.postprocess import max_diameter_mm, postprocess, statistics
 from tumorfm.infer.predict import predict
 from tumorfm.infer.predictor import PredictOptions, Predictor
@@ -189,6 +191,16 @@ def test_bad_input_is_one_line(bundle, tmp_path):
         shutil.copy(scan, two_channels / f"case_{i:04d}.nii.gz")
     with pytest.raises(TumorFMError, match="2 channel"):
         predict(two_channels, bundle, None, PredictOptions(plan="ct_site"), progress=False)
+
+
+def test_a_single_channel_zero_file_is_named_as_in_its_folder(tmp_path):
+    """STS_008_0000.nii.gz alone is case STS_008, as in a folder, so its label map pairs with
+    labelsTr/STS_008; another 4-digit ending is part of the name."""
+    for name in ("STS_008_0000.nii.gz", "scan_2020.nii.gz", "plain.nrrd"):
+        (tmp_path / name).write_bytes(b"")
+    names = [list_inputs(tmp_path / n)[0].case_id for n in sorted(os.listdir(tmp_path))]
+    assert names == ["STS_008", "plain", "scan_2020"]
+    assert [s.case_id for s in list_inputs(tmp_path)] == ["STS_008_0000", "plain", "scan_2020"]
 
 
 def test_dicom_series_folder_is_one_case(bundle, tmp_path):

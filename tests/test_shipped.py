@@ -106,7 +106,7 @@ def test_the_shipped_model_segments_real_scans_it_never_saw(tmp_path):
         result = run_cli("predict", "-i", folder / "imagesTr" / image, "-o", out,
                          "-m", SHIPPED, "--plan", plan, "--no-mirror")  # fmt: skip
         assert result.returncode == 0, result.stderr
-        pred = read_volume(out / image)  # a single file keeps its name
+        pred = read_volume(out / f"{case}.nii.gz")  # named as its label map (STS_019_0000 too)
         truth = read_volume(folder / "labelsTr" / f"{case}.nii.gz")
         assert pred.geometry.close_to(truth.geometry)
         (name,) = config["extra"]["annotated"][plan]  # the plan's own class, its id in the bundle

@@ -2,6 +2,7 @@
 
 A folder's files become cases by name. Files ending in a 4-digit channel suffix (nnU-Net's
 `case_0000.nii.gz`, `case_0001.nii.gz`) are the channels of one case; a 4D file holds all channels.
+A single file `case_0000.nii.gz` is case `case` too, so its label map pairs with `labelsTr/case`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def list_inputs(path: str | Path) -> list[ScanInput]:
             raise TumorFMError(
                 f"{path}: not a volume file (.nii.gz, .nii, .nrrd, .mha, .mhd) or a DICOM folder"
             )
-        return [ScanInput(_stem(path), [path])]
+        match = CHANNEL_SUFFIX.match(_stem(path))  # case_0000 alone: named as in its folder
+        single = match["case"] if match and match["channel"] == "0000" else _stem(path)
+        return [ScanInput(single, [path])]
     files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) is not None)
     files = [p for p in files if not p.name.startswith(".")]
     if not files:  # no volume files: a DICOM series, read by SimpleITK
