@@ -185,6 +185,8 @@ def test_bad_input_is_one_line(bundle, tmp_path):
         "predict", "-i", scan, "-o", blocked / "sub", "-m", bundle, "--plan", "ct_site"
     )
     assert_one_line_error(result, "cannot write")
+    with pytest.raises(TumorFMError, match="nowhere.nii.gz: no such file"):  # before the bundle
+        predict(tmp_path / "nowhere.nii.gz", broken, None, progress=False)
     two_channels = tmp_path / "two"
     two_channels.mkdir()
     for i in range(2):

@@ -124,6 +124,7 @@ def predict_iter(
     classes are lesions (Predictor.lesion_classes)."""
     if isinstance(bundle, Predictor) and options is not None:
         raise TumorFMError("options go to Predictor.from_bundle: a ready Predictor has its own")
+    scans = inputs if isinstance(inputs, list) else list_inputs(inputs)  # a bad path: no load
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.from_bundle(bundle, options)
     if lesion_classes is not None:
         predictor.lesions = predictor.lesion_classes(lesion_classes)
@@ -135,7 +136,6 @@ def predict_iter(
             f"{names} {kind}, so it changes nothing here",
             file=sys.stderr,
         )
-    scans = inputs if isinstance(inputs, list) else list_inputs(inputs)
     folder, targets = _targets(scans, Path(out)) if out is not None else (None, {})
     outputs = {"probabilities": save_probabilities, "statistics": statistics}
     settings = {**predictor.settings(), "options": asdict(predictor.options), "outputs": outputs}
