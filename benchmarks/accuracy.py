@@ -12,8 +12,8 @@ trains once per seed (`--seeds`, default 0 1 2) on the same split (tumorfm's pre
 split's held-out cases out, so one split keeps it paid once); rows are the mean and standard
 deviation over seeds (benchmarks/seeds.py). A seed takes about three hours here: a run keeps the
 rows a former run of the same settings wrote to its results file (`--fresh` measures them again),
-and an nnU-Net training a session's end stopped continues from its last epoch, so the seeds can be
-measured over several sessions, seed by seed.
+and an nnU-Net or SwinUNETR training a session's end stopped continues from its last saved state
+(nnU-Net's epoch, SwinUNETR's 25 iterations), so the seeds can be measured over several sessions.
 
   tumorfm    `tumorfm pretrain` tsfm-tiny on a pool of both sets' training cases (the split file
              keeps the held-out ones out), the single real cases and the four phantom sites, then
@@ -197,8 +197,7 @@ def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> d
 
 
 def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed) -> dict:
-    out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"  # kept: its state, if any, resumes
     script = [sys.executable, "-m", "benchmarks.swinunetr"]
     tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
     if not (tumorfm_run / "last").is_dir():
@@ -214,7 +213,11 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed
     predict = cli(script, "predict", out, "--bundle", tumorfm_run / "last", "-i", images, "-o",
                   predictions)  # fmt: skip
     model = f"MONAI SwinUNETR (feature size {args.swin_features})"
-    return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
+    row = predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
+    settings = json.loads((out / "settings.json").read_text())
+    if settings.get("continued"):  # over sessions: the loop's time of the iterations kept
+        row["train"] = {**row["train"], "seconds": settings["seconds"], "continued": True}
+    return row
 
 
 def lowres_spacing(work: Path, name: str, seed: int) -> list[float] | None:

@@ -14,11 +14,16 @@ geometry) with the network swapped, so pre- and post-processing are identical to
 SwinUNETR takes only sides that are multiples of 32 (five halvings): a patch it cannot take (the
 sarcomas' 48x96x96) is zero-padded inside the network to the next one and its logits cropped back,
 so it sees the patch every model sees; the padding's compute is its own cost.
+Training saves its state every SAVE_EVERY iterations (tumorfm.checkpoint) and a run of the same
+settings continues from it with the same batches, optimiser state and schedule (SwinUNETR's own
+arithmetic is not bit-reproducible on a CPU): a session that ends midway loses minutes, not the
+hour a training takes here.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +33,9 @@ from monai.networks.nets import SwinUNETR
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from tumorfm.checkpoint import STATE, has_state, load_state, restore_rng, save_state
 from tumorfm.data.cache import read_pool, split_part
+from tumorfm.files import previous
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
 from tumorfm.train.loader import PatchBatches, make_loader
@@ -36,6 +43,8 @@ from tumorfm.train.loop import Stepper, make_optimizer
 from tumorfm.train.split import read_split
 
 from .common import parser_for
+
+SAVE_EVERY = 25  # iterations between saved states: about 4 minutes here
 
 
 class PaddedSwinUNETR(SwinUNETR):
@@ -80,12 +89,20 @@ def train(args) -> None:
     stepper = Stepper(
         model, optimizer, lambda logits, batch: loss_fn(logits, batch["target"].float())
     )
-    loader = iter(make_loader(batches, 0, args.iterations, args.workers))
-    started, losses = time.perf_counter(), []
-    for step in tqdm(range(args.iterations), desc="train SwinUNETR", unit="it"):
+    run = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    run = {k: v for k, v in run.items() if k not in ("out", "workers", "command")}
+    start, before, losses = _continued(args.out, run, model, optimizer)
+    loader = iter(make_loader(batches, start, args.iterations - start, args.workers))
+    started = time.perf_counter()
+    steps = range(start, args.iterations)
+    for step in tqdm(steps, "train SwinUNETR", args.iterations, initial=start, unit="it"):
         stepper.set_lr(args.lr * (1 - step / args.iterations) ** 0.9)
         losses.append(stepper.step(next(loader)))
-    seconds = time.perf_counter() - started
+        if (step + 1) % SAVE_EVERY == 0 and step + 1 < args.iterations:
+            seconds = before + time.perf_counter() - started
+            meta = {"run": run, "step": step + 1, "seconds": seconds, "losses": losses[-10:]}
+            save_state(args.out, model.state_dict(), optimizer.state_dict(), meta)
+    seconds = before + time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(args.out / "model.safetensors"))
     info = {
@@ -99,13 +116,36 @@ def train(args) -> None:
         "iterations": args.iterations,
         "lr": args.lr,
         "loss": "DiceCELoss(sigmoid=True)",
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1),  # the training loop's, over every session
+        "continued": start > 0,
         "seconds_per_iteration": round(seconds / args.iterations, 3),
         "last_losses": losses[-10:],
         "split": str(args.split),
     }
     (args.out / "settings.json").write_text(json.dumps(info, indent=1))
+    _drop_state(args.out)  # done: the weights are the run
     print(json.dumps({k: info[k] for k in ("parameters", "iterations", "seconds")}))
+
+
+def _drop_state(out: Path) -> None:
+    for folder in (out / STATE, previous(out / STATE)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _continued(out: Path, run: dict, model, optimizer) -> tuple[int, float, list[float]]:
+    """(step, seconds so far, last losses) of a saved state of the same settings, loaded into
+    `model` and `optimizer`; (0, 0.0, []) when there is none (another's is set aside)."""
+    if not has_state(out):
+        return 0, 0.0, []
+    meta, weights, optimizer_state, rng = load_state(out)
+    if meta["run"] != run:
+        _drop_state(out)
+        return 0, 0.0, []
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(optimizer_state)
+    restore_rng(rng)
+    print(f"{out}: SwinUNETR continues at iteration {meta['step']}", flush=True)
+    return meta["step"], meta["seconds"], meta["losses"]
 
 
 def predict(args) -> None:

@@ -8,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.common import pretrain_or_resume
 from tumorfm.checkpoint import STATE
@@ -299,3 +300,58 @@ def test_swinunetr_takes_every_plans_patch_padded_inside_and_cropped_back():
     assert torch.equal(logits, padded[:, :, 15:48, :, 12:52])
     with pytest.raises(ValueError, match="divisible"):  # what it did before: refused the patch
         SwinUNETR.forward(model, x)
+
+
+def test_swinunetr_training_cut_midway_continues_exactly(tmp_path, monkeypatch):
+    """A session that ends during SwinUNETR's hour-long training: the next continues from the
+    last saved state and ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from benchmarks import swinunetr
+    from tumorfm.data.cache import cached_cases
+    from tumorfm.data.phantom import DEFAULT_SITES, write_phantom_pool
+    from tumorfm.data.pool import load_pool
+    from tumorfm.data.preprocess import preprocess_pool
+    from tumorfm.train.loop import Stepper
+    from tumorfm.workflows.demo import write_pool_file
+
+    (folder,) = write_phantom_pool(tmp_path / "raw", 3, (20, 40, 40), sites=DEFAULT_SITES[:1])
+    preprocess_pool(load_pool(write_pool_file([folder], tmp_path / "pool.yaml")),
+                    tmp_path / "cache", progress=False)  # fmt: skip
+    ids = [c.case_id for c in cached_cases(tmp_path / "cache", "phantom_liver")]
+    (tmp_path / "split.json").write_text(json.dumps({"train": ids[:2], "val": ids[2:]}))
+    monkeypatch.setattr(swinunetr, "SAVE_EVERY", 2)
+    # The mechanism (state, optimiser, schedule, the loader's position) on a small network:
+    # SwinUNETR itself is not bit-reproducible on a CPU (two fresh runs were 4e-6 apart after
+    # two steps), so its weights could not be compared exactly.
+    torch.manual_seed(0)
+    monkeypatch.setattr(swinunetr, "network", lambda i, o, _: torch.nn.Conv3d(i, o, 3, padding=1))
+
+    def args(out, seed=0):
+        return Namespace(cache=tmp_path / "cache", split=tmp_path / "split.json", out=out,
+                         iterations=5, patch=[16, 32, 32], batch=1, feature_size=12, lr=1e-3,
+                         workers=0, seed=seed, command="train")  # fmt: skip
+
+    swinunetr.train(args(tmp_path / "whole"))
+    step = Stepper.step
+    calls = []
+
+    def cut_after_three(self, batch):
+        calls.append(1)
+        if len(calls) > 3:  # the session ends during step 4: the state of step 2 is saved
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Stepper, "step", cut_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        swinunetr.train(args(tmp_path / "cut"))
+    assert json.loads((tmp_path / "cut" / STATE / "state.json").read_text())["step"] == 2
+    monkeypatch.setattr(Stepper, "step", step)
+    swinunetr.train(args(tmp_path / "cut"))
+    whole, cut = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    settings = json.loads((tmp_path / "cut" / "settings.json").read_text())
+    assert settings["continued"] and not (tmp_path / "cut" / STATE).exists()
+    assert not json.loads((tmp_path / "whole" / "settings.json").read_text())["continued"]
+    swinunetr.train(args(tmp_path / "cut", seed=1))  # other settings: a fresh run
+    assert not json.loads((tmp_path / "cut" / "settings.json").read_text())["continued"]
