@@ -62,7 +62,8 @@ def test_found_by_name_and_loaded_in_float32(models):
 def test_unknown_name_lists_the_shipped_ones(models):
     with pytest.raises(TumorFMError, match=r"no shipped model of that name \(shipped: demo-model"):
         bundle_folder("demo-modle")
-    result = run_cli("predict", "-i", "scan.nii.gz", "-o", "out", "-m", "demo-modle")
+    scan = SARCOMA / "imagesTr" / "STS_019_0000.nii.gz"  # a real input: it is checked first
+    result = run_cli("predict", "-i", scan, "-o", "out", "-m", "demo-modle")
     assert_one_line_error(result, "demo-modle", "shipped: demo-model")
 
 
