@@ -78,6 +78,7 @@ def test_a_voxel_spacing_no_scanner_makes_is_refused(tmp_path, make, problem):
     scan, out = make(tmp_path), tmp_path / "out"
     result = run_cli("predict", "-i", scan, "-o", out, "-m", SHIPPED, "--plan", "sarcoma_ct")
     assert_one_line_error(result, "1 of 1 scan(s) could not be segmented")
+    assert "no label map was written" in result.stderr
     skipped = [line for line in result.stderr.splitlines() if line.startswith("tumorfm: skipped")]
     assert len(skipped) == 1 and str(scan) in skipped[0] and problem in skipped[0]
     assert not any(out.glob("*.nii.gz"))

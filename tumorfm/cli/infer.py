@@ -184,7 +184,8 @@ def predict(
     if failed:
         raise TumorFMError(
             f"{len(failed)} of {len(failed) + done} scan(s) could not be segmented "
-            f"({', '.join(failed)}); the others are written to {out}"
+            f"({', '.join(failed)}); "
+            + (f"the others are written to {out}" if done else "no label map was written")
         )
     kept = f" ({continued} kept from the earlier run)" if (continued := _kept(out, done)) else ""
     typer.echo(f"{done} label map(s) in {out}{kept}")
