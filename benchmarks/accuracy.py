@@ -31,266 +31,34 @@ paper's budgets (`--device cuda --patch 64 160 192` for nnU-Net's own sarcoma pa
 Run from the repository root in the benchmark environment (with the defaults on 2 CPUs, about 3 h
 a seed and the pretraining once; `--seeds 0` in one session and `--seeds 1 2` in the next add up):
     make bench-env && .venv-bench/bin/python -m benchmarks.accuracy [--seeds 0] [--budget 0.5]
-Writes benchmarks/results/accuracy.json.
+Writes benchmarks/results/accuracy.json. The models themselves: benchmarks/accuracy_arms.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
-import yaml
-
 from . import seeds
+from .accuracy_arms import DATASETS, nnunet_arm, plan_of, pretrain, swinunetr_arm, tumorfm_arm
 from .accuracy_cases import fixed_split, held_out_folders, recorded, same, to_measure
 from .common import (
-    BIN,
     DATA,
     add_timeout,
     add_tumorfm,
     add_work_and_out,
     case_ids,
     command_line,
-    logged_epochs,
     parser_for,
-    pretrain_or_resume,
     require_nnunet,
     require_tumorfm,
 )
-from .measure import git_state, machine, run
-from .nnunet_peer import (
-    PLANS,
-    TRAINER,
-    bench_plans,
-    install_trainer,
-    nnunet_env,
-    raw_and_planned,
-    trained_across_sessions,
-    write_bench_plans,
-)
-from .scoring import evaluated
-from .support import PARENTS, add_plan_and_seeds, parameter_count, support_datasets
-
-DATASETS = {  # name -> folder, nnU-Net id, class name in the pool, finetune --map
-    "sarcoma_ct": ("Dataset101_SarcomaCT", 101, "sarcoma", []),
-    "brain_mr": ("Task102_BrainTumour", 102, "brain_tumour", ["--map", "tumour=brain_tumour"]),
-}
-
-
-# The glioblastoma MRs are 24-slice slabs at 1 mm: the lowres plan coarsens them only in-plane (to
-# 20x109x108, where a tumour is a few hundred voxels; configs/pools/real.yaml keeps them at full
-# resolution for that reason), and a 48-slice patch is over twice their depth. At the lowres
-# setting they keep full resolution, with a patch of about as many voxels that SwinUNETR can take
-# (multiples of 32).
-FULLRES_AT_LOWRES = {"brain_mr": [32, 128, 128]}
-
-
-def plan_of(args, name: str) -> tuple[str, list[int]]:
-    """The plan configuration and patch every model of dataset `name` trains with."""
-    if args.config == "lowres" and name in FULLRES_AT_LOWRES:
-        return "fullres", FULLRES_AT_LOWRES[name]
-    return args.config, list(args.patch)
-
-
-def score(predictions: Path, labels: Path, args, work: Path) -> dict:
-    how = {"tumorfm": [str(args.tumorfm)], "timeout": args.timeout, "what": "tumorfm evaluate"}
-    result = evaluated(predictions, labels, work / "evaluate.log", **how)
-    (scores,) = result["aggregates"].values()  # one class per dataset
-    return {
-        "dice": scores["dice"]["mean"],
-        "hd95": scores["hd95"]["median"],
-        "nsd": scores["nsd"]["mean"],
-        "dice_std": scores["dice"]["std"],
-    }
-
-
-def cli(*parts) -> list[str]:
-    """A command line from paths, numbers and lists of them."""
-    return [str(x) for part in parts for x in (part if isinstance(part, list | tuple) else [part])]
-
-
-def _measured(process: dict) -> dict:
-    return {"seconds": process["wall_seconds"], "peak_mb": process.get("peak_tree_pss_mb")}
-
-
-def pretrain(args, work: Path, splits: dict) -> dict:
-    """The pretraining every seed fine-tunes from: reused once finished with these settings
-    (pretrain.json is written at its end), resumed where a session ended midway, else afresh."""
-    out, record = work / "pretrain", work / "pretrain.json"
-    cache, split_file = work / "pretrain-cache", work / "pool-split.json"
-    epochs = max(1, round(args.pretrain_iterations * args.budget / args.per_epoch))
-    command = cli(args.tumorfm, "pretrain", cache, "-o", out, "--profile", "cpu", "--model",
-                  args.model, "--patch", args.patch, "--batch", args.batch, "--epochs", epochs,
-                  "--iterations", args.per_epoch, "--val-every", epochs, "--split", split_file,
-                  "--device", args.device)  # fmt: skip
-    intended, former = " ".join(command), work / "pretrain-command.txt"
-    if args.fresh or not former.is_file() or former.read_text() != intended:
-        shutil.rmtree(out, ignore_errors=True)  # other settings' weights: never reused
-        record.unlink(missing_ok=True)
-    if record.is_file() and (out / "last" / "config.json").is_file():
-        print(f"pretraining: reusing {out}")
-        return json.loads(record.read_text())
-    datasets = [
-        {"name": name, "path": str((args.data / folder).resolve()), "labels": {1: label}}
-        for name, (folder, _, label, _) in DATASETS.items()
-    ]
-    datasets += support_datasets(args.tumorfm, args.data, work, 8, args.timeout)
-    pool = {"name": "accuracy-pretrain", "parents": PARENTS, "datasets": datasets}
-    (work / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
-    split_file.write_text(json.dumps(splits, indent=1))  # held-out cases validate, never train
-    prep = cli(args.tumorfm, "preprocess", work / "pool.yaml", "-o", cache, "--workers", 2,
-               "--config", args.config, "--patch", args.patch)  # fmt: skip
-    prep = run(prep, dict(os.environ), work / "pretrain-prep.log", args.timeout,
-               "tumorfm preprocess (pool)")  # fmt: skip
-    former.write_text(intended)
-    command = pretrain_or_resume(command, out)  # a session may have ended midway
-    train = run(command, dict(os.environ), work / "pretrain.log", args.timeout * 8,
-                "tumorfm pretrain")  # fmt: skip
-    log = logged_epochs(out)
-    result = {
-        "command": intended,
-        "iterations": epochs * args.per_epoch,
-        "preprocess_seconds": prep["wall_seconds"],
-        "seconds": round(sum(epoch["seconds"] for epoch in log), 1),  # every session's epochs
-        "resumed": "--resume" in command,
-        "peak_mb": train.get("peak_tree_pss_mb"),
-    }
-    record.write_text(json.dumps(result, indent=1))
-    return result
-
-
-def predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels) -> dict:
-    """Run the prediction command of the model trained in `out`, score it, make the row."""
-    log = out.parent / f"{out.name}-predict.log"
-    inference = run(predict, dict(os.environ), log, args.timeout, f"{model} predict ({name})")
-    return {
-        "model": model,
-        "parameters": json.loads((out / "settings.json").read_text())["parameters"],
-        "train": _measured(train),
-        "predict": _measured(inference),
-        **score(predictions, labels, args, work),
-    }
-
-
-def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> dict:
-    folder, _, _, mapping = DATASETS[name]
-    config, patch = plan_of(args, name)
-    out = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    command = cli(args.tumorfm, "finetune", args.data / folder, "--from",
-                  work / "pretrain" / "last", "-o", out, "--epochs", epochs, "--iterations",
-                  args.per_epoch, "--patch", patch, "--config", config, "--split", split_file,
-                  "--seed", seed, mapping)  # fmt: skip
-    train = run(command, dict(os.environ), out.parent / f"tumorfm-{name}.log", args.timeout * 8,
-                f"tumorfm finetune ({name})")  # fmt: skip
-    predictions = work / "predictions" / f"seed{seed}" / f"tumorfm-{name}"
-    shutil.rmtree(predictions, ignore_errors=True)
-    predict = cli(args.tumorfm, "predict", "-i", images, "-o", predictions, "-m", out / "last",
-                  "--no-mirror", "--device", args.device)  # fmt: skip
-    model = f"tumorfm {args.model} (pretrained, fine-tuned)"
-    return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
-
-
-def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed) -> dict:
-    out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"  # kept: its state, if any, resumes
-    script = [sys.executable, "-m", "benchmarks.swinunetr"]
-    tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
-    if not (tumorfm_run / "last").is_dir():
-        sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
-    patch = plan_of(args, name)[1]
-    command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
-                  "--iterations", iterations, "--patch", patch, "--batch", args.batch,
-                  "--feature-size", args.swin_features, "--seed", seed)  # fmt: skip
-    train = run(command, dict(os.environ), out.parent / f"swinunetr-{name}.log",
-                args.timeout * 8, f"SwinUNETR train ({name})")  # fmt: skip
-    predictions = work / "predictions" / f"seed{seed}" / f"swinunetr-{name}"
-    shutil.rmtree(predictions, ignore_errors=True)
-    predict = cli(script, "predict", out, "--bundle", tumorfm_run / "last", "-i", images, "-o",
-                  predictions)  # fmt: skip
-    model = f"MONAI SwinUNETR (feature size {args.swin_features})"
-    row = predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
-    settings = json.loads((out / "settings.json").read_text())
-    if settings.get("continued"):  # over sessions: the loop's time of the iterations kept
-        row["train"] = {**row["train"], "seconds": settings["seconds"], "continued": True}
-    return row
-
-
-def lowres_spacing(work: Path, name: str, seed: int) -> list[float] | None:
-    """The target spacing tumorfm's fine-tuning of this seed planned `name` at, when that plan is
-    lowres (None: lowres equals full resolution there, and the plan says so)."""
-    cache = work / "runs" / f"seed{seed}" / f"tumorfm-{name}" / "cache"
-    plans = list(cache.glob("*/plan.json"))
-    if not plans:
-        sys.exit(f"{cache}: no plan.json; nnU-Net takes its lowres spacing from tumorfm's run")
-    plan = json.loads(plans[0].read_text())
-    return plan["target_spacing_zyx"] if plan.get("configuration") == "3d_lowres" else None
-
-
-def _train_seconds(train: dict) -> float:
-    """nnU-Net's training time: its process's wall time, or for a run continued over sessions
-    (or whose process left no measurement) the training loops of all its sessions."""
-    if train.get("continued") or train.get("wall_seconds") is None:
-        return train["train_loop_seconds"]
-    return train["wall_seconds"]
-
-
-def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
-    """nnU-Net on `split`, once per seed: fold k of its splits_final.json is the same split, so
-    fold `seed` is one more training with nnU-Net's own randomness (its CLI takes no seed)."""
-    fold = seed
-    folder, dataset_id, _, _ = DATASETS[name]
-    nn = work / "nnunet"
-    env = nnunet_env(nn, 2)
-    pre = raw_and_planned(args.data / folder, dataset_id, nn, env, args.timeout)
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    config, patch = plan_of(args, name)
-    spacing = lowres_spacing(work, name, seed) if config == "lowres" else None
-    params = parameter_count(args.model, patch)
-    plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
-    log = nn / f"preprocess-bench-{name}.log"
-    stale = write_bench_plans(pre, plans, dataset_id, spacing, env, log, args.timeout * 2, 2)
-    (pre / "splits_final.json").write_text(json.dumps([split] * (seed + 1)))
-    install_trainer()
-    env = {**env, "TRAIN_BENCH_EPOCHS": str(epochs), "TRAIN_BENCH_ITERATIONS": str(args.per_epoch),
-           "TRAIN_BENCH_VAL_ITERATIONS": "5"}  # fmt: skip
-    results = nn / "nnUNet_results" / pre.name / f"{TRAINER}__{PLANS}__3d_fullres" / f"fold_{fold}"
-    command = cli(BIN / "nnUNetv2_train", dataset_id, "3d_fullres", fold, "-p", PLANS, "-tr",
-                  TRAINER, "-device", args.device)  # fmt: skip
-    record, log = nn / f"train-{name}-fold{fold}.json", nn / f"train-{name}-fold{fold}.log"
-    train = trained_across_sessions(command, env, results, record, log, args.timeout * 8,
-                                    f"nnU-Net train ({name}, fold {fold})",
-                                    fresh=args.fresh or stale)  # fmt: skip
-    predictions = work / "predictions" / f"seed{seed}" / f"nnunet-{name}"
-    shutil.rmtree(predictions, ignore_errors=True)
-    predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
-                  "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", fold, "--disable_tta",
-                  "-device", args.device, "-npp", 0, "-nps", 0, "-chk",
-                  "checkpoint_final.pth")  # fmt: skip
-    inference = run(
-        predict,
-        env,
-        nn / f"predict-{name}-fold{fold}.log",
-        args.timeout,
-        f"nnU-Net predict ({name})",
-    )
-    return {
-        "model": "nnU-Net v2 (PlainConvUNet, matched size"
-        + (", tumorfm's lowres spacing)" if spacing else ", 3d_fullres)"),
-        "parameters": network["params"],
-        "train": {
-            "seconds": _train_seconds(train),
-            "peak_mb": train.get("peak_tree_pss_mb"),
-            "continued": bool(train.get("continued")),
-        },
-        "predict": _measured(inference),
-        "network": network,
-        **score(predictions, labels, args, work),
-    }
+from .measure import git_state, machine
+from .support import add_plan_and_seeds
 
 
 def main() -> None:
