@@ -20,6 +20,7 @@ from .nnunet_peer import (
     bench_plans,
     install_trainer,
     nnunet_env,
+    predict_command,
     raw_and_planned,
     trained_across_sessions,
     write_bench_plans,
@@ -218,10 +219,7 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
                                     fresh=args.fresh or stale)  # fmt: skip
     predictions = work / "predictions" / f"seed{seed}" / f"nnunet-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
-    predict = cli(BIN / "nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id,
-                  "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", fold, "--disable_tta",
-                  "-device", args.device, "-npp", 0, "-nps", 0, "-chk",
-                  "checkpoint_final.pth")  # fmt: skip
+    predict = predict_command(images, predictions, dataset_id, fold, args.device)
     inference = run(
         predict,
         env,

@@ -258,6 +258,17 @@ def nnunet_env(work: Path, workers: int) -> dict:
     }
 
 
+def predict_command(
+    images: Path, out: Path, dataset_id: int, fold: int, device: str, mirror: bool = False
+) -> list[str]:
+    """nnUNetv2_predict with the bench trainer's final checkpoint, in-process (no worker pools, so
+    the time and memory measured are the predictor's), mirrored at test time only if asked."""
+    return [str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d",
+            str(dataset_id), "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres", "-f", str(fold),
+            *([] if mirror else ["--disable_tta"]), "-device", device, "-npp", "0", "-nps", "0",
+            "-chk", "checkpoint_final.pth"]  # fmt: skip
+
+
 def install_trainer() -> Path:
     """Write the trainer into nnU-Net's benchmarking variants (where nnUNetv2_train finds it)."""
     import nnunetv2

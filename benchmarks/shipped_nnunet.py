@@ -38,6 +38,7 @@ from .nnunet_peer import (
     bench_plans,
     install_trainer,
     nnunet_env,
+    predict_command,
     raw_and_planned,
     write_bench_plans,
 )
@@ -82,32 +83,7 @@ def train_and_predict(args, info: dict, budget: float, images: Path, mirror: boo
     epochs = [json.loads(line) for line in (results / "bench_epochs.jsonl").open()]
     predictions = args.work / "predictions" / "nnunet"
     shutil.rmtree(predictions, ignore_errors=True)
-    command = [
-        str(BIN / "nnUNetv2_predict"),
-        "-i",
-        str(images),
-        "-o",
-        str(predictions),
-        "-d",
-        str(DATASET_ID),
-        "-p",
-        PLANS,
-        "-tr",
-        TRAINER,
-        "-c",
-        "3d_fullres",
-        "-f",
-        "0",
-        "-device",
-        "cpu",
-        "-npp",
-        "0",
-        "-nps",
-        "0",
-        "-chk",
-        "checkpoint_final.pth",
-    ]
-    command += [] if mirror else ["--disable_tta"]  # fmt: skip
+    command = predict_command(images, predictions, DATASET_ID, 0, "cpu", mirror)
     predict = run(command, env, nn / "predict.log", args.timeout, "nnU-Net predict")
     return {
         "model": "nnU-Net v2 (PlainConvUNet, matched size, the bundle's lowres spacing and patch)",

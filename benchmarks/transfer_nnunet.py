@@ -20,6 +20,7 @@ from .nnunet_peer import (
     install_trainer,
     nnunet_env,
     nnunet_network,
+    predict_command,
     raw_and_planned,
     trained_across_sessions,
     write_bench_plans,
@@ -107,15 +108,12 @@ def nnunet(args, work: Path, split: dict, seed: int, target_params: int, spacing
         (images / name).symlink_to((args.data / SARCOMA / "imagesTr" / name).resolve())
     predictions = nn / f"predictions-seed{seed}"
     shutil.rmtree(predictions, ignore_errors=True)
-    predict_command = [str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(predictions)]
-    predict_command += ["-d", str(SARCOMA_ID), "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres"]
-    predict_command += ["-f", str(fold), "--disable_tta", "-device", args.device, "-npp", "0"]
-    predict_command += ["-nps", "0", "-chk", "checkpoint_final.pth"]
+    prediction = predict_command(images, predictions, SARCOMA_ID, fold, args.device)
     log = nn / f"predict-seed{seed}.log"
-    predict = run(predict_command, env, log, args.timeout, "nnU-Net predict")
+    predict = run(prediction, env, log, args.timeout, "nnU-Net predict")
     return {
         "train_command": train.get("command", " ".join(command)),
-        "predict_command": " ".join(predict_command),
+        "predict_command": " ".join(prediction),
         "network": network,
         "patch": list(patch),
         "spacing_zyx": list(spacing) if spacing is not None else None,

@@ -355,3 +355,16 @@ def test_swinunetr_training_cut_midway_continues_exactly(tmp_path, monkeypatch):
     assert not json.loads((tmp_path / "whole" / "settings.json").read_text())["continued"]
     swinunetr.train(args(tmp_path / "cut", seed=1))  # other settings: a fresh run
     assert not json.loads((tmp_path / "cut" / "settings.json").read_text())["continued"]
+
+
+def test_every_benchmark_predicts_with_nnunet_the_same_way():
+    """One command line for the bench trainer's predictions: fold, device and test-time mirroring
+    as asked, its final checkpoint, no worker pools."""
+    from benchmarks.nnunet_peer import PLANS, TRAINER, predict_command
+
+    plain = predict_command(Path("in"), Path("out"), 101, 2, "cpu")
+    assert plain[plain.index("-f") + 1] == "2" and plain[plain.index("-d") + 1] == "101"
+    assert "--disable_tta" in plain and plain[plain.index("-chk") + 1] == "checkpoint_final.pth"
+    assert {PLANS, TRAINER} <= set(plain) and plain[plain.index("-npp") + 1] == "0"
+    mirrored = predict_command(Path("in"), Path("out"), 101, 0, "cuda", mirror=True)
+    assert "--disable_tta" not in mirrored and mirrored[mirrored.index("-device") + 1] == "cuda"
