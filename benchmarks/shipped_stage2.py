@@ -1,14 +1,14 @@
 """A second stage per dataset: the shipped bundle fine-tuned on one dataset's training scans alone,
 scored on the same held-out scans as the bundle.
 
-Does a stage on one dataset, with that dataset's own plan and patch, do what the pool's training
-did not? The sarcomas at the lowres plan and the bundle's 48x96x96 patch; the glioblastomas at full
-resolution with a 32x128x128 patch (the choice of benchmarks/accuracy_arms.py, FULLRES_AT_LOWRES), which
-the pool, with one patch for both, could not give them. Each stage is `tumorfm finetune --from
+Does a stage on one dataset, with that dataset's own plan and patch, do what the pool's training did
+not? The sarcomas at the lowres plan and the bundle's 48x96x96 patch; the glioblastomas at full
+resolution with a 32x128x128 patch (the choice of benchmarks/accuracy_arms.py, FULLRES_AT_LOWRES),
+which the pool, with one patch for both, could not give them. Each stage is `tumorfm finetune --from
 models/<bundle>` on the shipped split's training scans, `--epochs` x 50 iterations, seed 0; its
 held-out scans are predicted without mirroring and cut at 0.5 (a new bundle has no calibrated
-threshold), beside the shipped bundle's scores at 0.5 on the same scans. A finished stage in
---work (its log has every epoch) is scored again, not trained again.
+threshold), beside the shipped bundle's scores at 0.5 on the same scans. A finished stage in --work
+(its log has every epoch) is scored again, not trained again.
 
     .venv/bin/python -m benchmarks.shipped_stage2 [--datasets sarcoma_ct brain_mr] [--epochs 8]
 

@@ -290,6 +290,7 @@ def test_predict_report_on_the_command_line(tmp_path):
     args = ["-i", scans, "-o", out, "-m", "tsfm-real-lowres", "--plan", "sarcoma_ct", "--fast"]
     result = run_cli("predict", *args, "--report")
     assert result.returncode != 0 and "1 of 2 scan(s)" in result.stderr
+    assert f"the others are written to {out}" in result.stderr
     assert f"report: {out / 'report.html'}" in result.stdout
     assert (out / "STS_019_statistics.json").is_file()
     page = read_page(out / "report.html")
