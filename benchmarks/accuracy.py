@@ -161,7 +161,7 @@ def main() -> None:
             common = {"dataset": name, "cases": len(splits[name]["val"]), "seed": seed,
                       "config": config, "patch": patch,
                       "iterations": epochs * args.per_epoch}  # fmt: skip
-            for model in to_measure(args, rows, work, name, seed):
+            for model in to_measure(args, rows, seed, name):
                 if model == "tumorfm":
                     pretrained = pretrain(args, work, splits)
                     row = tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from tumorfm.train.finetune import dataset_classes, finetune_pool
+
 from .common import BIN, logged_epochs, pretrain_or_resume
 from .measure import run
 from .nnunet_peer import (
@@ -148,22 +150,41 @@ def tumorfm_arm(args, work, name, split_file, images, labels, epochs, seed) -> d
     return predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
 
 
+def prepared(args, work: Path, name: str) -> Path:
+    """Dataset `name` preprocessed as tumorfm's fine-tuning preprocesses it (its pool, plan and
+    patch: tumorfm.train.finetune.finetune_pool), once for every seed: SwinUNETR trains on it and
+    predicts with its plan, nnU-Net takes tumorfm's lowres spacing from it."""
+    folder, _, label, mapping = DATASETS[name]
+    config, patch = plan_of(args, name)
+    cache = work / "caches" / f"{name}-{config}-{'x'.join(map(str, patch))}"
+    if (cache / "pool.json").is_file():
+        return cache
+    dataset = args.data / folder
+    renamed = dict(pair.split("=") for pair in mapping[1::2])
+    labels = dataset_classes(dataset, [label], renamed, new_head=False)
+    pool_file = cache.with_suffix(".yaml")
+    pool_file.parent.mkdir(parents=True, exist_ok=True)
+    pool_file.write_text(yaml.safe_dump(finetune_pool(dataset, labels, [label]), sort_keys=False))
+    command = cli(args.tumorfm, "preprocess", pool_file, "-o", cache, "--workers", 2, "--config",
+                  config, "--patch", patch)  # fmt: skip
+    run(command, dict(os.environ), cache.with_suffix(".log"), args.timeout,
+        f"tumorfm preprocess ({name})")  # fmt: skip
+    return cache
+
+
 def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed) -> dict:
     out = work / "runs" / f"seed{seed}" / f"swinunetr-{name}"  # kept: its state, if any, resumes
     script = [sys.executable, "-m", "benchmarks.swinunetr"]
-    tumorfm_run = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
-    if not (tumorfm_run / "last").is_dir():
-        sys.exit(f"{tumorfm_run}: SwinUNETR trains on the cache tumorfm's fine-tuning writes")
+    cache = prepared(args, work, name)
     patch = plan_of(args, name)[1]
-    command = cli(script, "train", tumorfm_run / "cache", "--split", split_file, "-o", out,
-                  "--iterations", iterations, "--patch", patch, "--batch", args.batch,
-                  "--feature-size", args.swin_features, "--seed", seed)  # fmt: skip
+    command = cli(script, "train", cache, "--split", split_file, "-o", out, "--iterations",
+                  iterations, "--patch", patch, "--batch", args.batch, "--feature-size",
+                  args.swin_features, "--seed", seed)  # fmt: skip
     train = run(command, dict(os.environ), out.parent / f"swinunetr-{name}.log",
                 args.timeout * 8, f"SwinUNETR train ({name})")  # fmt: skip
     predictions = work / "predictions" / f"seed{seed}" / f"swinunetr-{name}"
     shutil.rmtree(predictions, ignore_errors=True)
-    predict = cli(script, "predict", out, "--bundle", tumorfm_run / "last", "-i", images, "-o",
-                  predictions)  # fmt: skip
+    predict = cli(script, "predict", out, "--cache", cache, "-i", images, "-o", predictions)
     model = f"MONAI SwinUNETR (feature size {args.swin_features})"
     row = predicted_and_scored(args, work, name, model, out, train, predict, predictions, labels)
     settings = json.loads((out / "settings.json").read_text())
@@ -172,14 +193,10 @@ def swinunetr_arm(args, work, name, split_file, images, labels, iterations, seed
     return row
 
 
-def lowres_spacing(work: Path, name: str, seed: int) -> list[float] | None:
-    """The target spacing tumorfm's fine-tuning of this seed planned `name` at, when that plan is
-    lowres (None: lowres equals full resolution there, and the plan says so)."""
-    cache = work / "runs" / f"seed{seed}" / f"tumorfm-{name}" / "cache"
-    plans = list(cache.glob("*/plan.json"))
-    if not plans:
-        sys.exit(f"{cache}: no plan.json; nnU-Net takes its lowres spacing from tumorfm's run")
-    plan = json.loads(plans[0].read_text())
+def lowres_spacing(args, work: Path, name: str) -> list[float] | None:
+    """The target spacing tumorfm plans `name` at, when that plan is lowres (None: lowres equals
+    full resolution there, and the plan says so)."""
+    plan = json.loads(next(prepared(args, work, name).glob("*/plan.json")).read_text())
     return plan["target_spacing_zyx"] if plan.get("configuration") == "3d_lowres" else None
 
 
@@ -201,7 +218,7 @@ def nnunet_arm(args, work, name, split, images, labels, epochs, seed) -> dict:
     pre = raw_and_planned(args.data / folder, dataset_id, nn, env, args.timeout)
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     config, patch = plan_of(args, name)
-    spacing = lowres_spacing(work, name, seed) if config == "lowres" else None
+    spacing = lowres_spacing(args, work, name) if config == "lowres" else None
     params = parameter_count(args.model, patch)
     plans, network = bench_plans(plans, patch, args.batch, 2, params, spacing)
     log = nn / f"preprocess-bench-{name}.log"

@@ -58,12 +58,6 @@ def same(row: dict, name: str, model: str, seed: int) -> bool:
     return (row["dataset"], row["arm"], row["seed"]) == (name, model, seed)
 
 
-def to_measure(args, rows: list[dict], work: Path, name: str, seed: int) -> list[str]:
-    """The models of (dataset, seed) no former run recorded; tumorfm's fine-tuning again when
-    SwinUNETR (its cache) or nnU-Net (its lowres plan) need its run folder and it is gone."""
-    missing = [m for m in args.models if not any(same(r, name, m, seed) for r in rows)]
-    needs = {"swinunetr", "nnunet"} if args.config == "lowres" else {"swinunetr"}
-    run_folder = work / "runs" / f"seed{seed}" / f"tumorfm-{name}"
-    if needs & set(missing) and "tumorfm" not in missing and not (run_folder / "last").is_dir():
-        missing = ["tumorfm", *missing]
-    return missing
+def to_measure(args, rows: list[dict], seed: int, name: str) -> list[str]:
+    """The models of (dataset, seed) no former run recorded."""
+    return [m for m in args.models if not any(same(r, name, m, seed) for r in rows)]

@@ -2,15 +2,16 @@
 its recipe differ (used by benchmarks/accuracy.py; runs in .venv-bench, which has MONAI).
 
     python -m benchmarks.swinunetr train CACHE --split SPLIT -o RUN --iterations N --patch Z Y X
-    python -m benchmarks.swinunetr predict RUN --bundle TUMORFM_BUNDLE -i IMAGES -o PREDICTIONS
+    python -m benchmarks.swinunetr predict RUN --cache CACHE -i IMAGES -o PREDICTIONS
 
-Training draws the patches tumorfm's trainer draws (the same cache from `tumorfm finetune`, the
-same split, 1/3 foreground oversampling and nnU-Net's augmentation through tumorfm's loader) and
-fits MONAI's SwinUNETR with MONAI's DiceCELoss (one sigmoid channel per class, as tumorfm's head)
-and AdamW, lr 1e-3 with poly decay (MONAI's tutorials use 1e-4 for 30,000 iterations; a short
-budget needs the larger step), fp32, gradient clipping at 12. Prediction reuses tumorfm's
-Predictor (crop, normalise, resample, Gaussian sliding window, resample back into the scan's
-geometry) with the network swapped, so pre- and post-processing are identical to tumorfm's.
+Training draws the patches tumorfm's trainer draws (a cache preprocessed as `tumorfm finetune`
+preprocesses, accuracy_arms.prepared; the same split, 1/3 foreground oversampling and nnU-Net's
+augmentation through tumorfm's loader) and fits MONAI's SwinUNETR with MONAI's DiceCELoss (one
+sigmoid channel per class, as tumorfm's head) and AdamW, lr 1e-3 with poly decay (MONAI's tutorials
+use 1e-4 for 30,000 iterations; a short budget needs the larger step), fp32, gradient clipping at
+12. Prediction reuses tumorfm's Predictor (crop, normalise, resample, Gaussian sliding window,
+resample back into the scan's geometry) with the network swapped, so pre- and post-processing are
+identical to tumorfm's.
 SwinUNETR takes only sides that are multiples of 32 (five halvings): a patch it cannot take (the
 sarcomas' 48x96x96) is zero-padded inside the network to the next one and its logits cropped back,
 so it sees the patch every model sees; the padding's compute is its own cost.
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from tumorfm.checkpoint import STATE, has_state, load_state, restore_rng, save_state
 from tumorfm.data.cache import read_pool, split_part
+from tumorfm.data.plan import Plan
 from tumorfm.files import previous
 from tumorfm.infer.predict import predict_iter
 from tumorfm.infer.predictor import PredictOptions, Predictor
@@ -149,16 +151,19 @@ def _continued(out: Path, run: dict, model, optimizer) -> tuple[int, float, list
 
 
 def predict(args) -> None:
+    """The held-out scans through tumorfm's Predictor with SwinUNETR as its network, preprocessed
+    by the plan of the cache it trained on (cache/<dataset>/plan.json)."""
     info = json.loads((args.run / "settings.json").read_text())
-    options = PredictOptions(mirror=False, precision="fp32")
-    reference = Predictor.from_bundle(args.bundle, options)  # its plan: tumorfm's preprocessing
-    if reference.classes != info["classes"] or reference.patch_size != tuple(info["patch"]):
-        raise SystemExit(f"{args.bundle}: classes or patch differ from {args.run}")
+    pool = read_pool(args.cache)
+    if pool["classes"] != info["classes"] or len(pool["datasets"]) != 1:
+        raise SystemExit(f"{args.cache}: not the one-dataset cache {args.run} trained on")
+    dataset = pool["datasets"][0]["name"]
+    plan = Plan.from_dict(json.loads((args.cache / dataset / "plan.json").read_text()))
     model = network(info["in_channels"], len(info["classes"]), info["feature_size"])
     model.load_state_dict(load_file(str(args.run / "model.safetensors")))
-    predictor = Predictor(model, reference.plan, reference.classes, options,
-                          patch_size=reference.patch_size, paint_order=reference.paint_order,
-                          plan_name=reference.plan_name, source=str(args.run))  # fmt: skip
+    options = PredictOptions(mirror=False, precision="fp32")
+    predictor = Predictor(model, plan, info["classes"], options, patch_size=tuple(info["patch"]),
+                          plan_name=dataset, source=str(args.run))  # fmt: skip
     for _ in predict_iter(args.input, predictor, args.out):
         pass
 
@@ -179,7 +184,7 @@ def main() -> None:
     fit.add_argument("--seed", type=int, default=0)
     run = commands.add_parser("predict")
     run.add_argument("run", type=Path)
-    run.add_argument("--bundle", type=Path, required=True, help="tumorfm bundle: plan, classes")
+    run.add_argument("--cache", type=Path, required=True, help="the cache it trained on: its plan")
     run.add_argument("-i", "--input", type=Path, required=True)
     run.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()

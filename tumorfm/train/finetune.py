@@ -75,6 +75,38 @@ def new_run_plan(out: Path, meta: dict, plan_config: str | None, settings: dict)
     return plan_config
 
 
+def finetune_pool(
+    dataset: Path,
+    labels: dict[int, str],
+    known_lesions: list[str],
+    synthesis: dict | None = None,
+    more: list[Path] = (),
+) -> dict:
+    """The pool file's contents fine-tuning preprocesses `dataset` as: its `labels`, the lesion
+    classes of the bundle's record `known_lesions`, and `more` datasets (folders with the same
+    label values, e.g. teacher-labelled scans), each sampled as a dataset of the pool. A peer
+    (benchmarks/accuracy_arms.py) preprocesses the same pool to train on tumorfm's data."""
+    name = class_name(read_dataset(dataset).name)
+    tumour = (synthesis or {}).get("tumour")
+    classes = list(dict.fromkeys([*labels.values(), *([tumour] if tumour else [])]))
+    return {
+        "name": f"finetune-{name}",
+        # its tumour classes: those the bundle records as such, the one it synthesises, and
+        # those whose name says so
+        "lesions": lesion_classes(classes, {}, [*known_lesions, tumour]),
+        "datasets": [
+            {
+                "name": name,
+                "path": str(dataset.resolve()),
+                "labels": labels,
+                **({"synthesis": synthesis} if synthesis else {}),
+            },
+            *({"name": folder.name, "path": str(folder.resolve()), "labels": dict(labels)}
+              for folder in more),
+        ],
+    }  # fmt: skip
+
+
 def prepare_cache(
     dataset: Path,
     out: Path,
@@ -88,30 +120,10 @@ def prepare_cache(
     progress: bool = True,
     more: list[Path] = (),
 ) -> Path:
-    """The dataset as a pool (OUT/pool.yaml), preprocessed into `cache` (default OUT/cache) with
-    the plan `plan_config`; lesion classes from the bundle's record `meta`. `more` datasets
-    (folders with the same label values, e.g. teacher-labelled scans) join it, each sampled as
-    a dataset of the pool."""
+    """The dataset as a pool (OUT/pool.yaml, finetune_pool), preprocessed into `cache` (default
+    OUT/cache) with the plan `plan_config`; lesion classes from the bundle's record `meta`."""
     ensure_writable(out)
-    name = class_name(read_dataset(dataset).name)
-    tumour = (synthesis or {}).get("tumour")
-    classes = list(dict.fromkeys([*labels.values(), *([tumour] if tumour else [])]))
-    pool = {
-        "name": f"finetune-{name}",
-        # its tumour classes: those the bundle records as such, the one it synthesises, and
-        # those whose name says so
-        "lesions": lesion_classes(classes, {}, [*(meta.get(LESIONS) or []), tumour]),
-        "datasets": [
-            {
-                "name": name,
-                "path": str(dataset.resolve()),
-                "labels": labels,
-                **({"synthesis": synthesis} if synthesis else {}),
-            },
-            *({"name": folder.name, "path": str(folder.resolve()), "labels": dict(labels)}
-              for folder in more),
-        ],
-    }  # fmt: skip
+    pool = finetune_pool(dataset, labels, meta.get(LESIONS) or [], synthesis, more)
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool, sort_keys=False))
     cache = Path(cache) if cache else out / "cache"
