@@ -57,7 +57,7 @@ from .common import (
     require_nnunet,
     require_tumorfm,
 )
-from .measure import git_state, machine
+from .measure import cpu, git_state, machine
 from .support import add_plan_and_seeds
 
 
@@ -118,7 +118,7 @@ def main() -> None:
         measured = sorted({r["seed"] for r in rows})
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         command, host = command_line("accuracy"), machine(load_before)
-        session = {"command": command, "cpu": host["cpu"],
+        session = {"command": command, **cpu(),
                    "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
         result = {
             "benchmark": "accuracy",
@@ -174,7 +174,7 @@ def main() -> None:
                     )
                 timing = {f"{k}_seconds": row[k]["seconds"] for k in ("train", "predict")}
                 rows = [r for r in rows if not same(r, name, model, seed)]
-                rows.append({**common, "arm": model, **row, **timing})
+                rows.append({**common, "arm": model, **row, **timing, "machine": cpu()})
                 write(complete=False)
                 print(f"{name} {row['model']}, seed {seed}: Dice {row['dice']:.3f}", flush=True)
     write(complete=True)

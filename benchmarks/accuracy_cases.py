@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import seeds
+from .measure import CPU_KEYS
 
 
 def fixed_split(name: str, ids: list[str]) -> dict:
@@ -48,7 +49,9 @@ def recorded(out: Path, args) -> dict:
     old = seeds.former_run(out, args, SAME_RUN)
     if old is None:
         return {}
-    rows = [r for r in old.get("rows_per_seed", []) if "arm" in r]
+    # rows from before each named its machine ran on the file's, the machine of that one run
+    ran_on = {k: v for k, v in old.get("machine", {}).items() if k in CPU_KEYS}
+    rows = [{"machine": ran_on, **r} for r in old.get("rows_per_seed", []) if "arm" in r]
     return {"rows_per_seed": rows, "pretrain": old.get("pretrain"),
             "sessions": old.get("sessions", [])}  # fmt: skip
 

@@ -74,7 +74,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
     lines = [
         f"{_plans(s)}; batch {s['batch']}, the "
         f"same iterations per dataset for every model (budget x{s['budget']}), one fixed split, "
-        f"no mirroring; {_cpu(r)}; {by}. Mean +- standard deviation over the seeds "
+        f"no mirroring; {_models_machines(r)}; {by}. Mean +- standard deviation over the seeds "
         f"(one training per seed).",
         "",
         "| dataset | model | parameters | iterations | seeds | Dice | HD95 mm | NSD | train "
@@ -95,7 +95,7 @@ def accuracy_seeds_table(r: dict) -> list[str]:
         lines += ["", f"Not measured yet at these settings: {missing}."]
     lines += _against_peers(r.get("rows_per_seed", []))
     if len(sessions) > 1:  # seeds measured over several sessions
-        runs = Counter(f"`{s['command']}` on {s['cpu']}" for s in sessions)  # restarts alike
+        runs = Counter(f"`{s['command']}` on {_cpu({'machine': s})}" for s in sessions)
         each = "; ".join(run + (f" ({n} times)" if n > 1 else "") for run, n in runs.items())
         lines += [
             "",
@@ -108,6 +108,18 @@ def accuracy_seeds_table(r: dict) -> list[str]:
             f"iterations, {_s(pre['seconds'])}, peak {_mb(pre['peak_mb'])}.",
         ]
     return lines
+
+
+def _models_machines(r: dict) -> str:
+    """The CPU of the table, or of each model's rows where they differ (a row names its own,
+    benchmarks.measure.cpu): seeds measured over sessions may span machines."""
+    models: dict[str, dict[str, None]] = {}
+    for row in r.get("rows_per_seed", []):
+        ran_on = _cpu({"machine": row["machine"]}) if "machine" in row else _cpu(r)
+        models.setdefault(ran_on, {})[MODELS[row["arm"]]] = None
+    if len(models) <= 1:
+        return next(iter(models), _cpu(r))
+    return "; ".join(f"{', '.join(names)} on {cpu}" for cpu, names in models.items())
 
 
 def _not_measured(rows: list[dict]) -> str:

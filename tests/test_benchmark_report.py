@@ -169,6 +169,23 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     text = "\n".join(report.accuracy_table(tmp_path))
     assert "Measured by 3 runs" in text and "on Intel Xeon (2 times)." in text
     assert text.count("`accuracy --seeds 1`") == 1
+    # the seeds span machines: each model's rows name theirs, and each session its own
+    bf16 = {"cpu": "AMD EPYC", "avx512_bf16": True, "amx_bf16": False}
+    result["machine"] = plain = {"cpu": "AMD EPYC", "avx512_bf16": False, "amx_bf16": False}
+    for r in result["rows_per_seed"]:
+        r["machine"] = bf16
+    result["sessions"] = [{"command": "accuracy --seeds 0", **bf16}, {"command": "x", **plain}]
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert "no mirroring; AMD EPYC, AVX-512 bf16; the runs" in text
+    assert "`accuracy --seeds 0` on AMD EPYC, AVX-512 bf16; `x` on AMD EPYC, no bf16." in text
+    result["rows_per_seed"][-1]["machine"] = plain  # nnU-Net's one row ran elsewhere
+    (tmp_path / "accuracy.json").write_text(json.dumps(result))
+    text = "\n".join(report.accuracy_table(tmp_path))
+    assert (
+        "no mirroring; tumorfm on AMD EPYC, AVX-512 bf16; nnU-Net v2 on AMD EPYC, no bf16; the "
+        "runs named below" in text
+    )
 
 
 def test_the_shipped_bundle_against_nnunet_says_met_missed_or_stale(tmp_path):

@@ -3,6 +3,7 @@ never taken for a finished one nor thrown away."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -206,6 +207,20 @@ def test_accuracy_keeps_the_seeds_a_former_session_measured_and_runs_only_the_re
     monkeypatch.setattr("sys.argv", [*argv, "--batch", "4"])  # other settings: nothing kept
     accuracy.main()
     assert len(ran) == 5 + 12
+
+
+def test_accuracy_rows_from_before_machines_were_recorded_keep_the_machine_of_their_file(tmp_path):
+    from benchmarks.accuracy_cases import SAME_RUN, recorded
+
+    settings = {key: 1 for key in SAME_RUN}
+    bf16 = {"cpu": "AMD EPYC", "avx512_bf16": True, "amx_bf16": False}
+    rows = [{"arm": "tumorfm", "seed": 0}, {"arm": "nnunet", "seed": 0, "machine": {"cpu": "X"}}]
+    old = {"settings": settings, "machine": {**bf16, "memory_gb": 23}, "rows_per_seed": rows}
+    (tmp_path / "accuracy.json").write_text(json.dumps(old))
+    kept = recorded(tmp_path / "accuracy.json", argparse.Namespace(**settings))["rows_per_seed"]
+    assert kept[0]["machine"] == bf16 and kept[1]["machine"] == {"cpu": "X"}
+    other = argparse.Namespace(**{**settings, "batch": 4})  # another run's rows: none kept
+    assert recorded(tmp_path / "accuracy.json", other) == {}
 
 
 def test_synth_useful_measures_another_probability_beside_the_recorded_arms(tmp_path, monkeypatch):
