@@ -157,14 +157,15 @@ def prepared(args, work: Path, name: str) -> Path:
     folder, _, label, mapping = DATASETS[name]
     config, patch = plan_of(args, name)
     cache = work / "caches" / f"{name}-{config}-{'x'.join(map(str, patch))}"
-    if (cache / "pool.json").is_file():
-        return cache
     dataset = args.data / folder
     renamed = dict(pair.split("=") for pair in mapping[1::2])
     labels = dataset_classes(dataset, [label], renamed, new_head=False)
+    pool = yaml.safe_dump(finetune_pool(dataset, labels, [label]), sort_keys=False)
     pool_file = cache.with_suffix(".yaml")
+    if (cache / "pool.json").is_file() and pool_file.is_file() and pool_file.read_text() == pool:
+        return cache  # made from this pool (another --data is another pool: made again)
     pool_file.parent.mkdir(parents=True, exist_ok=True)
-    pool_file.write_text(yaml.safe_dump(finetune_pool(dataset, labels, [label]), sort_keys=False))
+    pool_file.write_text(pool)
     command = cli(args.tumorfm, "preprocess", pool_file, "-o", cache, "--workers", 2, "--config",
                   config, "--patch", patch)  # fmt: skip
     run(command, dict(os.environ), cache.with_suffix(".log"), args.timeout,

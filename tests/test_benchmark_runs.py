@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from argparse import Namespace
 from pathlib import Path
 
@@ -383,3 +384,28 @@ def test_every_benchmark_predicts_with_nnunet_the_same_way():
     assert {PLANS, TRAINER} <= set(plain) and plain[plain.index("-npp") + 1] == "0"
     mirrored = predict_command(Path("in"), Path("out"), 101, 0, "cuda", mirror=True)
     assert "--disable_tta" not in mirrored and mirrored[mirrored.index("-device") + 1] == "cuda"
+
+
+def test_the_peers_cache_is_made_once_per_pool_and_again_for_other_data(tmp_path, monkeypatch):
+    from benchmarks import accuracy_arms
+
+    made = []
+
+    def fake_run(command, env, log, timeout, what):
+        cache = Path(command[command.index("-o") + 1])
+        (cache / "sarcoma").mkdir(parents=True, exist_ok=True)
+        (cache / "pool.json").write_text("{}")
+        made.append(command[2])
+
+    monkeypatch.setattr(accuracy_arms, "run", fake_run)
+    data, other = Path(__file__).parent / "data", tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(data / "Dataset101_SarcomaCT", other / "Dataset101_SarcomaCT")
+    args = argparse.Namespace(data=data, config="lowres", patch=[48, 96, 96], tumorfm="tumorfm",
+                              timeout=60)  # fmt: skip
+    cache = accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct")
+    assert accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct") == cache
+    assert len(made) == 1  # the same pool: its cache is kept
+    args.data = other  # another dataset folder is another pool: preprocessed again
+    assert accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct") == cache
+    assert len(made) == 2 and str(other) in (cache.with_suffix(".yaml")).read_text()
