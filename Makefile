@@ -27,8 +27,9 @@ demo: $(VENV)/.done
 	@test -f $(NIIVUE) || $(PY) -m tumorfm.viewer.assets || echo "tumorfm: note: no viewer pages"
 	$(VENV)/bin/tumorfm demo
 
+# the slowest tests are listed at the end, to keep the suite's time in view
 test: $(VENV)/.done $(NIIVUE)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=20 tests
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check tumorfm tests benchmarks
