@@ -130,6 +130,22 @@ def test_rerun_skips_finished_and_redoes_broken(tmp_path):
     assert third["datasets"]["sarcoma"]["written"] == 3
 
 
+def test_a_cache_remade_from_fewer_cases_drops_the_old_ones(tmp_path):
+    """Training without a split reads every cached case: one the pool no longer lists must go."""
+    sarcoma = shutil.copytree(SARCOMA, tmp_path / "s")
+    out = tmp_path / "cache"
+    preprocess_pool(load_pool(_pool_file(tmp_path, sarcoma=sarcoma)), out, progress=False)
+    assert [c.case_id for c in cached_cases(out, "sarcoma")] == ["STS_008", "STS_019", "STS_025"]
+    (sarcoma / "imagesTr" / "STS_019_0000.nii.gz").unlink()
+    (sarcoma / "labelsTr" / "STS_019.nii.gz").unlink()
+    meta = json.loads((sarcoma / "dataset.json").read_text())
+    (sarcoma / "dataset.json").write_text(json.dumps({**meta, "numTraining": 2}))
+    again = preprocess_pool(load_pool(_pool_file(tmp_path, sarcoma=sarcoma)), out, progress=False)
+    assert again["datasets"]["sarcoma"]["removed"] == 1
+    assert [c.case_id for c in cached_cases(out, "sarcoma")] == ["STS_008", "STS_025"]
+    assert (out / "sarcoma" / "plan.json").is_file()  # only case folders go
+
+
 def test_interrupted_preprocess_leaves_no_usable_cache(tmp_path, monkeypatch, sarcoma):
     """A killed preprocess must not leave a cache that pretrain takes for a whole one."""
     import tumorfm.data.preprocess as module

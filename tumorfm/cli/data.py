@@ -236,8 +236,9 @@ def preprocess(
             typer.echo(f"note: {row['note']}", err=True)
         spacing = "x".join(f"{s:.3g}" for s in row["target_spacing"])
         patch_text = "x".join(str(p) for p in row["patch_size"])
+        removed = f", {row['removed']} removed (not in the pool)" if row["removed"] else ""
         typer.echo(
-            f"{name}: {row['written']} written, {row['skipped']} up to date; "
+            f"{name}: {row['written']} written, {row['skipped']} up to date{removed}; "
             f"{row['configuration']}, spacing {spacing} mm, patch {patch_text}"
         )
     typer.echo(f"preprocessed into {out} in {report['seconds']:.1f} s")

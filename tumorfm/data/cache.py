@@ -133,6 +133,19 @@ def split_part(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[Ca
     return cases, weights
 
 
+def remove_cases_not_in(dataset_folder: Path, case_ids: set[str]) -> int:
+    """Drop case folders the pool no longer lists (the cache is derived data), so training on a
+    cache re-made from a smaller pool never sees the old cases; returns how many went."""
+    stale = [
+        path
+        for path in dataset_folder.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and path.name not in case_ids
+    ]
+    for path in stale:
+        shutil.rmtree(path)
+    return len(stale)
+
+
 def remove_stale_temporaries(dataset_folder: Path) -> None:
     """Leftovers of a killed run: temporary case folders that were never renamed."""
     for path in dataset_folder.glob(".*.*"):

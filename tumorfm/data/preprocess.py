@@ -20,6 +20,7 @@ from tumorfm.data.cache import (
     CACHE_FORMAT,
     PROPERTIES,
     load_case,
+    remove_cases_not_in,
     remove_stale_temporaries,
     write_case,
 )
@@ -205,10 +206,12 @@ def preprocess_pool(
             }
             jobs.append((case, plan, label_map, folder, meta))
         run_parallel(_preprocess_one, jobs, workers, f"preprocess {dataset.name}", progress)
+        listed = {case.case_id for case in dataset.raw.labelled_cases}
         report["datasets"][dataset.name] = {
             "cases": len(dataset.raw.labelled_cases),
             "written": len(jobs),
             "skipped": skipped,
+            "removed": remove_cases_not_in(folder, listed),
             "seconds": round(time.perf_counter() - dataset_started, 2),
             "target_spacing": list(plan.target_spacing_zyx),
             "patch_size": list(plan.patch_size),
