@@ -19,7 +19,11 @@ BRAIN = DATA / "Task102_BrainTumour"
 CASES = DATA / "cases"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription of the cores
+    # One thread per xdist worker, and per command it starts (run_cli, torchrun): with more
+    # threads than cores, torch's OpenMP threads wait on each other at every operation, and a
+    # command measured 10-20x slower beside a busy worker than alone.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 PROMPT_PATCH = (16, 32, 32)  # the tiny bundles of the interactive tests

@@ -1,10 +1,11 @@
 import json
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import BRAIN, SARCOMA, run_cli
 
 from tumorfm.data.cache import cached_cases
 from tumorfm.data.io import read_volume
+from tumorfm.model.bundle import models_folder
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -47,3 +48,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert real["dice"]["sarcoma_ct"]["soft_tissue_sarcoma"] > 0.4  # measured 0.49
     for page in real["reports"].values():
         assert Path(page).read_text().count("data:image/png;base64,") >= 2
+    # each real scan in its own geometry, its label named and numbered as in the bundle, at the
+    # bundle's calibrated threshold (the CLI on a sarcoma: test_shipped)
+    config = json.loads((models_folder() / real["model"] / "config.json").read_text())
+    for plan, folder in (("sarcoma_ct", SARCOMA), ("brain_mr", BRAIN)):
+        predicted = out / "real" / plan
+        (name,) = config["extra"]["annotated"][plan]
+        labels = json.loads((predicted / "dataset.json").read_text())["labels"]
+        assert labels == {"background": 0, name: config["classes"].index(name) + 1}
+        stored = config["extra"].get("thresholds", {}).get(plan, {}).get(name, 0.5)
+        settings = json.loads((predicted / "predict.json").read_text())["settings"]
+        assert settings["thresholds"] == {name: stored} and settings["mirror"] is False
+        truths = sorted((folder / "labelsTr").iterdir())
+        assert sorted(p.name for p in predicted.glob("*.nii.gz")) == [t.name for t in truths]
+        for truth in truths:
+            pred = read_volume(predicted / truth.name)
+            assert pred.geometry.close_to(read_volume(truth).geometry), truth.name

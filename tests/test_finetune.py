@@ -145,6 +145,7 @@ def test_zero_shot_matches_classes_by_name(finetuned, tmp_path):
 
 def test_transfer_study_writes_table_csv_and_plot(pretrained, tmp_path):
     quick = {k: v for k, v in QUICK.items() if k not in ("iterations_per_epoch", "patch_size")}
+    quick["plan_config"] = "lowres"  # a few windows per held-out scan, not hundreds
     study = tmp_path / "study"
     rows = transfer_study(
         SARCOMA, pretrained, study, [1], 2, (16, 32, 32), workers=1, progress=False, **quick
@@ -174,6 +175,7 @@ def test_transfer_study_writes_table_csv_and_plot(pretrained, tmp_path):
 
 def test_transfer_study_k_folds_hold_out_every_case_once(pretrained, tmp_path):
     quick = {k: v for k, v in QUICK.items() if k not in ("iterations_per_epoch", "patch_size")}
+    quick["plan_config"] = "lowres"  # a few windows per held-out scan, not hundreds
     study = tmp_path / "study"
     rows = transfer_study(
         SARCOMA, pretrained, study, [1], 2, (16, 32, 32), workers=1, progress=False, folds=2,
