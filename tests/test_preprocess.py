@@ -140,10 +140,11 @@ def test_a_cache_remade_from_fewer_cases_drops_the_old_ones(tmp_path):
     (sarcoma / "labelsTr" / "STS_019.nii.gz").unlink()
     meta = json.loads((sarcoma / "dataset.json").read_text())
     (sarcoma / "dataset.json").write_text(json.dumps({**meta, "numTraining": 2}))
+    (out / "sarcoma" / "notes").mkdir()  # not a cached case: not tumorfm's to delete
     again = preprocess_pool(load_pool(_pool_file(tmp_path, sarcoma=sarcoma)), out, progress=False)
     assert again["datasets"]["sarcoma"]["removed"] == 1
     assert [c.case_id for c in cached_cases(out, "sarcoma")] == ["STS_008", "STS_025"]
-    assert (out / "sarcoma" / "plan.json").is_file()  # only case folders go
+    assert (out / "sarcoma" / "plan.json").is_file() and (out / "sarcoma" / "notes").is_dir()
 
 
 def test_interrupted_preprocess_leaves_no_usable_cache(tmp_path, monkeypatch, sarcoma):

@@ -134,12 +134,16 @@ def split_part(cache: Path, pool: dict, split: dict, part: str) -> tuple[list[Ca
 
 
 def remove_cases_not_in(dataset_folder: Path, case_ids: set[str]) -> int:
-    """Drop case folders the pool no longer lists (the cache is derived data), so training on a
-    cache re-made from a smaller pool never sees the old cases; returns how many went."""
+    """Drop cached cases the pool no longer lists (the cache is derived data), so training on a
+    cache re-made from a smaller pool never sees them; returns how many went. Only folders
+    holding a case's properties: anything else in the folder is not tumorfm's to delete."""
     stale = [
         path
         for path in dataset_folder.iterdir()
-        if path.is_dir() and not path.name.startswith(".") and path.name not in case_ids
+        if path.is_dir()
+        and not path.name.startswith(".")
+        and path.name not in case_ids
+        and (path / PROPERTIES).is_file()
     ]
     for path in stale:
         shutil.rmtree(path)
