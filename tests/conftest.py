@@ -1,6 +1,7 @@
 """Shared fixtures: the real scans copied into tests/data (see tests/data/README.md)."""
 
 import contextlib
+import json
 import locale
 import os
 import shutil
@@ -77,6 +78,17 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         cwd=cwd,
         timeout=600,
     )
+
+
+def assert_shipped_prediction(config: dict, plan: str, out: Path) -> None:
+    """A shipped bundle's predictions for `plan` in `out`: the plan's own class named and numbered
+    as in the bundle, predicted at the bundle's calibrated threshold for it (0.5 when none)."""
+    (name,) = config["extra"]["annotated"][plan]
+    labels = json.loads((out / "dataset.json").read_text())["labels"]
+    assert labels == {"background": 0, name: config["classes"].index(name) + 1}
+    stored = config["extra"].get("thresholds", {}).get(plan, {}).get(name, 0.5)
+    settings = json.loads((out / "predict.json").read_text())["settings"]
+    assert settings["thresholds"] == {name: stored}
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

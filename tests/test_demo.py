@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from conftest import BRAIN, SARCOMA, run_cli
+from conftest import BRAIN, SARCOMA, assert_shipped_prediction, run_cli
 
 from tumorfm.data.cache import cached_cases
 from tumorfm.data.io import read_volume
@@ -53,12 +53,8 @@ def test_demo_runs_end_to_end(tmp_path):
     config = json.loads((models_folder() / real["model"] / "config.json").read_text())
     for plan, folder in (("sarcoma_ct", SARCOMA), ("brain_mr", BRAIN)):
         predicted = out / "real" / plan
-        (name,) = config["extra"]["annotated"][plan]
-        labels = json.loads((predicted / "dataset.json").read_text())["labels"]
-        assert labels == {"background": 0, name: config["classes"].index(name) + 1}
-        stored = config["extra"].get("thresholds", {}).get(plan, {}).get(name, 0.5)
-        settings = json.loads((predicted / "predict.json").read_text())["settings"]
-        assert settings["thresholds"] == {name: stored} and settings["mirror"] is False
+        assert_shipped_prediction(config, plan, predicted)
+        assert json.loads((predicted / "predict.json").read_text())["settings"]["mirror"] is False
         truths = sorted((folder / "labelsTr").iterdir())
         assert sorted(p.name for p in predicted.glob("*.nii.gz")) == [t.name for t in truths]
         for truth in truths:
