@@ -46,7 +46,7 @@ from tumorfm.train.split import read_split
 
 from .common import parser_for
 
-SAVE_EVERY = 25  # iterations between saved states: about 4 minutes here
+SAVE_EVERY = 25  # iterations between saved states: 4-8 minutes on a 2-core CPU
 
 
 class PaddedSwinUNETR(SwinUNETR):
