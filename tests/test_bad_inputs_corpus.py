@@ -1,7 +1,7 @@
 """The corpus of bad input (issue 17): each kind goes through the command line as a user would
 type it and must end in one error line naming the problem and a non-zero exit, with every file
 that was there before intact and nothing new written (a failed predict keeps its record of the
-failure, predict.json, and nothing else)."""
+failure, predict.json, and the labels' dataset.json, and no label map)."""
 
 import hashlib
 import json
