@@ -3,7 +3,6 @@ padding, nnU-Net's prediction command, the peers' cache."""
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from argparse import Namespace
 from pathlib import Path
@@ -68,7 +67,7 @@ def test_the_peers_cache_is_made_once_per_pool_and_again_for_other_data(tmp_path
     data, other = Path(__file__).parent / "data", tmp_path / "other"
     other.mkdir()
     shutil.copytree(data / "Dataset101_SarcomaCT", other / "Dataset101_SarcomaCT")
-    args = argparse.Namespace(data=data, config="lowres", patch=[48, 96, 96], tumorfm="tumorfm",
+    args = Namespace(data=data, config="lowres", patch=[48, 96, 96], tumorfm="tumorfm",
                               timeout=60)  # fmt: skip
     cache = accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct")
     assert accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct") == cache
