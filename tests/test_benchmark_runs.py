@@ -3,7 +3,6 @@ never taken for a finished one nor thrown away."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -217,9 +216,9 @@ def test_accuracy_rows_from_before_machines_were_recorded_keep_the_machine_of_th
     rows = [{"arm": "tumorfm", "seed": 0}, {"arm": "nnunet", "seed": 0, "machine": {"cpu": "X"}}]
     old = {"settings": settings, "machine": {**bf16, "memory_gb": 23}, "rows_per_seed": rows}
     (tmp_path / "accuracy.json").write_text(json.dumps(old))
-    kept = recorded(tmp_path / "accuracy.json", argparse.Namespace(**settings))["rows_per_seed"]
+    kept = recorded(tmp_path / "accuracy.json", Namespace(**settings))["rows_per_seed"]
     assert kept[0]["machine"] == bf16 and kept[1]["machine"] == {"cpu": "X"}
-    other = argparse.Namespace(**{**settings, "batch": 4})  # another run's rows: none kept
+    other = Namespace(**{**settings, "batch": 4})  # another run's rows: none kept
     assert recorded(tmp_path / "accuracy.json", other) == {}
 
 
