@@ -186,6 +186,7 @@ BAD = [
      "--point 15,50,60:neg: negative point (15, 50, 60): a negative prompt needs something"),
     (["--world", "--point", "1000,0,0"], "world point (1000, 0, 0) mm: outside the scan"),
     (["--point", "15,50,60", "--mask-label", "2"], "--mask-label 2: needs --mask"),
+    (["--mask-label", "3"], "--mask-label 3: needs --mask"),
     (["--point", "15,50,60", "--mask", "{shifted}"], "shifted.nii.gz: its origin differ(s)"),
     (["--point", "15,50,60", "--mask", "{smaller}"], "its size differ(s) from the scan's"),
     (["--mask", "{empty}", "--mask-label", "4"], "no voxel has label 4"),

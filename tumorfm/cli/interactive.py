@@ -255,10 +255,10 @@ def refine(
     the label map (0/1, the scan's geometry) and a <stem>_refine.json record."""
     points, boxes = point or [], box or []
     prompts = _parse_prompts(points, boxes, ctx.meta.get(ORDER, []), world)
-    if not prompts and mask is None:
-        raise TumorFMError("nothing to do: give a --point, a --box or a --mask")
     if mask_label is not None and mask is None:
         raise TumorFMError(f"--mask-label {mask_label}: needs --mask")
+    if not prompts and mask is None:
+        raise TumorFMError("nothing to do: give a --point, a --box or a --mask")
 
     import numpy as np
 
