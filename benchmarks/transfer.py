@@ -28,13 +28,13 @@ GPU (`--device cuda`).
 
 Run from the repository root in the benchmark environment. Every seed's study runs first, then
 nnU-Net on each seed's split (1,000 iterations: on 2 cores of an AMD EPYC without AVX-512, 17 s an
-iteration undisturbed, 866 s an epoch of 50, about 5 hours a seed, the training step itself, not
-the data: nnU-Net's own bench_epochs.jsonl, 2026-12-04; on a Zen-4 EPYC with AVX-512, 8 s an
-iteration, seed 1 in 2.4 hours, 2026-12-06; shipped_nnunet's 900 iterations of a larger net took
-108 min on one with AVX-512); each step is written to the results file as it ends, with
-the seed's split, and a later run of the same settings keeps what is recorded (a pretraining or an
-nnU-Net training a session's end stopped continues from its last epoch), so the seeds and the
-nnU-Net rows can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
+iteration undisturbed, 866 s an epoch of 50, about 5 hours a seed, the training step itself, not the
+data: nnU-Net's own bench_epochs.jsonl, 2026-12-04; on a Zen-4 EPYC with AVX-512, 8 s an iteration,
+seeds 1 and 2 in 2.4 and 2.5 hours, 2026-12-06; shipped_nnunet's 900 iterations of a larger net took
+108 min on one with AVX-512); each step is written to the results file as it ends, with the seed's
+split, and a later run of the same settings keeps what is recorded (a pretraining or an nnU-Net
+training a session's end stopped continues from its last epoch), so the seeds and the nnU-Net rows
+can span sessions (`--skip-nnunet`: the studies alone, nnU-Net in a later run):
     make bench-env && .venv-bench/bin/python -m benchmarks.transfer
 Writes benchmarks/results/transfer.json (settings, machine, rows per seed, merged rows, targets,
 each network's parameters and multiply-adds per iteration). A run with nothing left to measure
