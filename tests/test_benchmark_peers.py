@@ -68,7 +68,7 @@ def test_the_peers_cache_is_made_once_per_pool_and_again_for_other_data(tmp_path
     other.mkdir()
     shutil.copytree(data / "Dataset101_SarcomaCT", other / "Dataset101_SarcomaCT")
     args = Namespace(data=data, config="lowres", patch=[48, 96, 96], tumorfm="tumorfm",
-                              timeout=60)  # fmt: skip
+                     timeout=60)  # fmt: skip
     cache = accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct")
     assert accuracy_arms.prepared(args, tmp_path / "work", "sarcoma_ct") == cache
     assert len(made) == 1  # the same pool: its cache is kept
